@@ -1,0 +1,151 @@
+"""Batches from a :class:`ColumnTable`, split across ranks and DataLoader workers.
+
+Every rank must run the same number of steps (sharded embeddings use collectives), so:
+
+* training (``shuffle=True``): each epoch is a seeded permutation cut into global batches of
+  ``batch_size * world_size`` rows; rank ``r`` takes the ``r``-th slice of each. The tail that
+  does not fill a global batch (fewer than ``batch_size * world_size`` rows) waits for the next
+  epoch's permutation.
+* evaluation (``shuffle=False``): rows are split into contiguous per-rank shards; the last
+  batches are padded with rows whose masks are 0, so nothing is dropped and nothing counted twice.
+
+Inside a rank, worker ``w`` of ``W`` builds batches ``w, w+W, ...``; the DataLoader's round-robin
+over workers then yields them in order, so the stream is identical for any ``num_workers``.
+
+Example::
+
+    ds = BatchDataset(table, schema, batch_size=512, shuffle=True, seed=0, rank=0, world_size=1)
+    loader = make_loader(ds, num_workers=2)
+    for batch in loader: ...
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.data.schema import ColumnTable, Schema
+
+
+class BatchDataset(IterableDataset):
+    def __init__(
+        self,
+        table: ColumnTable,
+        schema: Schema,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: int = 0,
+        skip_batches: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        self.table = table
+        self.schema = schema
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = epoch
+        # Resume support: the first ``skip_batches`` batches of this epoch are not produced.
+        self.skip_batches = skip_batches
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch = epoch
+        self.skip_batches = skip_batches
+
+    def __len__(self) -> int:
+        return self.num_batches() - self.skip_batches
+
+    def num_batches(self) -> int:
+        n = len(self.table)
+        if self.shuffle:
+            return n // (self.batch_size * self.world_size)
+        return math.ceil(math.ceil(n / self.world_size) / self.batch_size) if n else 0
+
+    def _rank_batches(self) -> List[np.ndarray]:
+        """Row indices of each of this rank's batches, padding marked by -1."""
+        n = len(self.table)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            perm = rng.permutation(n)
+            g = self.batch_size * self.world_size
+            lo = self.rank * self.batch_size
+            return [perm[b * g + lo : b * g + lo + self.batch_size] for b in range(self.num_batches())]
+        per_rank = math.ceil(n / self.world_size)
+        start = min(n, self.rank * per_rank)
+        stop = min(n, start + per_rank)
+        rows = np.arange(start, stop)
+        out = []
+        for b in range(self.num_batches()):
+            chunk = rows[b * self.batch_size : (b + 1) * self.batch_size]
+            pad = self.batch_size - len(chunk) if b == self.num_batches() - 1 else 0
+            out.append(np.concatenate([chunk, -np.ones(pad, dtype=np.int64)]))
+        return out
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        batches = self._rank_batches()
+        for b in range(self.skip_batches + worker, len(batches), num_workers):
+            rows = batches[b]
+            real = rows[rows >= 0]
+            pad = len(rows) - len(real)
+            if len(real) == 0:
+                # A rank with no rows left still takes part in the step with an all-padding batch.
+                real, pad = np.zeros(1, dtype=np.int64), len(rows) - 1
+                yield _all_padding(self.table.take(real), self.schema, pad)
+                continue
+            yield Batch.from_table(self.table.take(real), self.schema, pad_rows=pad)
+
+
+def _all_padding(one_row: ColumnTable, schema: Schema, pad: int) -> Batch:
+    batch = Batch.from_table(one_row, schema, pad_rows=pad)
+    for t in batch.masks:
+        batch.masks[t] = torch.zeros_like(batch.masks[t])
+    return batch
+
+
+def make_loader(dataset: BatchDataset, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def split_rows(n: int, val_fraction: float, test_fraction: float, seed: int) -> "dict[str, np.ndarray]":
+    """Deterministic random train/val/test row split."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    return {
+        "test": np.sort(perm[:n_test]),
+        "val": np.sort(perm[n_test : n_test + n_val]),
+        "train": np.sort(perm[n_test + n_val :]),
+    }
+
+
+def describe(table: ColumnTable, schema: Schema, name: Optional[str] = None) -> str:
+    parts = [f"{name or 'data'}: {len(table)} rows"]
+    for lab in schema.labels:
+        y = np.asarray(table[lab.column_name], dtype=np.float64)
+        has = ~np.isnan(y)
+        if lab.type == "binary":
+            parts.append(f"{lab.task} rate {y[has].mean():.3f} ({has.sum()} labelled)")
+        else:
+            parts.append(f"{lab.task} mean {y[has].mean():.2f} std {y[has].std():.2f} ({has.sum()} labelled)")
+    return ", ".join(parts)

@@ -1,0 +1,242 @@
+"""Column roles and in-memory columnar tables.
+
+A :class:`Schema` says what each column is for: a sparse id feature (single or multi-valued,
+with its table size), a dense numeric feature, a task label, the group column (e.g. user, for
+GAUC) and item text. A :class:`ColumnTable` holds the columns as numpy arrays;
+:meth:`Schema.validate` checks a table against the schema and raises one :class:`DataError` that
+names the source, column and first bad row.
+
+Example::
+
+    schema = Schema(
+        sparse=[SparseFeature("user_id", 100), SparseFeature("tags", 50, multi_valued=True)],
+        dense=[DenseFeature("price")],
+        labels=[LabelSpec("click", "binary")],
+        group="user_id",
+    )
+    table = ColumnTable({
+        "user_id": np.array([0, 7]), "tags": Jagged.from_lists([[1, 2], []]),
+        "price": np.array([0.1, -0.3], dtype=np.float32), "click": np.array([1.0, 0.0]),
+    })
+    schema.validate(table, source="example")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Literal, Optional, Sequence, Union
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the source, column and row."""
+
+
+@dataclass
+class SparseFeature:
+    """An id feature looked up in an embedding table of ``num_embeddings`` rows."""
+
+    name: str
+    num_embeddings: int
+    multi_valued: bool = False
+    # Several features may share one table (e.g. item_id and clicked_items).
+    table: Optional[str] = None
+    pooling: Literal["sum", "mean"] = "sum"
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+
+@dataclass
+class DenseFeature:
+    name: str
+
+
+@dataclass
+class LabelSpec:
+    """A task label. Rows whose label is NaN have no label for that task (masked out)."""
+
+    task: str
+    type: Literal["binary", "regression"]
+    column: Optional[str] = None
+    # If False, a missing (NaN) label is an error rather than a masked row.
+    maskable: bool = False
+
+    @property
+    def column_name(self) -> str:
+        return self.column or self.task
+
+
+@dataclass
+class Jagged:
+    """A multi-valued column: ``values`` of all rows back to back, ``lengths`` per row."""
+
+    values: np.ndarray
+    lengths: np.ndarray
+    offsets: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=np.int64)
+        self.lengths = np.asarray(self.lengths, dtype=np.int64)
+        self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        if self.offsets[-1] != len(self.values):
+            raise DataError(
+                f"jagged column: lengths sum to {self.offsets[-1]} but there are {len(self.values)} values"
+            )
+
+    @staticmethod
+    def from_lists(rows: Iterable[Sequence[int]]) -> "Jagged":
+        rows = list(rows)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        values = np.fromiter((v for r in rows for v in r), dtype=np.int64, count=int(lengths.sum()))
+        return Jagged(values, lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def take(self, rows: np.ndarray) -> "Jagged":
+        """The sub-column of ``rows`` (in that order)."""
+        lengths = self.lengths[rows]
+        starts = self.offsets[rows]
+        total = int(lengths.sum())
+        # Vectorised gather of variable-length runs: position within run + run start.
+        run_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        idx = np.repeat(starts, lengths) + (np.arange(total) - run_start)
+        return Jagged(self.values[idx], lengths)
+
+
+Column = Union[np.ndarray, Jagged]
+
+
+class ColumnTable:
+    """Named columns of equal length: numpy arrays, or :class:`Jagged` for multi-valued ids."""
+
+    def __init__(self, columns: Dict[str, Column]) -> None:
+        self.columns: Dict[str, Column] = dict(columns)
+        lengths = {k: len(v) for k, v in self.columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"columns have different lengths: {lengths}")
+        self.num_rows = next(iter(lengths.values())) if lengths else 0
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, name: str) -> Column:
+        return self.columns[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def take(self, rows: np.ndarray) -> "ColumnTable":
+        rows = np.asarray(rows, dtype=np.int64)
+        return ColumnTable(
+            {k: (v.take(rows) if isinstance(v, Jagged) else v[rows]) for k, v in self.columns.items()}
+        )
+
+
+@dataclass
+class Schema:
+    sparse: List[SparseFeature]
+    dense: List[DenseFeature]
+    labels: List[LabelSpec]
+    group: Optional[str] = None
+    # Column holding the item id that indexes item text (text features), if any.
+    text_item: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        seen: Dict[str, str] = {}
+        for role, names in (
+            ("sparse", [f.name for f in self.sparse]),
+            ("dense", [f.name for f in self.dense]),
+            ("label", [lab.column_name for lab in self.labels]),
+        ):
+            for n in names:
+                if n in seen:
+                    raise DataError(f"schema: column '{n}' has two roles ({seen[n]} and {role})")
+                seen[n] = role
+        tasks = [lab.task for lab in self.labels]
+        if len(set(tasks)) != len(tasks):
+            raise DataError(f"schema: duplicate task names in {tasks}")
+        sizes: Dict[str, int] = {}
+        for f in self.sparse:
+            if f.num_embeddings <= 0:
+                raise DataError(f"schema: sparse feature '{f.name}' needs num_embeddings > 0")
+            prev = sizes.setdefault(f.table_name, f.num_embeddings)
+            if prev != f.num_embeddings:
+                raise DataError(f"schema: features sharing table '{f.table_name}' disagree on its size")
+
+    @property
+    def sparse_names(self) -> List[str]:
+        return [f.name for f in self.sparse]
+
+    @property
+    def dense_names(self) -> List[str]:
+        return [f.name for f in self.dense]
+
+    @property
+    def tasks(self) -> List[str]:
+        return [lab.task for lab in self.labels]
+
+    def label(self, task: str) -> LabelSpec:
+        for lab in self.labels:
+            if lab.task == task:
+                return lab
+        raise KeyError(task)
+
+    def validate(self, table: ColumnTable, source: str = "data") -> None:
+        """Raises :class:`DataError` at the first problem, naming source, column and row."""
+        required = self.sparse_names + self.dense_names + [lab.column_name for lab in self.labels]
+        if self.group:
+            required.append(self.group)
+        missing = [c for c in required if c not in table]
+        if missing:
+            raise DataError(f"{source}: missing column(s) {missing}; present: {sorted(table.columns)}")
+        for f in self.sparse:
+            col = table[f.name]
+            if f.multi_valued != isinstance(col, Jagged):
+                kind = "multi-valued" if f.multi_valued else "single-valued"
+                raise DataError(f"{source}: column '{f.name}' should be {kind} per the schema")
+            values = col.values if isinstance(col, Jagged) else col
+            if not np.issubdtype(values.dtype, np.integer):
+                raise DataError(f"{source}: column '{f.name}' must hold integer ids, got dtype {values.dtype}")
+            bad = np.flatnonzero((values < 0) | (values >= f.num_embeddings))
+            if len(bad):
+                i = int(bad[0])
+                row = int(np.searchsorted(col.offsets, i, side="right") - 1) if isinstance(col, Jagged) else i
+                raise DataError(
+                    f"{source}: column '{f.name}' row {row}: id {int(values[i])} is outside the table "
+                    f"[0, {f.num_embeddings}) ({len(bad)} such values)"
+                )
+        for d in self.dense_names:
+            col = table[d]
+            if isinstance(col, Jagged) or not np.issubdtype(col.dtype, np.number):
+                raise DataError(f"{source}: dense column '{d}' must be numeric")
+            bad = np.flatnonzero(~np.isfinite(col))
+            if len(bad):
+                raise DataError(f"{source}: dense column '{d}' row {int(bad[0])}: value {col[bad[0]]} is not finite")
+        for lab in self.labels:
+            col = table[lab.column_name]
+            if isinstance(col, Jagged) or not np.issubdtype(col.dtype, np.number):
+                raise DataError(f"{source}: label column '{lab.column_name}' must be numeric")
+            nan = np.isnan(col.astype(np.float64))
+            if nan.any() and not lab.maskable:
+                raise DataError(
+                    f"{source}: label column '{lab.column_name}' row {int(np.flatnonzero(nan)[0])} is NaN, "
+                    f"but task '{lab.task}' is not maskable ({int(nan.sum())} such rows)"
+                )
+            if lab.type == "binary":
+                present = col[~nan]
+                bad = np.flatnonzero((present != 0) & (present != 1))
+                if len(bad):
+                    row = int(np.flatnonzero(~nan)[bad[0]])
+                    raise DataError(
+                        f"{source}: label column '{lab.column_name}' row {row}: binary label must be 0 or 1, "
+                        f"got {col[row]}"
+                    )
+        if self.group:
+            col = table[self.group]
+            if isinstance(col, Jagged) or not np.issubdtype(col.dtype, np.integer):
+                raise DataError(f"{source}: group column '{self.group}' must hold integer ids")

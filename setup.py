@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mtl_torchrec",
+    version="0.1.0",
+    description="Multi-task recommendation with language-model text features on TorchRec",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mtl_torchrec", "mtl_torchrec.*"]),
+    package_data={"mtl_torchrec": ["configs/*.yaml"]},
+    python_requires=">=3.10",
+    # torch is deliberately unpinned here: install the build for your machine first
+    # (CPU: torch==2.13.0 with fbgemm-gpu-cpu==1.8.0; CUDA: see README).
+    install_requires=[
+        "torch>=2.6",
+        "torchrec==1.8.0",
+        "transformers>=4.40",
+        "safetensors",
+        "torchx>=0.7.0",
+        "pyyaml",
+        "tqdm",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "matplotlib",
+        "tensorboard",
+    ],
+    extras_require={"dev": ["pytest", "scikit-learn"]},
+    entry_points={
+        "console_scripts": ["mtl-torchrec=mtl_torchrec.launch.cli:main"],
+        "torchx.components": [
+            "mtl_torchrec = mtl_torchrec.components",
+            "_builtins = torchx.components",
+        ],
+    },
+)
