@@ -1,0 +1,92 @@
+"""Builds the multi-task model, its tasks and loss balancer from a config and a data schema."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from mtl_torchrec.config import ConfigError, ModelConfig
+from mtl_torchrec.data.schema import Schema
+from mtl_torchrec.model.multitask import MultiTaskModel
+from mtl_torchrec.model.tasks import FixedWeights, TaskSpec, check_tasks
+from mtl_torchrec.modules.mmoe import MMoE
+from mtl_torchrec.modules.towers import TaskTowers
+
+
+def embedding_configs(schema: Schema, embedding_dim: int) -> List[EmbeddingBagConfig]:
+    """One table per distinct ``table_name``; features naming the same table share it."""
+    tables: Dict[str, EmbeddingBagConfig] = {}
+    for f in schema.sparse:
+        name = f"t_{f.table_name}"
+        if name in tables:
+            tables[name].feature_names.append(f.name)
+            continue
+        tables[name] = EmbeddingBagConfig(
+            name=name,
+            embedding_dim=embedding_dim,
+            num_embeddings=f.num_embeddings,
+            feature_names=[f.name],
+            pooling=PoolingType.MEAN if f.pooling == "mean" else PoolingType.SUM,
+        )
+    return list(tables.values())
+
+
+def task_specs(cfg: ModelConfig, schema: Schema) -> List[TaskSpec]:
+    if not cfg.tasks:
+        raise ConfigError("model.tasks: at least one task is required")
+    specs = []
+    for i, t in enumerate(cfg.tasks):
+        if t.name not in schema.tasks:
+            raise ConfigError(f"model.tasks[{i}].name: '{t.name}' has no label in the data (labels: {schema.tasks})")
+        if schema.label(t.name).type != t.type:
+            raise ConfigError(
+                f"model.tasks[{i}].type: '{t.type}' but the data labels '{t.name}' as '{schema.label(t.name).type}'"
+            )
+        specs.append(TaskSpec(name=t.name, type=t.type, weight=t.weight, esmm_parent=t.esmm_parent))
+    try:
+        check_tasks(specs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return specs
+
+
+def build_backbone(cfg: ModelConfig, in_features: int, num_tasks: int) -> nn.Module:
+    if cfg.backbone in ("mmoe", "omoe"):
+        return MMoE(
+            in_features,
+            num_tasks,
+            cfg.mmoe.num_experts,
+            cfg.mmoe.expert_layers,
+            cfg.mmoe.gate_layers,
+            single_gate=cfg.backbone == "omoe",
+        )
+    raise ConfigError(f"model.backbone: '{cfg.backbone}' is not available")
+
+
+def build_balancer(name: str, tasks: List[TaskSpec]) -> nn.Module:
+    if name == "fixed":
+        return FixedWeights({t.name: t.weight for t in tasks})
+    raise ConfigError(f"train.loss_balance: unknown method '{name}'")
+
+
+def build_model(
+    cfg: ModelConfig,
+    schema: Schema,
+    device: Optional[torch.device] = None,
+    feature_modules: Optional[Dict[str, nn.Module]] = None,
+) -> MultiTaskModel:
+    """``device='meta'`` defers table allocation to DistributedModelParallel."""
+    tasks = task_specs(cfg, schema)
+    ebc = EmbeddingBagCollection(tables=embedding_configs(schema, cfg.embedding_dim), device=device)
+    width = MultiTaskModel.fused_width(ebc, len(schema.dense), cfg.dense_layers, feature_modules)
+    backbone = build_backbone(cfg, width, len(tasks))
+    towers = TaskTowers(
+        [t.name for t in tasks],
+        backbone.out_features,
+        {t.name: (t.tower_layers if t.tower_layers is not None else cfg.tower_layers) for t in cfg.tasks},
+    )
+    return MultiTaskModel(ebc, len(schema.dense), cfg.dense_layers, backbone, towers, feature_modules)

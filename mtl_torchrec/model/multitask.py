@@ -1,0 +1,93 @@
+"""The multi-task model: sparse ids + dense features (+ extra feature modules) -> backbone -> towers.
+
+The trainer needs only this interface from a model: ``model(batch)`` returns a
+:class:`ModelOutput` whose ``logits`` map each task name to a ``[B]`` tensor (a logit for binary
+tasks, a value for regression).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.mlp import MLP
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.modules.towers import TaskTowers
+
+
+class ModelOutput(NamedTuple):
+    # Raw tower outputs per task: logits (binary) or values (regression).
+    logits: Dict[str, torch.Tensor]
+    # The fused representation every task reads (input of the backbone).
+    shared: torch.Tensor
+    # Gate weights per gate, [B, num_experts] each (empty for gate-free backbones).
+    gates: List[torch.Tensor]
+
+
+class MultiTaskModel(nn.Module):
+    """Embeds ids with an ``EmbeddingBagCollection``, fuses them with dense (and extra) features,
+    runs a multi-task backbone and per-task towers.
+
+    Args:
+        embedding: the EBC over all sparse features (sharded by DMP when distributed).
+        num_dense: number of dense input features.
+        dense_layers: MLP applied to the dense features (empty: used as they are).
+        backbone: module with ``forward_with_gates(x) -> (List[Tensor], List[Tensor])`` and
+            ``out_features`` (MMoE, PLE, SharedBottom ...).
+        towers: the per-task towers.
+        feature_modules: extra feature extractors ``KeyedJaggedTensor -> [B, d]`` with an
+            ``out_features`` attribute, e.g. the text-feature module.
+
+    Example::
+
+        out = model(batch)
+        out.logits["click"].shape   # [B]
+    """
+
+    def __init__(
+        self,
+        embedding: EmbeddingBagCollection,
+        num_dense: int,
+        dense_layers: List[int],
+        backbone: nn.Module,
+        towers: TaskTowers,
+        feature_modules: Optional[Dict[str, nn.Module]] = None,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.num_dense = num_dense
+        self.dense_arch: nn.Module = MLP(num_dense, dense_layers) if (num_dense and dense_layers) else nn.Identity()
+        self.feature_modules = nn.ModuleDict(feature_modules or {})
+        self.backbone = backbone
+        self.towers = towers
+        self.tasks = towers.tasks
+
+    @staticmethod
+    def fused_width(
+        embedding: EmbeddingBagCollection,
+        num_dense: int,
+        dense_layers: List[int],
+        feature_modules: Optional[Dict[str, nn.Module]] = None,
+    ) -> int:
+        """Width of the fused representation, for sizing the backbone before building the model."""
+        width = sum(c.embedding_dim * len(c.feature_names) for c in embedding.embedding_bag_configs())
+        width += (dense_layers[-1] if dense_layers else num_dense) if num_dense else 0
+        width += sum(int(m.out_features) for m in (feature_modules or {}).values())
+        return width
+
+    def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
+        parts = [self.embedding(sparse).values()]
+        if self.num_dense:
+            parts.append(self.dense_arch(dense))
+        for module in self.feature_modules.values():
+            parts.append(module(sparse))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        shared = self.fuse(batch.sparse, batch.dense)
+        task_inputs, gates = self.backbone.forward_with_gates(shared)
+        return ModelOutput(self.towers(task_inputs), shared, gates)

@@ -1,0 +1,66 @@
+"""A bank of same-shaped MLP experts evaluated as batched matmuls.
+
+All experts' weights are stacked, so ``E`` experts cost one ``bmm`` per layer instead of ``E``
+small Linear calls.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+from torch import nn
+
+
+class BatchedExperts(nn.Module):
+    """``num_experts`` MLPs with the same layer sizes, applied to the same or to per-expert inputs.
+
+    Args:
+        in_features: input width.
+        num_experts: number of experts ``E``.
+        layer_sizes: output width of each layer; ReLU after every layer.
+
+    Example::
+
+        experts = BatchedExperts(32, num_experts=4, layer_sizes=[64, 16])
+        out = experts(torch.randn(8, 32))   # [E=4, B=8, 16]
+    """
+
+    def __init__(self, in_features: int, num_experts: int, layer_sizes: List[int]) -> None:
+        super().__init__()
+        if num_experts <= 0 or not layer_sizes:
+            raise ValueError("BatchedExperts needs num_experts > 0 and at least one layer")
+        self.in_features = in_features
+        self.num_experts = num_experts
+        self.out_features = layer_sizes[-1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        prev = in_features
+        for size in layer_sizes:
+            self.weights.append(nn.Parameter(torch.empty(num_experts, prev, size)))
+            self.biases.append(nn.Parameter(torch.empty(num_experts, 1, size)))
+            prev = size
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same distribution as nn.Linear's default, per expert.
+        for w, b in zip(self.weights, self.biases):
+            bound = 1.0 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[B, in]`` (shared by all experts) or ``[E, B, in]``; returns ``[E, B, out]``."""
+        first = True
+        h = x
+        for w, b in zip(self.weights, self.biases):
+            if first and h.dim() == 2:
+                # One matmul for all experts' first layer: [B, in] x [in, E*out].
+                e, i, o = w.shape
+                h = (h @ w.permute(1, 0, 2).reshape(i, e * o)).view(h.shape[0], e, o).transpose(0, 1) + b
+            else:
+                h = torch.baddbmm(b, h, w)
+            h = torch.relu(h)
+            first = False
+        return h

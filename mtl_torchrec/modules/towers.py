@@ -1,0 +1,48 @@
+"""Per-task towers: a small MLP and a scalar output head for each task."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+from torchrec.modules.mlp import MLP
+
+
+class TaskTower(nn.Module):
+    """MLP followed by a linear head with one output (a logit or a regression value).
+
+    Example::
+
+        tower = TaskTower(16, [32])
+        tower(torch.randn(8, 16)).shape   # torch.Size([8])
+    """
+
+    def __init__(self, in_features: int, layer_sizes: List[int]) -> None:
+        super().__init__()
+        self.mlp = MLP(in_features, layer_sizes) if layer_sizes else nn.Identity()
+        self.head = nn.Linear(layer_sizes[-1] if layer_sizes else in_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mlp(x)).squeeze(-1)
+
+
+class TaskTowers(nn.Module):
+    """One :class:`TaskTower` per task, applied to that task's input.
+
+    Example::
+
+        towers = TaskTowers(["click", "rating"], 16, {"click": [32], "rating": [32]})
+        towers([torch.randn(8, 16), torch.randn(8, 16)])["rating"].shape   # torch.Size([8])
+    """
+
+    def __init__(self, tasks: List[str], in_features: int, layer_sizes: Dict[str, List[int]]) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+        self.towers = nn.ModuleDict({t: TaskTower(in_features, layer_sizes[t]) for t in self.tasks})
+
+    def forward(self, inputs: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        for i, (name, tower) in enumerate(self.towers.items()):
+            out[name] = tower(inputs[i])
+        return out
