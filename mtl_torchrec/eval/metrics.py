@@ -90,3 +90,15 @@ class TaskMetrics:
                 res["rmse"] = res["mse"] ** 0.5
             out[t.name] = res
         return out
+
+
+def format_table(metrics: Dict[str, Dict[str, float]]) -> str:
+    """A fixed-width per-task table of metric values."""
+    cols: List[str] = []
+    for values in metrics.values():
+        cols += [k for k in values if k not in cols and k != "count"]
+    lines = [f"{'task':<14}" + "".join(f"{c:>14}" for c in cols)]
+    for task, values in metrics.items():
+        cells = [f"{values[c]:>14.4f}" if c in values else f"{'-':>14}" for c in cols]
+        lines.append(f"{task:<14}" + "".join(cells))
+    return "\n".join(lines)

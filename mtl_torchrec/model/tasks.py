@@ -9,7 +9,7 @@ all rows, so ``pCVR`` is never trained on the clicked rows alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -99,16 +99,26 @@ class FixedWeights(nn.Module):
         return {t: float(self.weight[i]) for i, t in enumerate(self.task_names)}
 
 
+class TrainOutput(NamedTuple):
+    """What a train module returns beside the loss (and what pipelines' ``progress`` return)."""
+
+    loss: torch.Tensor
+    task_losses: Dict[str, torch.Tensor]
+    predictions: Dict[str, torch.Tensor]
+    model_output: ModelOutput
+
+
 class TrainModule(nn.Module):
     """Model + losses + balancer, in the form TorchRec's train pipelines call.
 
-    ``forward(batch)`` returns ``(loss, (task_losses, predictions, output))`` where
-    ``task_losses`` are detached per-task losses and ``predictions`` are impression-space.
+    ``forward(batch)`` returns ``(loss, TrainOutput)``: the TrainOutput holds the detached total
+    and per-task losses and impression-space predictions.
 
     Example::
 
         train = TrainModule(model, tasks, FixedWeights({"click": 1.0}))
-        loss, (losses, preds, out) = train(batch)
+        loss, out = train(batch)
+        out.task_losses["click"], out.predictions["click"]
     """
 
     def __init__(self, model: nn.Module, tasks: List[TaskSpec], balancer: nn.Module) -> None:
@@ -120,9 +130,10 @@ class TrainModule(nn.Module):
 
     def forward(
         self, batch: Batch
-    ) -> Tuple[torch.Tensor, Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], ModelOutput]]:
+    ) -> Tuple[torch.Tensor, TrainOutput]:
         out: ModelOutput = self.model(batch)
         losses = task_losses(out, batch, self.tasks)
         total = self.balancer(losses, out.shared)
-        preds = predictions({k: v.detach() for k, v in out.logits.items()}, self.tasks)
-        return total, ({k: v.detach() for k, v in losses.items()}, preds, out)
+        preds = predictions({t.name: out.logits[t.name].detach() for t in self.tasks}, self.tasks)
+        detached = {k: v.detach() for k, v in losses.items()}
+        return total, TrainOutput(total.detach(), detached, preds, out)

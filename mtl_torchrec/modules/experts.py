@@ -14,7 +14,7 @@ from torch import nn
 
 
 class BatchedExperts(nn.Module):
-    """``num_experts`` MLPs with the same layer sizes, applied to the same or to per-expert inputs.
+    """``num_experts`` MLPs with the same layer sizes, all reading the same input.
 
     Args:
         in_features: input width.
@@ -51,16 +51,11 @@ class BatchedExperts(nn.Module):
             nn.init.uniform_(b, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, in]`` (shared by all experts) or ``[E, B, in]``; returns ``[E, B, out]``."""
-        first = True
-        h = x
-        for w, b in zip(self.weights, self.biases):
-            if first and h.dim() == 2:
-                # One matmul for all experts' first layer: [B, in] x [in, E*out].
-                e, i, o = w.shape
-                h = (h @ w.permute(1, 0, 2).reshape(i, e * o)).view(h.shape[0], e, o).transpose(0, 1) + b
-            else:
-                h = torch.baddbmm(b, h, w)
-            h = torch.relu(h)
-            first = False
+        """``x``: ``[B, in]``, read by every expert; returns ``[E, B, out]``."""
+        # The first layer of all experts is one matmul: [B, in] x [in, E*out].
+        w0, b0 = self.weights[0], self.biases[0]
+        e, i, o = w0.shape
+        h = torch.relu((x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + b0)
+        for w, b in zip(self.weights[1:], self.biases[1:]):
+            h = torch.relu(torch.baddbmm(b, h, w))
         return h

@@ -1,0 +1,5 @@
+import sys
+
+from mtl_torchrec.launch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""One entry point from ``DataConfig`` to a schema and train/val/test tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from mtl_torchrec.config import ConfigError, DataConfig
+from mtl_torchrec.data.schema import ColumnTable, Schema
+
+
+@dataclass
+class DataBundle:
+    schema: Schema
+    splits: Dict[str, ColumnTable]
+    # Text per item id (index = id) for text features; None where the data has no item text.
+    item_text: Optional[List[Optional[str]]] = None
+    # Named boolean row masks per split for sliced reports, e.g. {"test": {"cold_items": mask}}.
+    slices: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for name, table in self.splits.items():
+            self.schema.validate(table, source=f"{name} split")
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    if cfg.source == "synthetic":
+        from mtl_torchrec.data.synthetic import generate_synthetic
+
+        syn = generate_synthetic(cfg.synthetic)
+        bundle = DataBundle(schema=syn.schema, splits=syn.splits, item_text=list(syn.item_text))
+    else:
+        raise ConfigError(f"data.source: '{cfg.source}' is not available")
+    bundle.validate()
+    return bundle

@@ -1,0 +1,37 @@
+"""The ``mtl-torchrec`` command. Each sub-command lives in its own module with
+``add_parser(subparsers)`` registering itself and a ``run(args)`` function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from mtl_torchrec.config import ConfigError
+from mtl_torchrec.data.schema import DataError
+
+# Sub-command modules, in the order ``--help`` lists them.
+COMMANDS = ("mtl_torchrec.launch.train_cmd",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtl-torchrec", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"mtl-torchrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``mtl-torchrec train``: train on the configured data, evaluate on the test split, write a run.
+
+A run directory holds ``config.yaml`` (the resolved config), ``checkpoint/`` (DCP),
+``metrics.json`` (test metrics per task), ``train_summary.json`` and ``tensorboard/``.
+Works in one process or under ``torchrun`` (one run directory chosen by rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from mtl_torchrec.config import Config, load_config, save_config
+from mtl_torchrec.data.sources import load_data
+from mtl_torchrec.eval.metrics import format_table
+from mtl_torchrec.train.sharding import DistContext, close_distributed, init_distributed
+from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.utils import write_json
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a multi-task model and evaluate it on the test split")
+    p.add_argument("--config", type=str, default=None, help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=3 model.backbone=ple")
+    p.set_defaults(run=run)
+
+
+def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
+    """``cfg.run_dir`` if given, else a new timestamped folder under ``cfg.output_dir`` (rank 0 picks)."""
+    if cfg.run_dir:
+        path = Path(cfg.run_dir)
+    else:
+        name = [f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.backbone}-{os.getpid()}"]
+        if dist.is_initialized() and ctx.world_size > 1:
+            dist.broadcast_object_list(name, src=0)
+        path = Path(cfg.output_dir) / name[0]
+    if ctx.is_main:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
+    """Trains, evaluates on test, writes the run directory; returns a summary dict."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    run_dir = resolve_run_dir(cfg, ctx)
+    data = load_data(cfg.data)
+    if ctx.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    trainer = Trainer(cfg, data, ctx, run_dir)
+    try:
+        summary = trainer.fit()
+        test = trainer.evaluate("test")
+        trainer.save("checkpoint")
+    finally:
+        trainer.close()
+    if ctx.is_main:
+        write_json(run_dir / "metrics.json", test)
+        write_json(run_dir / "train_summary.json", {**summary, "world_size": ctx.world_size, "history": trainer.history})
+    return {"run_dir": run_dir, "metrics": test, "summary": summary}
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    ctx = init_distributed()
+    try:
+        result = train(cfg, ctx)
+    finally:
+        close_distributed(ctx)
+    if ctx.is_main:
+        s = result["summary"]
+        print(f"trained {s['steps']} steps, {s['samples_per_s']:.0f} samples/s on {ctx.world_size} rank(s)")
+        print("test metrics:")
+        print(format_table(result["metrics"]))
+        print(result["run_dir"])
+    return 0
