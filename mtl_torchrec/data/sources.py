@@ -31,6 +31,10 @@ def load_data(cfg: DataConfig) -> DataBundle:
 
         syn = generate_synthetic(cfg.synthetic)
         bundle = DataBundle(schema=syn.schema, splits=syn.splits, item_text=list(syn.item_text))
+    elif cfg.source == "movielens":
+        from mtl_torchrec.data.movielens import load_movielens
+
+        bundle = load_movielens(cfg.movielens)
     else:
         raise ConfigError(f"data.source: '{cfg.source}' is not available")
     bundle.validate()

@@ -66,6 +66,8 @@ def model_fingerprint(name: Optional[str], trust_remote_code: bool = False) -> T
         return (name or DEFAULT_MODEL_NAME, "sha256:" + h.hexdigest())
     if p.exists():
         raise ConfigError(f"model.text.encoder.model: '{path}' is a file, not a model folder or hub name")
+    if path.startswith(("/", "./", "../", "~")) or os.sep + os.sep in path or path.count("/") > 1:
+        raise ConfigError(f"model.text.encoder.model: model folder '{path}' does not exist")
     from transformers import AutoConfig
 
     try:
@@ -105,6 +107,8 @@ class TextEncoder:
         self.path = resolve_model(cfg.model)
         self.device = device or torch.device("cpu")
         local = Path(self.path).is_dir()
+        if not local:
+            model_fingerprint(cfg.model, cfg.trust_remote_code)  # a clear error for a missing folder
         if cfg.model is None:
             # The packaged weights are local; never let a loader try the hub for them.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
