@@ -259,9 +259,10 @@ def _tiny_synthetic_store(tmp_path: Path, tiny_model: str) -> str:
     from mtl_torchrec.config import SyntheticConfig
     from mtl_torchrec.data.synthetic import generate_synthetic
 
-    texts = generate_synthetic(SyntheticConfig(num_impressions=100, num_items=300, num_users=400)).item_text
-    texts = list(texts)
-    texts[5] = None  # one item without text
+    data = generate_synthetic(SyntheticConfig(num_impressions=6000, num_items=300, num_users=400))
+    texts: List[Any] = list(data.item_text)
+    # The most shown item has no text, so training must use (and move) the learned no-text vector.
+    texts[int(np.bincount(data.splits["train"]["item_id"]).argmax())] = None
     build_store(texts, tmp_path / "store", enc_cfg(tiny_model))
     return str(tmp_path / "store")
 
@@ -271,14 +272,12 @@ def _table_key(state: Dict[str, Any]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharding", ["row_wise", "table_wise"])
-def test_two_rank_training_keeps_frozen_table_and_moves_adapter(tmp_path: Path, tiny_model: str, sharding: str) -> None:
+def test_two_rank_training_keeps_frozen_table_and_moves_adapter(tmp_path: Path, tiny_model: str) -> None:
     store = _tiny_synthetic_store(tmp_path, tiny_model)
-    results = run_ranks(_train_ranks, 2, store, [f"train.sharding={sharding}"], str(tmp_path / "runs"))
+    results = run_ranks(_train_ranks, 2, store, ["train.sharding=row_wise"], str(tmp_path / "runs"))
     for res in results:
         assert res["steps"] > 10
         key = _table_key(res["before"])
-        assert res["before"][key] == [] or True
         for (offs, b), (_, a) in zip(res["before"][key], res["after"][key]):
             assert torch.equal(a, b), "the frozen text table changed during training"
             # The shard holds the store's vectors (copied in after sharding).
@@ -295,7 +294,7 @@ def test_two_rank_training_keeps_frozen_table_and_moves_adapter(tmp_path: Path, 
 @pytest.mark.slow
 def test_trainable_table_mode_fine_tunes_the_vectors(tmp_path: Path, tiny_model: str) -> None:
     store = _tiny_synthetic_store(tmp_path, tiny_model)
-    results = run_ranks(_train_ranks, 2, store, ["train.sharding=row_wise", "model.text.trainable_table=true"],
+    results = run_ranks(_train_ranks, 1, store, ["train.sharding=table_wise", "model.text.trainable_table=true"],
                         str(tmp_path / "runs"))
     changed = 0
     for res in results:

@@ -137,9 +137,17 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
             per_table[cfg.name] = gen
             counter += 1
         plan[path] = construct_module_sharding_plan(
-            ebc, per_table, local_size=local_world_size, world_size=world_size, device_type=device_type
+            ebc, per_table, sharder=_frozen_sharder(ebc), local_size=local_world_size, world_size=world_size,
+            device_type=device_type,
         )
     return ShardingPlan(plan=plan)
+
+
+def _frozen_sharder(ebc: EmbeddingBagCollection) -> Optional[ModuleSharder]:
+    """The sharder of frozen (text) tables; None lets TorchRec pick its default for plain EBCs."""
+    from mtl_torchrec.text.features import FrozenEmbeddingBagCollection, FrozenEmbeddingBagCollectionSharder
+
+    return FrozenEmbeddingBagCollectionSharder() if isinstance(ebc, FrozenEmbeddingBagCollection) else None
 
 
 def column_split_ok(module: nn.Module, world_size: int) -> None:

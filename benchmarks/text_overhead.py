@@ -1,0 +1,91 @@
+"""Training throughput with text features vs ID-only on the same config, measured in one run.
+
+Both models are built and sharded in the same process; timing alternates between them in rounds
+(so background load hits both alike) and reports samples/s per variant and their ratio. The text
+vectors come from the cache (encoded once on the first run); the language model never runs in a
+training step.
+
+    OMP_NUM_THREADS=2 python benchmarks/text_overhead.py
+    OMP_NUM_THREADS=2 python benchmarks/text_overhead.py --rounds 5 --steps 100 model.text.adapter_layers=[64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+from mtl_torchrec.config import load_config
+from mtl_torchrec.data.sources import load_data
+from mtl_torchrec.train.sharding import close_distributed, init_distributed
+from mtl_torchrec.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: Any = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=60, help="timed steps per variant per round")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    base = ["data.synthetic.num_impressions=200000", "train.progress=false"] + list(args.overrides)
+    ctx = init_distributed()
+    out = Path(tempfile.mkdtemp(prefix="text_overhead_"))
+    variants = {"id_only": ["model.text.enabled=false"], "text_id": ["model.text.enabled=true"]}
+    trainers: Dict[str, Trainer] = {}
+    pipes: Dict[str, Any] = {}
+    iters: Dict[str, Any] = {}
+    data = None
+    for name, extra in variants.items():
+        cfg = load_config(args.config, base + extra)
+        data = data or load_data(cfg.data)
+        trainers[name] = Trainer(cfg, data, ctx, out / name)
+        trainers[name].dmp.train()
+        pipes[name] = trainers[name]._pipeline()
+        iters[name] = trainers[name]._batches()
+
+    def run(name: str, steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            try:
+                pipes[name].progress(iters[name])
+            except StopIteration:
+                trainers[name].state.epoch += 1
+                iters[name] = trainers[name]._batches()
+                pipes[name].progress(iters[name])
+        return time.perf_counter() - t0
+
+    for name in variants:
+        run(name, args.warmup)
+    rates: Dict[str, List[float]] = {n: [] for n in variants}
+    batch = trainers["id_only"].cfg.data.batch_size * ctx.world_size
+    for _ in range(args.rounds):
+        for name in variants:
+            rates[name].append(args.steps * batch / run(name, args.steps))
+    for t in trainers.values():
+        t.close()
+    close_distributed(ctx)
+    if ctx.is_main:
+        med = {n: statistics.median(r) for n, r in rates.items()}
+        text = trainers["text_id"].cfg.model.text
+        print(f"batch {batch}, {args.rounds} rounds x {args.steps} steps, {torch.get_num_threads()} thread(s), "
+              f"{ctx.world_size} rank(s); adapter {text.adapter_layers}")
+        for n, r in rates.items():
+            print(f"{n:<8} median {med[n]:>9.0f} samples/s   rounds: {', '.join(f'{x:.0f}' for x in r)}")
+        print(f"ratio text_id / id_only: {med['text_id'] / med['id_only']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The MovieLens-100K multi-task protocol: derived impressions, time split, cold items, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtl_torchrec.config import DataConfig, MovieLensConfig
+from mtl_torchrec.data.movielens import item_texts, load_movielens, read_items
+from mtl_torchrec.data.schema import DataError
+from mtl_torchrec.data.sources import load_data
+
+ML100K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-100k"
+needs_ml100k = pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason="MovieLens-100K not present")
+
+GENRES = "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\nCrime|6\nDocumentary|7\nDrama|8\n" \
+    "Fantasy|9\nFilm-Noir|10\nHorror|11\nMusical|12\nMystery|13\nRomance|14\nSci-Fi|15\nThriller|16\nWar|17\nWestern|18\n"
+
+
+def _flags(*on: int) -> str:
+    return "|".join("1" if g in on else "0" for g in range(19))
+
+
+def write_tiny(folder: Path, n_users: int = 6, n_items: int = 12, seed: int = 0) -> Path:
+    """A GroupLens-layout folder: items 11-12 are only rated late (cold)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "u.genre").write_text(GENRES)
+    (folder / "u.user").write_text(
+        "".join(f"{u}|{20 + 5 * u}|{'MF'[u % 2]}|{['student', 'writer', 'other'][u % 3]}|{u}2345\n" for u in range(1, n_users + 1))
+    )
+    (folder / "u.item").write_text(
+        "".join(f"{i}|Movie {i} ({1990 + i})|01-Jan-{1990 + i}||http://x|{_flags(i % 19, (i + 3) % 19)}\n"
+                for i in range(1, n_items + 1))
+    )
+    pairs = [(u, i) for u in range(1, n_users + 1) for i in rng.choice(np.arange(1, n_items - 1), size=4, replace=False)]
+    # Users' early ratings interleave in time, so every split mixes users and items.
+    times = 1000 + rng.permutation(len(pairs))
+    rows = [f"{u}\t{i}\t{rng.integers(1, 6)}\t{t}\n" for (u, i), t in zip(pairs, times)]
+    t = 1000 + len(pairs)
+    for u in range(1, n_users + 1):
+        t += 1
+        rows.append(f"{u}\t{n_items - 1 + u % 2}\t{rng.integers(1, 6)}\t{t}\n")
+    (folder / "u.data").write_text("".join(rows))
+    return folder
+
+
+def test_protocol_on_tiny_data(tmp_path: Path) -> None:
+    root = write_tiny(tmp_path / "ml")
+    b = load_movielens(MovieLensConfig(path=str(root), negatives_per_positive=2, test_fraction=0.2, val_fraction=0.1))
+    b.validate()
+    total = sum(len(t) for t in b.splits.values())
+    assert total == 30 * 3
+    for name, t in b.splits.items():
+        click, conv, rating = t["click"], t["conversion"], t["rating"]
+        assert click.mean() == pytest.approx(1 / 3)
+        assert np.all(np.isnan(rating) == (click == 0)), "rating is masked exactly on negatives"
+        assert np.all(conv <= click) and np.all(conv[click == 1] == (rating[click == 1] >= 4))
+    rated = set()
+    for line in (root / "u.data").read_text().splitlines():
+        u, i, _, _ = line.split("\t")
+        rated.add((int(u) - 1, int(i) - 1))
+    for t in b.splits.values():
+        neg = t["click"] == 0
+        assert not any((u, i) in rated for u, i in zip(t["user_id"][neg], t["item_id"][neg]))
+    cold = b.slices["test"]["cold_items"]
+    assert set(b.splits["test"]["item_id"][cold]) == {10, 11}
+    for name in ("train", "val"):
+        assert not np.isin(b.splits[name]["item_id"], [10, 11]).any()
+    assert b.item_text[0] == "Movie 1. Year: 1991. Genres: Action, Children's."
+
+
+def test_malformed_files_name_file_and_line(tmp_path: Path) -> None:
+    root = write_tiny(tmp_path / "ml")
+    lines = (root / "u.data").read_text().splitlines()
+    lines[4] = "1\t2\tfive\t100"
+    (root / "u.data").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"u.data:5: rating must be an integer"):
+        load_movielens(MovieLensConfig(path=str(root)))
+    root = write_tiny(tmp_path / "ml2")
+    (root / "u.item").write_text((root / "u.item").read_text() + "13|Broken|no flags\n")
+    with pytest.raises(DataError, match=r"u.item:13: expected 24 '\|'-separated fields"):
+        load_movielens(MovieLensConfig(path=str(root)))
+    root = write_tiny(tmp_path / "ml3")
+    (root / "u.user").unlink()
+    with pytest.raises(DataError, match=r"u.user: file not found"):
+        load_movielens(MovieLensConfig(path=str(root)))
+    root = write_tiny(tmp_path / "ml4")
+    (root / "u.data").write_text((root / "u.data").read_text() + "99\t1\t3\t5000\n")
+    with pytest.raises(DataError, match=r"1 ids missing from .*u.user"):
+        load_movielens(MovieLensConfig(path=str(root)))
+    with pytest.raises(DataError, match="data.movielens.path"):
+        load_movielens(MovieLensConfig(path=str(tmp_path / "nowhere")))
+
+
+def test_unknown_title_has_no_text(tmp_path: Path) -> None:
+    root = write_tiny(tmp_path / "ml")
+    (root / "u.item").write_text((root / "u.item").read_text() + f"13|unknown||||{_flags(0)}\n")
+    items = read_items(root / "u.item")
+    texts = item_texts(items, GENRES and [g.split("|")[0] for g in GENRES.splitlines()], 13)
+    assert texts[12] is None and texts[1].startswith("Movie 2. Year: 1992.")
+
+
+@needs_ml100k
+def test_ml100k_time_split_and_cold_items() -> None:
+    b = load_data(DataConfig(source="movielens", movielens=MovieLensConfig(path=str(ML100K))))
+    positives = sum(int(t["click"].sum()) for t in b.splits.values())
+    assert positives == 100000
+    assert len(b.splits["test"]) == pytest.approx(0.2 * 500000, rel=0.01)
+    assert b.schema.sparse[1].num_embeddings == 1682 and len(b.item_text) == 1682
+    cold_ids = np.unique(b.splits["test"]["item_id"][b.slices["test"]["cold_items"]])
+    assert len(cold_ids) > 20
+    for name in ("train", "val"):
+        assert not np.isin(b.splits[name]["item_id"], cold_ids).any()
+    assert sum(t is None for t in b.item_text) == 1  # the one "unknown" title
