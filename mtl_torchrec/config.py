@@ -132,6 +132,9 @@ class TextConfig:
     # (``<cache_dir>/<data source>``); unchanged texts are never encoded twice.
     cache_dir: str = "text_cache"
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    # Cold start: probability of swapping the item's id embedding for a learned "unseen item"
+    # vector in training (also used at evaluation for ids never seen in training); 0 disables.
+    id_dropout: float = 0.0
 
 
 @dataclass

@@ -334,3 +334,35 @@ def test_minilm_two_rank_encoding_equals_one_rank_and_cache_is_byte_identical(tm
     assert {n: (tmp_path / "cli" / n).read_bytes() for n in first} == first
     assert main(["encode-text", "--store", str(tmp_path / "x"), "--input", str(items), "--text-columns", "title",
                  "--model", str(tmp_path / "missing")]) == 2
+
+
+def test_unseen_id_dropout_trains_and_replaces_unseen_ids() -> None:
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    from mtl_torchrec.modules.id_dropout import UnseenIdDropout
+
+    ebc = EmbeddingBagCollection(tables=[
+        EmbeddingBagConfig(name="u", embedding_dim=4, num_embeddings=10, feature_names=["user_id"]),
+        EmbeddingBagConfig(name="i", embedding_dim=4, num_embeddings=10, feature_names=["item_id"]),
+    ])
+
+    def kjt(users: List[int], items: List[int]) -> KeyedJaggedTensor:
+        return KeyedJaggedTensor.from_lengths_sync(
+            keys=["user_id", "item_id"], values=torch.tensor(users + items),
+            lengths=torch.ones(len(users) + len(items), dtype=torch.int32))
+
+    drop = UnseenIdDropout("item_id", 10, 4, p=0.5)
+    torch.manual_seed(0)
+    batch = kjt(list(range(8)), [1, 2, 3, 1, 2, 3, 1, 2])
+    ref = ebc(batch).to_dict()
+    out = drop(ebc(batch), batch).to_dict()
+    assert torch.equal(out["user_id"], ref["user_id"])
+    dropped = (out["item_id"] != ref["item_id"]).any(1)
+    assert 0 < int(dropped.sum()) < 8 and torch.all(out["item_id"][dropped] == 0)
+    assert drop.seen.nonzero().flatten().tolist() == [1, 2, 3]
+    drop.eval()
+    test = kjt([0, 1], [2, 7])
+    out = drop(ebc(test), test).to_dict()
+    assert torch.equal(out["item_id"][0], ebc(test).to_dict()["item_id"][0])
+    assert torch.equal(out["item_id"][1], drop.unseen.detach())

@@ -47,6 +47,7 @@ def main(argv: Any = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(HERE / "config.yaml"))
     p.add_argument("--output", default=None, help="folder for runs and results.json (default: a temp folder)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     out = Path(args.output or tempfile.mkdtemp(prefix="movielens_"))
@@ -54,7 +55,7 @@ def main(argv: Any = None) -> int:
     ctx = init_distributed()
     results: Dict[str, Any] = {}
     try:
-        for name, extra in VARIANTS.items():
+        for name, extra in ((n, VARIANTS[n]) for n in args.variants):
             cfg = load_config(args.config, list(args.overrides) + extra)
             data = load_data(cfg.data)
             cold = data.slices["test"]["cold_items"]
@@ -70,7 +71,10 @@ def main(argv: Any = None) -> int:
                 print(f"{name}: {summary['steps']} steps, {summary['samples_per_s']:.0f} samples/s", flush=True)
     finally:
         close_distributed(ctx)
-    if ctx.is_main:
+    if ctx.is_main and len(results) == 1:
+        write_json(out / "results.json", results)
+        print(results)
+    elif ctx.is_main:
         n_cold = int(results["text_id"]["test_cold"]["click"]["count"])
         write_json(out / "results.json", results)
         print("\nall test impressions (conversion: click-and-convert over all impressions)")

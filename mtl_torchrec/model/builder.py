@@ -78,6 +78,7 @@ def build_model(
     schema: Schema,
     device: Optional[torch.device] = None,
     feature_modules: Optional[Dict[str, nn.Module]] = None,
+    id_dropout: Optional[nn.Module] = None,
 ) -> MultiTaskModel:
     """``device='meta'`` defers table allocation to DistributedModelParallel."""
     tasks = task_specs(cfg, schema)
@@ -89,4 +90,4 @@ def build_model(
         backbone.out_features,
         {t.name: (t.tower_layers if t.tower_layers is not None else cfg.tower_layers) for t in cfg.tasks},
     )
-    return MultiTaskModel(ebc, len(schema.dense), cfg.dense_layers, backbone, towers, feature_modules)
+    return MultiTaskModel(ebc, len(schema.dense), cfg.dense_layers, backbone, towers, feature_modules, id_dropout)

@@ -56,12 +56,15 @@ class MultiTaskModel(nn.Module):
         backbone: nn.Module,
         towers: TaskTowers,
         feature_modules: Optional[Dict[str, nn.Module]] = None,
+        id_dropout: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.embedding = embedding
         self.num_dense = num_dense
         self.dense_arch: nn.Module = MLP(num_dense, dense_layers) if (num_dense and dense_layers) else nn.Identity()
         self.feature_modules = nn.ModuleDict(feature_modules or {})
+        # Optional (pooled KeyedTensor, KJT) -> KeyedTensor, e.g. UnseenIdDropout for cold-start ids.
+        self.id_dropout = id_dropout
         self.backbone = backbone
         self.towers = towers
         self.tasks = towers.tasks
@@ -80,7 +83,10 @@ class MultiTaskModel(nn.Module):
         return width
 
     def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        parts = [self.embedding(sparse).values()]
+        pooled = self.embedding(sparse)
+        if self.id_dropout is not None:
+            pooled = self.id_dropout(pooled, sparse)
+        parts = [pooled.values()]
         if self.num_dense:
             parts.append(self.dense_arch(dense))
         for module in self.feature_modules.values():

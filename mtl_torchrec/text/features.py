@@ -257,3 +257,15 @@ def text_feature_modules(cfg: "Config", data: "DataBundle") -> Dict[str, nn.Modu
     store = resolve_store(text, data.item_text, cfg.data.source, progress=cfg.train.progress)
     source = text.store or str(text.cache_dir)
     return {"text": build_text_feature(text, store, feature.num_embeddings, source=f"text store {source}")}
+
+
+def item_id_dropout(cfg: "ModelConfig", schema: "Schema") -> nn.Module:  # noqa: F821
+    """:class:`UnseenIdDropout` on ``cfg.text.item_feature`` with probability ``cfg.text.id_dropout``."""
+    from mtl_torchrec.modules.id_dropout import UnseenIdDropout
+
+    feature = next((f for f in schema.sparse if f.name == cfg.text.item_feature), None)
+    if feature is None or feature.multi_valued:
+        raise ConfigError(f"model.text.item_feature: '{cfg.text.item_feature}' must be a single-valued sparse feature")
+    if not 0.0 <= cfg.text.id_dropout < 1.0:
+        raise ConfigError(f"model.text.id_dropout: must be in [0, 1), got {cfg.text.id_dropout}")
+    return UnseenIdDropout(feature.name, feature.num_embeddings, cfg.embedding_dim, cfg.text.id_dropout)

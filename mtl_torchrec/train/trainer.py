@@ -60,7 +60,13 @@ def build_train_module(cfg: Config, data: DataBundle, feature_modules: Optional[
         from mtl_torchrec.text.features import text_feature_modules
 
         feature_modules = text_feature_modules(cfg, data)
-    model = build_model(cfg.model, data.schema, feature_modules=feature_modules)
+    id_dropout = None
+    # Independent of text.enabled, so an ID-only baseline can get the same cold-start treatment.
+    if cfg.model.text.id_dropout > 0:
+        from mtl_torchrec.text.features import item_id_dropout
+
+        id_dropout = item_id_dropout(cfg.model, data.schema)
+    model = build_model(cfg.model, data.schema, feature_modules=feature_modules, id_dropout=id_dropout)
     return TrainModule(model, tasks, build_balancer(cfg.train.loss_balance, tasks))
 
 
