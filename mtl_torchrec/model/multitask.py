@@ -62,6 +62,8 @@ class MultiTaskModel(nn.Module):
         self.num_dense = num_dense
         self.dense_arch: nn.Module = MLP(num_dense, dense_layers) if (num_dense and dense_layers) else nn.Identity()
         self.feature_modules = nn.ModuleDict(feature_modules or {})
+        # Sharded EBCs may return features in another order than the unsharded one; fix ours.
+        self.embedding_names: List[str] = [n for c in embedding.embedding_bag_configs() for n in c.feature_names]
         self.backbone = backbone
         self.towers = towers
         self.tasks = towers.tasks
@@ -80,7 +82,8 @@ class MultiTaskModel(nn.Module):
         return width
 
     def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        parts = [self.embedding(sparse).values()]
+        pooled = self.embedding(sparse).to_dict()
+        parts = [pooled[name] for name in self.embedding_names]
         if self.num_dense:
             parts.append(self.dense_arch(dense))
         for module in self.feature_modules.values():
