@@ -59,6 +59,9 @@ class MultiTaskModel(nn.Module):
     ) -> None:
         super().__init__()
         self.embedding = embedding
+        # Sharded EBCs return their features grouped by shard, in an order that depends on the plan;
+        # fuse in this fixed order so a checkpoint means the same under any plan or rank count.
+        self.embedding_feature_names: List[str] = [n for c in embedding.embedding_bag_configs() for n in c.feature_names]
         self.num_dense = num_dense
         self.dense_arch: nn.Module = MLP(num_dense, dense_layers) if (num_dense and dense_layers) else nn.Identity()
         self.feature_modules = nn.ModuleDict(feature_modules or {})
@@ -80,7 +83,8 @@ class MultiTaskModel(nn.Module):
         return width
 
     def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        parts = [self.embedding(sparse).values()]
+        pooled = self.embedding(sparse).to_dict()
+        parts = [torch.cat([pooled[name] for name in self.embedding_feature_names], dim=1)]
         if self.num_dense:
             parts.append(self.dense_arch(dense))
         for module in self.feature_modules.values():
