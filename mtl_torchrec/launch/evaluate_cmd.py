@@ -6,7 +6,7 @@ by side instead.
 
     mtl-torchrec evaluate --run runs/census
     mtl-torchrec evaluate --run runs/census --data other.yaml --split all
-    torchrun --nproc_per_node 2 -m mtl_torchrec evaluate --run runs/census
+    torchrun --nproc_per_node 2 -m mtl_torchrec evaluate --run-dir runs/census
     mtl-torchrec evaluate --compare runs/a runs/b
 """
 
@@ -27,7 +27,8 @@ from mtl_torchrec.utils import atomic_write_text, write_json
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run: metrics per task and slice, report, plots")
-    p.add_argument("--run", dest="run_dir", type=str, help="run directory (config.yaml + checkpoint/)")
+    # --run-dir is the same option; use it under torchrun, whose parser takes "--run" for its --run-path.
+    p.add_argument("--run", "--run-dir", dest="run_dir", type=str, help="run directory (config.yaml + checkpoint/)")
     p.add_argument("--data", type=str, default=None, help="YAML data spec to evaluate on (default: the run's data)")
     p.add_argument("--split", type=str, default="test", help="split to evaluate (default: test)")
     p.add_argument("--out", type=str, default=None, help="output folder (default: RUN/eval/SPLIT)")
