@@ -17,7 +17,7 @@ from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, r
 from eval_fixtures import TRAIN_CONFIG, make_frame, spec_dict, write_case
 from mtl_torchrec.config import ConfigError, load_config
 from mtl_torchrec.eval.evaluate import evaluate_run
-from mtl_torchrec.eval.report import compare_table, load_eval
+from mtl_torchrec.eval.report import load_eval
 from mtl_torchrec.launch.cli import main as cli_main
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
 from mtl_torchrec.launch.train_cmd import train
@@ -48,7 +48,7 @@ def _evaluate_1rank(run_dir, **kw):
 
 def test_evaluate_metrics_match_exact_computation(trained_run, tmp_path):
     assert (trained_run / "preprocessing" / "preprocessing.json").is_file()
-    result = evaluate_run_and_check = _evaluate_1rank(trained_run)
+    result = _evaluate_1rank(trained_run)
     s = result.summary
     assert s["split"] == "test" and s["rows"] == 100
     rows = result.rows
@@ -100,7 +100,11 @@ def test_evaluate_metrics_match_exact_computation(trained_run, tmp_path):
 
 
 def test_cli_evaluate_and_compare(trained_run, tmp_path, capsys):
-    assert cli_main(["evaluate", "--run", str(trained_run), "--out", str(tmp_path / "a"), "--no-plots"]) == 0
+    assert cli_main(["evaluate", "--run", str(trained_run), "--out", str(tmp_path / "a"), "--no-plots",
+                     "--slice", "user", "--slice-top", "3"]) == 0
+    user_slices = {k: v for k, v in load_eval(str(tmp_path / "a"))["slices"].items() if k.startswith("user=")}
+    assert len(user_slices) == 3 and all(k[len("user="):].startswith("u") for k in user_slices)
+    assert all(v["tasks"]["click"]["count"] == v["rows"] for v in user_slices.values())
     assert cli_main(["evaluate", "--run", str(trained_run), "--split", "val", "--out", str(tmp_path / "b"),
                      "--no-plots"]) == 0
     capsys.readouterr()

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -118,6 +118,29 @@ def resolve_split(bundle: DataBundle, split: str) -> str:
     raise ConfigError(f"--split: '{split}' not in the data (splits: {sorted(bundle.splits)})")
 
 
+def column_slices(bundle: DataBundle, table: ColumnTable, column: str, top: int = 10) -> Dict[str, np.ndarray]:
+    """One row mask per most frequent id of a single-valued sparse column (``"column=value"``),
+    named by the raw token where the run's vocabulary has one."""
+    from mtl_torchrec.data.schema import Jagged
+
+    if column not in bundle.schema.sparse_names:
+        raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; "
+                          f"choose from {bundle.schema.sparse_names}")
+    ids = table[column]
+    if isinstance(ids, Jagged):
+        raise ConfigError(f"--slice: '{column}' is multi-valued; slices need one value per row")
+    vocab = bundle.preprocessing.vocabs.get(column) if bundle.preprocessing is not None else None
+    values, counts = np.unique(ids, return_counts=True)
+    out: Dict[str, np.ndarray] = {}
+    for v in values[np.argsort(-counts, kind="stable")][:top]:
+        if vocab is not None and vocab.mode in ("build", "file"):
+            name = vocab.tokens[v - 1] if v > 0 else "<out of vocabulary>"
+        else:
+            name = str(int(v))
+        out[f"{column}={name}"] = ids == v
+    return out
+
+
 def _rank_range(n: int, rank: int, world: int) -> tuple:
     # Must match BatchDataset's contiguous evaluation shards.
     per_rank = math.ceil(n / world) if n else 0
@@ -190,8 +213,14 @@ def evaluate_run(
     data_spec: Optional[str] = None,
     split: str = "test",
     batch_size: Optional[int] = None,
+    slice_columns: Sequence[str] = (),
+    slice_top: int = 10,
 ) -> EvalResult:
-    """Loads the run's model and data, scores ``split`` and computes all metrics (see module doc)."""
+    """Loads the run's model and data, scores ``split`` and computes all metrics (see module doc).
+
+    Slices: the data's own (``DataBundle.slices``) plus the ``slice_top`` most frequent values of
+    each of ``slice_columns``.
+    """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     ckpt = find_checkpoint(run_dir)
@@ -200,6 +229,8 @@ def evaluate_run(
     split = resolve_split(bundle, split)
     table = bundle.splits[split]
     slices = {k: np.asarray(v, dtype=bool) for k, v in bundle.slices.get(split, {}).items()}
+    for column in slice_columns:
+        slices.update(column_slices(bundle, table, column, slice_top))
     for name, mask in slices.items():
         if len(mask) != len(table):
             raise DataError(f"slice '{name}' has {len(mask)} rows but split '{split}' has {len(table)}")

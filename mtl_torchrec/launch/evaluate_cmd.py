@@ -33,6 +33,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--split", type=str, default="test", help="split to evaluate (default: test)")
     p.add_argument("--out", type=str, default=None, help="output folder (default: RUN/eval/SPLIT)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per rank per step (default: data.eval_batch_size)")
+    p.add_argument("--slice", dest="slices", action="append", default=[], metavar="COLUMN",
+                   help="also report per value of this categorical column (repeatable; top --slice-top values)")
+    p.add_argument("--slice-top", type=int, default=10, help="values per --slice column (default: 10)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
                    help="print two evaluations (run dirs, eval folders or eval.json files) side by side")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(threads))
     ctx = init_distributed()
     try:
-        result = evaluate_run(Path(args.run_dir), ctx, data_spec=args.data, split=args.split, batch_size=args.batch_size)
+        result = evaluate_run(Path(args.run_dir), ctx, data_spec=args.data, split=args.split, batch_size=args.batch_size,
+                              slice_columns=args.slices, slice_top=args.slice_top)
         out: Optional[Path] = None
         if ctx.is_main:
             out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / result.summary["split"]
