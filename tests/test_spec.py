@@ -247,3 +247,18 @@ def test_load_data_spec_source(tmp_path):
     assert bundle.preprocessing is not None and len(bundle.splits["train"]) == 480
     with pytest.raises(ConfigError, match="data.spec"):
         load_data(DataConfig(source="spec"))
+
+
+def test_census_income_example_spec_builds():
+    from pathlib import Path
+
+    from mtl_torchrec.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "census_income"
+    bundle = build_bundle(load_spec(root / "spec.yaml"))
+    bundle.validate()
+    assert set(bundle.splits) == {"train", "val", "test"} and all(len(t) for t in bundle.splits.values())
+    # The val split is carved out of the train file only; the test file stays whole.
+    assert len(bundle.splits["train"]) + len(bundle.splits["val"]) == 1200 and len(bundle.splits["test"]) == 400
+    cfg = load_config(root / "config.yaml")
+    assert [t.name for t in cfg.model.tasks] == bundle.schema.tasks
