@@ -54,6 +54,8 @@ def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
     data = load_data(cfg.data)
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        if data.preprocessing is not None:
+            data.preprocessing.save(run_dir / "preprocessing")
     trainer = Trainer(cfg, data, ctx, run_dir)
     try:
         summary = trainer.fit()
