@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.multiprocessing as mp
 from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
 
-from eval_fixtures import TRAIN_CONFIG, make_frame, spec_dict, write_case
+from tests.distributed import run_ranks
+from tests.eval_fixtures import TRAIN_CONFIG, make_frame, spec_dict, write_case
 from mtl_torchrec.config import ConfigError, load_config
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.eval.report import load_eval
@@ -129,31 +126,18 @@ def test_evaluate_on_other_data_spec_uses_saved_preprocessing(trained_run, tmp_p
         _evaluate_1rank(trained_run, split="nope")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
+def _rank_main(rank: int, world: int, run_dir: str) -> dict:
     ctx = init_distributed(backend="gloo")
     try:
-        result = evaluate_run(Path(run_dir), ctx, batch_size=16)
+        return evaluate_run(Path(run_dir), ctx, batch_size=16).summary
     finally:
         close_distributed(ctx)
-    if rank == 0:
-        Path(out).write_text(json.dumps(result.summary))
 
 
 @pytest.mark.slow
 def test_two_rank_evaluate_equals_one_rank(trained_run, tmp_path):
     one = _evaluate_1rank(trained_run).summary
-    out = tmp_path / "two.json"
-    mp.spawn(_rank_main, args=(2, _free_port(), str(trained_run), str(out)), nprocs=2, join=True)
-    two = json.loads(out.read_text())
+    two = run_ranks(_rank_main, 2, str(trained_run))[0]
     assert two["world_size"] == 2 and two["rows"] == one["rows"]
 
     def close(a, b):

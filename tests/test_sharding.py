@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Dict
 
 import numpy as np
@@ -75,7 +74,6 @@ def _one_plan(rank: int, ctx, strategy: str):
     from mtl_torchrec.train.sharding import copy_unsharded_state, make_optimizer, shard_module
 
     cfg, data, module = _setup()
-    reference = copy.deepcopy(module)
     initial = {k: v.clone() for k, v in module.state_dict().items()}
     dmp = shard_module(module, ctx, strategy=strategy, sparse_optimizer="sgd", sparse_lr=LR)
     copy_unsharded_state(dmp, initial)

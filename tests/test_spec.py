@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from eval_fixtures import make_frame, spec_dict, write_case
+from tests.eval_fixtures import make_frame, spec_dict, write_case
 from mtl_torchrec.config import ConfigError, DataConfig
 from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary
 from mtl_torchrec.data.schema import DataError, Jagged

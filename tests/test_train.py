@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.train.sharding import close_distributed, init_distributed
-from mtl_torchrec.train.trainer import Trainer, evaluate_module
+from mtl_torchrec.train.trainer import Trainer
 
 SMALL = [
     "data.synthetic.num_users=2000",
