@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.modules.towers import TaskTowers
@@ -65,6 +65,9 @@ class MultiTaskModel(nn.Module):
         self.backbone = backbone
         self.towers = towers
         self.tasks = towers.tasks
+        # The pooled features in the configured order: a sharded EBC returns them grouped by
+        # sharding (e.g. by rank for table-wise plans), which would tie the dense layers to one plan.
+        self.feature_order: List[str] = [f for c in embedding.embedding_bag_configs() for f in c.feature_names]
 
     @staticmethod
     def fused_width(
@@ -80,7 +83,7 @@ class MultiTaskModel(nn.Module):
         return width
 
     def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        parts = [self.embedding(sparse).values()]
+        parts = [KeyedTensor.regroup([self.embedding(sparse)], [self.feature_order])[0]]
         if self.num_dense:
             parts.append(self.dense_arch(dense))
         for module in self.feature_modules.values():

@@ -329,10 +329,12 @@ def load_checkpoint(
         check_compatible(meta.get("model", {}), describe_module(model), path)
     if optimizer is not None:
         _init_optimizer_state(optimizer)
+    reader = SafeFileSystemReader(str(path))
+    reader.read_metadata()  # fails here, with a plain CheckpointError, on anything but tensors
     tensors, _ = split_state(_state(model, optimizer))
     if optimizer is not None and "optimizer" not in tensors:
         tensors["optimizer"] = {}
-    dcp.load(tensors, checkpoint_id=str(path), storage_reader=SafeFileSystemReader(str(path)))
+    dcp.load(tensors, checkpoint_id=str(path), storage_reader=reader)
     non_tensor = meta.get("non_tensor_state") or {}
     model.load_state_dict(_merge(tensors["model"], non_tensor.get("model")))
     if optimizer is not None:

@@ -37,6 +37,7 @@ from mtl_torchrec.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     maybe_inject_fault,
+    resolve_checkpoint,
     save_checkpoint,
     save_run_checkpoint,
     set_rng_state,
@@ -204,6 +205,7 @@ class Trainer:
         converted through the number of samples seen (global batches are slices of the same
         seeded permutation) and RNG streams restart from the seed.
         """
+        path = resolve_checkpoint(path)
         meta = load_checkpoint(path, self.dmp, self.optimizer)
         epoch, in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
         saved_world = int(meta.get("world_size", self.ctx.world_size))
@@ -252,7 +254,8 @@ class Trainer:
         self.dmp.train()
         samples = 0
         t0 = time.perf_counter()
-        done = False
+        # A resumed run may already be at max_steps.
+        done = max_steps is not None and self.state.global_step >= max_steps
         while self.state.epoch < cfg.epochs and not done:
             pipeline = self._pipeline()
             it = self._batches()
@@ -312,4 +315,3 @@ class Trainer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
