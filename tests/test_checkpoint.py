@@ -47,15 +47,15 @@ SMALL = [
     "model.mmoe.num_experts=4",
     "model.mmoe.expert_layers=[32]",
     "model.tower_layers=[16]",
-    "train.epochs=2",
+    "train.epochs=1",
     "train.sharding=table_wise",
     "train.checkpoint_every=10",
     "train.keep_checkpoints=2",
     "train.log_every=0",
     "train.progress=false",
 ]
-# 16000 training rows, global batch 512 on 2 ranks: 31 steps per epoch, 62 in all.
-TOTAL_STEPS_2 = 62
+# 16000 training rows, global batch 512 on 2 ranks: 31 steps (one epoch).
+TOTAL_STEPS_2 = 31
 
 
 def _free_port() -> int:
@@ -86,6 +86,8 @@ def _two_rank_worker(rank: int, port: int, root: str) -> None:
         cfg = _cfg(root_p / "rw_from_1", "train.sharding=row_wise")
         trainer = Trainer(cfg, load_data(cfg.data), ctx, root_p / "rw_from_1")
         trainer.restore(latest_checkpoint(root_p / "single"))
+        # The position goes through samples: 12 batches of 256 on 1 rank = 6 global batches of 512.
+        assert (trainer.state.epoch, trainer.state.batch_in_epoch, trainer.state.global_step) == (0, 6, 12)
         trainer.save()
         # 2 ranks table-wise -> 2 ranks row-wise: same test metrics.
         trainer = Trainer(cfg, load_data(cfg.data), ctx, root_p / "rw_eval")
@@ -159,11 +161,11 @@ def test_interrupted_run_resumes_exactly(runs: Path) -> None:
 @pytest.mark.slow
 def test_run_dir_layout_latest_and_keep(runs: Path) -> None:
     ckpts = list_checkpoints(runs / "full")
-    assert [p.name for p in ckpts] == ["step_000060", "step_000062"]  # keep_checkpoints=2
-    assert (runs / "full" / "checkpoints" / "latest").read_text().strip() == "step_000062"
+    assert [p.name for p in ckpts] == ["step_000030", "step_000031"]  # keep_checkpoints=2
+    assert (runs / "full" / "checkpoints" / "latest").read_text().strip() == "step_000031"
     assert latest_checkpoint(runs / "full") == ckpts[-1]
     meta = read_meta(runs / "full")
-    assert meta["global_step"] == TOTAL_STEPS_2 and meta["epoch"] == 2 and meta["world_size"] == 2
+    assert meta["global_step"] == TOTAL_STEPS_2 and meta["epoch"] == 1 and meta["world_size"] == 2
     assert sorted(p.name for p in (ckpts[-1] / "rng").iterdir()) == ["rank_00000.json", "rank_00001.json"]
     assert not [p for p in (runs / "full" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
 
@@ -182,8 +184,7 @@ def test_two_ranks_into_one_rank_row_wise(runs: Path) -> None:
     try:
         trainer = Trainer(cfg, data, ctx, runs / "rw_to_1")
         meta = trainer.restore(latest_checkpoint(runs / "full"))
-        # Position converted through samples: 62 global batches of 512 rows = 124 batches of 256.
-        assert meta["world_size"] == 2 and trainer.state.batch_in_epoch == 0 and trainer.state.epoch == 2
+        assert meta["world_size"] == 2 and trainer.state.batch_in_epoch == 0 and trainer.state.epoch == 1
         got = {k: _full(v) for k, v in trainer.dmp.state_dict().items()}
         opt = trainer.optimizer.state_dict()["state"]
         trainer.dmp.eval()
@@ -268,7 +269,7 @@ def test_sigkill_mid_save_restarts_and_finishes(runs: Path, tmp_path: Path) -> N
     assert proc.returncode == 0, out[-4000:]
     assert "resuming from" in out and "step_000020 (step 20)" in out, out[-4000:]
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((runs / "full" / "metrics.json").read_text())
-    assert latest_checkpoint(run_dir).name == "step_000062"
+    assert latest_checkpoint(run_dir).name == "step_000031"
 
 
 class _LearnedWeights(nn.Module):
