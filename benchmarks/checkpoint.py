@@ -7,6 +7,7 @@ dense optimizer state, RNG) and its size, against the time of one training step.
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from mtl_torchrec.train.trainer import Trainer
 
 
 def main() -> None:
+    warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor deprecation notices
     torch.set_num_threads(1)
     overrides = ["train.progress=false", "train.log_every=0", "train.max_steps=50", "train.epochs=1"] + sys.argv[1:]
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", overrides)
