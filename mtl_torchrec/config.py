@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """Sizes and seed of the built-in synthetic e-commerce data (see ``data/synthetic.py``)."""
 
-    num_users: int = 20000
+    num_users: int = 5000
     num_items: int = 5000
     num_impressions: int = 500000
     num_categories: int = 40

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.modules.towers import TaskTowers
@@ -62,12 +62,11 @@ class MultiTaskModel(nn.Module):
         self.num_dense = num_dense
         self.dense_arch: nn.Module = MLP(num_dense, dense_layers) if (num_dense and dense_layers) else nn.Identity()
         self.feature_modules = nn.ModuleDict(feature_modules or {})
+        # Sharded EBCs may return features in another order than the unsharded one; fix ours.
+        self.embedding_names: List[str] = [n for c in embedding.embedding_bag_configs() for n in c.feature_names]
         self.backbone = backbone
         self.towers = towers
         self.tasks = towers.tasks
-        # The pooled features in the configured order: a sharded EBC returns them grouped by
-        # sharding (e.g. by rank for table-wise plans), which would tie the dense layers to one plan.
-        self.feature_order: List[str] = [f for c in embedding.embedding_bag_configs() for f in c.feature_names]
 
     @staticmethod
     def fused_width(
@@ -83,7 +82,8 @@ class MultiTaskModel(nn.Module):
         return width
 
     def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        parts = [KeyedTensor.regroup([self.embedding(sparse)], [self.feature_order])[0]]
+        pooled = self.embedding(sparse).to_dict()
+        parts = [pooled[name] for name in self.embedding_names]
         if self.num_dense:
             parts.append(self.dense_arch(dense))
         for module in self.feature_modules.values():

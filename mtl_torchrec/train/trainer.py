@@ -253,7 +253,8 @@ class Trainer:
         max_steps = cfg.max_steps or None
         self.dmp.train()
         samples = 0
-        t0 = time.perf_counter()
+        # Wall time of training steps only: evaluation and checkpointing are excluded.
+        train_seconds = 0.0
         # A resumed run may already be at max_steps.
         done = max_steps is not None and self.state.global_step >= max_steps
         while self.state.epoch < cfg.epochs and not done:
@@ -267,10 +268,12 @@ class Trainer:
                 leave=False,
             )
             running: Dict[str, float] = {}
+            t0 = time.perf_counter()
             while True:
                 try:
                     out = pipeline.progress(it)
                 except StopIteration:
+                    train_seconds += time.perf_counter() - t0
                     break
                 # The pipeline has fetched batches ahead, but progress() returns only after this
                 # batch's optimizer step: the position counts completed steps only.
@@ -286,15 +289,20 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
                     self._log_scalars("train/loss", running, step)
                     self.history.append({"step": step, **running})
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                pause = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
+                    cfg.eval_every and step % cfg.eval_every == 0
+                )
+                if pause:
+                    train_seconds += time.perf_counter() - t0
                     pipeline.detach()
-                    self.save()
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if cfg.eval_every and step % cfg.eval_every == 0:
+                        self._log_scalars("val", self.evaluate("val"), step)
                     pipeline.attach(self.dmp)
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    pipeline.detach()
-                    self._log_scalars("val", self.evaluate("val"), step)
-                    pipeline.attach(self.dmp)
+                    t0 = time.perf_counter()
                 if max_steps is not None and step >= max_steps:
+                    train_seconds += time.perf_counter() - t0
                     done = True
                     break
             bar.close()
@@ -308,9 +316,12 @@ class Trainer:
         # The final state is always checkpointed (also what evaluation loads).
         if self._saved_step != self.state.global_step:
             self.save()
-        elapsed = time.perf_counter() - t0
-        return {"steps": self.state.global_step, "samples": samples, "seconds": elapsed,
-                "samples_per_s": samples / max(elapsed, 1e-9)}
+        return {
+            "steps": self.state.global_step,
+            "samples": samples,
+            "train_seconds": train_seconds,
+            "samples_per_s": samples / max(train_seconds, 1e-9),
+        }
 
     def close(self) -> None:
         if self.writer is not None:
