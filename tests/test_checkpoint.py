@@ -1,7 +1,7 @@
 """Checkpoints: exact resume (2 ranks), SIGKILL + torchrun restart, resharding between rank
 counts and plans, incompatible configs, no unpickling, atomic layout.
 
-The 2-rank runs happen once per module (one ``mp.spawn`` of two gloo ranks does all of them) and
+The 2-rank runs happen once per module (one spawn of two gloo ranks does all of them) and
 the tests then check what they left on disk.
 """
 
@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any, Dict, List
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from mtl_torchrec.config import load_config
@@ -33,6 +31,7 @@ from mtl_torchrec.train.checkpoint import (
     save_checkpoint,
 )
 from mtl_torchrec.train.trainer import Trainer, build_train_module
+from tests.distributed import run_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,20 +57,11 @@ SMALL = [
 TOTAL_STEPS_2 = 31
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cfg(run_dir: Path, *extra: str) -> Any:
     return load_config(None, SMALL + [f"run_dir={run_dir}", *extra])
 
 
-def _two_rank_worker(rank: int, port: int, root: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
+def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
     from mtl_torchrec.launch.train_cmd import train
     from mtl_torchrec.train.sharding import close_distributed, init_distributed
 
@@ -111,7 +101,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         train(_cfg(root / "single", "train.max_steps=12"), ctx)
     finally:
         close_distributed(ctx)
-    mp.spawn(_two_rank_worker, args=(_free_port(), str(root)), nprocs=2, join=True)
+    run_ranks(_two_rank_worker, 2, str(root))
     return root
 
 
