@@ -155,6 +155,9 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    # auto: continue from run_dir's latest checkpoint if there is one; required: error if none;
+    # never: start fresh (error if run_dir already has checkpoints).
+    resume: Literal["auto", "required", "never"] = "auto"
     progress: bool = True
 
 

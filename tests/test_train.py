@@ -81,7 +81,8 @@ def _check_run_dir(stdout: str) -> Path:
     assert set(metrics) == {"click", "conversion", "rating"}
     assert 0.0 <= metrics["click"]["auc"] <= 1.0 and metrics["rating"]["rmse"] > 0
     assert (run_dir / "config.yaml").is_file()
-    assert (run_dir / "checkpoint" / "meta.json").is_file()
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert (run_dir / "checkpoints" / latest / "meta.json").is_file()
     return run_dir
 
 

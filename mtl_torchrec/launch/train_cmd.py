@@ -1,6 +1,7 @@
 """``mtl-torchrec train``: train on the configured data, evaluate on the test split, write a run.
 
-A run directory holds ``config.yaml`` (the resolved config), ``checkpoint/`` (DCP),
+A run directory holds ``config.yaml`` (the resolved config), ``checkpoints/`` (DCP, see
+:mod:`mtl_torchrec.train.checkpoint`),
 ``metrics.json`` (test metrics per task), ``train_summary.json`` and ``tensorboard/``.
 Works in one process or under ``torchrun`` (one run directory chosen by rank 0).
 """
@@ -28,6 +29,11 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train a multi-task model and evaluate it on the test split")
     p.add_argument("--config", type=str, default=None, help="YAML config file")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=3 model.backbone=ple")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue run_dir from its latest checkpoint (error if it has none); same as train.resume=required",
+    )
     p.set_defaults(run=run)
 
 
@@ -58,9 +64,11 @@ def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
             data.preprocessing.save(run_dir / "preprocessing")
     trainer = Trainer(cfg, data, ctx, run_dir)
     try:
+        resumed = trainer.resume(cfg.train.resume)
+        if resumed is not None and ctx.is_main:
+            print(f"resuming from {resumed} (step {trainer.state.global_step})")
         summary = trainer.fit()
         test = trainer.evaluate("test")
-        trainer.save("checkpoint")
     finally:
         trainer.close()
     if ctx.is_main:
@@ -70,7 +78,8 @@ def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + (["train.resume=required"] if getattr(args, "resume", False) else [])
+    cfg = load_config(args.config, overrides)
     ctx = init_distributed()
     try:
         result = train(cfg, ctx)
