@@ -33,7 +33,7 @@ from mtl_torchrec.data.schema import ColumnTable, DataError
 from mtl_torchrec.data.sources import DataBundle, load_data
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.model.tasks import TaskSpec
-from mtl_torchrec.train.checkpoint import is_checkpoint, load_checkpoint
+from mtl_torchrec.train.checkpoint import load_checkpoint, resolve_checkpoint
 from mtl_torchrec.train.sharding import DistContext, shard_module
 from mtl_torchrec.train.trainer import build_train_module
 
@@ -58,24 +58,6 @@ class EvalResult:
     rows: Optional[ScoredRows] = None
     slices: Dict[str, np.ndarray] = field(default_factory=dict)
     tasks: List[TaskSpec] = field(default_factory=list)
-
-
-def find_checkpoint(run_dir: Path) -> Path:
-    """The run's checkpoint: ``checkpoint/`` itself, or its newest complete sub-checkpoint."""
-    base = Path(run_dir) / "checkpoint"
-    if is_checkpoint(base):
-        return base
-    candidates = [p for p in base.glob("*") if p.is_dir() and is_checkpoint(p)] if base.is_dir() else []
-    if not candidates:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint under {base} (train the run first)")
-
-    def step(p: Path) -> int:
-        import json
-
-        meta = json.loads((p / "meta.json").read_text(encoding="utf-8"))
-        return int(meta.get("global_step", -1))
-
-    return max(candidates, key=lambda p: (step(p), p.name))
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -223,7 +205,7 @@ def evaluate_run(
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    ckpt = find_checkpoint(run_dir)
+    ckpt = resolve_checkpoint(run_dir)
     t0 = time.perf_counter()
     bundle = load_eval_data(cfg, run_dir, data_spec)
     split = resolve_split(bundle, split)
