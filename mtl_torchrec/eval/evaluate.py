@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,13 +122,6 @@ def column_slices(bundle: DataBundle, table: ColumnTable, column: str, top: int 
     return out
 
 
-def _rank_range(n: int, rank: int, world: int) -> tuple:
-    # Must match BatchDataset's contiguous evaluation shards.
-    per_rank = math.ceil(n / world) if n else 0
-    start = min(n, rank * per_rank)
-    return start, min(n, start + per_rank)
-
-
 def _gather(obj: Any, ctx: DistContext) -> List[Any]:
     if not dist.is_initialized() or ctx.world_size == 1:
         return [obj]
@@ -150,7 +142,7 @@ def score(
 ) -> tuple:
     """Runs the model over this rank's shard; returns (per-slice TaskMetrics, this rank's rows)."""
     ds = BatchDataset(table, schema, batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
-    start, stop = _rank_range(len(table), ctx.rank, ctx.world_size)
+    start, stop = ds.eval_row_range()
     metrics = {name: TaskMetrics(tasks, ctx.world_size, ctx.rank, batch_size, include=_SUMMED)
                for name in ["all", *slices]}
     names = [t.name for t in tasks]
