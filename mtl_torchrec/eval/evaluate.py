@@ -181,26 +181,10 @@ def _binary_row_metrics(p: np.ndarray, y: np.ndarray, g: Optional[np.ndarray]) -
     return out
 
 
-def evaluate_run(
-    run_dir: Path,
-    ctx: DistContext,
-    data_spec: Optional[str] = None,
-    split: str = "test",
-    batch_size: Optional[int] = None,
-    slice_columns: Sequence[str] = (),
-    slice_top: int = 10,
-) -> EvalResult:
-    """Loads the run's model and data, scores ``split`` and computes all metrics (see module doc).
-
-    Slices: the data's own (``DataBundle.slices``) plus the ``slice_top`` most frequent values of
-    each of ``slice_columns``.
-    """
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    ckpt = resolve_checkpoint(run_dir)
-    t0 = time.perf_counter()
-    bundle = load_eval_data(cfg, run_dir, data_spec)
-    split = resolve_split(bundle, split)
+def split_slices(
+    bundle: DataBundle, split: str, slice_columns: Sequence[str] = (), slice_top: int = 10
+) -> Dict[str, np.ndarray]:
+    """The data's own slices of ``split`` plus the ``slice_top`` most frequent values of each column."""
     table = bundle.splits[split]
     slices = {k: np.asarray(v, dtype=bool) for k, v in bundle.slices.get(split, {}).items()}
     for column in slice_columns:
@@ -208,16 +192,27 @@ def evaluate_run(
     for name, mask in slices.items():
         if len(mask) != len(table):
             raise DataError(f"slice '{name}' has {len(mask)} rows but split '{split}' has {len(table)}")
-    load_s = time.perf_counter() - t0
+    return slices
 
-    module = build_train_module(cfg, bundle)
-    tasks = module.tasks
-    dmp = shard_module(module, ctx, strategy=cfg.train.sharding, sparse_optimizer=cfg.train.sparse_optimizer,
-                       sparse_lr=cfg.train.sparse_lr)
-    meta = load_checkpoint(ckpt, dmp)
-    bs = batch_size or cfg.data.eval_batch_size
+
+def evaluate_split(
+    module: torch.nn.Module,
+    tasks: List[TaskSpec],
+    bundle: DataBundle,
+    split: str,
+    ctx: DistContext,
+    batch_size: int,
+    slices: Dict[str, np.ndarray],
+    num_workers: int = 0,
+) -> EvalResult:
+    """Scores ``split`` with a (sharded or plain) train module and computes every metric.
+
+    All ranks call it; rank 0 gets ``summary`` with ``tasks`` and ``slices`` blocks and the scored
+    rows, the other ranks the cross-rank torchrec metrics only.
+    """
+    table = bundle.splits[split]
     t1 = time.perf_counter()
-    metrics, local = score(dmp, tasks, table, bundle.schema, ctx, bs, slices, cfg.data.num_workers)
+    metrics, local = score(module, tasks, table, bundle.schema, ctx, batch_size, slices, num_workers)
     computed = {name: m.compute() for name, m in metrics.items()}
     gathered = _gather(local, ctx)
     score_s = time.perf_counter() - t1
@@ -262,13 +257,9 @@ def evaluate_run(
         return block
 
     summary: Dict[str, Any] = {
-        "run": str(run_dir),
-        "checkpoint": str(ckpt),
-        "checkpoint_step": meta.get("global_step"),
         "split": split,
         "rows": int(len(table)),
         "world_size": ctx.world_size,
-        "data": {"source": cfg.data.source, "spec": cfg.data.spec},
         "group": bundle.schema.group,
         "tasks": task_block(None, computed["all"]),
         "slices": {
@@ -279,9 +270,53 @@ def evaluate_run(
     rank0_s = time.perf_counter() - t1 - score_s
     # rows_per_s: scoring plus the cross-rank metric reduction and gather; exact ranking metrics
     # and slices on rank 0 are timed separately.
-    summary["timing"] = {"load_data_s": load_s, "score_s": score_s, "rank0_metrics_s": rank0_s,
+    summary["timing"] = {"score_s": score_s, "rank0_metrics_s": rank0_s,
                          "rows_per_s": len(table) / max(score_s, 1e-9)}
+    return EvalResult(summary=summary, rows=rows, slices=slices, tasks=tasks)
+
+
+def evaluate_run(
+    run_dir: Path,
+    ctx: DistContext,
+    data_spec: Optional[str] = None,
+    split: str = "test",
+    batch_size: Optional[int] = None,
+    slice_columns: Sequence[str] = (),
+    slice_top: int = 10,
+) -> EvalResult:
+    """Loads the run's model and data, scores ``split`` and computes all metrics (see module doc).
+
+    Slices: the data's own (``DataBundle.slices``) plus the ``slice_top`` most frequent values of
+    each of ``slice_columns``.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    ckpt = resolve_checkpoint(run_dir)
+    t0 = time.perf_counter()
+    bundle = load_eval_data(cfg, run_dir, data_spec)
+    split = resolve_split(bundle, split)
+    slices = split_slices(bundle, split, slice_columns, slice_top)
+    load_s = time.perf_counter() - t0
+
+    module = build_train_module(cfg, bundle)
+    dmp = shard_module(module, ctx, strategy=cfg.train.sharding, sparse_optimizer=cfg.train.sparse_optimizer,
+                       sparse_lr=cfg.train.sparse_lr)
+    meta = load_checkpoint(ckpt, dmp)
+    result = evaluate_split(
+        dmp, module.tasks, bundle, split, ctx, batch_size or cfg.data.eval_batch_size, slices, cfg.data.num_workers
+    )
+    if not ctx.is_main:
+        return result
+    summary = {
+        "run": str(run_dir),
+        "checkpoint": str(ckpt),
+        "checkpoint_step": meta.get("global_step"),
+        "data": {"source": cfg.data.source, "spec": cfg.data.spec},
+        **result.summary,
+    }
+    summary["timing"]["load_data_s"] = load_s
     if bundle.preprocessing is not None:
         summary["data"]["stats"] = bundle.preprocessing.stats
     summary["config"] = {"model": to_dict(cfg.model)}
-    return EvalResult(summary=summary, rows=rows, slices=slices, tasks=tasks)
+    result.summary = summary
+    return result

@@ -13,7 +13,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -184,11 +184,11 @@ def grouped_auc(pred: np.ndarray, label: np.ndarray, group: np.ndarray) -> Dict[
     }
 
 
-def format_table(metrics: Dict[str, Dict[str, float]]) -> str:
-    """A fixed-width per-task table of metric values."""
+def format_table(metrics: Dict[str, Dict[str, Any]]) -> str:
+    """A fixed-width per-task table of the numeric metric values."""
     cols: List[str] = []
     for values in metrics.values():
-        cols += [k for k in values if k not in cols and k != "count"]
+        cols += [k for k, v in values.items() if k not in cols and k != "count" and isinstance(v, (int, float))]
     lines = [f"{'task':<14}" + "".join(f"{c:>14}" for c in cols)]
     for task, values in metrics.items():
         cells = [f"{values[c]:>14.4f}" if c in values else f"{'-':>14}" for c in cols]

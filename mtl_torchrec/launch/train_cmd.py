@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from mtl_torchrec.config import Config, load_config, save_config
 from mtl_torchrec.data.sources import load_data
+from mtl_torchrec.eval.evaluate import evaluate_split, split_slices
 from mtl_torchrec.eval.metrics import format_table
 from mtl_torchrec.train.sharding import DistContext, close_distributed, init_distributed
 from mtl_torchrec.train.trainer import Trainer
@@ -68,13 +69,21 @@ def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
         if resumed is not None and ctx.is_main:
             print(f"resuming from {resumed} (step {trainer.state.global_step})")
         summary = trainer.fit()
-        test = trainer.evaluate("test")
+        # The same exact metrics (AUC, GAUC, ...) and slices as `mtl-torchrec evaluate`.
+        result = evaluate_split(
+            trainer.dmp, trainer.tasks, data, "test", ctx, cfg.data.eval_batch_size,
+            split_slices(data, "test"), cfg.data.num_workers,
+        )
     finally:
         trainer.close()
+    test = result.summary["tasks"]
+    slices = result.summary.get("slices") or {}
     if ctx.is_main:
         write_json(run_dir / "metrics.json", test)
+        if slices:
+            write_json(run_dir / "metrics_by_slice.json", slices)
         write_json(run_dir / "train_summary.json", {**summary, "world_size": ctx.world_size, "history": trainer.history})
-    return {"run_dir": run_dir, "metrics": test, "summary": summary}
+    return {"run_dir": run_dir, "metrics": test, "slices": slices, "summary": summary}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,5 +99,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"trained {s['steps']} steps, {s['samples_per_s']:.0f} samples/s on {ctx.world_size} rank(s)")
         print("test metrics:")
         print(format_table(result["metrics"]))
+        for name, block in result["slices"].items():
+            print(f"test metrics on slice '{name}' ({block['rows']} rows):")
+            print(format_table(block["tasks"]))
         print(result["run_dir"])
     return 0
