@@ -17,6 +17,8 @@ setup(
         "transformers>=4.40",
         "safetensors",
         "torchx>=0.7.0",
+        # torchx's Kubernetes scheduler; torchx 0.7 pins urllib3<1.27, which newer clients refuse.
+        "kubernetes>=25,<31",
         "pyyaml",
         "tqdm",
         "numpy",

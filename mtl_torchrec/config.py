@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """Sizes and seed of the built-in synthetic e-commerce data (see ``data/synthetic.py``)."""
 
-    num_users: int = 20000
+    num_users: int = 5000
     num_items: int = 5000
     num_impressions: int = 500000
     num_categories: int = 40
@@ -177,6 +177,9 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    # auto: continue from run_dir's latest checkpoint if there is one; required: error if none;
+    # never: start fresh (error if run_dir already has checkpoints).
+    resume: Literal["auto", "required", "never"] = "auto"
     progress: bool = True
 
 

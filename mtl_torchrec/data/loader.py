@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -72,6 +72,13 @@ class BatchDataset(IterableDataset):
             return n // (self.batch_size * self.world_size)
         return math.ceil(math.ceil(n / self.world_size) / self.batch_size) if n else 0
 
+    def eval_row_range(self) -> Tuple[int, int]:
+        """``[start, stop)`` of the rows this rank evaluates (contiguous shards, no shuffling)."""
+        n = len(self.table)
+        per_rank = math.ceil(n / self.world_size)
+        start = min(n, self.rank * per_rank)
+        return start, min(n, start + per_rank)
+
     def _rank_batches(self) -> List[np.ndarray]:
         """Row indices of each of this rank's batches, padding marked by -1."""
         n = len(self.table)
@@ -81,10 +88,7 @@ class BatchDataset(IterableDataset):
             g = self.batch_size * self.world_size
             lo = self.rank * self.batch_size
             return [perm[b * g + lo : b * g + lo + self.batch_size] for b in range(self.num_batches())]
-        per_rank = math.ceil(n / self.world_size)
-        start = min(n, self.rank * per_rank)
-        stop = min(n, start + per_rank)
-        rows = np.arange(start, stop)
+        rows = np.arange(*self.eval_row_range())
         out = []
         for b in range(self.num_batches()):
             chunk = rows[b * self.batch_size : (b + 1) * self.batch_size]

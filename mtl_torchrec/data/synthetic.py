@@ -121,6 +121,7 @@ def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
     user_vec = seg_centroids[user_segment] + 0.6 * rng.normal(0, 1, (U, k)) + np.outer(user_age - 3, age_dir) * 0.3
     user_activity = rng.lognormal(0, 1.0, U)
     price_sensitivity = rng.normal(0.6, 0.3, U)
+    user_bias = rng.normal(0, 0.5, U)
 
     # Items: category centroid + offset; brands nested in categories.
     cat_centroids = rng.normal(0, 1, (cfg.num_categories, k))
@@ -169,7 +170,7 @@ def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
 
     affinity = np.einsum("nk,nk->n", user_vec[u], item_vec[it]) / np.sqrt(k)
     device_bias = np.array([0.0, -0.3, 0.2])[device]
-    click_logit = 1.4 * affinity + 0.8 * quality[it] - 0.18 * (position - 1) + device_bias - 1.3
+    click_logit = affinity + quality[it] + user_bias[u] - 0.2 * (position - 1) + device_bias - 1.2
     p_click = _sigmoid(click_logit)
     click = rng.random(N) < p_click
 
@@ -182,8 +183,8 @@ def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
     p_cvr = _sigmoid(cvr_logit)
     conversion = click & (rng.random(N) < p_cvr)
 
-    rating_mean = 3.1 + 0.8 * affinity + 0.6 * quality[it] - 0.2 * price_sensitivity[u] * price_z
-    rating = np.clip(np.round(rating_mean + rng.normal(0, 0.7, N)), 1, 5)
+    rating_mean = 2.9 + 0.8 * affinity + 0.8 * quality[it] - 0.3 * price_sensitivity[u] * price_z
+    rating = np.clip(np.round(rating_mean + rng.normal(0, 0.5, N)), 1, 5)
     rating = np.where(conversion, rating, np.nan)
 
     columns = {

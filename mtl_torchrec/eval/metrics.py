@@ -13,8 +13,9 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torchrec.metrics.auc import AUCMetric
 from torchrec.metrics.calibration import CalibrationMetric
@@ -32,7 +33,17 @@ _REGRESSION = {"mse": MSEMetric, "mae": MAEMetric}
 
 
 class TaskMetrics:
-    def __init__(self, tasks: List[TaskSpec], world_size: int, rank: int, batch_size: int) -> None:
+    """``include`` limits the torchrec metrics kept (e.g. without ``auc`` when ranking metrics
+    are computed exactly elsewhere, see :func:`binary_auc`); default all."""
+
+    def __init__(
+        self,
+        tasks: List[TaskSpec],
+        world_size: int,
+        rank: int,
+        batch_size: int,
+        include: Optional[Sequence[str]] = None,
+    ) -> None:
         self.tasks = tasks
         self._metrics: Dict[str, Dict[str, object]] = {}
         # Sum of weighted logloss / count per binary task, kept here since torchrec reports NE only.
@@ -51,15 +62,21 @@ class TaskMetrics:
                     compute_on_all_ranks=True,
                 )
                 for key, cls in kinds.items()
+                if include is None or key in include
             }
             if t.type == "binary":
                 self._logloss[t.name] = torch.zeros(2, dtype=torch.float64)
 
-    def update(self, predictions: Dict[str, torch.Tensor], batch: Batch) -> None:
+    def update(
+        self, predictions: Dict[str, torch.Tensor], batch: Batch, row_weight: Optional[torch.Tensor] = None
+    ) -> None:
+        """``row_weight`` (0/1 per row) restricts the update to a slice of the batch."""
         for t in self.tasks:
             p = predictions[t.name].detach().float()
             y = batch.labels[t.name].float()
             w = batch.masks[t.name].float()
+            if row_weight is not None:
+                w = w * row_weight.float()
             for m in self._metrics[t.name].values():
                 m.update(predictions={t.name: p}, labels={t.name: y}, weights={t.name: w})
             if t.type == "binary":
@@ -86,17 +103,92 @@ class TaskMetrics:
                     dist.all_reduce(ll)
                 res["logloss"] = float(ll[0] / ll[1].clamp_min(1.0))
                 res["count"] = float(ll[1])
-            else:
+            elif "mse" in res:
                 res["rmse"] = res["mse"] ** 0.5
             out[t.name] = res
         return out
 
 
-def format_table(metrics: Dict[str, Dict[str, float]]) -> str:
-    """A fixed-width per-task table of metric values."""
+def binary_auc(pred: np.ndarray, label: np.ndarray, weight: Optional[np.ndarray] = None) -> float:
+    """Exact ROC AUC with tied scores counted as half (as sklearn's ``roc_auc_score``), optionally
+    weighted; NaN when only one class is present.
+
+    torchrec's AUC ranks tied scores in sort order instead, which matters for saturated or
+    quantised scores, so evaluation reports use this one.
+
+    Example::
+
+        binary_auc(np.array([0.1, 0.5, 0.5]), np.array([0, 1, 0]))   # 0.75
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    label = np.asarray(label, dtype=np.float64)
+    w = np.ones_like(pred) if weight is None else np.asarray(weight, dtype=np.float64)
+    _, inv = np.unique(pred, return_inverse=True)
+    pos = np.bincount(inv, weights=w * label)
+    neg = np.bincount(inv, weights=w * (1.0 - label))
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos <= 0 or total_neg <= 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (total_pos * total_neg))
+
+
+def grouped_auc(pred: np.ndarray, label: np.ndarray, group: np.ndarray) -> Dict[str, float]:
+    """GAUC: the AUC within each group (e.g. user), averaged over groups.
+
+    ``gauc`` weights each group by its number of rows, ``gauc_unweighted`` is the plain mean.
+    Groups whose rows are all one class have no AUC; they are skipped and counted in
+    ``groups_one_class``. Ties count half, as in :func:`binary_auc`.
+
+    Example::
+
+        grouped_auc(pred, click, user_id)["gauc"]
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    label = np.asarray(label, dtype=np.float64)
+    group = np.asarray(group)
+    empty = {"gauc": float("nan"), "gauc_unweighted": float("nan"), "groups": 0, "groups_used": 0,
+             "groups_one_class": 0}
+    if len(pred) == 0:
+        return empty
+    order = np.lexsort((pred, group))
+    g, p, y = group[order], pred[order], label[order]
+    # Runs of equal (group, score): ties share one rank bucket.
+    new_pair = np.ones(len(p), dtype=bool)
+    new_pair[1:] = (g[1:] != g[:-1]) | (p[1:] != p[:-1])
+    pair = np.cumsum(new_pair) - 1
+    pos = np.bincount(pair, weights=y)
+    neg = np.bincount(pair, weights=1.0 - y)
+    pair_group_start = np.ones(len(pos), dtype=bool)
+    first_rows = np.flatnonzero(new_pair)
+    pair_group_start[1:] = g[first_rows[1:]] != g[first_rows[:-1]]
+    gid = np.cumsum(pair_group_start) - 1
+    cum_neg = np.cumsum(neg) - neg
+    # Negatives ranked below a pair inside its own group: global running sum minus the group's start.
+    neg_below = cum_neg - cum_neg[np.flatnonzero(pair_group_start)][gid]
+    contrib = np.bincount(gid, weights=pos * (neg_below + 0.5 * neg))
+    gpos = np.bincount(gid, weights=pos)
+    gneg = np.bincount(gid, weights=neg)
+    ok = (gpos > 0) & (gneg > 0)
+    n_groups = len(gpos)
+    if not ok.any():
+        return {**empty, "groups": n_groups, "groups_one_class": n_groups}
+    auc = contrib[ok] / (gpos[ok] * gneg[ok])
+    size = gpos[ok] + gneg[ok]
+    return {
+        "gauc": float((auc * size).sum() / size.sum()),
+        "gauc_unweighted": float(auc.mean()),
+        "groups": n_groups,
+        "groups_used": int(ok.sum()),
+        "groups_one_class": int((~ok).sum()),
+    }
+
+
+def format_table(metrics: Dict[str, Dict[str, Any]]) -> str:
+    """A fixed-width per-task table of the numeric metric values."""
     cols: List[str] = []
     for values in metrics.values():
-        cols += [k for k in values if k not in cols and k != "count"]
+        cols += [k for k, v in values.items() if k not in cols and k != "count" and isinstance(v, (int, float))]
     lines = [f"{'task':<14}" + "".join(f"{c:>14}" for c in cols)]
     for task, values in metrics.items():
         cells = [f"{values[c]:>14.4f}" if c in values else f"{'-':>14}" for c in cols]

@@ -10,9 +10,10 @@ from typing import List, Optional
 
 from mtl_torchrec.config import ConfigError
 from mtl_torchrec.data.schema import DataError
+from mtl_torchrec.train.checkpoint import CheckpointError
 
 # Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("mtl_torchrec.launch.train_cmd", "mtl_torchrec.launch.encode_cmd")
+COMMANDS = ("mtl_torchrec.launch.train_cmd", "mtl_torchrec.launch.evaluate_cmd", "mtl_torchrec.launch.encode_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError) as e:
         print(f"mtl-torchrec {args.command}: error: {e}", file=sys.stderr)
         return 2
 

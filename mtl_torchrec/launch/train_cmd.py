@@ -1,6 +1,7 @@
 """``mtl-torchrec train``: train on the configured data, evaluate on the test split, write a run.
 
-A run directory holds ``config.yaml`` (the resolved config), ``checkpoint/`` (DCP),
+A run directory holds ``config.yaml`` (the resolved config), ``checkpoints/`` (DCP, see
+:mod:`mtl_torchrec.train.checkpoint`),
 ``metrics.json`` (test metrics per task), ``train_summary.json`` and ``tensorboard/``.
 Works in one process or under ``torchrun`` (one run directory chosen by rank 0).
 """
@@ -11,13 +12,14 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 import torch.distributed as dist
 
 from mtl_torchrec.config import Config, load_config, save_config
 from mtl_torchrec.data.sources import load_data
+from mtl_torchrec.eval.evaluate import evaluate_split, split_slices
 from mtl_torchrec.eval.metrics import format_table
 from mtl_torchrec.train.sharding import DistContext, close_distributed, init_distributed
 from mtl_torchrec.train.trainer import Trainer
@@ -28,6 +30,11 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train a multi-task model and evaluate it on the test split")
     p.add_argument("--config", type=str, default=None, help="YAML config file")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=3 model.backbone=ple")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue run_dir from its latest checkpoint (error if it has none); same as train.resume=required",
+    )
     p.set_defaults(run=run)
 
 
@@ -54,21 +61,34 @@ def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
     data = load_data(cfg.data)
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        if data.preprocessing is not None:
+            data.preprocessing.save(run_dir / "preprocessing")
     trainer = Trainer(cfg, data, ctx, run_dir)
     try:
+        resumed = trainer.resume(cfg.train.resume)
+        if resumed is not None and ctx.is_main:
+            print(f"resuming from {resumed} (step {trainer.state.global_step})")
         summary = trainer.fit()
-        test = trainer.evaluate("test")
-        trainer.save("checkpoint")
+        # The same exact metrics (AUC, GAUC, ...) and slices as `mtl-torchrec evaluate`.
+        result = evaluate_split(
+            trainer.dmp, trainer.tasks, data, "test", ctx, cfg.data.eval_batch_size,
+            split_slices(data, "test"), cfg.data.num_workers,
+        )
     finally:
         trainer.close()
+    test = result.summary["tasks"]
+    slices = result.summary.get("slices") or {}
     if ctx.is_main:
         write_json(run_dir / "metrics.json", test)
+        if slices:
+            write_json(run_dir / "metrics_by_slice.json", slices)
         write_json(run_dir / "train_summary.json", {**summary, "world_size": ctx.world_size, "history": trainer.history})
-    return {"run_dir": run_dir, "metrics": test, "summary": summary}
+    return {"run_dir": run_dir, "metrics": test, "slices": slices, "summary": summary}
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + (["train.resume=required"] if getattr(args, "resume", False) else [])
+    cfg = load_config(args.config, overrides)
     ctx = init_distributed()
     try:
         result = train(cfg, ctx)
@@ -79,5 +99,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"trained {s['steps']} steps, {s['samples_per_s']:.0f} samples/s on {ctx.world_size} rank(s)")
         print("test metrics:")
         print(format_table(result["metrics"]))
+        for name, block in result["slices"].items():
+            print(f"test metrics on slice '{name}' ({block['rows']} rows):")
+            print(format_table(block["tasks"]))
         print(result["run_dir"])
     return 0

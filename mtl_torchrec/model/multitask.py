@@ -63,6 +63,8 @@ class MultiTaskModel(nn.Module):
         self.num_dense = num_dense
         self.dense_arch: nn.Module = MLP(num_dense, dense_layers) if (num_dense and dense_layers) else nn.Identity()
         self.feature_modules = nn.ModuleDict(feature_modules or {})
+        # Sharded EBCs may return features in another order than the unsharded one; fix ours.
+        self.embedding_names: List[str] = [n for c in embedding.embedding_bag_configs() for n in c.feature_names]
         # Optional (pooled KeyedTensor, KJT) -> KeyedTensor, e.g. UnseenIdDropout for cold-start ids.
         self.id_dropout = id_dropout
         self.backbone = backbone
@@ -86,7 +88,8 @@ class MultiTaskModel(nn.Module):
         pooled = self.embedding(sparse)
         if self.id_dropout is not None:
             pooled = self.id_dropout(pooled, sparse)
-        parts = [pooled.values()]
+        pooled_dict = pooled.to_dict()
+        parts = [pooled_dict[name] for name in self.embedding_names]
         if self.num_dense:
             parts.append(self.dense_arch(dense))
         for module in self.feature_modules.values():

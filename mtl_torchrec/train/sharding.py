@@ -72,7 +72,14 @@ def init_distributed(backend: Optional[str] = None) -> DistContext:
     owns = False
     if not dist.is_initialized():
         owns = True
-        if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
+        if "RANK" in os.environ and "MASTER_ADDR" in os.environ and "TORCHELASTIC_RESTART_COUNT" in os.environ:
+            # torchrun keeps one rendezvous store across worker restarts, so a restarted group
+            # would read the previous attempt's gloo/NCCL addresses; a per-attempt prefix avoids it.
+            store, rank, world = next(dist.rendezvous("env://"))
+            attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+            store = dist.PrefixStore(f"mtl_torchrec/attempt_{attempt}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+        elif "RANK" in os.environ and "MASTER_ADDR" in os.environ:
             dist.init_process_group(backend=backend)
         else:
             store_file = tempfile.NamedTemporaryFile(prefix="mtl_torchrec_pg_", delete=False).name

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,16 @@ from mtl_torchrec.data.sources import DataBundle
 from mtl_torchrec.eval.metrics import TaskMetrics
 from mtl_torchrec.model.builder import build_balancer, build_model, task_specs
 from mtl_torchrec.model.tasks import TaskSpec, TrainModule
-from mtl_torchrec.train.checkpoint import save_checkpoint
+from mtl_torchrec.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    maybe_inject_fault,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_run_checkpoint,
+    set_rng_state,
+)
 from mtl_torchrec.train.sharding import DistContext, make_optimizer, shard_module
 from mtl_torchrec.text.features import load_text_tables
 
@@ -135,6 +145,10 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.history: List[Dict[str, Any]] = []
+        # RNG states read from a checkpoint; applied once the next epoch's DataLoader iterator
+        # exists, because creating that iterator draws from torch's global generator.
+        self._pending_rng: Optional[Dict[str, Any]] = None
+        self._saved_step = -1
 
     # ------------------------------------------------------------------ helpers
 
@@ -175,31 +189,87 @@ class Trainer:
             else:
                 self.writer.add_scalar(f"{prefix}/{task}", v, step)
 
-    def save(self, name: str = "checkpoint") -> Path:
-        path = self.run_dir / name
+    def save(self, name: Optional[str] = None) -> Path:
+        """Checkpoints everything needed to resume: with no ``name``, atomically as
+        ``run_dir/checkpoints/step_<global_step>`` (keeping ``train.keep_checkpoints``); with a
+        ``name``, as the plain folder ``run_dir/<name>``. Collective: every rank calls it."""
         meta = {
             "epoch": self.state.epoch,
             "batch_in_epoch": self.state.batch_in_epoch,
             "global_step": self.state.global_step,
-            "world_size": self.ctx.world_size,
+            "batch_size": self.cfg.data.batch_size,
             "config": to_dict(self.cfg),
         }
-        save_checkpoint(path, self.dmp, self.optimizer, meta)
+        if name is not None:
+            path = self.run_dir / name
+            save_checkpoint(path, self.dmp, self.optimizer, meta)
+            return path
+        path = save_run_checkpoint(
+            self.run_dir, self.state.global_step, self.dmp, self.optimizer, meta, keep=self.cfg.train.keep_checkpoints
+        )
+        self._saved_step = self.state.global_step
         return path
+
+    def restore(self, path: Path) -> Dict[str, Any]:
+        """Loads a checkpoint (any rank count / sharding plan) and continues from its position.
+
+        The saved tables, tasks and shapes must match this model (else CheckpointError). With the
+        same world size the position and RNG states are exact; with another one the position is
+        converted through the number of samples seen (global batches are slices of the same
+        seeded permutation) and RNG streams restart from the seed.
+        """
+        path = resolve_checkpoint(path)
+        meta = load_checkpoint(path, self.dmp, self.optimizer)
+        epoch, in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
+        saved_world = int(meta.get("world_size", self.ctx.world_size))
+        saved_bs = int(meta.get("batch_size", self.cfg.data.batch_size))
+        if (saved_world, saved_bs) != (self.ctx.world_size, self.cfg.data.batch_size):
+            in_epoch = in_epoch * saved_bs * saved_world // (self.cfg.data.batch_size * self.ctx.world_size)
+        else:
+            rng_file = Path(path) / "rng" / f"rank_{self.ctx.rank:05d}.json"
+            if rng_file.is_file():
+                self._pending_rng = json.loads(rng_file.read_text(encoding="utf-8"))
+        self.state = TrainState(epoch=epoch, batch_in_epoch=in_epoch, global_step=int(meta["global_step"]))
+        self._saved_step = self.state.global_step
+        return meta
+
+    def resume(self, mode: str = "auto") -> Optional[Path]:
+        """``auto``: continue from the run's latest checkpoint if it has one; ``required``: the
+        same but a run without one is an error; ``never``: start fresh (an error if the run
+        directory already holds checkpoints, which a fresh run would mix with its own)."""
+        found = latest_checkpoint(self.run_dir)
+        if mode == "never":
+            if list_checkpoints(self.run_dir):
+                raise FileNotFoundError(
+                    f"{self.run_dir}: already holds checkpoints; use train.resume=auto to continue it or another run_dir"
+                )
+            return None
+        if found is None:
+            if mode == "required":
+                raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from (train.resume=required)")
+            return None
+        self.restore(found)
+        return found
 
     # ------------------------------------------------------------------ training
 
     def _batches(self) -> Iterator[Batch]:
         self.train_ds.set_epoch(self.state.epoch, skip_batches=self.state.batch_in_epoch)
-        return iter(make_loader(self.train_ds, num_workers=self.cfg.data.num_workers))
+        it = iter(make_loader(self.train_ds, num_workers=self.cfg.data.num_workers))
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        return it
 
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg.train
         max_steps = cfg.max_steps or None
         self.dmp.train()
         samples = 0
-        t0 = time.perf_counter()
-        done = False
+        # Wall time of training steps only: evaluation and checkpointing are excluded.
+        train_seconds = 0.0
+        # A resumed run may already be at max_steps.
+        done = max_steps is not None and self.state.global_step >= max_steps
         while self.state.epoch < cfg.epochs and not done:
             pipeline = self._pipeline()
             it = self._batches()
@@ -211,13 +281,18 @@ class Trainer:
                 leave=False,
             )
             running: Dict[str, float] = {}
+            t0 = time.perf_counter()
             while True:
                 try:
                     out = pipeline.progress(it)
                 except StopIteration:
+                    train_seconds += time.perf_counter() - t0
                     break
+                # The pipeline has fetched batches ahead, but progress() returns only after this
+                # batch's optimizer step: the position counts completed steps only.
                 self.state.batch_in_epoch += 1
                 self.state.global_step += 1
+                maybe_inject_fault(self.ctx.rank, self.state.global_step, "step")
                 samples += self.cfg.data.batch_size * self.ctx.world_size
                 bar.update(1)
                 step = self.state.global_step
@@ -227,15 +302,20 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
                     self._log_scalars("train/loss", running, step)
                     self.history.append({"step": step, **running})
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                pause = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
+                    cfg.eval_every and step % cfg.eval_every == 0
+                )
+                if pause:
+                    train_seconds += time.perf_counter() - t0
                     pipeline.detach()
-                    self.save()
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if cfg.eval_every and step % cfg.eval_every == 0:
+                        self._log_scalars("val", self.evaluate("val"), step)
                     pipeline.attach(self.dmp)
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    pipeline.detach()
-                    self._log_scalars("val", self.evaluate("val"), step)
-                    pipeline.attach(self.dmp)
+                    t0 = time.perf_counter()
                 if max_steps is not None and step >= max_steps:
+                    train_seconds += time.perf_counter() - t0
                     done = True
                     break
             bar.close()
@@ -246,9 +326,15 @@ class Trainer:
                 self.state.batch_in_epoch = 0
                 val = self.evaluate("val")
                 self._log_scalars("val", val, self.state.global_step)
-        elapsed = time.perf_counter() - t0
-        return {"steps": self.state.global_step, "samples": samples, "seconds": elapsed,
-                "samples_per_s": samples / max(elapsed, 1e-9)}
+        # The final state is always checkpointed (also what evaluation loads).
+        if self._saved_step != self.state.global_step:
+            self.save()
+        return {
+            "steps": self.state.global_step,
+            "samples": samples,
+            "train_seconds": train_seconds,
+            "samples_per_s": samples / max(train_seconds, 1e-9),
+        }
 
     def close(self) -> None:
         if self.writer is not None:

@@ -1,0 +1,147 @@
+"""torchx components: ``mtl-torchrec`` training, evaluation and text encoding as cluster jobs.
+
+Each component builds ``torchrun ... -m mtl_torchrec <sub-command> [--config FILE] [k=v ...]``
+on top of torchx's ``dist.ddp`` (so rendezvous, node counts, resources, mounts and retries work
+on every torchx scheduler) and adds torchrun's in-job restarts (``max_restarts``). ``train``
+gives every job a fixed run directory (``runs/<app id>`` unless ``run_dir=`` is among the
+overrides), so a restarted or retried job finds its latest checkpoint there and resumes
+(``train.resume=auto``); on several nodes that directory must be on a shared filesystem.
+
+Examples::
+
+    torchx run -s local_cwd mtl_torchrec/components.py:train -j 1x2 --config configs/default.yaml -- train.epochs=1
+    torchx run -s kubernetes --dryrun mtl_torchrec.train -j 2x8 --gpu 8 --image my/image:tag \\
+        --config configs/default.yaml --max_restarts 3 -- run_dir=/mnt/runs/exp1
+    torchx run -s local_cwd mtl_torchrec/components.py:evaluate -j 1x1 -- runs/exp1
+"""
+
+# No `from __future__ import annotations` here: torchx decodes CLI arguments from the real types.
+from typing import Dict, List, Optional
+
+import torchx
+import torchx.specs as specs
+
+from mtl_torchrec.launch.jobs import torchrun_job
+
+DEFAULT_MEM_MB = 8192
+
+
+def train(
+    *overrides: str,
+    config: Optional[str] = None,
+    name: str = "mtl-torchrec-train",
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    h: Optional[str] = None,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = DEFAULT_MEM_MB,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    max_restarts: int = 0,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Trains a multi-task model (``mtl-torchrec train``) on ``j`` = nodes x processes.
+
+    Args:
+        overrides: config overrides ``key=value`` (e.g. ``train.epochs=3 run_dir=/mnt/runs/a``)
+        config: YAML config file (as the job sees it)
+        name: job name, ``{experiment}/{run}`` or ``{run}``
+        j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
+        image: image (docker) or working directory (local_cwd) to run in
+        h: named resource (takes precedence over cpu, gpu, memMB)
+        cpu: cpus per node
+        gpu: gpus per node
+        memMB: memory per node in MB
+        env: extra environment variables
+        max_retries: scheduler-level retries of the whole job
+        max_restarts: torchrun restarts of the workers inside the job
+        rdzv_port: c10d rendezvous port on node 0 (multi-node)
+        mounts: mounts, e.g. ``type=bind,src=/data,dst=/data``
+    """
+    args = list(overrides)
+    if not any(a.split("=", 1)[0].strip() == "run_dir" for a in args):
+        # Fixed per job, so torchrun restarts and scheduler retries resume in the same place.
+        args.append(f"run_dir=runs/{specs.macros.app_id}")
+    return torchrun_job("train", args, config, name, j, image, h, cpu, gpu, memMB, env, max_retries, max_restarts,
+                rdzv_port, mounts)
+
+
+def evaluate(
+    *args: str,
+    config: Optional[str] = None,
+    name: str = "mtl-torchrec-evaluate",
+    j: str = "1x1",
+    image: str = torchx.IMAGE,
+    h: Optional[str] = None,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = DEFAULT_MEM_MB,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    max_restarts: int = 0,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Evaluates a trained run (``mtl-torchrec evaluate``); ``args`` are that sub-command's
+    arguments (run directory, overrides).
+
+    Args:
+        args: arguments of ``mtl-torchrec evaluate``
+        config: YAML config file, passed as ``--config``
+        name: job name, ``{experiment}/{run}`` or ``{run}``
+        j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
+        image: image (docker) or working directory (local_cwd) to run in
+        h: named resource (takes precedence over cpu, gpu, memMB)
+        cpu: cpus per node
+        gpu: gpus per node
+        memMB: memory per node in MB
+        env: extra environment variables
+        max_retries: scheduler-level retries of the whole job
+        max_restarts: torchrun restarts of the workers inside the job
+        rdzv_port: c10d rendezvous port on node 0 (multi-node)
+        mounts: mounts, e.g. ``type=bind,src=/data,dst=/data``
+    """
+    return torchrun_job("evaluate", list(args), config, name, j, image, h, cpu, gpu, memMB, env, max_retries,
+                max_restarts, rdzv_port, mounts)
+
+
+def encode_text(
+    *args: str,
+    config: Optional[str] = None,
+    name: str = "mtl-torchrec-encode-text",
+    j: str = "1x1",
+    image: str = torchx.IMAGE,
+    h: Optional[str] = None,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = DEFAULT_MEM_MB,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    max_restarts: int = 0,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Encodes item texts with the language model into a vector store
+    (``mtl-torchrec encode-text``); ``args`` are that sub-command's arguments.
+
+    Args:
+        args: arguments of ``mtl-torchrec encode-text``
+        config: YAML config file, passed as ``--config``
+        name: job name, ``{experiment}/{run}`` or ``{run}``
+        j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
+        image: image (docker) or working directory (local_cwd) to run in
+        h: named resource (takes precedence over cpu, gpu, memMB)
+        cpu: cpus per node
+        gpu: gpus per node
+        memMB: memory per node in MB
+        env: extra environment variables
+        max_retries: scheduler-level retries of the whole job
+        max_restarts: torchrun restarts of the workers inside the job
+        rdzv_port: c10d rendezvous port on node 0 (multi-node)
+        mounts: mounts, e.g. ``type=bind,src=/data,dst=/data``
+    """
+    return torchrun_job("encode-text", list(args), config, name, j, image, h, cpu, gpu, memMB, env, max_retries,
+                max_restarts, rdzv_port, mounts)
+

@@ -1,0 +1,322 @@
+"""Offline evaluation of a trained run on any split or data spec, in one process or under torchrun.
+
+The model is rebuilt from the run's ``config.yaml`` and loaded from its DCP checkpoint (under any
+rank count and sharding); data is mapped with the run's saved preprocessing, never refitted.
+Each rank scores a contiguous shard of the rows. Metrics that add up over rows (NE, logloss,
+calibration, positive rate, MSE, MAE) go through ``torchrec.metrics`` across ranks; the scored
+rows are gathered on rank 0 for the ranking metrics (exact AUC with ties, GAUC per group),
+slices and plots.
+
+Example::
+
+    ctx = init_distributed()
+    result = evaluate_run(Path("runs/census"), ctx, split="test")
+    if ctx.is_main:
+        result.summary["tasks"]["income"]["auc"]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
+from mtl_torchrec.data.loader import BatchDataset, make_loader
+from mtl_torchrec.data.schema import ColumnTable, DataError
+from mtl_torchrec.data.sources import DataBundle, load_data
+from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
+from mtl_torchrec.model.tasks import TaskSpec
+from mtl_torchrec.train.checkpoint import load_checkpoint, resolve_checkpoint
+from mtl_torchrec.train.sharding import DistContext, shard_module
+from mtl_torchrec.train.trainer import build_train_module
+
+# torchrec metrics kept per slice; AUC is computed exactly on rank 0 instead (ties count half).
+_SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
+
+
+@dataclass
+class ScoredRows:
+    """Every evaluated row on rank 0: predictions, labels and label masks per task, group ids."""
+
+    predictions: Dict[str, np.ndarray]
+    labels: Dict[str, np.ndarray]
+    masks: Dict[str, np.ndarray]
+    group: Optional[np.ndarray]
+
+
+@dataclass
+class EvalResult:
+    # The eval.json content (rank 0; other ranks get the torchrec metrics only).
+    summary: Dict[str, Any]
+    rows: Optional[ScoredRows] = None
+    slices: Dict[str, np.ndarray] = field(default_factory=dict)
+    tasks: List[TaskSpec] = field(default_factory=list)
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+    return load_config(path)
+
+
+def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> DataBundle:
+    """The run's data (or ``data_spec``) mapped with the run's fitted preprocessing."""
+    from mtl_torchrec.data.preprocessing import Preprocessing
+
+    pre_dir = Path(run_dir) / "preprocessing"
+    pre = Preprocessing.load(pre_dir) if (pre_dir / "preprocessing.json").is_file() else None
+    if data_spec is not None:
+        if pre is None:
+            raise ConfigError(
+                f"--data: the run {run_dir} has no fitted preprocessing (trained on data.source="
+                f"'{cfg.data.source}'), so a data spec cannot be mapped the way training did"
+            )
+        cfg.data.source = "spec"
+        cfg.data.spec = str(data_spec)
+    elif cfg.data.source == "spec" and pre is None:
+        raise FileNotFoundError(f"{pre_dir}: the run was trained on a data spec but has no saved preprocessing")
+    if cfg.data.source == "spec" and cfg.data.spec and not Path(cfg.data.spec).is_file():
+        raise ConfigError(f"data.spec: '{cfg.data.spec}' not found (relative paths are from the working "
+                          f"directory; pass --data to point at the spec)")
+    return load_data(cfg.data, pre)
+
+
+def resolve_split(bundle: DataBundle, split: str) -> str:
+    from mtl_torchrec.data.spec import ALL_SPLIT
+
+    if split in bundle.splits:
+        return split
+    if set(bundle.splits) == {ALL_SPLIT}:
+        # A spec without a split rule: every row is evaluation data.
+        return ALL_SPLIT
+    raise ConfigError(f"--split: '{split}' not in the data (splits: {sorted(bundle.splits)})")
+
+
+def column_slices(bundle: DataBundle, table: ColumnTable, column: str, top: int = 10) -> Dict[str, np.ndarray]:
+    """One row mask per most frequent id of a single-valued sparse column (``"column=value"``),
+    named by the raw token where the run's vocabulary has one."""
+    from mtl_torchrec.data.schema import Jagged
+
+    if column not in bundle.schema.sparse_names:
+        raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; "
+                          f"choose from {bundle.schema.sparse_names}")
+    ids = table[column]
+    if isinstance(ids, Jagged):
+        raise ConfigError(f"--slice: '{column}' is multi-valued; slices need one value per row")
+    vocab = bundle.preprocessing.vocabs.get(column) if bundle.preprocessing is not None else None
+    values, counts = np.unique(ids, return_counts=True)
+    out: Dict[str, np.ndarray] = {}
+    for v in values[np.argsort(-counts, kind="stable")][:top]:
+        if vocab is not None and vocab.mode in ("build", "file"):
+            name = vocab.tokens[v - 1] if v > 0 else "<out of vocabulary>"
+        else:
+            name = str(int(v))
+        out[f"{column}={name}"] = ids == v
+    return out
+
+
+def _gather(obj: Any, ctx: DistContext) -> List[Any]:
+    if not dist.is_initialized() or ctx.world_size == 1:
+        return [obj]
+    out: List[Any] = [None] * ctx.world_size if ctx.is_main else None  # type: ignore[assignment]
+    dist.gather_object(obj, out, dst=0)
+    return out if ctx.is_main else []
+
+
+def score(
+    module: torch.nn.Module,
+    tasks: List[TaskSpec],
+    table: ColumnTable,
+    schema: Any,
+    ctx: DistContext,
+    batch_size: int,
+    slices: Dict[str, np.ndarray],
+    num_workers: int = 0,
+) -> tuple:
+    """Runs the model over this rank's shard; returns (per-slice TaskMetrics, this rank's rows)."""
+    ds = BatchDataset(table, schema, batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
+    start, stop = ds.eval_row_range()
+    metrics = {name: TaskMetrics(tasks, ctx.world_size, ctx.rank, batch_size, include=_SUMMED)
+               for name in ["all", *slices]}
+    names = [t.name for t in tasks]
+    parts: Dict[str, List[np.ndarray]] = {}
+    pos = start
+    module.eval()
+    with torch.no_grad():
+        for batch in make_loader(ds, num_workers=num_workers):
+            batch = batch.to(ctx.device)
+            _, out = module(batch)
+            real = max(0, min(batch.batch_size, stop - pos))
+            rows = np.arange(pos, pos + real)
+            for name, m in metrics.items():
+                if name == "all":
+                    m.update(out.predictions, batch)
+                    continue
+                w = np.zeros(batch.batch_size, dtype=np.float32)
+                w[:real] = slices[name][rows]
+                m.update(out.predictions, batch, row_weight=torch.from_numpy(w).to(ctx.device))
+            for t in names:
+                parts.setdefault(f"p:{t}", []).append(out.predictions[t][:real].float().cpu().numpy())
+                parts.setdefault(f"y:{t}", []).append(batch.labels[t][:real].cpu().numpy())
+                parts.setdefault(f"m:{t}", []).append(batch.masks[t][:real].cpu().numpy())
+            parts.setdefault("group", []).append(batch.group[:real].cpu().numpy())
+            pos += real
+    if pos != stop:
+        raise RuntimeError(f"rank {ctx.rank} scored {pos - start} rows, expected {stop - start}")
+    local = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    return metrics, local
+
+
+def _binary_row_metrics(p: np.ndarray, y: np.ndarray, g: Optional[np.ndarray]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"auc": binary_auc(p, y)}
+    if g is not None:
+        out.update(grouped_auc(p, y, g))
+    return out
+
+
+def split_slices(
+    bundle: DataBundle, split: str, slice_columns: Sequence[str] = (), slice_top: int = 10
+) -> Dict[str, np.ndarray]:
+    """The data's own slices of ``split`` plus the ``slice_top`` most frequent values of each column."""
+    table = bundle.splits[split]
+    slices = {k: np.asarray(v, dtype=bool) for k, v in bundle.slices.get(split, {}).items()}
+    for column in slice_columns:
+        slices.update(column_slices(bundle, table, column, slice_top))
+    for name, mask in slices.items():
+        if len(mask) != len(table):
+            raise DataError(f"slice '{name}' has {len(mask)} rows but split '{split}' has {len(table)}")
+    return slices
+
+
+def evaluate_split(
+    module: torch.nn.Module,
+    tasks: List[TaskSpec],
+    bundle: DataBundle,
+    split: str,
+    ctx: DistContext,
+    batch_size: int,
+    slices: Dict[str, np.ndarray],
+    num_workers: int = 0,
+) -> EvalResult:
+    """Scores ``split`` with a (sharded or plain) train module and computes every metric.
+
+    All ranks call it; rank 0 gets ``summary`` with ``tasks`` and ``slices`` blocks and the scored
+    rows, the other ranks the cross-rank torchrec metrics only.
+    """
+    table = bundle.splits[split]
+    t1 = time.perf_counter()
+    metrics, local = score(module, tasks, table, bundle.schema, ctx, batch_size, slices, num_workers)
+    computed = {name: m.compute() for name, m in metrics.items()}
+    gathered = _gather(local, ctx)
+    score_s = time.perf_counter() - t1
+    if not ctx.is_main:
+        return EvalResult(summary={"tasks": computed["all"]}, tasks=tasks)
+
+    cat = {k: np.concatenate([g[k] for g in gathered]) for k in gathered[0]}
+    names = [t.name for t in tasks]
+    rows = ScoredRows(
+        predictions={t: cat[f"p:{t}"] for t in names},
+        labels={t: cat[f"y:{t}"] for t in names},
+        masks={t: cat[f"m:{t}"] > 0 for t in names},
+        group=cat["group"] if bundle.schema.group else None,
+    )
+
+    def task_block(sel: Optional[np.ndarray], summed: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
+        block: Dict[str, Dict[str, Any]] = {}
+        for t in tasks:
+            m = rows.masks[t.name] if sel is None else rows.masks[t.name] & sel
+            res: Dict[str, Any] = {"type": t.type, "count": int(m.sum())}
+            s = summed[t.name]
+            if t.type == "binary":
+                p, y = rows.predictions[t.name][m], rows.labels[t.name][m]
+                res.update(_binary_row_metrics(p, y, rows.group[m] if rows.group is not None else None))
+                res["logloss"] = s["logloss"]
+                # NE divides by the label entropy, which is 0 when only one class is present.
+                res["ne"] = s["ne"] if 0.0 < s["positive_rate"] < 1.0 else float("nan")
+                res["calibration"] = s["calibration"]
+                res["positive_rate"] = s["positive_rate"]
+                res["mean_prediction"] = s["calibration"] * s["positive_rate"]
+                if t.esmm_parent:
+                    res["space"] = f"impression (p({t.esmm_parent}) x p({t.name} | {t.esmm_parent}))"
+            else:
+                res["rmse"] = s["mse"] ** 0.5
+                res["mse"] = s["mse"]
+                res["mae"] = s["mae"]
+                res["mean_label"] = float(rows.labels[t.name][m].mean()) if m.any() else float("nan")
+                res["mean_prediction"] = float(rows.predictions[t.name][m].mean()) if m.any() else float("nan")
+            if res["count"] == 0:
+                res = {"type": t.type, "count": 0}
+            block[t.name] = res
+        return block
+
+    summary: Dict[str, Any] = {
+        "split": split,
+        "rows": int(len(table)),
+        "world_size": ctx.world_size,
+        "group": bundle.schema.group,
+        "tasks": task_block(None, computed["all"]),
+        "slices": {
+            name: {"rows": int(mask.sum()), "tasks": task_block(mask, computed[name])}
+            for name, mask in slices.items()
+        },
+    }
+    rank0_s = time.perf_counter() - t1 - score_s
+    # rows_per_s: scoring plus the cross-rank metric reduction and gather; exact ranking metrics
+    # and slices on rank 0 are timed separately.
+    summary["timing"] = {"score_s": score_s, "rank0_metrics_s": rank0_s,
+                         "rows_per_s": len(table) / max(score_s, 1e-9)}
+    return EvalResult(summary=summary, rows=rows, slices=slices, tasks=tasks)
+
+
+def evaluate_run(
+    run_dir: Path,
+    ctx: DistContext,
+    data_spec: Optional[str] = None,
+    split: str = "test",
+    batch_size: Optional[int] = None,
+    slice_columns: Sequence[str] = (),
+    slice_top: int = 10,
+) -> EvalResult:
+    """Loads the run's model and data, scores ``split`` and computes all metrics (see module doc).
+
+    Slices: the data's own (``DataBundle.slices``) plus the ``slice_top`` most frequent values of
+    each of ``slice_columns``.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    ckpt = resolve_checkpoint(run_dir)
+    t0 = time.perf_counter()
+    bundle = load_eval_data(cfg, run_dir, data_spec)
+    split = resolve_split(bundle, split)
+    slices = split_slices(bundle, split, slice_columns, slice_top)
+    load_s = time.perf_counter() - t0
+
+    module = build_train_module(cfg, bundle)
+    dmp = shard_module(module, ctx, strategy=cfg.train.sharding, sparse_optimizer=cfg.train.sparse_optimizer,
+                       sparse_lr=cfg.train.sparse_lr)
+    meta = load_checkpoint(ckpt, dmp)
+    result = evaluate_split(
+        dmp, module.tasks, bundle, split, ctx, batch_size or cfg.data.eval_batch_size, slices, cfg.data.num_workers
+    )
+    if not ctx.is_main:
+        return result
+    summary = {
+        "run": str(run_dir),
+        "checkpoint": str(ckpt),
+        "checkpoint_step": meta.get("global_step"),
+        "data": {"source": cfg.data.source, "spec": cfg.data.spec},
+        **result.summary,
+    }
+    summary["timing"]["load_data_s"] = load_s
+    if bundle.preprocessing is not None:
+        summary["data"]["stats"] = bundle.preprocessing.stats
+    summary["config"] = {"model": to_dict(cfg.model)}
+    result.summary = summary
+    return result

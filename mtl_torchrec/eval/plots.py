@@ -1,0 +1,135 @@
+"""PNG plots for evaluation reports (matplotlib, Agg backend: no display needed).
+
+Example::
+
+    paths = write_plots(rows, tasks, out_dir / "plots")   # roc_<task>.png, calibration.png, scores_<task>.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from mtl_torchrec.utils import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def roc_curve(pred: np.ndarray, label: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct score threshold."""
+    order = np.argsort(-pred, kind="stable")
+    p, y = pred[order], label[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(p) != 0), len(p) - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = np.cumsum(1 - y)[last_of_tie]
+    tpr = np.r_[0.0, tp / max(tp[-1], 1e-12)] if len(tp) else np.zeros(1)
+    fpr = np.r_[0.0, fp / max(fp[-1], 1e-12)] if len(fp) else np.zeros(1)
+    return fpr, tpr
+
+
+def reliability_bins(pred: np.ndarray, label: np.ndarray, bins: int = 10) -> Dict[str, np.ndarray]:
+    """Quantile bins of the score: mean prediction, observed rate and rows per bin.
+
+    Quantile (not equal-width) bins keep every bin populated for skewed scores such as CTRs.
+    """
+    if len(pred) == 0:
+        return {"mean_prediction": np.zeros(0), "observed_rate": np.zeros(0), "count": np.zeros(0)}
+    edges = np.unique(np.quantile(pred, np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, max(len(edges) - 2, 0))
+    count = np.bincount(idx, minlength=max(len(edges) - 1, 1)).astype(np.float64)
+    keep = count > 0
+    mp = np.bincount(idx, weights=pred, minlength=len(count))[keep] / count[keep]
+    rate = np.bincount(idx, weights=label, minlength=len(count))[keep] / count[keep]
+    return {"mean_prediction": mp, "observed_rate": rate, "count": count[keep]}
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_roc(pred: np.ndarray, label: np.ndarray, task: str, auc: float, path: Path) -> Path:
+    plt = _pyplot()
+    fpr, tpr = roc_curve(pred, label)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, lw=2, label=f"{task} (AUC {auc:.4f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {task}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_calibration(data: Dict[str, Tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 10) -> Path:
+    """Reliability diagram: observed rate against mean prediction per score bin, all binary tasks."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    top = 0.0
+    for task, (pred, label) in data.items():
+        b = reliability_bins(pred, label, bins)
+        if len(b["count"]) == 0:
+            continue
+        ax.plot(b["mean_prediction"], b["observed_rate"], marker="o", label=f"{task} ({bins} quantile bins)")
+        top = max(top, float(b["mean_prediction"].max()), float(b["observed_rate"].max()))
+    top = min(1.0, top * 1.05 + 1e-3)
+    ax.plot([0, top], [0, top], ls="--", c="grey", lw=1, label="perfectly calibrated")
+    ax.set(xlabel="mean prediction in bin", ylabel="observed positive rate in bin", title="Calibration",
+           xlim=(0, top), ylim=(0, top))
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_score_histogram(pred: np.ndarray, label: np.ndarray, task: str, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    edges = np.linspace(float(pred.min()) if len(pred) else 0.0, float(pred.max()) if len(pred) else 1.0, 41)
+    for value, name, color in ((0, "label 0", "tab:blue"), (1, "label 1", "tab:orange")):
+        sel = pred[label == value]
+        if len(sel):
+            ax.hist(sel, bins=edges, density=True, alpha=0.55, color=color, label=f"{name} (n={len(sel)})")
+    ax.set(xlabel="predicted probability", ylabel="density", title=f"Scores by label: {task}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write_plots(rows, tasks, out_dir: Path, summary: Dict) -> List[Path]:
+    """All plots for the binary tasks of ``rows`` (a :class:`~mtl_torchrec.eval.evaluate.ScoredRows`)."""
+    out_dir = Path(out_dir)
+    paths: List[Path] = []
+    calib: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    for t in tasks:
+        if t.type != "binary":
+            continue
+        m = rows.masks[t.name]
+        p, y = rows.predictions[t.name][m].astype(np.float64), rows.labels[t.name][m].astype(np.float64)
+        if len(p) == 0:
+            continue
+        calib[t.name] = (p, y)
+        auc = summary["tasks"][t.name].get("auc", float("nan"))
+        if 0 < y.sum() < len(y):
+            paths.append(plot_roc(p, y, t.name, auc, out_dir / f"roc_{t.name}.png"))
+        paths.append(plot_score_histogram(p, y, t.name, out_dir / f"scores_{t.name}.png"))
+    if calib:
+        paths.append(plot_calibration(calib, out_dir / "calibration.png"))
+    return paths

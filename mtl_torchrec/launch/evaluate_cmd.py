@@ -1,0 +1,86 @@
+"""``mtl-torchrec evaluate``: score a trained run on a split (or a data spec) and write a report.
+
+Writes ``eval.json``, ``report.md`` and PNG plots to ``RUN/eval/<split>/`` (or ``--out``).
+Works in one process or under ``torchrun``. ``--compare RUN_A RUN_B`` prints two evaluations side
+by side instead.
+
+    mtl-torchrec evaluate --run runs/census
+    mtl-torchrec evaluate --run runs/census --data other.yaml --split all
+    torchrun --nproc_per_node 2 -m mtl_torchrec evaluate --run-dir runs/census
+    mtl-torchrec evaluate --compare runs/a runs/b
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from mtl_torchrec.eval.evaluate import EvalResult, evaluate_run
+from mtl_torchrec.eval.report import compare_table, load_eval, markdown_report
+from mtl_torchrec.train.sharding import close_distributed, init_distributed
+from mtl_torchrec.utils import atomic_write_text, write_json
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a trained run: metrics per task and slice, report, plots")
+    # --run-dir is the same option; use it under torchrun, whose parser takes "--run" for its --run-path.
+    p.add_argument("--run", "--run-dir", dest="run_dir", type=str, help="run directory (config.yaml + checkpoint/)")
+    p.add_argument("--data", type=str, default=None, help="YAML data spec to evaluate on (default: the run's data)")
+    p.add_argument("--split", type=str, default="test", help="split to evaluate (default: test)")
+    p.add_argument("--out", type=str, default=None, help="output folder (default: RUN/eval/SPLIT)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per rank per step (default: data.eval_batch_size)")
+    p.add_argument("--slice", dest="slices", action="append", default=[], metavar="COLUMN",
+                   help="also report per value of this categorical column (repeatable; top --slice-top values)")
+    p.add_argument("--slice-top", type=int, default=10, help="values per --slice column (default: 10)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
+                   help="print two evaluations (run dirs, eval folders or eval.json files) side by side")
+    p.set_defaults(run=run)
+
+
+def write_outputs(result: EvalResult, out_dir: Path, plots: bool = True) -> Path:
+    """eval.json, plots/*.png and report.md (which links the plots) under ``out_dir``."""
+    from mtl_torchrec.eval.plots import write_plots
+
+    out_dir = Path(out_dir)
+    paths = write_plots(result.rows, result.tasks, out_dir / "plots", result.summary) if plots else []
+    result.summary["plots"] = [p.relative_to(out_dir).as_posix() for p in paths]
+    write_json(out_dir / "eval.json", result.summary)
+    atomic_write_text(out_dir / "report.md", markdown_report(result.summary, paths, result.rows, result.tasks, out_dir))
+    return out_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        a, b = args.compare
+        print(compare_table(load_eval(a, args.split), load_eval(b, args.split), Path(a).name, Path(b).name))
+        return 0
+    if not args.run_dir:
+        raise FileNotFoundError("--run: give the run directory to evaluate (or --compare RUN_A RUN_B)")
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    ctx = init_distributed()
+    try:
+        result = evaluate_run(Path(args.run_dir), ctx, data_spec=args.data, split=args.split, batch_size=args.batch_size,
+                              slice_columns=args.slices, slice_top=args.slice_top)
+        out: Optional[Path] = None
+        if ctx.is_main:
+            out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / result.summary["split"]
+            write_outputs(result, out, plots=not args.no_plots)
+    finally:
+        close_distributed(ctx)
+    if ctx.is_main:
+        from mtl_torchrec.eval.metrics import format_table
+
+        s = result.summary
+        print(f"evaluated {s['rows']} rows of '{s['split']}' on {s['world_size']} rank(s) "
+              f"({s['timing']['rows_per_s']:.0f} rows/s)")
+        shown = ("auc", "gauc", "logloss", "ne", "calibration", "positive_rate", "rmse", "mae")
+        print(format_table({t: {k: m[k] for k in shown if k in m} for t, m in s["tasks"].items()}))
+        print(out / "report.md")
+    return 0
