@@ -7,7 +7,8 @@
   update every table it holds). Its fused optimizer is SGD with learning rate 0 as a second guard.
 * :class:`TextFeature` looks the item id up in that table and maps the vector through a small
   adapter to the fusion width; items without text get a learned "no text" vector, selected by a
-  flag column stored in the table (so the flag is sharded with the vectors, no dense buffer).
+  flag column stored in the table (so the flag is sharded with the vectors, no dense buffer) and
+  learned as the adapter's weights on that column.
 
 Example::
 
@@ -125,13 +126,16 @@ def table_weights(vectors: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor
 class TextFeature(nn.Module):
     """Item id -> text vector (table lookup) -> adapter, a ``KeyedJaggedTensor -> [B, out_features]`` module.
 
+    The table row is ``[vector | no-text flag | zero padding]`` and the adapter's first layer reads
+    all of it, so the flag column's weights are the learned "no text" vector (in the first layer's
+    output space): items without text (zero vector, flag 1) get it, others get their projected text.
+    That keeps the step to one lookup and one matmul.
+
     Args:
-        table: an EBC with one table over ``item_feature`` of width :func:`table_width(text_dim)`;
+        table: an EBC with one table over the item feature of width ``table_width(text_dim)``;
             a :class:`FrozenEmbeddingBagCollection` unless the vectors are meant to be fine-tuned.
         text_dim: width of the language-model vectors inside the table.
         adapter_layers: widths of the adapter; ReLU between layers, none after the last.
-        scale: multiplies the vectors before the adapter (unit-norm vectors have entries of about
-            ``1/sqrt(text_dim)``; ``sqrt(text_dim)`` gives them unit scale like other inputs).
         initial_weights: the table content to copy in after sharding (see :func:`load_text_tables`).
 
     Example::
@@ -145,7 +149,6 @@ class TextFeature(nn.Module):
         table: EmbeddingBagCollection,
         text_dim: int,
         adapter_layers: List[int],
-        scale: float = 1.0,
         initial_weights: Optional[torch.Tensor] = None,
     ) -> None:
         super().__init__()
@@ -157,25 +160,28 @@ class TextFeature(nn.Module):
         self.table = table
         self.table_name = configs[0].name
         self.text_dim = text_dim
-        self.scale = scale
-        self.no_text = nn.Parameter(torch.randn(text_dim) / math.sqrt(text_dim))
         layers: List[nn.Module] = []
-        width = text_dim
+        width = configs[0].embedding_dim
         for i, h in enumerate(adapter_layers):
             layers.append(nn.Linear(width, h))
             if i + 1 < len(adapter_layers):
                 layers.append(nn.ReLU())
             width = h
         self.adapter = nn.Sequential(*layers)
+        with torch.no_grad():
+            # The padding columns are always zero; keep their weights at zero too (no effect, tidy).
+            self.adapter[0].weight[:, text_dim + 1 :] = 0.0
         self.out_features = width
         # Not a buffer: the weights live in the (sharded) table; this is only the initial copy.
         self.initial_weights = initial_weights
 
+    @property
+    def no_text_weight(self) -> torch.Tensor:
+        """The learned "no text" vector: the first adapter layer's weights on the flag column."""
+        return self.adapter[0].weight[:, self.text_dim]
+
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-        rows = self.table(features).values()
-        vec = rows[:, : self.text_dim] * self.scale
-        missing = rows[:, self.text_dim : self.text_dim + 1]
-        return self.adapter(vec + missing * self.no_text)
+        return self.adapter(self.table(features).values())
 
 
 def build_text_feature(
@@ -187,6 +193,9 @@ def build_text_feature(
 ) -> TextFeature:
     """A :class:`TextFeature` over ``cfg.item_feature`` holding the store's vectors for ids ``[0, num_items)``."""
     vectors, has_text = store.table(num_items, source=source)
+    if store.info.get("normalize", False):
+        # Unit-norm vectors have entries of about 1/sqrt(d); give them unit scale like other inputs.
+        vectors = vectors * math.sqrt(store.dim)
     weights = table_weights(vectors, has_text)
     table_cfg = EmbeddingBagConfig(
         name=f"text_{cfg.item_feature}",
@@ -200,8 +209,7 @@ def build_text_feature(
     with torch.no_grad():
         if device is None or torch.device(device).type != "meta":
             table.embedding_bags[table_cfg.name].weight.copy_(weights)
-    scale = math.sqrt(store.dim) if store.info.get("normalize", False) else 1.0
-    return TextFeature(table, store.dim, cfg.adapter_layers, scale=scale, initial_weights=weights)
+    return TextFeature(table, store.dim, cfg.adapter_layers, initial_weights=weights)
 
 
 def load_text_tables(module: nn.Module) -> int:
