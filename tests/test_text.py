@@ -371,3 +371,21 @@ def test_unseen_id_dropout_trains_and_replaces_unseen_ids() -> None:
     out = drop(ebc(test), test).to_dict()
     assert torch.equal(out["item_id"][0], ebc(test).to_dict()["item_id"][0])
     assert torch.equal(out["item_id"][1], drop.unseen.detach())
+
+
+@pytest.mark.slow
+def test_train_command_encodes_into_the_cache_once(tmp_path: Path, tiny_model: str) -> None:
+    from mtl_torchrec.launch.cli import main
+
+    argv = ["train", "data.synthetic.num_impressions=3000", "data.synthetic.num_items=200",
+            "data.synthetic.num_users=300", "data.batch_size=256", "train.epochs=1", "train.progress=false",
+            "model.text.enabled=true", f"model.text.cache_dir={tmp_path / 'cache'}",
+            f"model.text.encoder.model={tiny_model}", f"output_dir={tmp_path / 'runs'}"]
+    assert main(argv) == 0
+    index = tmp_path / "cache" / "synthetic" / INDEX_FILE
+    stamp = os.stat(index).st_mtime_ns
+    assert json.loads(index.read_text())["num_items"] == 200
+    assert main(argv) == 0
+    assert os.stat(index).st_mtime_ns == stamp
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
