@@ -73,8 +73,9 @@ def main(argv: Any = None) -> int:
     rates: Dict[str, List[float]] = {n: [] for n in variants}
     cpu_rates: Dict[str, List[float]] = {n: [] for n in variants}
     batch = trainers["id_only"].cfg.data.batch_size * ctx.world_size
-    for _ in range(args.rounds):
-        for name in variants:
+    for r in range(args.rounds):
+        # Alternate which variant goes first, so a load change mid-round favours neither.
+        for name in (list(variants) if r % 2 == 0 else list(reversed(list(variants)))):
             wall, cpu = run(name, args.steps)
             rates[name].append(args.steps * batch / wall)
             cpu_rates[name].append(args.steps * batch / cpu)
