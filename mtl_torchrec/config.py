@@ -126,7 +126,7 @@ class TextConfig:
     enabled: bool = False
     store: Optional[str] = None
     item_feature: str = "item_id"
-    adapter_layers: List[int] = field(default_factory=lambda: [16])
+    adapter_layers: List[int] = field(default_factory=lambda: [8])
     trainable_table: bool = False
     # Used when ``store`` is not given: item texts of the data are encoded into this cache
     # (``<cache_dir>/<data source>``); unchanged texts are never encoded twice.
