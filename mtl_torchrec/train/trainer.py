@@ -56,7 +56,7 @@ def seed_everything(seed: int) -> None:
 def build_train_module(cfg: Config, data: DataBundle, feature_modules: Optional[Dict[str, nn.Module]] = None) -> TrainModule:
     tasks = task_specs(cfg.model, data.schema)
     model = build_model(cfg.model, data.schema, feature_modules=feature_modules)
-    return TrainModule(model, tasks, build_balancer(cfg.train.loss_balance, tasks))
+    return TrainModule(model, tasks, build_balancer(cfg.train.loss_balance, tasks, cfg.train.balance))
 
 
 def evaluate_module(
