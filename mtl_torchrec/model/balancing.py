@@ -36,7 +36,8 @@ def representation_gradients(losses: torch.Tensor, shared: torch.Tensor) -> torc
     """Gradient of each loss in ``losses`` (``[T]``) with respect to ``shared``, flattened: ``[T, numel]``.
 
     The graph is kept for the caller's own backward; a task that does not reach ``shared`` gets
-    a zero gradient.
+    a zero gradient. The result carries no graph (``create_graph=False``). Call it with grad
+    enabled: indexing ``losses`` under ``no_grad`` would cut the graph.
     """
     rows = []
     for i in range(losses.shape[0]):
@@ -133,6 +134,7 @@ class GradNorm(nn.Module):
         if not _needs_gradients(shared):
             return weighted
         Ld = L.detach()
+        sq_norms = representation_gradients(L, shared).pow(2).sum(dim=1)
         with torch.no_grad():
             unset = torch.isnan(self.initial_losses) & (Ld > 0)
             self.initial_losses.copy_(torch.where(unset, Ld, self.initial_losses))
@@ -140,7 +142,7 @@ class GradNorm(nn.Module):
             rate = torch.where(start > 0, Ld / start.clamp_min(1e-12), torch.ones_like(Ld))
             rate = _global_sum(rate)
             rel = rate / rate.mean().clamp_min(1e-12)
-            norms = _global_sum(representation_gradients(L, shared).pow(2).sum(dim=1)).sqrt()
+            norms = _global_sum(sq_norms).sqrt()
         G = w * norms
         target = (G.mean() * rel.pow(self.alpha)).detach()
         weight_objective = (G - target).abs().sum()
@@ -202,8 +204,8 @@ class MGDAUB(nn.Module):
         L = _stack(losses, self.task_names)
         if not _needs_gradients(shared):
             return (self.last_weights * L).sum()
+        grads = representation_gradients(L, shared).double()
         with torch.no_grad():
-            grads = representation_gradients(L, shared).double()
             if self.normalize == "l2":
                 grads = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
             elif self.normalize == "loss":

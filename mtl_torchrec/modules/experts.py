@@ -25,7 +25,7 @@ class BatchedExperts(nn.Module):
 
         experts = BatchedExperts(32, num_experts=4, layer_sizes=[64, 16])
         out = experts(torch.randn(8, 32))   # [E=4, B=8, 16]
-        out = experts(torch.randn(4, 8, 32))   # per-expert inputs: [E=4, B=8, 16]
+        out = experts.forward_each(torch.randn(4, 8, 32))   # one input per expert: [4, 8, 16]
     """
 
     def __init__(self, in_features: int, num_experts: int, layer_sizes: List[int]) -> None:
@@ -52,15 +52,19 @@ class BatchedExperts(nn.Module):
             nn.init.uniform_(b, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, in]`` read by every expert, or ``[E, B, in]`` (one input per expert);
-        returns ``[E, B, out]``."""
+        """``x``: ``[B, in]``, read by every expert; returns ``[E, B, out]``."""
+        # The first layer of all experts is one matmul: [B, in] x [in, E*out].
         w0, b0 = self.weights[0], self.biases[0]
         e, i, o = w0.shape
-        if x.dim() == 3:
-            h = torch.relu(torch.baddbmm(b0, x, w0))
-        else:
-            # The first layer of all experts is one matmul: [B, in] x [in, E*out].
-            h = torch.relu((x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + b0)
+        h = torch.relu((x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + b0)
+        return self._rest(h)
+
+    def forward_each(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[E, B, in]``, one input per expert; returns ``[E, B, out]``."""
+        h = torch.relu(torch.baddbmm(self.biases[0], x, self.weights[0]))
+        return self._rest(h)
+
+    def _rest(self, h: torch.Tensor) -> torch.Tensor:
         for w, b in zip(self.weights[1:], self.biases[1:]):
             h = torch.relu(torch.baddbmm(b, h, w))
         return h

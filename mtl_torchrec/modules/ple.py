@@ -80,6 +80,9 @@ class CGCLevel(nn.Module):
         self.expert_names = names
 
     def forward(self, inputs: List[torch.Tensor], same_input: bool = False) -> ExpertTrace:
+        return self.forward_with_experts(inputs, same_input)
+
+    def forward_with_experts(self, inputs: List[torch.Tensor], same_input: bool = False) -> ExpertTrace:
         """``inputs``: one ``[B, in]`` tensor per task, then the shared input. With
         ``same_input`` all are the same tensor and the experts read it once.
 
@@ -89,7 +92,7 @@ class CGCLevel(nn.Module):
         if same_input:
             expert_out = self.experts(inputs[0])
         else:
-            expert_out = self.experts(torch.stack(inputs).index_select(0, self.expert_group))
+            expert_out = self.experts.forward_each(torch.stack(inputs).index_select(0, self.expert_group))
         gate_inputs = list(inputs[: self.num_tasks])
         if self.has_shared_gate:
             gate_inputs.append(inputs[self.num_tasks])
@@ -158,7 +161,9 @@ class PLE(nn.Module):
         info: List[GateInfo] = []
         experts: Dict[str, torch.Tensor] = {}
         for lvl, level in enumerate(self.levels):
-            trace = level(inputs, same_input=lvl == 0)
+            # A method call, not __call__: TorchRec's pipeline tracer then sees plain lists of
+            # tensors here instead of one opaque leaf output it cannot unpack.
+            trace = level.forward_with_experts(inputs, same_input=lvl == 0)
             inputs = trace.outputs
             gates += trace.gates
             info += trace.gate_info

@@ -58,7 +58,9 @@ class SeparateBottoms(nn.Module):
         self.bottoms = BatchedExperts(in_features, num_tasks, layers)
 
     def forward_with_gates(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        return list(self.bottoms(x).unbind(0)), []
+        h = self.bottoms(x)
+        # Indexing (not unbind) keeps this traceable by TorchRec's pipeline tracer.
+        return [h[k] for k in range(self.num_tasks)], []
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self.forward_with_gates(x)[0]

@@ -28,11 +28,13 @@ from mtl_torchrec.config import Config, to_dict
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.data.sources import DataBundle
+from mtl_torchrec.eval.diagnostics import diagnose, flatten_scalars, summarize_findings
 from mtl_torchrec.eval.metrics import TaskMetrics
 from mtl_torchrec.model.builder import build_balancer, build_model, task_specs
-from mtl_torchrec.model.tasks import TaskSpec, TrainModule
+from mtl_torchrec.model.tasks import TaskSpec, TrainModule, metric_tasks, with_conditional_labels
 from mtl_torchrec.train.checkpoint import save_checkpoint
 from mtl_torchrec.train.sharding import DistContext, make_optimizer, shard_module
+from mtl_torchrec.utils import write_json
 
 
 @dataclass
@@ -69,14 +71,14 @@ def evaluate_module(
     desc: str = "eval",
 ) -> Dict[str, Dict[str, float]]:
     """Runs ``module`` (a train module, sharded or not) over ``loader`` and returns task metrics."""
-    metrics = TaskMetrics(tasks, ctx.world_size, ctx.rank, batch_size)
+    metrics = TaskMetrics(metric_tasks(tasks), ctx.world_size, ctx.rank, batch_size)
     was_training = module.training
     module.eval()
     with torch.no_grad():
         for batch in tqdm(loader, desc=desc, disable=not (progress and ctx.is_main), leave=False):
             batch = batch.to(ctx.device)
             _, out = module(batch)
-            metrics.update(out.predictions, batch)
+            metrics.update(out.predictions, with_conditional_labels(batch, tasks))
     module.train(was_training)
     return metrics.compute()
 
@@ -122,6 +124,8 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.history: List[Dict[str, Any]] = []
+        self.diagnostics_history: List[Dict[str, Any]] = []
+        self._diagnostics_batch: Optional[Batch] = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -161,6 +165,49 @@ class Trainer:
                     self.writer.add_scalar(f"{prefix}/{task}/{k}", x, step)
             else:
                 self.writer.add_scalar(f"{prefix}/{task}", v, step)
+
+    def loss_weights(self) -> Dict[str, float]:
+        """The balancer's current task weights (empty for a train module without a balancer)."""
+        balancer = getattr(self.dmp.module, "balancer", None)
+        return balancer.weights() if balancer is not None and hasattr(balancer, "weights") else {}
+
+    def diagnose(self) -> Dict[str, Any]:
+        """Gate/expert/task-gradient diagnostics on a fixed batch of the validation split (the
+        first batch of each rank's share). Run with the pipeline detached; all ranks take part."""
+        model = getattr(self.dmp.module, "model", None)
+        if model is None or not hasattr(model, "fuse"):
+            return {}
+        if self._diagnostics_batch is None:
+            split = "val" if "val" in self.data.splits else "train"
+            ds = BatchDataset(
+                self.data.splits[split],
+                self.data.schema,
+                self.cfg.data.batch_size,
+                shuffle=False,
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+            )
+            self._diagnostics_batch = next(iter(make_loader(ds, num_workers=0)))
+        report = diagnose(model, self._diagnostics_batch.to(self.ctx.device), self.tasks)
+        report["step"] = self.state.global_step
+        report["loss_weights"] = self.loss_weights()
+        return report
+
+    def _run_diagnostics(self) -> Dict[str, Any]:
+        report = self.diagnose()
+        if report:
+            self.diagnostics_history.append(report)
+            self._log_scalars("diagnostics", flatten_scalars(report), self.state.global_step)
+        return report
+
+    def write_diagnostics(self, path: Optional[Path] = None) -> Optional[Path]:
+        """Writes ``diagnostics.json`` (the last report, its findings and the history) on rank 0."""
+        if not self.ctx.is_main or not self.diagnostics_history:
+            return None
+        path = Path(path) if path is not None else self.run_dir / "diagnostics.json"
+        final = self.diagnostics_history[-1]
+        write_json(path, {"final": final, "findings": summarize_findings(final), "history": self.diagnostics_history})
+        return path
 
     def save(self, name: str = "checkpoint") -> Path:
         path = self.run_dir / name
@@ -213,7 +260,9 @@ class Trainer:
                     running["total"] = float(out.loss)
                     bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
                     self._log_scalars("train/loss", running, step)
-                    self.history.append({"step": step, **running})
+                    weights = self.loss_weights()
+                    self._log_scalars("train/loss_weight", weights, step)
+                    self.history.append({"step": step, **running, "loss_weights": weights})
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     pipeline.detach()
                     self.save()
@@ -221,6 +270,10 @@ class Trainer:
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     pipeline.detach()
                     self._log_scalars("val", self.evaluate("val"), step)
+                    pipeline.attach(self.dmp)
+                if cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
+                    pipeline.detach()
+                    self._run_diagnostics()
                     pipeline.attach(self.dmp)
                 if max_steps is not None and step >= max_steps:
                     done = True
@@ -234,6 +287,9 @@ class Trainer:
                 val = self.evaluate("val")
                 self._log_scalars("val", val, self.state.global_step)
         elapsed = time.perf_counter() - t0
+        if not self.diagnostics_history or self.diagnostics_history[-1]["step"] != self.state.global_step:
+            self._run_diagnostics()
+        self.write_diagnostics()
         return {"steps": self.state.global_step, "samples": samples, "seconds": elapsed,
                 "samples_per_s": samples / max(elapsed, 1e-9)}
 
