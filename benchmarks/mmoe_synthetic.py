@@ -69,7 +69,7 @@ def build(name: str, num_experts: int, expert_units: int, tower: List[int]) -> n
 
 
 def run_one(name: str, p: float, seed: int, args: argparse.Namespace) -> Dict[str, float]:
-    data = make_correlated_tasks(args.train_size + args.test_size, p, dim=DIM, seed=seed)
+    data = make_correlated_tasks(args.train_size + args.test_size, p, dim=DIM, scale=args.scale, seed=seed)
     x = torch.from_numpy(data.x)
     y = torch.from_numpy(data.y)
     xtr, ytr = x[: args.train_size], y[: args.train_size]
@@ -88,7 +88,10 @@ def run_one(name: str, p: float, seed: int, args: argparse.Namespace) -> Dict[st
             opt.step()
     with torch.no_grad():
         mse = ((model(xte) - yte) ** 2).mean(0)
-    return {"task1": float(mse[0]), "task2": float(mse[1]), "mean": float(mse.mean()), "params": count(model)}
+        n = min(args.train_size, args.test_size)
+        train_mse = ((model(xtr[:n]) - ytr[:n]) ** 2).mean()
+    return {"task1": float(mse[0]), "task2": float(mse[1]), "mean": float(mse.mean()),
+            "train_mean": float(train_mse), "params": count(model)}
 
 
 def summarize(runs: List[Dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -156,6 +159,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--scale", type=float, default=1.0, help="c, the norm of w1 and w2")
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--expert-units", type=int, default=16)
     ap.add_argument("--tower-units", type=int, default=8)
@@ -171,7 +175,7 @@ def main() -> None:
             for name in args.models:
                 r = run_one(name, p, seed, args)
                 runs.append({"model": name, "p": p, "seed": seed, **r})
-                print(f"p={p:<4} seed={seed} {name:<14} test mse {r['mean']:.4f} "
+                print(f"p={p:<4} seed={seed} {name:<14} test mse {r['mean']:.4f} train {r['train_mean']:.4f} "
                       f"(task1 {r['task1']:.4f}, task2 {r['task2']:.4f}, {r['params']} params)", flush=True)
     seconds = time.perf_counter() - t0
     summary = summarize(runs)
