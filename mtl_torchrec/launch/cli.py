@@ -12,7 +12,7 @@ from mtl_torchrec.config import ConfigError
 from mtl_torchrec.data.schema import DataError
 
 # Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("mtl_torchrec.launch.train_cmd",)
+COMMANDS = ("mtl_torchrec.launch.train_cmd", "mtl_torchrec.launch.compare_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
