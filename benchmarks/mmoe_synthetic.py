@@ -78,6 +78,7 @@ def run_one(name: str, p: float, seed: int, args: argparse.Namespace) -> Dict[st
     model = build(name, args.experts, args.expert_units, [args.tower_units])
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(seed)
+    curve: List[float] = []
     for _ in range(args.epochs):
         perm = torch.randperm(args.train_size, generator=gen)
         for i in range(0, args.train_size, args.batch_size):
@@ -86,61 +87,95 @@ def run_one(name: str, p: float, seed: int, args: argparse.Namespace) -> Dict[st
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        with torch.no_grad():
+            curve.append(float(((model(xte) - yte) ** 2).mean()))
     with torch.no_grad():
         mse = ((model(xte) - yte) ** 2).mean(0)
         n = min(args.train_size, args.test_size)
         train_mse = ((model(xtr[:n]) - ytr[:n]) ** 2).mean()
     return {"task1": float(mse[0]), "task2": float(mse[1]), "mean": float(mse.mean()),
-            "train_mean": float(train_mse), "params": count(model)}
+            "train_mean": float(train_mse), "params": count(model), "curve": curve}
 
 
 def summarize(runs: List[Dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for name in MODELS:
         for p in sorted({r["p"] for r in runs}):
-            vals = np.array([r["mean"] for r in runs if r["model"] == name and r["p"] == p])
+            sel = [r for r in runs if r["model"] == name and r["p"] == p]
+            vals = np.array([r["mean"] for r in sel])
             if len(vals):
+                early = np.array([r["curve"][min(1, len(r["curve"]) - 1)] for r in sel])
                 out.setdefault(name, {})[str(p)] = {
                     "mean": float(vals.mean()),
+                    "epoch2_mean": float(early.mean()),
                     "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                     "seeds": int(len(vals)),
                 }
     return out
 
 
-def plot(summary: Dict, path: Path) -> None:
+def plot(summary: Dict, runs: List[Dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for name, by_p in summary.items():
         ps = sorted(by_p, key=float)
         ax.errorbar([float(p) for p in ps], [by_p[p]["mean"] for p in ps], yerr=[by_p[p]["std"] for p in ps],
                     marker="o", capsize=3, label=name)
     ax.set_xlabel("task correlation p = cos(w1, w2)")
-    ax.set_ylabel("test MSE (mean of 2 tasks)")
-    ax.set_title("MMoE synthetic benchmark")
+    ax.set_ylabel("test MSE after training (mean of 2 tasks)")
+    ax.set_title("final test loss (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
+    styles = {"shared_bottom": "-", "mmoe": "--"}
+    colors = {}
+    for p in sorted({r["p"] for r in runs}):
+        for name, style in styles.items():
+            curves = np.array([r["curve"] for r in runs if r["p"] == p and r["model"] == name])
+            if len(curves):
+                line = ax2.plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), style,
+                                color=colors.get(p), label=f"{name} p={p}")[0]
+                colors[p] = line.get_color()
+    ax2.set_yscale("log")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("test MSE (mean over seeds)")
+    ax2.set_title("training curves: SharedBottom (solid) vs MMoE (dashed)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
-def markdown(summary: Dict, args: argparse.Namespace, seconds: float) -> str:
+def paired_gaps(runs: List[Dict], a: str, b: str) -> Dict[str, Dict[str, float]]:
+    """Per correlation: mean and standard error of ``loss(a) - loss(b)`` over seeds (same data)."""
+    out: Dict[str, Dict[str, float]] = {}
+    for p in sorted({r["p"] for r in runs}):
+        by_seed = {}
+        for r in runs:
+            if r["p"] == p and r["model"] in (a, b):
+                by_seed.setdefault(r["seed"], {})[r["model"]] = r["mean"]
+        d = np.array([v[a] - v[b] for v in by_seed.values() if a in v and b in v])
+        if len(d):
+            sem = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+            out[str(p)] = {"mean": float(d.mean()), "sem": sem}
+    return out
+
+
+def markdown(summary: Dict, runs: List[Dict], args: argparse.Namespace, seconds: float) -> str:
     ps = sorted({p for by_p in summary.values() for p in by_p}, key=float)
     lines = ["| model | " + " | ".join(f"p = {p}" for p in ps) + " |", "|---|" + "---|" * len(ps)]
     for name, by_p in summary.items():
         cells = [f"{by_p[p]['mean']:.4f} ± {by_p[p]['std']:.4f}" if p in by_p else "-" for p in ps]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    sb = summary.get("shared_bottom", {})
-    mm = summary.get("mmoe", {})
-    if sb and mm:
-        gaps = [f"{sb[p]['mean'] - mm[p]['mean']:+.4f}" for p in ps]
-        lines.append("| SharedBottom − MMoE | " + " | ".join(gaps) + " |")
+    gaps = paired_gaps(runs, "shared_bottom", "mmoe")
+    if gaps:
+        cells = [f"{gaps[p]['mean']:+.4f} ± {gaps[p]['sem']:.4f}" if p in gaps else "-" for p in ps]
+        lines.append("| SharedBottom − MMoE (paired, ± s.e.) | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
         f"{args.seeds} seeds, {args.train_size} train / {args.test_size} test samples, {args.epochs} epochs of batch "
@@ -154,7 +189,7 @@ def main() -> None:
     ap.add_argument("--correlations", type=float, nargs="+", default=[0.5, 0.9, 1.0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--train-size", type=int, default=20000)
+    ap.add_argument("--train-size", type=int, default=10000)
     ap.add_argument("--test-size", type=int, default=5000)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -179,12 +214,15 @@ def main() -> None:
                       f"(task1 {r['task1']:.4f}, task2 {r['task2']:.4f}, {r['params']} params)", flush=True)
     seconds = time.perf_counter() - t0
     summary = summarize(runs)
-    table = markdown(summary, args, seconds)
+    table = markdown(summary, runs, args, seconds)
     print(table)
     if not args.no_write:
         out = Path(args.out)
-        write_json(out / "mmoe_synthetic.json", {"args": vars(args), "summary": summary, "runs": runs})
-        plot(summary, out / "mmoe_synthetic.png")
+        write_json(out / "mmoe_synthetic.json", {
+            "args": vars(args), "summary": summary, "shared_bottom_minus_mmoe": paired_gaps(runs, "shared_bottom", "mmoe"),
+            "runs": runs,
+        })
+        plot(summary, runs, out / "mmoe_synthetic.png")
         atomic_write_text(out / "mmoe_synthetic_table.md", table)
         print(f"wrote {out / 'mmoe_synthetic.png'}, {out / 'mmoe_synthetic.json'}, {out / 'mmoe_synthetic_table.md'}")
 
