@@ -65,3 +65,10 @@ def test_balancer_trains_and_checkpoints(balancer, ctx, tmp_path):
     if balancer != "fixed":
         assert before and any(not torch.equal(before[k], after[k]) for k in before)
         assert trainer.loss_weights() == pytest.approx(diag["final"]["loss_weights"], rel=1e-5)
+
+
+def test_base_pipeline_with_diagnostics(ctx, tmp_path):
+    cfg = small_config(str(tmp_path), ["train.pipeline=base", "train.loss_balance=gradnorm", "model.backbone=ple"])
+    train(cfg, ctx)
+    diag = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert len(diag["history"]) >= 2 and "gates" in diag["final"]

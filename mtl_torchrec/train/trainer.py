@@ -272,9 +272,12 @@ class Trainer:
                     self._log_scalars("val", self.evaluate("val"), step)
                     pipeline.attach(self.dmp)
                 if cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
-                    pipeline.detach()
+                    pipelined = isinstance(pipeline, TrainPipelineSparseDist)
+                    if pipelined:
+                        pipeline.detach()
                     self._run_diagnostics()
-                    pipeline.attach(self.dmp)
+                    if pipelined:
+                        pipeline.attach(self.dmp)
                 if max_steps is not None and step >= max_steps:
                     done = True
                     break
