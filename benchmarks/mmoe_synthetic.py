@@ -16,7 +16,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path

@@ -147,3 +147,14 @@ def test_build_balancer_names_the_key():
         build_balancer("pcgrad", tasks)
     with pytest.raises(ConfigError, match="weight"):
         build_balancer("gradnorm", [TaskSpec("a", "binary", weight=0.0), TaskSpec("b", "binary")])
+
+
+def test_gradnorm_waits_for_a_task_without_labels():
+    balancer = GradNorm({"a": 1.0, "b": 1.0})
+    shared = torch.randn(4, 2, requires_grad=True)
+    a = (shared ** 2).mean()
+    balancer({"a": a, "b": 0.0 * shared.sum()}, shared).backward()
+    assert not torch.isnan(balancer.initial_losses[0]) and torch.isnan(balancer.initial_losses[1])
+    assert all(torch.isfinite(p.grad).all() for p in balancer.parameters())
+    balancer({"a": (shared ** 2).mean(), "b": shared.abs().mean()}, shared)
+    assert not torch.isnan(balancer.initial_losses).any()

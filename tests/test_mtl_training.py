@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -39,7 +38,7 @@ def test_backbone_trains_through_trainer(backbone, ctx, tmp_path):
 @pytest.mark.parametrize("balancer", ["fixed", "uncertainty", "gradnorm", "mgda_ub"])
 def test_balancer_trains_and_checkpoints(balancer, ctx, tmp_path):
     cfg = small_config(str(tmp_path), [f"train.loss_balance={balancer}", "model.backbone=ple"] + esmm_tasks())
-    result = train(cfg, ctx)
+    train(cfg, ctx)
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     logged = [h["loss_weights"] for h in summary["history"]]
     assert logged and all(set(w) == {"click", "conversion", "rating"} for w in logged)

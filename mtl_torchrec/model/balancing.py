@@ -138,8 +138,10 @@ class GradNorm(nn.Module):
         with torch.no_grad():
             unset = torch.isnan(self.initial_losses) & (Ld > 0)
             self.initial_losses.copy_(torch.where(unset, Ld, self.initial_losses))
-            start = torch.nan_to_num(self.initial_losses, nan=1.0)
-            rate = torch.where(start > 0, Ld / start.clamp_min(1e-12), torch.ones_like(Ld))
+            # A task without a recorded start (no labelled rows yet) counts as on pace.
+            known = ~torch.isnan(self.initial_losses)
+            start = torch.nan_to_num(self.initial_losses, nan=1.0).clamp_min(1e-12)
+            rate = torch.where(known, Ld / start, torch.ones_like(Ld))
             rate = _global_sum(rate)
             rel = rate / rate.mean().clamp_min(1e-12)
             norms = _global_sum(sq_norms).sqrt()
