@@ -4,7 +4,8 @@ correlation ``p`` between two regression tasks falls.
 Setup as in the paper (Ma et al., KDD 2018, section 5): ``d = 100`` inputs, 8 single-layer
 experts of 16 units, single-layer towers of 8 units, Adam. SharedBottom gets one hidden layer
 whose width matches MMoE's parameter count; PLE has 2 levels of 2 task experts per task and 4
-shared experts (8 per level, as MMoE). Training is plain PyTorch over dense tensors with the
+shared experts (8 per level, as MMoE). ``separate`` (two unshared bottoms, same parameter count) is
+the no-sharing reference. Training is plain PyTorch over dense tensors with the
 project's modules (no sparse features).
 
 Run::
@@ -26,10 +27,10 @@ import torch
 from torch import nn
 
 from mtl_torchrec.data.mmoe_synthetic import make_correlated_tasks
-from mtl_torchrec.modules import MMoE, PLE, SharedBottom, TaskTowers
+from mtl_torchrec.modules import MMoE, PLE, SeparateBottoms, SharedBottom, TaskTowers
 from mtl_torchrec.utils import atomic_path, atomic_write_text, write_json
 
-MODELS = ("shared_bottom", "omoe", "mmoe", "ple")
+MODELS = ("shared_bottom", "omoe", "mmoe", "ple", "separate")
 DIM = 100
 
 
@@ -59,11 +60,12 @@ def build(name: str, num_experts: int, expert_units: int, tower: List[int]) -> n
         shared = num_experts // 2
         per_task = (num_experts - shared) // 2
         return TwoTaskRegressor(PLE(DIM, 2, 2, per_task, shared, [expert_units]), tower)
-    if name == "shared_bottom":
+    if name in ("shared_bottom", "separate"):
         # The hidden width whose parameter count is closest to MMoE's.
+        cls = SharedBottom if name == "shared_bottom" else SeparateBottoms
         target = count(mmoe)
-        width = min(range(8, 1024), key=lambda h: abs(count(TwoTaskRegressor(SharedBottom(DIM, 2, [h]), tower)) - target))
-        return TwoTaskRegressor(SharedBottom(DIM, 2, [width]), tower)
+        width = min(range(4, 1024), key=lambda h: abs(count(TwoTaskRegressor(cls(DIM, 2, [h]), tower)) - target))
+        return TwoTaskRegressor(cls(DIM, 2, [width]), tower)
     raise ValueError(name)
 
 
@@ -186,7 +188,8 @@ def markdown(summary: Dict, runs: List[Dict], args: argparse.Namespace, seconds:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--correlations", type=float, nargs="+", default=[0.5, 0.9, 1.0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--models", nargs="+", default=["shared_bottom", "omoe", "mmoe", "ple"], choices=MODELS,
+                    help="'separate' is two unshared bottoms (no multi-task sharing), for reference")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--train-size", type=int, default=10000)
     ap.add_argument("--test-size", type=int, default=5000)
