@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch.multiprocessing as mp
 
-from mtl_helpers import esmm_tasks, small_config
+from tests.mtl_helpers import esmm_tasks, small_config
 
 
 def _free_port() -> int:

@@ -9,7 +9,7 @@ from mtl_torchrec.data.synthetic import synthetic_schema
 from mtl_torchrec.launch.cli import main
 from mtl_torchrec.launch.compare_cmd import compare_rows, dense_parameter_count, matched_layers
 
-from mtl_helpers import SMALL, esmm_tasks
+from tests.mtl_helpers import SMALL, esmm_tasks
 
 
 def test_matched_layers_hit_the_budget():

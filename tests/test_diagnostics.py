@@ -18,7 +18,7 @@ from mtl_torchrec.eval.diagnostics import (
 from mtl_torchrec.model.builder import build_model, task_specs
 from mtl_torchrec.modules import MMoE, PLE
 
-from mtl_helpers import SMALL
+from tests.mtl_helpers import SMALL
 
 
 def test_healthy_mmoe_has_no_findings():

@@ -19,7 +19,7 @@ from mtl_torchrec.model.tasks import (
     with_conditional_labels,
 )
 
-from mtl_helpers import SMALL, esmm_tasks
+from tests.mtl_helpers import SMALL, esmm_tasks
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.train.checkpoint import load_checkpoint
 from mtl_torchrec.train.sharding import init_distributed
 
-from mtl_helpers import esmm_tasks, small_config
+from tests.mtl_helpers import esmm_tasks, small_config
 
 
 @pytest.fixture(scope="module")
