@@ -194,7 +194,9 @@ class Trainer:
         return report
 
     def _run_diagnostics(self) -> Dict[str, Any]:
-        report = self.diagnose()
+        # Leaves the RNG streams as they were, so a run with diagnostics resumes exactly.
+        with torch.random.fork_rng(devices=[]):
+            report = self.diagnose()
         if report:
             self.diagnostics_history.append(report)
             self._log_scalars("diagnostics", flatten_scalars(report), self.state.global_step)
