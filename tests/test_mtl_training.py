@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
+from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.train.checkpoint import load_checkpoint
 from mtl_torchrec.train.sharding import init_distributed
+from mtl_torchrec.train.trainer import Trainer
 
 from tests.mtl_helpers import esmm_tasks, small_config
 
@@ -38,9 +40,10 @@ def test_backbone_trains_through_trainer(backbone, ctx, tmp_path):
 @pytest.mark.parametrize("balancer", ["fixed", "uncertainty", "gradnorm", "mgda_ub"])
 def test_balancer_trains_and_checkpoints(balancer, ctx, tmp_path):
     cfg = small_config(str(tmp_path), [f"train.loss_balance={balancer}", "model.backbone=ple"] + esmm_tasks())
-    train(cfg, ctx)
-    summary = json.loads((tmp_path / "train_summary.json").read_text())
-    logged = [h["loss_weights"] for h in summary["history"]]
+    data = load_data(cfg.data)
+    trainer = Trainer(cfg, data, ctx, tmp_path)
+    trainer.fit()
+    logged = [h["loss_weights"] for h in trainer.history]
     assert logged and all(set(w) == {"click", "conversion", "rating"} for w in logged)
     # MGDA's min-norm point may sit on a face of the simplex (a zero weight); the others stay positive.
     lowest = 0.0 if balancer == "mgda_ub" else 1e-12
@@ -52,18 +55,18 @@ def test_balancer_trains_and_checkpoints(balancer, ctx, tmp_path):
         assert any(abs(v - 1.0) > 1e-4 for v in logged[-1].values())
     diag = json.loads((tmp_path / "diagnostics.json").read_text())
     assert set(diag["final"]["loss_weights"]) == set(logged[-1])
-    # The balancer's state is part of the checkpoint.
-    from mtl_torchrec.train.trainer import Trainer
-    from mtl_torchrec.data.sources import load_data
-
-    trainer = Trainer(cfg, load_data(cfg.data), ctx, tmp_path / "reload")
-    before = {k: v.clone() for k, v in trainer.dmp.module.balancer.state_dict().items()}
-    load_checkpoint(tmp_path / "checkpoint", trainer.dmp)
-    after = trainer.dmp.module.balancer.state_dict()
+    final_weights = trainer.loss_weights()
+    path = trainer.save("balancer_checkpoint")
     trainer.close()
+    # The balancer's state is part of the checkpoint.
+    fresh = Trainer(cfg, data, ctx, tmp_path / "reload")
+    before = {k: v.clone() for k, v in fresh.dmp.module.balancer.state_dict().items()}
+    load_checkpoint(path, fresh.dmp)
+    after = fresh.dmp.module.balancer.state_dict()
+    fresh.close()
     if balancer != "fixed":
         assert before and any(not torch.equal(before[k], after[k]) for k in before)
-        assert trainer.loss_weights() == pytest.approx(diag["final"]["loss_weights"], rel=1e-5)
+        assert fresh.loss_weights() == pytest.approx(final_weights, rel=1e-6)
 
 
 def test_base_pipeline_with_diagnostics(ctx, tmp_path):
