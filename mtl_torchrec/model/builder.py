@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -123,7 +124,20 @@ def build_model(
 def build_train_module(
     cfg: Config, data: DataBundle, feature_modules: Optional[Dict[str, nn.Module]] = None
 ) -> TrainModule:
-    """Model, tasks and loss balancer from the config, sized for the data's schema."""
+    """Model, tasks and loss balancer from the config, sized for the data's schema.
+
+    Regression heads start at the training labels' mean: started at 0, a rating task's squared
+    error (~mean^2) dwarfs the binary losses and its gradient swamps the shared layers early on.
+    """
     tasks = task_specs(cfg.model, data.schema)
     model = build_model(cfg.model, data.schema, feature_modules=feature_modules)
+    train = data.splits.get("train")
+    if train is not None:
+        for t in tasks:
+            if t.type == "regression":
+                y = np.asarray(train[data.schema.label(t.name).column_name], dtype=np.float64)
+                y = y[~np.isnan(y)]
+                if len(y):
+                    with torch.no_grad():
+                        model.towers.towers[t.name].head.bias.fill_(float(y.mean()))
     return TrainModule(model, tasks, build_balancer(cfg.train.loss_balance, tasks, cfg.train.balance))
