@@ -120,6 +120,13 @@ class TextEncoderConfig:
 
 
 @dataclass
+class SingleTaskConfig:
+    """Backbone ``single_task``: one separate bottom MLP per task (no sharing above the features)."""
+
+    layers: List[int] = field(default_factory=lambda: [256, 128])
+
+
+@dataclass
 class TextConfig:
     """Frozen language-model item vectors served as an embedding table plus a trainable adapter."""
 
@@ -141,10 +148,11 @@ class TextConfig:
 class ModelConfig:
     embedding_dim: int = 16
     dense_layers: List[int] = field(default_factory=lambda: [64, 16])
-    backbone: Literal["mmoe", "omoe", "ple", "shared_bottom"] = "mmoe"
+    backbone: Literal["mmoe", "omoe", "ple", "shared_bottom", "single_task"] = "mmoe"
     mmoe: MMoEConfig = field(default_factory=MMoEConfig)
     ple: PLEConfig = field(default_factory=PLEConfig)
     shared_bottom: SharedBottomConfig = field(default_factory=SharedBottomConfig)
+    single_task: SingleTaskConfig = field(default_factory=SingleTaskConfig)
     tower_layers: List[int] = field(default_factory=lambda: [64])
     text: TextConfig = field(default_factory=TextConfig)
     tasks: List[TaskConfig] = field(
@@ -160,6 +168,16 @@ class ModelConfig:
 
 
 @dataclass
+class BalanceConfig:
+    """Options of the loss balancers (``train.loss_balance``), see ``model/balancing.py``."""
+
+    # GradNorm's restoring force: higher pulls slow-learning tasks harder.
+    gradnorm_alpha: float = 1.5
+    # MGDA-UB's gradient normalisation before the min-norm solve: none | l2 | loss.
+    mgda_normalize: Literal["none", "l2", "loss"] = "none"
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 2
     # Stop after this many steps in total (0: run all epochs).
@@ -172,7 +190,11 @@ class TrainConfig:
     # planner, or a plan applied to every table: table_wise | column_wise | row_wise | table_column_wise
     sharding: Literal["planner", "table_wise", "column_wise", "row_wise", "table_column_wise", "data_parallel"] = "planner"
     pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
+    # fixed | uncertainty | gradnorm | mgda_ub
     loss_balance: str = "fixed"
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    # Gate/expert/gradient diagnostics on a held-out batch every N steps (0: only at the end).
+    diagnostics_every: int = 500
     log_every: int = 50
     eval_every: int = 0
     checkpoint_every: int = 0

@@ -51,9 +51,9 @@ def test_training_lowers_loss_and_beats_constant_predictor(tmp_path):
     ctx = init_distributed()
     try:
         trainer = Trainer(cfg, data, ctx, tmp_path)
-        before = trainer.evaluate("test")
+        before = trainer.evaluate("test")["tasks"]
         trainer.fit()
-        after = trainer.evaluate("test")
+        after = trainer.evaluate("test")["tasks"]
         trainer.close()
     finally:
         close_distributed(ctx)

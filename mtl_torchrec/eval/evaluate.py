@@ -31,10 +31,10 @@ from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.data.schema import ColumnTable, DataError
 from mtl_torchrec.data.sources import DataBundle, load_data
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
-from mtl_torchrec.model.tasks import TaskSpec
+from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.model.tasks import TaskSpec, conditional_name, metric_tasks, with_conditional_labels
 from mtl_torchrec.train.checkpoint import load_checkpoint, resolve_checkpoint
 from mtl_torchrec.train.sharding import DistContext, shard_module
-from mtl_torchrec.train.trainer import build_train_module
 
 # torchrec metrics kept per slice; AUC is computed exactly on rank 0 instead (ties count half).
 _SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
@@ -140,7 +140,11 @@ def score(
     slices: Dict[str, np.ndarray],
     num_workers: int = 0,
 ) -> tuple:
-    """Runs the model over this rank's shard; returns (per-slice TaskMetrics, this rank's rows)."""
+    """Runs the model over this rank's shard; returns (per-slice TaskMetrics, this rank's rows).
+
+    ``tasks`` are the train module's tasks; metrics cover :func:`metric_tasks` of them.
+    """
+    train_tasks, tasks = tasks, metric_tasks(tasks)
     ds = BatchDataset(table, schema, batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
     start, stop = ds.eval_row_range()
     metrics = {name: TaskMetrics(tasks, ctx.world_size, ctx.rank, batch_size, include=_SUMMED)
@@ -148,10 +152,11 @@ def score(
     names = [t.name for t in tasks]
     parts: Dict[str, List[np.ndarray]] = {}
     pos = start
+    was_training = module.training
     module.eval()
     with torch.no_grad():
         for batch in make_loader(ds, num_workers=num_workers):
-            batch = batch.to(ctx.device)
+            batch = with_conditional_labels(batch.to(ctx.device), train_tasks)
             _, out = module(batch)
             real = max(0, min(batch.batch_size, stop - pos))
             rows = np.arange(pos, pos + real)
@@ -168,6 +173,7 @@ def score(
                 parts.setdefault(f"m:{t}", []).append(batch.masks[t][:real].cpu().numpy())
             parts.setdefault("group", []).append(batch.group[:real].cpu().numpy())
             pos += real
+    module.train(was_training)
     if pos != stop:
         raise RuntimeError(f"rank {ctx.rank} scored {pos - start} rows, expected {stop - start}")
     local = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
@@ -213,6 +219,9 @@ def evaluate_split(
     table = bundle.splits[split]
     t1 = time.perf_counter()
     metrics, local = score(module, tasks, table, bundle.schema, ctx, batch_size, slices, num_workers)
+    # Every task in impression space, plus <task>_given_<parent> on the parent's positives for ESMM tasks.
+    conditional = {conditional_name(t): t for t in tasks if t.esmm_parent}
+    tasks = metric_tasks(tasks)
     computed = {name: m.compute() for name, m in metrics.items()}
     gathered = _gather(local, ctx)
     score_s = time.perf_counter() - t1
@@ -245,6 +254,9 @@ def evaluate_split(
                 res["mean_prediction"] = s["calibration"] * s["positive_rate"]
                 if t.esmm_parent:
                     res["space"] = f"impression (p({t.esmm_parent}) x p({t.name} | {t.esmm_parent}))"
+                if t.name in conditional:
+                    c = conditional[t.name]
+                    res["space"] = f"{c.esmm_parent} positives only (p({c.name} | {c.esmm_parent}))"
             else:
                 res["rmse"] = s["mse"] ** 0.5
                 res["mse"] = s["mse"]

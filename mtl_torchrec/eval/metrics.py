@@ -184,13 +184,17 @@ def grouped_auc(pred: np.ndarray, label: np.ndarray, group: np.ndarray) -> Dict[
     }
 
 
-def format_table(metrics: Dict[str, Dict[str, Any]]) -> str:
-    """A fixed-width per-task table of the numeric metric values."""
-    cols: List[str] = []
-    for values in metrics.values():
-        cols += [k for k, v in values.items() if k not in cols and k != "count" and isinstance(v, (int, float))]
-    lines = [f"{'task':<14}" + "".join(f"{c:>14}" for c in cols)]
+# The columns a console summary shows, in order (reports and eval.json hold everything).
+SUMMARY_COLUMNS = ("auc", "gauc", "logloss", "ne", "calibration", "positive_rate", "rmse", "mae")
+
+
+def format_table(metrics: Dict[str, Dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
+    """A fixed-width per-task table of ``columns`` (those present for some task)."""
+    cols = [c for c in columns if any(isinstance(v.get(c), (int, float)) for v in metrics.values())]
+    first = max([len("task")] + [len(t) for t in metrics]) + 2
+    width = max([12] + [len(c) + 2 for c in cols])
+    lines = [f"{'task':<{first}}" + "".join(f"{c:>{width}}" for c in cols)]
     for task, values in metrics.items():
-        cells = [f"{values[c]:>14.4f}" if c in values else f"{'-':>14}" for c in cols]
-        lines.append(f"{task:<14}" + "".join(cells))
+        cells = [f"{values[c]:>{width}.4f}" if isinstance(values.get(c), (int, float)) else f"{'-':>{width}}" for c in cols]
+        lines.append(f"{task:<{first}}" + "".join(cells))
     return "\n".join(lines)

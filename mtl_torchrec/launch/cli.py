@@ -13,7 +13,7 @@ from mtl_torchrec.data.schema import DataError
 from mtl_torchrec.train.checkpoint import CheckpointError
 
 # Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("mtl_torchrec.launch.train_cmd", "mtl_torchrec.launch.evaluate_cmd", "mtl_torchrec.launch.encode_cmd")
+COMMANDS = ("mtl_torchrec.launch.train_cmd", "mtl_torchrec.launch.evaluate_cmd", "mtl_torchrec.launch.compare_cmd", "mtl_torchrec.launch.encode_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

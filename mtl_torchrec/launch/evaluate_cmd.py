@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
         s = result.summary
         print(f"evaluated {s['rows']} rows of '{s['split']}' on {s['world_size']} rank(s) "
               f"({s['timing']['rows_per_s']:.0f} rows/s)")
-        shown = ("auc", "gauc", "logloss", "ne", "calibration", "positive_rate", "rmse", "mae")
-        print(format_table({t: {k: m[k] for k in shown if k in m} for t, m in s["tasks"].items()}))
+        print(format_table(s["tasks"]))
         print(out / "report.md")
     return 0

@@ -19,7 +19,6 @@ import torch.distributed as dist
 
 from mtl_torchrec.config import Config, load_config, save_config
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.eval.evaluate import evaluate_split, split_slices
 from mtl_torchrec.eval.metrics import format_table
 from mtl_torchrec.train.sharding import DistContext, close_distributed, init_distributed
 from mtl_torchrec.train.trainer import Trainer
@@ -70,14 +69,11 @@ def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
             print(f"resuming from {resumed} (step {trainer.state.global_step})")
         summary = trainer.fit()
         # The same exact metrics (AUC, GAUC, ...) and slices as `mtl-torchrec evaluate`.
-        result = evaluate_split(
-            trainer.dmp, trainer.tasks, data, "test", ctx, cfg.data.eval_batch_size,
-            split_slices(data, "test"), cfg.data.num_workers,
-        )
+        result = trainer.evaluate("test")
     finally:
         trainer.close()
-    test = result.summary["tasks"]
-    slices = result.summary.get("slices") or {}
+    test = result["tasks"]
+    slices = result.get("slices") or {}
     if ctx.is_main:
         write_json(run_dir / "metrics.json", test)
         if slices:

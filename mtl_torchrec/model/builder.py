@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from mtl_torchrec.config import ConfigError, ModelConfig
+from mtl_torchrec.config import BalanceConfig, Config, ConfigError, ModelConfig
 from mtl_torchrec.data.schema import Schema
+from mtl_torchrec.data.sources import DataBundle
 from mtl_torchrec.model.multitask import MultiTaskModel
-from mtl_torchrec.model.tasks import FixedWeights, TaskSpec, check_tasks
+from mtl_torchrec.model.tasks import FixedWeights, TaskSpec, TrainModule, check_tasks
+from mtl_torchrec.model.balancing import BALANCERS, MGDAUB, GradNorm, UncertaintyWeights
 from mtl_torchrec.modules.mmoe import MMoE
+from mtl_torchrec.modules.ple import PLE
+from mtl_torchrec.modules.shared_bottom import SeparateBottoms, SharedBottom
 from mtl_torchrec.modules.towers import TaskTowers
 
 
@@ -64,13 +69,37 @@ def build_backbone(cfg: ModelConfig, in_features: int, num_tasks: int) -> nn.Mod
             cfg.mmoe.gate_layers,
             single_gate=cfg.backbone == "omoe",
         )
+    if cfg.backbone == "ple":
+        p = cfg.ple
+        try:
+            return PLE(in_features, num_tasks, p.num_levels, p.num_task_experts, p.num_shared_experts, p.expert_layers)
+        except ValueError as e:
+            raise ConfigError(f"model.ple: {e}") from None
+    if cfg.backbone == "shared_bottom":
+        if not cfg.shared_bottom.layers:
+            raise ConfigError("model.shared_bottom.layers: at least one layer is required")
+        return SharedBottom(in_features, num_tasks, cfg.shared_bottom.layers)
+    if cfg.backbone == "single_task":
+        if not cfg.single_task.layers:
+            raise ConfigError("model.single_task.layers: at least one layer is required")
+        return SeparateBottoms(in_features, num_tasks, cfg.single_task.layers)
     raise ConfigError(f"model.backbone: '{cfg.backbone}' is not available")
 
 
-def build_balancer(name: str, tasks: List[TaskSpec]) -> nn.Module:
+def build_balancer(name: str, tasks: List[TaskSpec], options: Optional[BalanceConfig] = None) -> nn.Module:
+    weights = {t.name: t.weight for t in tasks}
+    options = options or BalanceConfig()
     if name == "fixed":
-        return FixedWeights({t.name: t.weight for t in tasks})
-    raise ConfigError(f"train.loss_balance: unknown method '{name}'")
+        return FixedWeights(weights)
+    if name in ("uncertainty", "gradnorm") and any(w <= 0 for w in weights.values()):
+        raise ConfigError(f"train.loss_balance: '{name}' needs positive model.tasks[*].weight (got {weights})")
+    if name == "uncertainty":
+        return UncertaintyWeights(weights)
+    if name == "gradnorm":
+        return GradNorm(weights, alpha=options.gradnorm_alpha)
+    if name == "mgda_ub":
+        return MGDAUB(list(weights), normalize=options.mgda_normalize)
+    raise ConfigError(f"train.loss_balance: unknown method '{name}' (known: {list(BALANCERS)})")
 
 
 def build_model(
@@ -91,3 +120,35 @@ def build_model(
         {t.name: (t.tower_layers if t.tower_layers is not None else cfg.tower_layers) for t in cfg.tasks},
     )
     return MultiTaskModel(ebc, len(schema.dense), cfg.dense_layers, backbone, towers, feature_modules, id_dropout)
+
+
+def build_train_module(
+    cfg: Config, data: DataBundle, feature_modules: Optional[Dict[str, nn.Module]] = None
+) -> TrainModule:
+    """Model, tasks and loss balancer from the config, sized for the data's schema.
+
+    Regression heads start at the training labels' mean: started at 0, a rating task's squared
+    error (~mean^2) dwarfs the binary losses and its gradient swamps the shared layers early on.
+    """
+    tasks = task_specs(cfg.model, data.schema)
+    if feature_modules is None and cfg.model.text.enabled:
+        from mtl_torchrec.text.features import text_feature_modules
+
+        feature_modules = text_feature_modules(cfg, data)
+    id_dropout = None
+    # Independent of text.enabled, so an ID-only baseline can get the same cold-start treatment.
+    if cfg.model.text.id_dropout > 0:
+        from mtl_torchrec.text.features import item_id_dropout
+
+        id_dropout = item_id_dropout(cfg.model, data.schema)
+    model = build_model(cfg.model, data.schema, feature_modules=feature_modules, id_dropout=id_dropout)
+    train = data.splits.get("train")
+    if train is not None:
+        for t in tasks:
+            if t.type == "regression":
+                y = np.asarray(train[data.schema.label(t.name).column_name], dtype=np.float64)
+                y = y[~np.isnan(y)]
+                if len(y):
+                    with torch.no_grad():
+                        model.towers.towers[t.name].head.bias.fill_(float(y.mean()))
+    return TrainModule(model, tasks, build_balancer(cfg.train.loss_balance, tasks, cfg.train.balance))

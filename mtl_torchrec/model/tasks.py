@@ -54,9 +54,37 @@ def predictions(logits: Dict[str, torch.Tensor], tasks: List[TaskSpec]) -> Dict[
     for t in tasks:
         if t.esmm_parent is not None:
             cond = torch.sigmoid(logits[t.name])
-            out[f"{t.name}_given_{t.esmm_parent}"] = cond
+            out[conditional_name(t)] = cond
             out[t.name] = out[t.esmm_parent] * cond
     return out
+
+
+def conditional_name(task: TaskSpec) -> str:
+    """Name of an ESMM task's conditional prediction and metrics, e.g. ``conversion_given_click``."""
+    return f"{task.name}_given_{task.esmm_parent}"
+
+
+def metric_tasks(tasks: List[TaskSpec]) -> List[TaskSpec]:
+    """The entries evaluation reports: every task in impression space (an ESMM task's value is
+    pCTCVR against ``parent AND task``), plus ``<task>_given_<parent>`` for each ESMM task,
+    scored on the parent's positive rows only (e.g. CVR over clicks)."""
+    extra = [TaskSpec(name=conditional_name(t), type="binary") for t in tasks if t.esmm_parent is not None]
+    return list(tasks) + extra
+
+
+def with_conditional_labels(batch: Batch, tasks: List[TaskSpec]) -> Batch:
+    """Adds the labels and masks of :func:`metric_tasks`' conditional entries to ``batch``:
+    the task's label, present where the task has a label and the parent is a labelled positive."""
+    if all(t.esmm_parent is None for t in tasks):
+        return batch
+    labels = dict(batch.labels)
+    masks = dict(batch.masks)
+    for t in tasks:
+        if t.esmm_parent is not None:
+            parent = t.esmm_parent
+            labels[conditional_name(t)] = batch.labels[t.name]
+            masks[conditional_name(t)] = batch.masks[t.name] * batch.masks[parent] * (batch.labels[parent] > 0.5).float()
+    return Batch(sparse=batch.sparse, dense=batch.dense, labels=labels, masks=masks, group=batch.group)
 
 
 def _masked_mean(per_row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,20 @@
 """Building blocks that work on plain tensors, independent of the trainer."""
 
-from mtl_torchrec.modules.experts import BatchedExperts
+from mtl_torchrec.modules.experts import BatchedExperts, ExpertTrace, GateInfo
 from mtl_torchrec.modules.mmoe import MMoE
+from mtl_torchrec.modules.ple import PLE, CGCLevel
+from mtl_torchrec.modules.shared_bottom import SeparateBottoms, SharedBottom
 from mtl_torchrec.modules.towers import TaskTower, TaskTowers
 
-__all__ = ["BatchedExperts", "MMoE", "TaskTower", "TaskTowers"]
+__all__ = [
+    "BatchedExperts",
+    "CGCLevel",
+    "ExpertTrace",
+    "GateInfo",
+    "MMoE",
+    "PLE",
+    "SeparateBottoms",
+    "SharedBottom",
+    "TaskTower",
+    "TaskTowers",
+]

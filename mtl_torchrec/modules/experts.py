@@ -7,14 +7,14 @@ small Linear calls.
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 from torch import nn
 
 
 class BatchedExperts(nn.Module):
-    """``num_experts`` MLPs with the same layer sizes, all reading the same input.
+    """``num_experts`` MLPs with the same layer sizes, reading one shared input or one input each.
 
     Args:
         in_features: input width.
@@ -25,6 +25,7 @@ class BatchedExperts(nn.Module):
 
         experts = BatchedExperts(32, num_experts=4, layer_sizes=[64, 16])
         out = experts(torch.randn(8, 32))   # [E=4, B=8, 16]
+        out = experts.forward_each(torch.randn(4, 8, 32))   # one input per expert: [4, 8, 16]
     """
 
     def __init__(self, in_features: int, num_experts: int, layer_sizes: List[int]) -> None:
@@ -56,6 +57,36 @@ class BatchedExperts(nn.Module):
         w0, b0 = self.weights[0], self.biases[0]
         e, i, o = w0.shape
         h = torch.relu((x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + b0)
+        return self._rest(h)
+
+    def forward_each(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[E, B, in]``, one input per expert; returns ``[E, B, out]``."""
+        h = torch.relu(torch.baddbmm(self.biases[0], x, self.weights[0]))
+        return self._rest(h)
+
+    def _rest(self, h: torch.Tensor) -> torch.Tensor:
         for w, b in zip(self.weights[1:], self.biases[1:]):
             h = torch.relu(torch.baddbmm(b, h, w))
         return h
+
+
+class GateInfo(NamedTuple):
+    """One softmax gate of a mixture backbone: where it sits and which experts it mixes."""
+
+    level: int
+    # Index of the task the gate feeds; None for a shared gate (PLE's path to the next level).
+    task: Optional[int]
+    # Names of the mixed experts, in the order of the gate's columns.
+    experts: List[str]
+
+
+class ExpertTrace(NamedTuple):
+    """Everything a mixture backbone computed for one input, for diagnostics.
+
+    ``gates[i]`` is ``[B, len(gate_info[i].experts)]``; ``experts[name]`` is ``[B, D]``.
+    """
+
+    outputs: List[torch.Tensor]
+    gates: List[torch.Tensor]
+    gate_info: List[GateInfo]
+    experts: Dict[str, torch.Tensor]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchrec.modules.mlp import MLP
 
-from mtl_torchrec.modules.experts import BatchedExperts
+from mtl_torchrec.modules.experts import BatchedExperts, ExpertTrace, GateInfo
 
 
 class MMoE(nn.Module):
@@ -65,6 +65,17 @@ class MMoE(nn.Module):
             gate_probs = gate_probs * self.num_tasks
         outs = [torch.einsum("be,ebd->bd", g, expert_out) for g in gate_probs]
         return outs, gate_probs
+
+    def forward_with_experts(self, x: torch.Tensor) -> ExpertTrace:
+        """Like :meth:`forward_with_gates`, plus every expert's output and what each gate mixes."""
+        expert_out = self.experts(x)
+        gate_probs = [torch.softmax(g(x), dim=-1) for g in self.gates]
+        if self.single_gate:
+            gate_probs = gate_probs * self.num_tasks
+        outs = [torch.einsum("be,ebd->bd", g, expert_out) for g in gate_probs]
+        names = [f"expert{i}" for i in range(self.num_experts)]
+        info = [GateInfo(0, k, names) for k in range(self.num_tasks)]
+        return ExpertTrace(outs, gate_probs, info, {n: expert_out[i] for i, n in enumerate(names)})
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self.forward_with_gates(x)[0]

@@ -29,9 +29,10 @@ from mtl_torchrec.config import Config, to_dict
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.data.sources import DataBundle
-from mtl_torchrec.eval.metrics import TaskMetrics
-from mtl_torchrec.model.builder import build_balancer, build_model, task_specs
-from mtl_torchrec.model.tasks import TaskSpec, TrainModule
+from mtl_torchrec.eval.diagnostics import diagnose, flatten_scalars, summarize_findings
+from mtl_torchrec.eval.evaluate import evaluate_split, split_slices
+from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.model.tasks import TaskSpec
 from mtl_torchrec.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -44,6 +45,7 @@ from mtl_torchrec.train.checkpoint import (
 )
 from mtl_torchrec.train.sharding import DistContext, make_optimizer, shard_module
 from mtl_torchrec.text.features import load_text_tables
+from mtl_torchrec.utils import write_json
 
 
 @dataclass
@@ -62,44 +64,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def build_train_module(cfg: Config, data: DataBundle, feature_modules: Optional[Dict[str, nn.Module]] = None) -> TrainModule:
-    tasks = task_specs(cfg.model, data.schema)
-    if feature_modules is None and cfg.model.text.enabled:
-        from mtl_torchrec.text.features import text_feature_modules
-
-        feature_modules = text_feature_modules(cfg, data)
-    id_dropout = None
-    # Independent of text.enabled, so an ID-only baseline can get the same cold-start treatment.
-    if cfg.model.text.id_dropout > 0:
-        from mtl_torchrec.text.features import item_id_dropout
-
-        id_dropout = item_id_dropout(cfg.model, data.schema)
-    model = build_model(cfg.model, data.schema, feature_modules=feature_modules, id_dropout=id_dropout)
-    return TrainModule(model, tasks, build_balancer(cfg.train.loss_balance, tasks))
-
-
-def evaluate_module(
-    module: nn.Module,
-    tasks: List[TaskSpec],
-    loader: Any,
-    ctx: DistContext,
-    batch_size: int,
-    progress: bool = False,
-    desc: str = "eval",
-) -> Dict[str, Dict[str, float]]:
-    """Runs ``module`` (a train module, sharded or not) over ``loader`` and returns task metrics."""
-    metrics = TaskMetrics(tasks, ctx.world_size, ctx.rank, batch_size)
-    was_training = module.training
-    module.eval()
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, disable=not (progress and ctx.is_main), leave=False):
-            batch = batch.to(ctx.device)
-            _, out = module(batch)
-            metrics.update(out.predictions, batch)
-    module.train(was_training)
-    return metrics.compute()
 
 
 class Trainer:
@@ -145,6 +109,8 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.history: List[Dict[str, Any]] = []
+        self.diagnostics_history: List[Dict[str, Any]] = []
+        self._diagnostics_batch: Optional[Batch] = None
         # RNG states read from a checkpoint; applied once the next epoch's DataLoader iterator
         # exists, because creating that iterator draws from torch's global generator.
         self._pending_rng: Optional[Dict[str, Any]] = None
@@ -157,27 +123,20 @@ class Trainer:
             return TrainPipelineSparseDist(self.dmp, self.optimizer, self.ctx.device, execute_all_batches=True)
         return TrainPipelineBase(self.dmp, self.optimizer, self.ctx.device)
 
-    def eval_loader(self, split: str) -> Any:
-        ds = BatchDataset(
-            self.data.splits[split],
-            self.data.schema,
-            self.cfg.data.eval_batch_size,
-            shuffle=False,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
-        )
-        return make_loader(ds, num_workers=self.cfg.data.num_workers)
-
-    def evaluate(self, split: str) -> Dict[str, Dict[str, float]]:
-        return evaluate_module(
+    def evaluate(self, split: str) -> Dict[str, Any]:
+        """Metrics of ``split`` as ``mtl-torchrec evaluate`` computes them: ``{"tasks": ..., "slices": ...}``
+        on rank 0 (exact AUC/GAUC on the gathered rows); other ranks get the cross-rank metrics only."""
+        result = evaluate_split(
             self.dmp,
             self.tasks,
-            self.eval_loader(split),
+            self.data,
+            split,
             self.ctx,
             self.cfg.data.eval_batch_size,
-            progress=self.cfg.train.progress,
-            desc=f"eval {split}",
+            split_slices(self.data, split),
+            self.cfg.data.num_workers,
         )
+        return result.summary
 
     def _log_scalars(self, prefix: str, values: Dict[str, Any], step: int) -> None:
         if self.writer is None:
@@ -185,9 +144,55 @@ class Trainer:
         for task, v in values.items():
             if isinstance(v, dict):
                 for k, x in v.items():
-                    self.writer.add_scalar(f"{prefix}/{task}/{k}", x, step)
-            else:
+                    if isinstance(x, (int, float)):
+                        self.writer.add_scalar(f"{prefix}/{task}/{k}", x, step)
+            elif isinstance(v, (int, float)):
                 self.writer.add_scalar(f"{prefix}/{task}", v, step)
+
+    def loss_weights(self) -> Dict[str, float]:
+        """The balancer's current task weights (empty for a train module without a balancer)."""
+        balancer = getattr(self.dmp.module, "balancer", None)
+        return balancer.weights() if balancer is not None and hasattr(balancer, "weights") else {}
+
+    def diagnose(self) -> Dict[str, Any]:
+        """Gate/expert/task-gradient diagnostics on a fixed batch of the validation split (the
+        first batch of each rank's share). Run with the pipeline detached; all ranks take part."""
+        model = getattr(self.dmp.module, "model", None)
+        if model is None or not hasattr(model, "fuse"):
+            return {}
+        if self._diagnostics_batch is None:
+            split = "val" if "val" in self.data.splits else "train"
+            ds = BatchDataset(
+                self.data.splits[split],
+                self.data.schema,
+                self.cfg.data.batch_size,
+                shuffle=False,
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+            )
+            self._diagnostics_batch = next(iter(make_loader(ds, num_workers=0)))
+        report = diagnose(model, self._diagnostics_batch.to(self.ctx.device), self.tasks)
+        report["step"] = self.state.global_step
+        report["loss_weights"] = self.loss_weights()
+        return report
+
+    def _run_diagnostics(self) -> Dict[str, Any]:
+        # Leaves the RNG streams as they were, so a run with diagnostics resumes exactly.
+        with torch.random.fork_rng(devices=[]):
+            report = self.diagnose()
+        if report:
+            self.diagnostics_history.append(report)
+            self._log_scalars("diagnostics", flatten_scalars(report), self.state.global_step)
+        return report
+
+    def write_diagnostics(self, path: Optional[Path] = None) -> Optional[Path]:
+        """Writes ``diagnostics.json`` (the last report, its findings and the history) on rank 0."""
+        if not self.ctx.is_main or not self.diagnostics_history:
+            return None
+        path = Path(path) if path is not None else self.run_dir / "diagnostics.json"
+        final = self.diagnostics_history[-1]
+        write_json(path, {"final": final, "findings": summarize_findings(final), "history": self.diagnostics_history})
+        return path
 
     def save(self, name: Optional[str] = None) -> Path:
         """Checkpoints everything needed to resume: with no ``name``, atomically as
@@ -301,7 +306,9 @@ class Trainer:
                     running["total"] = float(out.loss)
                     bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
                     self._log_scalars("train/loss", running, step)
-                    self.history.append({"step": step, **running})
+                    weights = self.loss_weights()
+                    self._log_scalars("train/loss_weight", weights, step)
+                    self.history.append({"step": step, **running, "loss_weights": weights})
                 pause = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
                     cfg.eval_every and step % cfg.eval_every == 0
                 )
@@ -311,8 +318,17 @@ class Trainer:
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                         self.save()
                     if cfg.eval_every and step % cfg.eval_every == 0:
-                        self._log_scalars("val", self.evaluate("val"), step)
+                        self._log_scalars("val", self.evaluate("val")["tasks"], step)
                     pipeline.attach(self.dmp)
+                    t0 = time.perf_counter()
+                if cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
+                    train_seconds += time.perf_counter() - t0
+                    pipelined = isinstance(pipeline, TrainPipelineSparseDist)
+                    if pipelined:
+                        pipeline.detach()
+                    self._run_diagnostics()
+                    if pipelined:
+                        pipeline.attach(self.dmp)
                     t0 = time.perf_counter()
                 if max_steps is not None and step >= max_steps:
                     train_seconds += time.perf_counter() - t0
@@ -324,8 +340,10 @@ class Trainer:
             if not done:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-                val = self.evaluate("val")
-                self._log_scalars("val", val, self.state.global_step)
+                self._log_scalars("val", self.evaluate("val")["tasks"], self.state.global_step)
+        if not self.diagnostics_history or self.diagnostics_history[-1]["step"] != self.state.global_step:
+            self._run_diagnostics()
+        self.write_diagnostics()
         # The final state is always checkpointed (also what evaluation loads).
         if self._saved_step != self.state.global_step:
             self.save()

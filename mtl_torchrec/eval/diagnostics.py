@@ -1,0 +1,210 @@
+"""Is multi-task learning helping or hurting? Gate, expert and task-gradient diagnostics.
+
+On one batch, for any :class:`~mtl_torchrec.model.multitask.MultiTaskModel` (sharded or not):
+
+* **gates** (MMoE, OMoE, PLE): per gate the mean per-row entropy (normalised to [0, 1]: 1 is a
+  uniform mix, 0 a hard choice) and each expert's share of the gate's weight;
+* **experts**: ``dead`` experts that no gate uses (their largest share in any gate is below
+  ``dead_share`` of a uniform share), ``constant`` experts whose output does not vary over the
+  batch, and ``collapsed`` pairs of experts whose outputs are nearly identical (centred cosine
+  above ``collapse_cosine``) -- capacity that is spent twice;
+* **task gradients** on the shared representation: norms and pairwise cosines. A negative
+  cosine means the tasks pull the shared features in opposite directions (negative transfer).
+
+Example::
+
+    report = diagnose(model, batch, tasks)
+    report["gradients"]["cosine"]["click|conversion"]
+    report["experts"]["dead"], report["experts"]["collapsed"]
+    flat = flatten_scalars(report)   # {"gates/click/entropy": ..., ...} for TensorBoard
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.model.multitask import ModelOutput
+from mtl_torchrec.model.tasks import TaskSpec, task_losses
+from mtl_torchrec.modules.experts import ExpertTrace, GateInfo
+
+
+def gate_name(info: GateInfo, task_names: Sequence[str], multi_level: bool) -> str:
+    who = task_names[info.task] if info.task is not None else "shared"
+    return f"level{info.level}/{who}" if multi_level else who
+
+
+def expert_display_name(name: str, task_names: Sequence[str]) -> str:
+    """``level0/task1/expert0`` -> ``level0/conversion/expert0``."""
+    return "/".join(
+        task_names[int(m.group(1))] if (m := re.fullmatch(r"task(\d+)", part)) and int(m.group(1)) < len(task_names)
+        else part
+        for part in name.split("/")
+    )
+
+
+def gate_statistics(
+    gates: List[torch.Tensor], info: List[GateInfo], task_names: Sequence[str]
+) -> Dict[str, Dict[str, Any]]:
+    """Per gate: normalised mean entropy, per-expert share and the entropy of the mean share."""
+    multi_level = len({i.level for i in info}) > 1
+    out: Dict[str, Dict[str, Any]] = {}
+    for g, gi in zip(gates, info):
+        g = g.detach().float()
+        n = g.shape[1]
+        norm = math.log(n) if n > 1 else 1.0
+        ent = -(g * g.clamp_min(1e-12).log()).sum(-1).mean() / norm
+        share = g.mean(0)
+        usage_ent = -(share * share.clamp_min(1e-12).log()).sum() / norm
+        out[gate_name(gi, task_names, multi_level)] = {
+            "entropy": float(ent) if n > 1 else 0.0,
+            "usage_entropy": float(usage_ent) if n > 1 else 0.0,
+            "share": {expert_display_name(e, task_names): float(share[j]) for j, e in enumerate(gi.experts)},
+        }
+    return out
+
+
+def _centred_cosine(outputs: torch.Tensor) -> torch.Tensor:
+    """``outputs`` ``[E, B, D]`` -> ``[E, E]`` cosine of the batch-centred, flattened outputs."""
+    c = outputs - outputs.mean(dim=1, keepdim=True)
+    flat = c.reshape(c.shape[0], -1)
+    norms = flat.norm(dim=1)
+    return (flat @ flat.T) / (norms[:, None] * norms[None, :]).clamp_min(1e-12)
+
+
+def expert_health(
+    trace: ExpertTrace,
+    task_names: Sequence[str],
+    dead_share: float = 0.05,
+    collapse_cosine: float = 0.99,
+    constant_std: float = 1e-6,
+) -> Dict[str, Any]:
+    """Flags dead, constant and collapsed experts of a mixture backbone's trace."""
+    names = list(trace.experts)
+    if not names:
+        return {"dead": [], "constant": [], "collapsed": [], "max_share": {}}
+    # Largest share of each expert over all gates that mix it, relative to a uniform share.
+    rel: Dict[str, float] = {n: 0.0 for n in names}
+    for g, gi in zip(trace.gates, trace.gate_info):
+        share = g.detach().float().mean(0) * len(gi.experts)
+        for j, e in enumerate(gi.experts):
+            rel[e] = max(rel[e], float(share[j]))
+    dead = [n for n in names if rel[n] < dead_share]
+    outputs = torch.stack([trace.experts[n].detach().float() for n in names])  # [E, B, D]
+    spread = outputs.std(dim=1).mean(dim=1)
+    constant = [n for i, n in enumerate(names) if float(spread[i]) < constant_std]
+    collapsed: List[Dict[str, Any]] = []
+    if len(names) > 1:
+        cos = _centred_cosine(outputs)
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                if names[i] in constant or names[j] in constant:
+                    continue
+                if float(cos[i, j]) > collapse_cosine:
+                    collapsed.append({
+                        "experts": [expert_display_name(names[i], task_names), expert_display_name(names[j], task_names)],
+                        "cosine": float(cos[i, j]),
+                    })
+    show = lambda n: expert_display_name(n, task_names)  # noqa: E731
+    return {
+        "dead": [show(n) for n in dead],
+        "constant": [show(n) for n in constant],
+        "collapsed": collapsed,
+        "max_share": {show(n): rel[n] for n in names},
+    }
+
+
+def gradient_conflict(losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> Dict[str, Any]:
+    """Norms and pairwise cosines of each task loss's gradient on ``shared`` (which must require grad)."""
+    names = list(losses)
+    grads: Dict[str, torch.Tensor] = {}
+    for t in names:
+        (g,) = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
+        grads[t] = torch.zeros_like(shared).reshape(-1) if g is None else g.reshape(-1).detach()
+    norms = {t: float(grads[t].norm()) for t in names}
+    cosine: Dict[str, float] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            denom = grads[a].norm() * grads[b].norm()
+            cosine[f"{a}|{b}"] = float(grads[a] @ grads[b] / denom) if float(denom) > 0 else float("nan")
+    return {"norm": norms, "cosine": cosine, "conflicting": [k for k, v in cosine.items() if v < 0]}
+
+
+def _trace(backbone: nn.Module, shared: torch.Tensor) -> ExpertTrace:
+    if hasattr(backbone, "forward_with_experts"):
+        return backbone.forward_with_experts(shared)
+    outs, gates = backbone.forward_with_gates(shared)
+    return ExpertTrace(outs, gates, [], {})
+
+
+def diagnose(
+    model: nn.Module,
+    batch: Batch,
+    tasks: List[TaskSpec],
+    dead_share: float = 0.05,
+    collapse_cosine: float = 0.99,
+) -> Dict[str, Any]:
+    """All diagnostics of ``model`` (a MultiTaskModel, its embedding possibly sharded) on ``batch``.
+
+    The fused features are computed without gradient and then differentiated as a leaf, so the
+    embedding tables (and fused sparse optimizers) are never touched and no parameter receives
+    a gradient.
+    """
+    with torch.no_grad():
+        shared = model.fuse(batch.sparse, batch.dense)
+    shared = shared.detach().requires_grad_(True)
+    names = [t.name for t in tasks]
+    with torch.enable_grad():
+        trace = _trace(model.backbone, shared)
+        logits = model.towers(trace.outputs)
+        losses = task_losses(ModelOutput(logits, shared, trace.gates), batch, tasks)
+        gradients = gradient_conflict(losses, shared)
+    report: Dict[str, Any] = {
+        "batch_size": batch.batch_size,
+        "losses": {t: float(v.detach()) for t, v in losses.items()},
+        "gradients": gradients,
+    }
+    if trace.gate_info:
+        report["gates"] = gate_statistics(trace.gates, trace.gate_info, names)
+        report["experts"] = expert_health(trace, names, dead_share=dead_share, collapse_cosine=collapse_cosine)
+    return report
+
+
+def flatten_scalars(report: Dict[str, Any]) -> Dict[str, float]:
+    """The numeric leaves of a :func:`diagnose` report as ``a/b/c`` names, for TensorBoard."""
+    out: Dict[str, float] = {}
+    for t, v in report.get("gradients", {}).get("norm", {}).items():
+        out[f"grad_norm/{t}"] = v
+    for pair, v in report.get("gradients", {}).get("cosine", {}).items():
+        out[f"grad_cosine/{pair}"] = v
+    for gate, stats in report.get("gates", {}).items():
+        out[f"gate/{gate}/entropy"] = stats["entropy"]
+        out[f"gate/{gate}/usage_entropy"] = stats["usage_entropy"]
+    experts = report.get("experts")
+    if experts is not None:
+        out["experts/dead"] = float(len(experts["dead"]))
+        out["experts/constant"] = float(len(experts["constant"]))
+        out["experts/collapsed_pairs"] = float(len(experts["collapsed"]))
+    return out
+
+
+def summarize_findings(report: Dict[str, Any]) -> List[str]:
+    """Human-readable warnings from a report (empty when nothing looks wrong)."""
+    notes: List[str] = []
+    experts: Optional[Dict[str, Any]] = report.get("experts")
+    if experts:
+        if experts["dead"]:
+            notes.append(f"dead experts (no gate uses them): {', '.join(experts['dead'])}")
+        if experts["constant"]:
+            notes.append(f"constant experts (output does not vary): {', '.join(experts['constant'])}")
+        for pair in experts["collapsed"]:
+            notes.append(f"collapsed experts {pair['experts'][0]} ~ {pair['experts'][1]} (cosine {pair['cosine']:.3f})")
+    for pair in report.get("gradients", {}).get("conflicting", []):
+        cos = report["gradients"]["cosine"][pair]
+        notes.append(f"conflicting task gradients {pair.replace('|', ' vs ')} (cosine {cos:.3f}): negative transfer risk")
+    return notes

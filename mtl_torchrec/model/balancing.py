@@ -1,0 +1,223 @@
+"""Loss balancers: how per-task losses become the one loss that is back-propagated.
+
+Every balancer is an ``nn.Module`` with ``forward(losses, shared) -> total`` and
+``weights() -> Dict[str, float]``; its parameters and buffers live in the train module, so DMP/DDP
+synchronise them and checkpoints capture them. ``shared`` is the representation every task reads
+(the backbone input); the gradient-based balancers differentiate the task losses with respect to
+it only, never with respect to parameters, which keeps them cheap and valid beside fused sparse
+optimizers (those never expose embedding-table gradients).
+
+* :class:`UncertaintyWeights` (Kendall et al., CVPR 2018): learned log-variances ``s_k``,
+  ``L = sum_k exp(-s_k) L_k + s_k``.
+* :class:`GradNorm` (Chen et al., ICML 2018): learned positive weights, renormalised to sum to
+  the task count, pulled so that each weighted task's gradient norm follows its relative
+  training rate. The gradient norms are taken on the shared representation.
+* :class:`MGDAUB` (Sener & Koltun, NeurIPS 2018, the "upper bound" variant): per step, the
+  minimum-norm convex combination of the task gradients on the shared representation.
+
+These balancers run as leaf modules inside TorchRec's traced train module; their forward is
+ordinary eager code and avoids branching on tensor values all the same.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _stack(losses: Dict[str, torch.Tensor], names: List[str]) -> torch.Tensor:
+    return torch.stack([losses[t] for t in names])
+
+
+def representation_gradients(losses: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """Gradient of each loss in ``losses`` (``[T]``) with respect to ``shared``, flattened: ``[T, numel]``.
+
+    The graph is kept for the caller's own backward; a task that does not reach ``shared`` gets
+    a zero gradient. The result carries no graph (``create_graph=False``). Call it with grad
+    enabled: indexing ``losses`` under ``no_grad`` would cut the graph.
+    """
+    rows = []
+    for i in range(losses.shape[0]):
+        (g,) = torch.autograd.grad(losses[i], shared, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(shared).reshape(-1) if g is None else g.reshape(-1))
+    return torch.stack(rows)
+
+
+def _global_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over data-parallel ranks, so every rank derives the same weights from the global batch."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def _needs_gradients(shared: torch.Tensor) -> bool:
+    # Evaluation runs the train module under no_grad; there is nothing to balance then.
+    return torch.is_grad_enabled() and shared.requires_grad
+
+
+class UncertaintyWeights(nn.Module):
+    """Homoscedastic-uncertainty weighting: ``L = sum_k exp(-s_k) L_k + s_k`` with learned ``s_k``.
+
+    At the optimum ``exp(-s_k) = 1 / L_k``: a task with a noisier (larger) loss gets a smaller
+    weight. ``s_k`` starts at ``-log(initial weight)`` so training starts from the configured
+    task weights.
+
+    Example::
+
+        balancer = UncertaintyWeights({"click": 1.0, "rating": 1.0})
+        total = balancer({"click": l1, "rating": l2}, shared)
+        balancer.weights()   # {"click": exp(-s_click), "rating": exp(-s_rating)}
+    """
+
+    def __init__(self, initial_weights: Dict[str, float]) -> None:
+        super().__init__()
+        self.task_names = list(initial_weights)
+        init = torch.tensor([initial_weights[t] for t in self.task_names], dtype=torch.float32)
+        if bool((init <= 0).any()):
+            raise ValueError("uncertainty weighting needs positive initial task weights")
+        self.log_var = nn.Parameter(-init.log())
+
+    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+        L = _stack(losses, self.task_names)
+        return (torch.exp(-self.log_var) * L + self.log_var).sum()
+
+    def weights(self) -> Dict[str, float]:
+        w = torch.exp(-self.log_var.detach())
+        return {t: float(w[i]) for i, t in enumerate(self.task_names)}
+
+
+class GradNorm(nn.Module):
+    """GradNorm: learned task weights that equalise gradient norms relative to training rates.
+
+    With ``G_k = ||d(w_k L_k)/d shared||``, ``r_k = (L_k / L_k(0)) / mean_j(L_j / L_j(0))`` and
+    ``target_k = mean(G) * r_k ** alpha`` (a constant), the weights follow the gradient of
+    ``sum_k |G_k - target_k|`` while the model follows ``sum_k w_k L_k``. Weights are clamped
+    positive and renormalised to sum to the task count before each step. ``L_k(0)`` is each
+    task's first non-zero loss, kept as a buffer (so it survives checkpoints).
+
+    The reported total is ``sum_k w_k L_k``; the weight objective adds gradient but no value.
+
+    Example::
+
+        balancer = GradNorm({"click": 1.0, "rating": 1.0}, alpha=1.5)
+        total = balancer(losses, shared)    # shared must require grad
+        sum(balancer.weights().values())    # 2.0
+    """
+
+    def __init__(self, initial_weights: Dict[str, float], alpha: float = 1.5, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.task_names = list(initial_weights)
+        n = len(self.task_names)
+        init = torch.tensor([initial_weights[t] for t in self.task_names], dtype=torch.float32)
+        if bool((init <= 0).any()):
+            raise ValueError("GradNorm needs positive initial task weights")
+        self.alpha = alpha
+        self.eps = eps
+        self.raw = nn.Parameter(init * n / init.sum())
+        self.register_buffer("initial_losses", torch.full((n,), float("nan")))
+
+    def _normalized(self) -> torch.Tensor:
+        w = self.raw.clamp_min(self.eps)
+        return w * (len(self.task_names) / w.sum())
+
+    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+        L = _stack(losses, self.task_names)
+        with torch.no_grad():
+            # The renormalisation GradNorm applies after every update of the weights.
+            self.raw.copy_(self._normalized())
+        w = self.raw
+        weighted = (w.detach() * L).sum()
+        if not _needs_gradients(shared):
+            return weighted
+        Ld = L.detach()
+        sq_norms = representation_gradients(L, shared).pow(2).sum(dim=1)
+        with torch.no_grad():
+            unset = torch.isnan(self.initial_losses) & (Ld > 0)
+            self.initial_losses.copy_(torch.where(unset, Ld, self.initial_losses))
+            # A task without a recorded start (no labelled rows yet) counts as on pace.
+            known = ~torch.isnan(self.initial_losses)
+            start = torch.nan_to_num(self.initial_losses, nan=1.0).clamp_min(1e-12)
+            rate = torch.where(known, Ld / start, torch.ones_like(Ld))
+            rate = _global_sum(rate)
+            rel = rate / rate.mean().clamp_min(1e-12)
+            norms = _global_sum(sq_norms).sqrt()
+        G = w * norms
+        target = (G.mean() * rel.pow(self.alpha)).detach()
+        weight_objective = (G - target).abs().sum()
+        # Adds the weights' gradient without changing the reported loss value.
+        return weighted + (weight_objective - weight_objective.detach())
+
+    def weights(self) -> Dict[str, float]:
+        w = self._normalized().detach()
+        return {t: float(w[i]) for i, t in enumerate(self.task_names)}
+
+
+def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+    """Frank-Wolfe for ``min_a a^T M a`` over the simplex, ``M = gram`` (``[T, T]``); returns ``a``.
+
+    Fixed iteration count and tensor-only updates, so the same ops run whatever the values.
+    """
+    n = gram.shape[0]
+    a = torch.full((n,), 1.0 / n, dtype=gram.dtype, device=gram.device)
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    for _ in range(iterations):
+        Ma = gram @ a
+        e = eye[torch.argmin(Ma)]
+        # Exact line search between v = sum a_i g_i and the chosen vertex g_t.
+        vv = a @ Ma
+        vt = e @ Ma
+        tt = e @ gram @ e
+        denom = vv - 2 * vt + tt
+        gamma = torch.where(denom > 1e-12, (vv - vt) / denom.clamp_min(1e-12), torch.zeros_like(denom))
+        gamma = gamma.clamp(0.0, 1.0)
+        a = (1 - gamma) * a + gamma * e
+    return a
+
+
+class MGDAUB(nn.Module):
+    """MGDA-UB: weights from the minimum-norm point in the convex hull of the task gradients,
+    taken on the shared representation (the upper bound of the paper).
+
+    The weights sum to the task count (``T * a``) so the loss scale matches fixed unit weights.
+    ``normalize``: ``none`` (the paper's plain solve), ``l2`` (unit gradients) or ``loss``
+    (gradients divided by their loss).
+
+    Example::
+
+        balancer = MGDAUB(["click", "rating"])
+        total = balancer(losses, shared)    # shared must require grad
+    """
+
+    def __init__(self, task_names: List[str], normalize: str = "none", iterations: int = 50) -> None:
+        super().__init__()
+        if normalize not in ("none", "l2", "loss"):
+            raise ValueError(f"MGDA-UB normalize must be none, l2 or loss, got '{normalize}'")
+        self.task_names = list(task_names)
+        self.normalize = normalize
+        self.iterations = iterations
+        n = len(self.task_names)
+        self.register_buffer("last_weights", torch.ones(n))
+
+    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+        L = _stack(losses, self.task_names)
+        if not _needs_gradients(shared):
+            return (self.last_weights * L).sum()
+        grads = representation_gradients(L, shared).double()
+        with torch.no_grad():
+            if self.normalize == "l2":
+                grads = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            elif self.normalize == "loss":
+                grads = grads / L.detach().double().clamp_min(1e-12).unsqueeze(1)
+            a = min_norm_weights(_global_sum(grads @ grads.T), self.iterations)
+            self.last_weights.copy_((a * len(self.task_names)).to(self.last_weights.dtype))
+        return (self.last_weights * L).sum()
+
+    def weights(self) -> Dict[str, float]:
+        return {t: float(self.last_weights[i]) for i, t in enumerate(self.task_names)}
+
+
+BALANCERS = ("fixed", "uncertainty", "gradnorm", "mgda_ub")

@@ -1,0 +1,66 @@
+"""Gate-free baselines: one bottom MLP shared by all tasks, or one separate bottom per task."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import nn
+from torchrec.modules.mlp import MLP
+
+from mtl_torchrec.modules.experts import BatchedExperts
+
+
+class SharedBottom(nn.Module):
+    """One MLP on the shared input; every task's tower reads its output (hard parameter sharing).
+
+    Example::
+
+        bottom = SharedBottom(32, num_tasks=3, layers=[64, 16])
+        outs, gates = bottom.forward_with_gates(torch.randn(8, 32))   # 3 x [8, 16], []
+    """
+
+    def __init__(self, in_features: int, num_tasks: int, layers: List[int]) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("SharedBottom needs at least one layer")
+        self.num_tasks = num_tasks
+        self.out_features = layers[-1]
+        self.mlp = MLP(in_features, layers)
+
+    def forward_with_gates(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        h = self.mlp(x)
+        return [h] * self.num_tasks, []
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.forward_with_gates(x)[0]
+
+
+class SeparateBottoms(nn.Module):
+    """One independent MLP per task on the shared input: no sharing above the features.
+
+    With one task this is the bottom of a single-task model, which is how the single-task
+    baselines are built. The per-task MLPs are a :class:`BatchedExperts` bank with one expert
+    per task, so they cost one matmul per layer.
+
+    Example::
+
+        bottoms = SeparateBottoms(32, num_tasks=2, layers=[64, 16])
+        outs = bottoms(torch.randn(8, 32))   # 2 x [8, 16], each from its own MLP
+    """
+
+    def __init__(self, in_features: int, num_tasks: int, layers: List[int]) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("SeparateBottoms needs at least one layer")
+        self.num_tasks = num_tasks
+        self.out_features = layers[-1]
+        self.bottoms = BatchedExperts(in_features, num_tasks, layers)
+
+    def forward_with_gates(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        h = self.bottoms(x)
+        # Indexing (not unbind) keeps this traceable by TorchRec's pipeline tracer.
+        return [h[k] for k in range(self.num_tasks)], []
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.forward_with_gates(x)[0]
