@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from mtl_torchrec.config import MovieLensConfig
 from mtl_torchrec.data.schema import ColumnTable, DataError, LabelSpec, Schema, SparseFeature
+
+if TYPE_CHECKING:  # sources imports this module
+    from mtl_torchrec.data.sources import DataBundle
 
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # buckets <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+
 NUM_GENRE_FLAGS = 19
@@ -187,7 +190,7 @@ def _sample_negatives(
     raise DataError("movielens: could not draw unrated negatives (a user rated nearly every item of a split)")
 
 
-def load_movielens(cfg: MovieLensConfig) -> "DataBundle":  # noqa: F821
+def load_movielens(cfg: MovieLensConfig) -> DataBundle:
     from mtl_torchrec.data.sources import DataBundle
 
     root = Path(cfg.path)

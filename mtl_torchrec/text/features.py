@@ -21,12 +21,12 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Type
+from typing import TYPE_CHECKING, Dict, List, Optional, Type
 
 import torch
 from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection
-from torchrec.distributed.types import Awaitable, LazyAwaitable, ParameterSharding, ShardingEnv
+from torchrec.distributed.types import ParameterSharding, ShardingEnv
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
@@ -34,6 +34,11 @@ from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
 from mtl_torchrec.config import ConfigError, TextConfig
 from mtl_torchrec.text.store import TextStore
+
+if TYPE_CHECKING:  # imported for annotations only: these modules import this one
+    from mtl_torchrec.config import Config, ModelConfig
+    from mtl_torchrec.data.schema import Schema
+    from mtl_torchrec.data.sources import DataBundle
 
 # fbgemm's table kernels want widths in multiples of 4.
 _WIDTH_MULTIPLE = 4
@@ -249,7 +254,7 @@ def resolve_store(cfg: TextConfig, item_text: Optional[List[Optional[str]]], cac
     return store
 
 
-def text_feature_modules(cfg: "Config", data: "DataBundle") -> Dict[str, nn.Module]:  # noqa: F821
+def text_feature_modules(cfg: Config, data: DataBundle) -> Dict[str, nn.Module]:
     """``{"text": TextFeature}`` for ``cfg.model.text`` and the data's schema (empty when disabled)."""
     text = cfg.model.text
     if not text.enabled:
@@ -267,7 +272,7 @@ def text_feature_modules(cfg: "Config", data: "DataBundle") -> Dict[str, nn.Modu
     return {"text": build_text_feature(text, store, feature.num_embeddings, source=f"text store {source}")}
 
 
-def item_id_dropout(cfg: "ModelConfig", schema: "Schema") -> nn.Module:  # noqa: F821
+def item_id_dropout(cfg: ModelConfig, schema: Schema) -> nn.Module:
     """:class:`UnseenIdDropout` on ``cfg.text.item_feature`` with probability ``cfg.text.id_dropout``."""
     from mtl_torchrec.modules.id_dropout import UnseenIdDropout
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import io
 import string
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from mtl_torchrec.data.schema import DataError
 
+if TYPE_CHECKING:
+    import pandas
 
-def _read_frame(path: Path) -> "pandas.DataFrame":  # noqa: F821
+
+def _read_frame(path: Path) -> pandas.DataFrame:
     import pandas as pd
 
     if not path.is_file():
