@@ -89,7 +89,9 @@ class Trainer:
             sparse_optimizer=cfg.train.sparse_optimizer,
             sparse_lr=cfg.train.sparse_lr,
         )
-        self.optimizer = make_optimizer(self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr)
+        self.optimizer = make_optimizer(
+            self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr, balance_lr=cfg.train.balance.lr
+        )
         self.state = TrainState()
         self.train_ds = BatchDataset(
             data.splits["train"],
