@@ -175,6 +175,10 @@ class BalanceConfig:
     gradnorm_alpha: float = 1.5
     # MGDA-UB's gradient normalisation before the min-norm solve: none | l2 | loss.
     mgda_normalize: Literal["none", "l2", "loss"] = "none"
+    # Learning rate of the balancer's own parameters (uncertainty log-variances, GradNorm
+    # weights), stepped by a separate optimizer of the train.dense_optimizer kind. At the dense
+    # learning rate they would barely move within an epoch.
+    lr: float = 0.025
 
 
 @dataclass

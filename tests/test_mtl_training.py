@@ -69,6 +69,35 @@ def test_balancer_trains_and_checkpoints(balancer, ctx, tmp_path):
         assert fresh.loss_weights() == pytest.approx(final_weights, rel=1e-6)
 
 
+@pytest.mark.parametrize("balance_lr", [0.01, 0.2])
+def test_balancer_learns_at_its_own_rate(balance_lr, ctx, tmp_path):
+    """The balancer's parameters have their own optimizer at ``train.balance.lr``; the dense
+    optimizer (at ``train.dense_lr``) leaves them out. Adam's first step moves every parameter
+    by about its learning rate, so one step shows which rate each parameter got."""
+    from mtl_torchrec.train.sharding import make_optimizer
+
+    cfg = small_config(str(tmp_path), ["train.loss_balance=uncertainty", "train.max_steps=1",
+                                       "train.dense_lr=0.001", f"train.balance.lr={balance_lr}"])
+    data = load_data(cfg.data)
+    trainer = Trainer(cfg, data, ctx, tmp_path)
+    module = trainer.dmp.module
+    before = {k: v.detach().clone() for k, v in module.named_parameters() if not k.startswith("model.ebc")}
+    owners = [set(o.params) for _, o in trainer.optimizer.optimizers]
+    trainer.fit()
+    after = dict(module.named_parameters())
+    trainer.close()
+    assert trainer.state.global_step == 1
+    step = (after["balancer.log_var"].detach() - before["balancer.log_var"]).abs()
+    assert step.tolist() == pytest.approx([balance_lr] * len(step), rel=0.02)
+    dense_steps = [float((after[k].detach() - v).abs().max()) for k, v in before.items() if not k.startswith("balancer.")]
+    assert 0 < max(dense_steps) <= 0.001 * 1.02
+    # Exactly one optimizer owns the balancer parameter, and it owns nothing else.
+    balancer_owner = [o for o in owners if any(k.endswith("balancer.log_var") for k in o)]
+    assert len(balancer_owner) == 1 and len(balancer_owner[0]) == 1
+    with pytest.raises(ValueError, match="train.balance.lr"):
+        make_optimizer(trainer.dmp, "adam", 0.001, balance_lr=0.0)
+
+
 def test_base_pipeline_with_diagnostics(ctx, tmp_path):
     cfg = small_config(str(tmp_path), ["train.pipeline=base", "train.loss_balance=gradnorm", "model.backbone=ple"])
     train(cfg, ctx)

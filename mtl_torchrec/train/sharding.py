@@ -195,19 +195,39 @@ def shard_module(
     )
 
 
-def make_optimizer(dmp: DistributedModelParallel, name: str, lr: float) -> CombinedOptimizer:
-    """The fused sparse optimizer (already inside DMP) combined with a dense one for the rest."""
-    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+def make_optimizer(
+    dmp: DistributedModelParallel, name: str, lr: float, balance_lr: Optional[float] = None
+) -> CombinedOptimizer:
+    """The fused sparse optimizer (already inside DMP) combined with a dense one for the rest.
+
+    With ``balance_lr``, the loss balancer's parameters (those under the train module's
+    ``balancer``) get their own optimizer of the same kind at that rate, and the dense optimizer
+    leaves them out. Both are unnamed in the combination, so optimizer state keys stay the
+    parameters' names either way.
+
+    Example::
+
+        opt = make_optimizer(dmp, "adam", 1e-3, balance_lr=0.025)
+    """
     if name == "adam":
-        factory = lambda params: torch.optim.Adam(params, lr=lr)  # noqa: E731
+        make = torch.optim.Adam
     elif name == "adagrad":
-        factory = lambda params: torch.optim.Adagrad(params, lr=lr)  # noqa: E731
+        make = torch.optim.Adagrad
     elif name == "sgd":
-        factory = lambda params: torch.optim.SGD(params, lr=lr)  # noqa: E731
+        make = torch.optim.SGD
     else:
         raise ValueError(f"train.dense_optimizer: unknown '{name}'")
-    dense = KeyedOptimizerWrapper(dense_params, factory)
-    return CombinedOptimizer([dmp.fused_optimizer, dense])
+    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    balance_params: Dict[str, nn.Parameter] = {}
+    if balance_lr is not None:
+        if not balance_lr > 0:
+            raise ValueError(f"train.balance.lr: must be positive, got {balance_lr}")
+        balance_params = {k: p for k, p in dense_params.items() if _plain_key(k).startswith("balancer.")}
+        dense_params = {k: p for k, p in dense_params.items() if k not in balance_params}
+    parts = [dmp.fused_optimizer, KeyedOptimizerWrapper(dense_params, lambda params: make(params, lr=lr))]
+    if balance_params:
+        parts.append(KeyedOptimizerWrapper(balance_params, lambda params: make(params, lr=balance_lr)))
+    return CombinedOptimizer(parts)
 
 
 def copy_unsharded_state(dmp: nn.Module, state: Dict[str, torch.Tensor]) -> None:

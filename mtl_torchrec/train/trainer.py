@@ -92,7 +92,9 @@ class Trainer:
         )
         # Sharding allocates fresh tables; text tables get their vectors back here.
         load_text_tables(self.dmp)
-        self.optimizer = make_optimizer(self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr)
+        self.optimizer = make_optimizer(
+            self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr, balance_lr=cfg.train.balance.lr
+        )
         self.state = TrainState()
         self.train_ds = BatchDataset(
             data.splits["train"],
