@@ -142,6 +142,9 @@ class TextConfig:
     # Cold start: probability of swapping the item's id embedding for a learned "unseen item"
     # vector in training (also used at evaluation for ids never seen in training); 0 disables.
     id_dropout: float = 0.0
+    # Features id dropout applies to (each single-valued, each with its own "unseen" vector);
+    # empty means ``item_feature`` only. E.g. [user_id, item_id] when test users are new too.
+    id_dropout_features: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -389,3 +389,45 @@ def test_train_command_encodes_into_the_cache_once(tmp_path: Path, tiny_model: s
     assert os.stat(index).st_mtime_ns == stamp
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
+
+
+def test_id_dropouts_on_user_and_item_ids() -> None:
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    from mtl_torchrec.config import ConfigError, ModelConfig
+    from mtl_torchrec.data.schema import Schema, SparseFeature
+    from mtl_torchrec.modules.id_dropout import IdDropouts, UnseenIdDropout
+    from mtl_torchrec.text.features import item_id_dropout
+
+    ebc = EmbeddingBagCollection(tables=[
+        EmbeddingBagConfig(name="u", embedding_dim=4, num_embeddings=10, feature_names=["user_id"]),
+        EmbeddingBagConfig(name="i", embedding_dim=4, num_embeddings=10, feature_names=["item_id"]),
+    ])
+    batch = KeyedJaggedTensor.from_lengths_sync(keys=["user_id", "item_id"], values=torch.tensor([1, 2, 3, 4]),
+                                                lengths=torch.ones(4, dtype=torch.int32))
+    drops = IdDropouts([UnseenIdDropout("user_id", 10, 4, p=0.5), UnseenIdDropout("item_id", 10, 4, p=0.5)])
+    with torch.no_grad():
+        drops.drops[0].unseen.fill_(1.0)
+        drops.drops[1].unseen.fill_(2.0)
+    drops(ebc(batch), batch)  # training: users 1, 2 and items 3, 4 are seen
+    drops.eval()
+    test = KeyedJaggedTensor.from_lengths_sync(keys=["user_id", "item_id"], values=torch.tensor([1, 7, 8, 4]),
+                                               lengths=torch.ones(4, dtype=torch.int32))
+    ref = ebc(test).to_dict()
+    out = drops(ebc(test), test).to_dict()
+    assert torch.equal(out["user_id"][0], ref["user_id"][0]) and torch.all(out["user_id"][1] == 1.0)
+    assert torch.all(out["item_id"][0] == 2.0) and torch.equal(out["item_id"][1], ref["item_id"][1])
+    with pytest.raises(ValueError, match="distinct"):
+        IdDropouts([UnseenIdDropout("item_id", 10, 4, 0.1), UnseenIdDropout("item_id", 10, 4, 0.1)])
+
+    schema = Schema(sparse=[SparseFeature("user_id", 10), SparseFeature("item_id", 10)], dense=[], labels=[])
+    cfg = ModelConfig(embedding_dim=4)
+    cfg.text.id_dropout = 0.2
+    assert isinstance(item_id_dropout(cfg, schema), UnseenIdDropout)
+    cfg.text.id_dropout_features = ["user_id", "item_id"]
+    both = item_id_dropout(cfg, schema)
+    assert [d.feature for d in both.drops] == ["user_id", "item_id"]
+    cfg.text.id_dropout_features = ["user_id", "zip"]
+    with pytest.raises(ConfigError, match="model.text.id_dropout_features: 'zip'"):
+        item_id_dropout(cfg, schema)

@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -57,3 +59,25 @@ class UnseenIdDropout(nn.Module):
         d[self.feature] = torch.where(drop.unsqueeze(1), self.unseen.to(emb.dtype).expand_as(emb), emb)
         keys = pooled.keys()
         return KeyedTensor.from_tensor_list(keys, [d[k] for k in keys])
+
+
+class IdDropouts(nn.Module):
+    """Several :class:`UnseenIdDropout` applied in turn (e.g. user and item ids), each to its feature.
+
+    Example::
+
+        drops = IdDropouts([UnseenIdDropout("user_id", 943, 16, 0.2), UnseenIdDropout("item_id", 1682, 16, 0.2)])
+        pooled = drops(ebc(kjt), kjt)
+    """
+
+    def __init__(self, drops: List[UnseenIdDropout]) -> None:
+        super().__init__()
+        names = [d.feature for d in drops]
+        if len(set(names)) != len(names):
+            raise ValueError(f"id dropout features must be distinct, got {names}")
+        self.drops = nn.ModuleList(drops)
+
+    def forward(self, pooled: KeyedTensor, features: KeyedJaggedTensor) -> KeyedTensor:
+        for drop in self.drops:
+            pooled = drop(pooled, features)
+        return pooled

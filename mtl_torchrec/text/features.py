@@ -273,12 +273,18 @@ def text_feature_modules(cfg: Config, data: DataBundle) -> Dict[str, nn.Module]:
 
 
 def item_id_dropout(cfg: ModelConfig, schema: Schema) -> nn.Module:
-    """:class:`UnseenIdDropout` on ``cfg.text.item_feature`` with probability ``cfg.text.id_dropout``."""
-    from mtl_torchrec.modules.id_dropout import UnseenIdDropout
+    """:class:`UnseenIdDropout` with probability ``cfg.text.id_dropout`` on each of
+    ``cfg.text.id_dropout_features`` (default: ``cfg.text.item_feature``), chained by :class:`IdDropouts`."""
+    from mtl_torchrec.modules.id_dropout import IdDropouts, UnseenIdDropout
 
-    feature = next((f for f in schema.sparse if f.name == cfg.text.item_feature), None)
-    if feature is None or feature.multi_valued:
-        raise ConfigError(f"model.text.item_feature: '{cfg.text.item_feature}' must be a single-valued sparse feature")
     if not 0.0 <= cfg.text.id_dropout < 1.0:
         raise ConfigError(f"model.text.id_dropout: must be in [0, 1), got {cfg.text.id_dropout}")
-    return UnseenIdDropout(feature.name, feature.num_embeddings, cfg.embedding_dim, cfg.text.id_dropout)
+    key = "model.text.id_dropout_features" if cfg.text.id_dropout_features else "model.text.item_feature"
+    names = list(cfg.text.id_dropout_features) or [cfg.text.item_feature]
+    drops = []
+    for name in names:
+        feature = next((f for f in schema.sparse if f.name == name), None)
+        if feature is None or feature.multi_valued:
+            raise ConfigError(f"{key}: '{name}' must be a single-valued sparse feature")
+        drops.append(UnseenIdDropout(feature.name, feature.num_embeddings, cfg.embedding_dim, cfg.text.id_dropout))
+    return drops[0] if len(drops) == 1 else IdDropouts(drops)
