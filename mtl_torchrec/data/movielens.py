@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import numpy as np
 
 from mtl_torchrec.config import MovieLensConfig
-from mtl_torchrec.data.schema import ColumnTable, DataError, LabelSpec, Schema, SparseFeature
+from mtl_torchrec.data.schema import ColumnTable, DataError, Schema, SparseFeature, impression_labels
 
 if TYPE_CHECKING:  # sources imports this module
     from mtl_torchrec.data.sources import DataBundle
@@ -163,11 +163,7 @@ def movielens_schema(num_users: int, num_items: int, num_occupations: int) -> Sc
             SparseFeature("user_zip", 11),
         ],
         dense=[],
-        labels=[
-            LabelSpec("click", "binary"),
-            LabelSpec("conversion", "binary"),
-            LabelSpec("rating", "regression", maskable=True),
-        ],
+        labels=impression_labels(),
         group="user_id",
         text_item="item_id",
     )

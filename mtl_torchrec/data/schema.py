@@ -69,6 +69,16 @@ class LabelSpec:
         return self.column or self.task
 
 
+def impression_labels() -> List["LabelSpec"]:
+    """The label set of impression data: click, conversion (click AND convert) and a rating that
+    exists only on some rows (maskable)."""
+    return [
+        LabelSpec("click", "binary"),
+        LabelSpec("conversion", "binary"),
+        LabelSpec("rating", "regression", maskable=True),
+    ]
+
+
 @dataclass
 class Jagged:
     """A multi-valued column: ``values`` of all rows back to back, ``lengths`` per row."""

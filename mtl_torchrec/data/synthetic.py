@@ -29,7 +29,7 @@ import numpy as np
 
 from mtl_torchrec.config import SyntheticConfig
 from mtl_torchrec.data.loader import split_rows
-from mtl_torchrec.data.schema import ColumnTable, DenseFeature, Jagged, LabelSpec, Schema, SparseFeature
+from mtl_torchrec.data.schema import ColumnTable, DenseFeature, Jagged, Schema, SparseFeature, impression_labels
 
 NUM_TAGS = 64
 NUM_POSITIONS = 10
@@ -82,11 +82,7 @@ def synthetic_schema(cfg: SyntheticConfig) -> Schema:
             SparseFeature("device", NUM_DEVICES),
         ],
         dense=[DenseFeature("position"), DenseFeature("log_price"), DenseFeature("item_popularity")],
-        labels=[
-            LabelSpec("click", "binary"),
-            LabelSpec("conversion", "binary"),
-            LabelSpec("rating", "regression", maskable=True),
-        ],
+        labels=impression_labels(),
         group="user_id",
         text_item="item_id",
     )
