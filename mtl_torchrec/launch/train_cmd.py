@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from mtl_torchrec.config import Config, load_config, save_config
+from mtl_torchrec.data.loader import describe
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.eval.metrics import format_table
 from mtl_torchrec.train.sharding import DistContext, close_distributed, init_distributed
@@ -59,6 +60,8 @@ def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
     run_dir = resolve_run_dir(cfg, ctx)
     data = load_data(cfg.data)
     if ctx.is_main:
+        for split, table in data.splits.items():
+            print(describe(table, data.schema, split))
         save_config(cfg, run_dir / "config.yaml")
         if data.preprocessing is not None:
             data.preprocessing.save(run_dir / "preprocessing")

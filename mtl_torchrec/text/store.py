@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -289,6 +289,3 @@ def build_store(
         dist.barrier()
     return store, stats
 
-
-def stats_dict(stats: StoreStats) -> Dict[str, Any]:
-    return asdict(stats)
