@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -43,7 +44,9 @@ def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
     if cfg.run_dir:
         path = Path(cfg.run_dir)
     else:
-        name = [f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.backbone}-{os.getpid()}"]
+        # A random suffix: two runs started in the same second by one process must not share a folder
+        # (the second would resume the first).
+        name = [f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.backbone}-{secrets.token_hex(3)}"]
         if dist.is_initialized() and ctx.world_size > 1:
             dist.broadcast_object_list(name, src=0)
         path = Path(cfg.output_dir) / name[0]
