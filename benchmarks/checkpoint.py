@@ -14,9 +14,9 @@ import torch
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.train.checkpoint import latest_checkpoint
-from mtl_torchrec.train.sharding import close_distributed, init_distributed
-from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.distributed.checkpoint import latest_checkpoint
+from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.train_cmd import make_trainer
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     data = load_data(cfg.data)
     with tempfile.TemporaryDirectory() as d:
         run_dir = Path(d)
-        trainer = Trainer(cfg, data, ctx, run_dir)
+        trainer = make_trainer(cfg, data, ctx, run_dir)
         t0 = time.perf_counter()
         trainer.fit()  # also writes the final checkpoint once (warm-up)
         fit_s = time.perf_counter() - t0
@@ -40,7 +40,7 @@ def main() -> None:
         save_s = (time.perf_counter() - t0) / reps
         ckpt = latest_checkpoint(run_dir)
         size = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
-        other = Trainer(cfg, data, ctx, run_dir / "other")
+        other = make_trainer(cfg, data, ctx, run_dir / "other")
         t0 = time.perf_counter()
         for _ in range(reps):
             other.restore(ckpt)

@@ -28,7 +28,7 @@ from torch import nn
 
 from mtl_torchrec.data.mmoe_synthetic import make_correlated_tasks
 from mtl_torchrec.modules import MMoE, PLE, SeparateBottoms, SharedBottom, TaskTowers
-from mtl_torchrec.utils import atomic_path, atomic_write_text, write_json
+from mtl_torchrec.core.io import atomic_path, atomic_write_text, write_json
 
 MODELS = ("shared_bottom", "omoe", "mmoe", "ple", "separate")
 DIM = 100

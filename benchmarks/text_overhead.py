@@ -25,7 +25,8 @@ import torch
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.train.sharding import close_distributed, init_distributed
+from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.train_cmd import make_trainer
 from mtl_torchrec.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def main(argv: Any = None) -> int:
     for name, extra in variants.items():
         cfg = load_config(args.config, base + extra)
         data = data or load_data(cfg.data)
-        trainers[name] = Trainer(cfg, data, ctx, out / name)
+        trainers[name] = make_trainer(cfg, data, ctx, out / name)
         trainers[name].dmp.train()
         pipes[name] = trainers[name]._pipeline()
         iters[name] = trainers[name]._batches()

@@ -25,15 +25,15 @@ def _worker(rank: int, port: int, out_dir: str, balancers: list) -> None:
 
     torch.set_num_threads(1)
     from mtl_torchrec.data.sources import load_data
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
-    from mtl_torchrec.train.trainer import Trainer
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import make_trainer
 
     ctx = init_distributed("gloo")
     for balancer in balancers:
         run_dir = os.path.join(out_dir, balancer)
         cfg = small_config(run_dir, [f"train.loss_balance={balancer}", "model.backbone=mmoe",
                                      "train.sharding=table_wise", "train.max_steps=6"] + esmm_tasks())
-        trainer = Trainer(cfg, load_data(cfg.data), ctx, cfg.run_dir)
+        trainer = make_trainer(cfg, load_data(cfg.data), ctx, cfg.run_dir)
         trainer.fit()
         weights = trainer.loss_weights()
         trainer.close()

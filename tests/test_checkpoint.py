@@ -22,7 +22,7 @@ from torch import nn
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.train.checkpoint import (
+from mtl_torchrec.distributed.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
@@ -31,7 +31,7 @@ from mtl_torchrec.train.checkpoint import (
     save_checkpoint,
 )
 from mtl_torchrec.model.builder import build_train_module
-from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.launch.train_cmd import make_trainer
 from tests.distributed import run_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def _cfg(run_dir: Path, *extra: str) -> Any:
 
 def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
     from mtl_torchrec.launch.train_cmd import train
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
 
     root_p = Path(root)
     ctx = init_distributed("gloo")
@@ -75,13 +75,13 @@ def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
         train(_cfg(root_p / "part"), ctx)
         # 1 rank table-wise -> 2 ranks row-wise, saved again by 2 ranks.
         cfg = _cfg(root_p / "rw_from_1", "train.sharding=row_wise")
-        trainer = Trainer(cfg, load_data(cfg.data), ctx, root_p / "rw_from_1")
+        trainer = make_trainer(cfg, load_data(cfg.data), ctx, root_p / "rw_from_1")
         trainer.restore(latest_checkpoint(root_p / "single"))
         # The position goes through samples: 12 batches of 256 on 1 rank = 6 global batches of 512.
         assert (trainer.state.epoch, trainer.state.batch_in_epoch, trainer.state.global_step) == (0, 6, 12)
         trainer.save()
         # 2 ranks table-wise -> 2 ranks row-wise: same test metrics.
-        trainer = Trainer(cfg, load_data(cfg.data), ctx, root_p / "rw_eval")
+        trainer = make_trainer(cfg, load_data(cfg.data), ctx, root_p / "rw_eval")
         trainer.restore(latest_checkpoint(root_p / "full"))
         metrics = trainer.evaluate("test")["tasks"]
         trainer.close()
@@ -94,7 +94,7 @@ def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mtl_torchrec.launch.train_cmd import train
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
 
     root = tmp_path_factory.mktemp("ckpt")
     ctx = init_distributed("gloo")
@@ -123,7 +123,7 @@ def _full(t: Any) -> torch.Tensor:
 
 
 def _unsharded_state(run_or_ckpt: Path, cfg: Any) -> Dict[str, torch.Tensor]:
-    module = build_train_module(cfg, load_data(cfg.data))
+    module = build_train_module(cfg.model, load_data(cfg.data), cfg.train.loss_balance, cfg.train.balance)
     load_checkpoint(run_or_ckpt, module)
     return {k: v.clone() for k, v in module.state_dict().items()}
 
@@ -144,7 +144,7 @@ def test_interrupted_run_resumes_exactly(runs: Path) -> None:
     cfg = _cfg(full)
     _assert_same_state(_unsharded_state(full, cfg), _unsharded_state(part, cfg))
     # ... and the models did move away from their initial state.
-    fresh = build_train_module(cfg, load_data(cfg.data)).state_dict()
+    fresh = build_train_module(cfg.model, load_data(cfg.data), cfg.train.loss_balance, cfg.train.balance).state_dict()
     trained = _unsharded_state(full, cfg)
     assert not torch.equal(fresh["model.towers.towers.click.head.weight"], trained["model.towers.towers.click.head.weight"])
 
@@ -164,16 +164,16 @@ def test_run_dir_layout_latest_and_keep(runs: Path) -> None:
 @pytest.mark.slow
 def test_two_ranks_into_one_rank_row_wise(runs: Path) -> None:
     from mtl_torchrec.data.loader import BatchDataset
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
 
     cfg = _cfg(runs / "rw_to_1", "train.sharding=row_wise")
     data = load_data(cfg.data)
     batch = next(iter(BatchDataset(data.splits["test"], data.schema, 512, shuffle=False)))
-    unsharded = build_train_module(cfg, data)
+    unsharded = build_train_module(cfg.model, data, cfg.train.loss_balance, cfg.train.balance)
     load_checkpoint(runs / "full", unsharded)
     ctx = init_distributed("gloo")
     try:
-        trainer = Trainer(cfg, data, ctx, runs / "rw_to_1")
+        trainer = make_trainer(cfg, data, ctx, runs / "rw_to_1")
         meta = trainer.restore(latest_checkpoint(runs / "full"))
         assert meta["world_size"] == 2 and trainer.state.batch_in_epoch == 0 and trainer.state.epoch == 1
         got = {k: _full(v) for k, v in trainer.dmp.state_dict().items()}
@@ -214,14 +214,14 @@ def test_other_plan_same_ranks_same_metrics(runs: Path) -> None:
 @pytest.mark.slow
 def test_incompatible_checkpoint_says_what_differs(runs: Path) -> None:
     bigger = load_config(None, SMALL + ["data.synthetic.num_items=600", "model.embedding_dim=4"])
-    module = build_train_module(bigger, load_data(bigger.data))
+    module = build_train_module(bigger.model, load_data(bigger.data), bigger.train.loss_balance, bigger.train.balance)
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(runs / "full", module)
     msg = str(e.value)
     assert "table 't_item_id': num_embeddings 500 in the checkpoint, 600 in the model" in msg
     assert "embedding_dim 8 in the checkpoint, 4 in the model" in msg
     two_tasks = load_config(None, SMALL + ['model.tasks=[{"name": "click"}, {"name": "conversion"}]'])
-    module = build_train_module(two_tasks, load_data(two_tasks.data))
+    module = build_train_module(two_tasks.model, load_data(two_tasks.data), two_tasks.train.loss_balance, two_tasks.train.balance)
     with pytest.raises(CheckpointError, match="tasks .*rating.* in the checkpoint"):
         load_checkpoint(runs / "full", module)
 
@@ -241,7 +241,7 @@ def test_loading_never_unpickles_code(runs: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(str(marker))))
     cfg = _cfg(runs / "full")
-    module = build_train_module(cfg, load_data(cfg.data))
+    module = build_train_module(cfg.model, load_data(cfg.data), cfg.train.loss_balance, cfg.train.balance)
     with pytest.raises(CheckpointError, match="posix.system|os.system|not allowed"):
         load_checkpoint(ckpt, module)
     assert not marker.exists()
@@ -253,9 +253,9 @@ def test_sigkill_mid_save_restarts_and_finishes(runs: Path, tmp_path: Path) -> N
     the workers, which resume from step 20 (the last complete checkpoint) and end exactly like the
     uninterrupted run."""
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MTL_TORCHREC_FAULT": "1:30:save", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "--max-restarts", "1", "-m", "mtl_torchrec", "train", *SMALL, f"run_dir={run_dir}"]
+           "--max-restarts", "1", str(ROOT / "tests" / "kill_during_save.py"), "1", "30", *SMALL, f"run_dir={run_dir}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -277,23 +277,23 @@ class _LearnedWeights(nn.Module):
 
 
 def test_balancer_parameters_and_optimizer_state_are_checkpointed(tmp_path: Path) -> None:
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
 
     cfg = load_config(None, SMALL + ["data.synthetic.num_impressions=3000", "train.max_steps=4",
                                      f"run_dir={tmp_path}", "train.checkpoint_every=0"])
     data = load_data(cfg.data)
 
     def module() -> nn.Module:
-        m = build_train_module(cfg, data)
+        m = build_train_module(cfg.model, data, cfg.train.loss_balance, cfg.train.balance)
         m.balancer = _LearnedWeights([t.name for t in m.tasks])
         return m
 
     ctx = init_distributed("gloo")
     try:
-        a = Trainer(cfg, data, ctx, tmp_path, train_module=module())
+        a = make_trainer(cfg, data, ctx, tmp_path, train_module=module())
         a.fit()
         a.close()
-        b = Trainer(cfg, data, ctx, tmp_path / "other", train_module=module())
+        b = make_trainer(cfg, data, ctx, tmp_path / "other", train_module=module())
         assert b.resume("never") is None
         b.restore(latest_checkpoint(tmp_path))
         b.close()
@@ -306,9 +306,9 @@ def test_balancer_parameters_and_optimizer_state_are_checkpointed(tmp_path: Path
             assert torch.equal(oa[key][name], ob[key][name]), name
         assert b.state.global_step == 4
         with pytest.raises(FileNotFoundError, match="already holds checkpoints"):
-            Trainer(cfg, data, ctx, tmp_path, train_module=module()).resume("never")
+            make_trainer(cfg, data, ctx, tmp_path, train_module=module()).resume("never")
         with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
-            Trainer(cfg, data, ctx, tmp_path / "empty", train_module=module()).resume("required")
+            make_trainer(cfg, data, ctx, tmp_path / "empty", train_module=module()).resume("required")
     finally:
         close_distributed(ctx)
 
@@ -319,10 +319,10 @@ def test_plain_checkpoint_of_unsharded_module_roundtrips(tmp_path: Path) -> None
     cfg = load_config(None, SMALL + ["data.synthetic.num_impressions=3000"])
     data = load_data(cfg.data)
     torch.manual_seed(1)
-    a = build_train_module(cfg, data)
+    a = build_train_module(cfg.model, data, cfg.train.loss_balance, cfg.train.balance)
     save_checkpoint(tmp_path / "ck", a, None, {"note": "plain"})
     torch.manual_seed(2)
-    b = build_train_module(cfg, data)
+    b = build_train_module(cfg.model, data, cfg.train.loss_balance, cfg.train.balance)
     meta = load_checkpoint(tmp_path / "ck", b)
     assert meta["note"] == "plain"
     _assert_same_state(a.state_dict(), b.state_dict())
@@ -342,7 +342,7 @@ class _RandomWeights(nn.Module):
 
 @pytest.mark.slow
 def test_resume_restores_rng_streams(tmp_path: Path) -> None:
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.train.trainer import seed_everything
 
     base = SMALL + ["data.synthetic.num_impressions=3000", "train.checkpoint_every=0"]
@@ -351,9 +351,9 @@ def test_resume_restores_rng_streams(tmp_path: Path) -> None:
     def run(run_dir: Path, *extra: str) -> Dict[str, torch.Tensor]:
         cfg = load_config(None, base + [f"run_dir={run_dir}", *extra])
         seed_everything(cfg.train.seed)
-        module = build_train_module(cfg, data)
+        module = build_train_module(cfg.model, data, cfg.train.loss_balance, cfg.train.balance)
         module.balancer = _RandomWeights([t.name for t in module.tasks])
-        trainer = Trainer(cfg, data, ctx, run_dir, train_module=module)
+        trainer = make_trainer(cfg, data, ctx, run_dir, train_module=module)
         trainer.resume("auto")
         trainer.fit()
         trainer.close()

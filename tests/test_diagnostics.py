@@ -7,7 +7,7 @@ import torch
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.synthetic import generate_synthetic
-from mtl_torchrec.eval.diagnostics import (
+from mtl_torchrec.model.diagnostics import (
     diagnose,
     expert_health,
     flatten_scalars,

@@ -19,7 +19,7 @@ from mtl_torchrec.eval.report import load_eval
 from mtl_torchrec.launch.cli import main as cli_main
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
 from mtl_torchrec.launch.train_cmd import train
-from mtl_torchrec.train.sharding import close_distributed, init_distributed
+from mtl_torchrec.distributed.context import close_distributed, init_distributed
 
 
 @pytest.fixture(scope="module")

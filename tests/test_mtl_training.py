@@ -8,9 +8,9 @@ import torch
 
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.launch.train_cmd import train
-from mtl_torchrec.train.checkpoint import load_checkpoint
-from mtl_torchrec.train.sharding import init_distributed
-from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.distributed.checkpoint import load_checkpoint
+from mtl_torchrec.distributed.context import init_distributed
+from mtl_torchrec.launch.train_cmd import make_trainer
 
 from tests.mtl_helpers import esmm_tasks, small_config
 
@@ -41,7 +41,7 @@ def test_backbone_trains_through_trainer(backbone, ctx, tmp_path):
 def test_balancer_trains_and_checkpoints(balancer, ctx, tmp_path):
     cfg = small_config(str(tmp_path), [f"train.loss_balance={balancer}", "model.backbone=ple"] + esmm_tasks())
     data = load_data(cfg.data)
-    trainer = Trainer(cfg, data, ctx, tmp_path)
+    trainer = make_trainer(cfg, data, ctx, tmp_path)
     trainer.fit()
     logged = [h["loss_weights"] for h in trainer.history]
     assert logged and all(set(w) == {"click", "conversion", "rating"} for w in logged)
@@ -59,7 +59,7 @@ def test_balancer_trains_and_checkpoints(balancer, ctx, tmp_path):
     path = trainer.save("balancer_checkpoint")
     trainer.close()
     # The balancer's state is part of the checkpoint.
-    fresh = Trainer(cfg, data, ctx, tmp_path / "reload")
+    fresh = make_trainer(cfg, data, ctx, tmp_path / "reload")
     before = {k: v.clone() for k, v in fresh.dmp.module.balancer.state_dict().items()}
     load_checkpoint(path, fresh.dmp)
     after = fresh.dmp.module.balancer.state_dict()
@@ -74,12 +74,12 @@ def test_balancer_learns_at_its_own_rate(balance_lr, ctx, tmp_path):
     """The balancer's parameters have their own optimizer at ``train.balance.lr``; the dense
     optimizer (at ``train.dense_lr``) leaves them out. Adam's first step moves every parameter
     by about its learning rate, so one step shows which rate each parameter got."""
-    from mtl_torchrec.train.sharding import make_optimizer
+    from mtl_torchrec.distributed.optim import make_optimizer
 
     cfg = small_config(str(tmp_path), ["train.loss_balance=uncertainty", "train.max_steps=1",
                                        "train.dense_lr=0.001", f"train.balance.lr={balance_lr}"])
     data = load_data(cfg.data)
-    trainer = Trainer(cfg, data, ctx, tmp_path)
+    trainer = make_trainer(cfg, data, ctx, tmp_path)
     module = trainer.dmp.module
     before = {k: v.detach().clone() for k, v in module.named_parameters() if not k.startswith("model.ebc")}
     owners = [set(o.params) for _, o in trainer.optimizer.optimizers]

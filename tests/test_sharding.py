@@ -20,7 +20,7 @@ def _setup():
     from mtl_torchrec.data.synthetic import generate_synthetic
     from mtl_torchrec.model.builder import build_train_module
     from mtl_torchrec.train.trainer import seed_everything
-    from mtl_torchrec.data.sources import DataBundle
+    from mtl_torchrec.data.bundle import DataBundle
 
     cfg = load_config(
         None,
@@ -38,7 +38,7 @@ def _setup():
     syn = generate_synthetic(cfg.data.synthetic)
     data = DataBundle(syn.schema, syn.splits)
     seed_everything(0)
-    module = build_train_module(cfg, data)
+    module = build_train_module(cfg.model, data, cfg.train.loss_balance, cfg.train.balance)
     return cfg, data, module
 
 
@@ -62,7 +62,7 @@ def _local_shards(state) -> Dict[str, list]:
 
 
 def _rank_fn(rank: int, world_size: int):
-    from mtl_torchrec.train.sharding import init_distributed
+    from mtl_torchrec.distributed.context import init_distributed
 
     ctx = init_distributed()
     # One process group for all plans: spawning ranks costs more than the checks themselves.
@@ -72,7 +72,9 @@ def _rank_fn(rank: int, world_size: int):
 
 
 def _one_plan(rank: int, ctx, strategy: str):
-    from mtl_torchrec.train.sharding import copy_unsharded_state, make_optimizer, shard_module
+    from mtl_torchrec.distributed.optim import make_optimizer
+    from mtl_torchrec.distributed.sharding import shard_module
+    from mtl_torchrec.distributed.state import copy_unsharded_state
 
     cfg, data, module = _setup()
     initial = {k: v.clone() for k, v in module.state_dict().items()}

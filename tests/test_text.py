@@ -14,12 +14,9 @@ import torch
 from mtl_torchrec.config import ConfigError, TextConfig, TextEncoderConfig, load_config
 from mtl_torchrec.data.schema import DataError
 from mtl_torchrec.text.encoder import TextEncoder
-from mtl_torchrec.text.features import (
-    FrozenEmbeddingBagCollection,
-    TextFeature,
-    build_text_feature,
-    table_width,
-)
+from mtl_torchrec.model.text import build_text_feature
+from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
+from mtl_torchrec.modules.text_feature import TextFeature, table_width
 from mtl_torchrec.text.items import read_item_texts
 from mtl_torchrec.text.store import INDEX_FILE, VECTORS_FILE, TextStore, build_store
 from tests.distributed import run_ranks
@@ -229,8 +226,8 @@ def test_text_feature_unsharded_frozen_and_no_text_vector() -> None:
 def _train_ranks(rank: int, world: int, store_dir: str, overrides: List[str], run_dir: str) -> Dict[str, Any]:
     """Trains a few steps with text on tiny synthetic data; returns this rank's table shards and adapter."""
     from mtl_torchrec.data.sources import load_data
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
-    from mtl_torchrec.train.trainer import Trainer
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import make_trainer
 
     cfg = load_config(None, [
         "data.synthetic.num_impressions=6000", "data.synthetic.num_items=300", "data.synthetic.num_users=400",
@@ -238,7 +235,7 @@ def _train_ranks(rank: int, world: int, store_dir: str, overrides: List[str], ru
         f"model.text.store={store_dir}", "model.text.adapter_layers=[8]",
     ] + overrides)
     ctx = init_distributed()
-    trainer = Trainer(cfg, load_data(cfg.data), ctx, Path(run_dir) / str(rank))
+    trainer = make_trainer(cfg, load_data(cfg.data), ctx, Path(run_dir) / str(rank))
 
     def snapshot() -> Dict[str, Any]:
         out = {}
@@ -309,7 +306,7 @@ def test_trainable_table_mode_fine_tunes_the_vectors(tmp_path: Path, tiny_model:
 
 
 def _encode_rank(rank: int, world: int, texts: List[Any], model: str, out: str) -> List[List[float]]:
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
 
     ctx = init_distributed()
     store, stats = build_store(texts, out, enc_cfg(model) if model else TextEncoderConfig())
@@ -398,7 +395,7 @@ def test_id_dropouts_on_user_and_item_ids() -> None:
     from mtl_torchrec.config import ConfigError, ModelConfig
     from mtl_torchrec.data.schema import Schema, SparseFeature
     from mtl_torchrec.modules.id_dropout import IdDropouts, UnseenIdDropout
-    from mtl_torchrec.text.features import item_id_dropout
+    from mtl_torchrec.model.text import item_id_dropout
 
     ebc = EmbeddingBagCollection(tables=[
         EmbeddingBagConfig(name="u", embedding_dim=4, num_embeddings=10, feature_names=["user_id"]),

@@ -13,8 +13,8 @@ import pytest
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.train.sharding import close_distributed, init_distributed
-from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.train_cmd import make_trainer
 
 SMALL = [
     "data.synthetic.num_users=2000",
@@ -50,7 +50,7 @@ def test_training_lowers_loss_and_beats_constant_predictor(tmp_path):
     data = load_data(cfg.data)
     ctx = init_distributed()
     try:
-        trainer = Trainer(cfg, data, ctx, tmp_path)
+        trainer = make_trainer(cfg, data, ctx, tmp_path)
         before = trainer.evaluate("test")["tasks"]
         trainer.fit()
         after = trainer.evaluate("test")["tasks"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl_torchrec.utils import atomic_write_text
+from mtl_torchrec.core.io import atomic_write_text
 
 # The 42 columns of the census-income (KDD) layout, in file order.
 COLUMNS = [

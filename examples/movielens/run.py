@@ -21,9 +21,9 @@ from typing import Any, Dict
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.train.sharding import close_distributed, init_distributed
-from mtl_torchrec.train.trainer import Trainer
-from mtl_torchrec.utils import write_json
+from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.train_cmd import make_trainer
+from mtl_torchrec.core.io import write_json
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {"id_only": ["model.text.enabled=false"], "text_id": ["model.text.enabled=true"]}
@@ -56,7 +56,7 @@ def main(argv: Any = None) -> int:
         for name, extra in ((n, VARIANTS[n]) for n in args.variants):
             cfg = load_config(args.config, list(args.overrides) + extra)
             data = load_data(cfg.data)
-            trainer = Trainer(cfg, data, ctx, out / name)
+            trainer = make_trainer(cfg, data, ctx, out / name)
             try:
                 summary = trainer.fit()
                 # The data's slices (cold_items) are evaluated with the split.

@@ -30,15 +30,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from mtl_torchrec.config import MovieLensConfig
-from mtl_torchrec.data.schema import ColumnTable, DataError, Schema, SparseFeature, impression_labels
-
-if TYPE_CHECKING:  # sources imports this module
-    from mtl_torchrec.data.sources import DataBundle
+from mtl_torchrec.data.bundle import DataBundle
+from mtl_torchrec.data.config import MovieLensConfig
+from mtl_torchrec.data.schema import (
+    ColumnTable,
+    DataError,
+    Schema,
+    SparseFeature,
+    impression_labels,
+)
 
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # buckets <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+
 NUM_GENRE_FLAGS = 19
@@ -187,8 +191,6 @@ def _sample_negatives(
 
 
 def load_movielens(cfg: MovieLensConfig) -> DataBundle:
-    from mtl_torchrec.data.sources import DataBundle
-
     root = Path(cfg.path)
     if not root.is_dir():
         raise DataError(f"data.movielens.path: {root} is not a folder (download ml-100k from GroupLens)")

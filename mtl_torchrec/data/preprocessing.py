@@ -31,8 +31,8 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import pandas as pd
 
-from mtl_torchrec.data.schema import DataError
-from mtl_torchrec.utils import write_json
+from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.core.io import write_json
 
 FORMAT_VERSION = 1
 FILE_NAME = "preprocessing.json"

@@ -28,9 +28,7 @@ from typing import Dict, Iterable, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the source, column and row."""
+from mtl_torchrec.core.errors import DataError
 
 
 @dataclass

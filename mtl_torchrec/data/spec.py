@@ -43,8 +43,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mtl_torchrec.config import ConfigError, from_dict
-from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary, stable_hash
+from mtl_torchrec.core.config import from_dict
+from mtl_torchrec.core.errors import ConfigError
+from mtl_torchrec.data.bundle import DataBundle
+from mtl_torchrec.data.preprocessing import (
+    Normalizer,
+    Preprocessing,
+    Vocabulary,
+    stable_hash,
+)
 from mtl_torchrec.data.schema import (
     ColumnTable,
     DataError,
@@ -625,8 +632,6 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     serving reuse the run's fitted mapping). Bad rows raise or, with ``on_bad_rows: skip``, are
     dropped and counted in ``bundle.preprocessing.stats["skipped_rows"]``.
     """
-    from mtl_torchrec.data.sources import DataBundle
-
     fitted = preprocessing is None
     pre = fit_preprocessing(spec) if fitted else preprocessing
     schema = schema_for(spec, pre)

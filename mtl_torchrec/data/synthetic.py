@@ -27,9 +27,16 @@ from typing import Dict, List
 
 import numpy as np
 
-from mtl_torchrec.config import SyntheticConfig
+from mtl_torchrec.data.config import SyntheticConfig
 from mtl_torchrec.data.loader import split_rows
-from mtl_torchrec.data.schema import ColumnTable, DenseFeature, Jagged, Schema, SparseFeature, impression_labels
+from mtl_torchrec.data.schema import (
+    ColumnTable,
+    DenseFeature,
+    Jagged,
+    Schema,
+    SparseFeature,
+    impression_labels,
+)
 
 NUM_TAGS = 64
 NUM_POSITIONS = 10

@@ -27,14 +27,24 @@ import torch
 import torch.distributed as dist
 
 from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
+from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
-from mtl_torchrec.data.schema import ColumnTable, DataError
-from mtl_torchrec.data.sources import DataBundle, load_data
+from mtl_torchrec.data.preprocessing import Preprocessing
+from mtl_torchrec.data.schema import ColumnTable, Jagged
+from mtl_torchrec.data.sources import load_data
+from mtl_torchrec.data.spec import ALL_SPLIT
+from mtl_torchrec.distributed.checkpoint import load_checkpoint, resolve_checkpoint
+from mtl_torchrec.distributed.context import DistContext
+from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.model.builder import build_train_module
-from mtl_torchrec.model.tasks import TaskSpec, conditional_name, metric_tasks, with_conditional_labels
-from mtl_torchrec.train.checkpoint import load_checkpoint, resolve_checkpoint
-from mtl_torchrec.train.sharding import DistContext, shard_module
+from mtl_torchrec.model.tasks import (
+    TaskSpec,
+    conditional_name,
+    metric_tasks,
+    with_conditional_labels,
+)
 
 # torchrec metrics kept per slice; AUC is computed exactly on rank 0 instead (ties count half).
 _SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
@@ -68,8 +78,6 @@ def load_run_config(run_dir: Path) -> Config:
 
 def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> DataBundle:
     """The run's data (or ``data_spec``) mapped with the run's fitted preprocessing."""
-    from mtl_torchrec.data.preprocessing import Preprocessing
-
     pre_dir = Path(run_dir) / "preprocessing"
     pre = Preprocessing.load(pre_dir) if (pre_dir / "preprocessing.json").is_file() else None
     if data_spec is not None:
@@ -89,8 +97,6 @@ def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> Data
 
 
 def resolve_split(bundle: DataBundle, split: str) -> str:
-    from mtl_torchrec.data.spec import ALL_SPLIT
-
     if split in bundle.splits:
         return split
     if set(bundle.splits) == {ALL_SPLIT}:
@@ -102,8 +108,6 @@ def resolve_split(bundle: DataBundle, split: str) -> str:
 def column_slices(bundle: DataBundle, table: ColumnTable, column: str, top: int = 10) -> Dict[str, np.ndarray]:
     """One row mask per most frequent id of a single-valued sparse column (``"column=value"``),
     named by the raw token where the run's vocabulary has one."""
-    from mtl_torchrec.data.schema import Jagged
-
     if column not in bundle.schema.sparse_names:
         raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; "
                           f"choose from {bundle.schema.sparse_names}")
@@ -287,6 +291,31 @@ def evaluate_split(
     return EvalResult(summary=summary, rows=rows, slices=slices, tasks=tasks)
 
 
+class SplitEvaluator:
+    """Evaluates a model on any split of ``data`` with its slices, for the trainer's validation
+    and final test metrics (the same code as ``mtl-torchrec evaluate``).
+
+    Example::
+
+        trainer = Trainer(cfg, data, ctx, run_dir, evaluator=SplitEvaluator(data, ctx, 4096))
+        trainer.evaluate("test")["tasks"]["click"]["auc"]
+    """
+
+    def __init__(self, data: DataBundle, ctx: DistContext, batch_size: int, num_workers: int = 0) -> None:
+        self.data = data
+        self.ctx = ctx
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def __call__(self, model: torch.nn.Module, tasks: List[TaskSpec], split: str) -> Dict[str, Any]:
+        """``{"tasks": ..., "slices": ...}`` of ``split`` on rank 0 (exact AUC/GAUC on the gathered
+        rows); other ranks get the cross-rank metrics only. All ranks call it."""
+        result = evaluate_split(
+            model, tasks, self.data, split, self.ctx, self.batch_size, split_slices(self.data, split), self.num_workers
+        )
+        return result.summary
+
+
 def evaluate_run(
     run_dir: Path,
     ctx: DistContext,
@@ -310,7 +339,10 @@ def evaluate_run(
     slices = split_slices(bundle, split, slice_columns, slice_top)
     load_s = time.perf_counter() - t0
 
-    module = build_train_module(cfg, bundle)
+    module = build_train_module(
+        cfg.model, bundle, cfg.train.loss_balance, cfg.train.balance, text_cache=cfg.data.source,
+        progress=cfg.train.progress,
+    )
     dmp = shard_module(module, ctx, strategy=cfg.train.sharding, sparse_optimizer=cfg.train.sparse_optimizer,
                        sparse_lr=cfg.train.sparse_lr)
     meta = load_checkpoint(ckpt, dmp)

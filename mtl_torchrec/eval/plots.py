@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from mtl_torchrec.utils import atomic_path
+from mtl_torchrec.core.io import atomic_path
 
 
 def _pyplot():

@@ -8,9 +8,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from mtl_torchrec.config import ConfigError
-from mtl_torchrec.data.schema import DataError
-from mtl_torchrec.train.checkpoint import CheckpointError
+from mtl_torchrec.core.errors import CheckpointError, ConfigError, DataError
 
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = ("mtl_torchrec.launch.train_cmd", "mtl_torchrec.launch.evaluate_cmd", "mtl_torchrec.launch.compare_cmd", "mtl_torchrec.launch.encode_cmd")

@@ -30,13 +30,23 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from mtl_torchrec.config import Config, ConfigError, ModelConfig, TaskConfig, load_config
+from mtl_torchrec.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    TaskConfig,
+    load_config,
+)
+from mtl_torchrec.core.io import atomic_write_text, write_json
 from mtl_torchrec.data.schema import Schema
 from mtl_torchrec.data.sources import load_data
+from mtl_torchrec.distributed.context import (
+    DistContext,
+    close_distributed,
+    init_distributed,
+)
 from mtl_torchrec.launch.train_cmd import resolve_run_dir, train
 from mtl_torchrec.model.builder import build_model
-from mtl_torchrec.train.sharding import DistContext, close_distributed, init_distributed
-from mtl_torchrec.utils import atomic_write_text, write_json
 
 # Metrics compared, in order, and whether higher is better.
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "ne": False, "rmse": False, "mae": False}

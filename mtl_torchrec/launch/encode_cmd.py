@@ -40,8 +40,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.text.store import build_store
-    from mtl_torchrec.train.sharding import close_distributed, init_distributed
 
     cfg = load_config(args.config, args.overrides)
     enc = cfg.model.text.encoder

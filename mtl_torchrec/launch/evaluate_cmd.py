@@ -19,10 +19,10 @@ from typing import Any, Optional
 
 import torch
 
+from mtl_torchrec.core.io import atomic_write_text, write_json
+from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import EvalResult, evaluate_run
 from mtl_torchrec.eval.report import compare_table, load_eval, markdown_report
-from mtl_torchrec.train.sharding import close_distributed, init_distributed
-from mtl_torchrec.utils import atomic_write_text, write_json
 
 
 def add_parser(sub: Any) -> None:

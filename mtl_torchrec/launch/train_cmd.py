@@ -1,7 +1,7 @@
 """``mtl-torchrec train``: train on the configured data, evaluate on the test split, write a run.
 
 A run directory holds ``config.yaml`` (the resolved config), ``checkpoints/`` (DCP, see
-:mod:`mtl_torchrec.train.checkpoint`),
+:mod:`mtl_torchrec.distributed.checkpoint`),
 ``metrics.json`` (test metrics per task), ``train_summary.json`` and ``tensorboard/``.
 Works in one process or under ``torchrun`` (one run directory chosen by rank 0).
 """
@@ -13,18 +13,25 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import torch
 import torch.distributed as dist
 
 from mtl_torchrec.config import Config, load_config, save_config
+from mtl_torchrec.core.io import write_json
+from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import describe
 from mtl_torchrec.data.sources import load_data
+from mtl_torchrec.distributed.context import (
+    DistContext,
+    close_distributed,
+    init_distributed,
+)
+from mtl_torchrec.eval.evaluate import SplitEvaluator
 from mtl_torchrec.eval.metrics import format_table
-from mtl_torchrec.train.sharding import DistContext, close_distributed, init_distributed
+from mtl_torchrec.train.callbacks import Callback, default_callbacks
 from mtl_torchrec.train.trainer import Trainer
-from mtl_torchrec.utils import write_json
 
 
 def add_parser(sub: Any) -> None:
@@ -55,8 +62,18 @@ def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
     return path
 
 
-def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
-    """Trains, evaluates on test, writes the run directory; returns a summary dict."""
+def make_trainer(cfg: Config, data: DataBundle, ctx: DistContext, run_dir: Path, **kwargs: Any) -> Trainer:
+    """A :class:`Trainer` whose validation and test metrics come from :class:`SplitEvaluator`
+    (``data.eval_batch_size``), as ``mtl-torchrec train`` runs it. ``kwargs`` go to the Trainer."""
+    evaluator = SplitEvaluator(data, ctx, cfg.data.eval_batch_size, cfg.data.num_workers)
+    return Trainer(cfg, data, ctx, run_dir, evaluator=evaluator, **kwargs)
+
+
+def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
+    """Trains, evaluates on test, writes the run directory; returns a summary dict.
+
+    ``extra_callbacks`` run after the default ones (:func:`~mtl_torchrec.train.callbacks.default_callbacks`).
+    """
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -68,7 +85,7 @@ def train(cfg: Config, ctx: DistContext) -> Dict[str, Any]:
         save_config(cfg, run_dir / "config.yaml")
         if data.preprocessing is not None:
             data.preprocessing.save(run_dir / "preprocessing")
-    trainer = Trainer(cfg, data, ctx, run_dir)
+    trainer = make_trainer(cfg, data, ctx, run_dir, callbacks=[*default_callbacks(cfg), *extra_callbacks])
     try:
         resumed = trainer.resume(cfg.train.resume)
         if resumed is not None and ctx.is_main:

@@ -10,12 +10,14 @@ from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from mtl_torchrec.config import BalanceConfig, Config, ConfigError, ModelConfig
+from mtl_torchrec.core.errors import ConfigError
+from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.schema import Schema
-from mtl_torchrec.data.sources import DataBundle
+from mtl_torchrec.model.balancing import BALANCERS, MGDAUB, GradNorm, UncertaintyWeights
+from mtl_torchrec.model.config import BalanceConfig, ModelConfig
 from mtl_torchrec.model.multitask import MultiTaskModel
 from mtl_torchrec.model.tasks import FixedWeights, TaskSpec, TrainModule, check_tasks
-from mtl_torchrec.model.balancing import BALANCERS, MGDAUB, GradNorm, UncertaintyWeights
+from mtl_torchrec.model.text import item_id_dropout, text_feature_modules
 from mtl_torchrec.modules.mmoe import MMoE
 from mtl_torchrec.modules.ple import PLE
 from mtl_torchrec.modules.shared_bottom import SeparateBottoms, SharedBottom
@@ -123,25 +125,29 @@ def build_model(
 
 
 def build_train_module(
-    cfg: Config, data: DataBundle, feature_modules: Optional[Dict[str, nn.Module]] = None
+    cfg: ModelConfig,
+    data: DataBundle,
+    loss_balance: str = "fixed",
+    balance: Optional[BalanceConfig] = None,
+    feature_modules: Optional[Dict[str, nn.Module]] = None,
+    text_cache: str = "default",
+    progress: bool = False,
 ) -> TrainModule:
-    """Model, tasks and loss balancer from the config, sized for the data's schema.
+    """Model (``model.*``), tasks and loss balancer (``train.loss_balance``, ``train.balance``),
+    sized for the data's schema. ``text_cache`` names the text cache folder when text vectors are
+    encoded from the data (``model.text`` without a store). Raises ConfigError naming the key.
 
     Regression heads start at the training labels' mean: started at 0, a rating task's squared
     error (~mean^2) dwarfs the binary losses and its gradient swamps the shared layers early on.
     """
-    tasks = task_specs(cfg.model, data.schema)
-    if feature_modules is None and cfg.model.text.enabled:
-        from mtl_torchrec.text.features import text_feature_modules
-
-        feature_modules = text_feature_modules(cfg, data)
+    tasks = task_specs(cfg, data.schema)
+    if feature_modules is None and cfg.text.enabled:
+        feature_modules = text_feature_modules(cfg.text, data, text_cache, progress=progress)
     id_dropout = None
     # Independent of text.enabled, so an ID-only baseline can get the same cold-start treatment.
-    if cfg.model.text.id_dropout > 0:
-        from mtl_torchrec.text.features import item_id_dropout
-
-        id_dropout = item_id_dropout(cfg.model, data.schema)
-    model = build_model(cfg.model, data.schema, feature_modules=feature_modules, id_dropout=id_dropout)
+    if cfg.text.id_dropout > 0:
+        id_dropout = item_id_dropout(cfg, data.schema)
+    model = build_model(cfg, data.schema, feature_modules=feature_modules, id_dropout=id_dropout)
     train = data.splits.get("train")
     if train is not None:
         for t in tasks:
@@ -151,4 +157,4 @@ def build_train_module(
                 if len(y):
                     with torch.no_grad():
                         model.towers.towers[t.name].head.bias.fill_(float(y.mean()))
-    return TrainModule(model, tasks, build_balancer(cfg.train.loss_balance, tasks, cfg.train.balance))
+    return TrainModule(model, tasks, build_balancer(loss_balance, tasks, balance))

@@ -22,7 +22,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from mtl_torchrec.config import ConfigError, TextEncoderConfig
+from mtl_torchrec.core.errors import ConfigError
+from mtl_torchrec.text.config import TextEncoderConfig
 
 # Files whose content defines what a local model computes (weights, architecture, tokenizer).
 _MODEL_FILE_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")

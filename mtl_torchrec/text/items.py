@@ -14,7 +14,7 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
-from mtl_torchrec.data.schema import DataError
+from mtl_torchrec.core.errors import DataError
 
 if TYPE_CHECKING:
     import pandas

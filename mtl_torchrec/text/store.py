@@ -29,10 +29,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mtl_torchrec.config import TextEncoderConfig
-from mtl_torchrec.data.schema import DataError
-from mtl_torchrec.text.encoder import TextEncoder, encoder_settings, model_fingerprint, resolve_model, settings_key
-from mtl_torchrec.utils import PathLike, atomic_write_bytes, write_json
+from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.core.io import PathLike, atomic_write_bytes, write_json
+from mtl_torchrec.text.config import TextEncoderConfig
+from mtl_torchrec.text.encoder import (
+    TextEncoder,
+    encoder_settings,
+    model_fingerprint,
+    resolve_model,
+    settings_key,
+)
 
 VECTORS_FILE = "vectors.safetensors"
 INDEX_FILE = "index.json"

@@ -4,48 +4,62 @@ The trainer depends only on the train-module interface (``forward(batch) -> (los
 predictions, output))``, see :class:`mtl_torchrec.model.tasks.TrainModule`), so any model that
 returns per-task logits in a :class:`~mtl_torchrec.model.multitask.ModelOutput` can be trained.
 
+Everything besides training steps (loss logging, validation, checkpoints, diagnostics) is a
+:class:`~mtl_torchrec.train.callbacks.Callback`; evaluation is injected as an ``evaluator``
+callable, so this package never imports ``eval/`` (``mtl-torchrec train`` wires both).
+
 Example::
 
     ctx = init_distributed()
-    trainer = Trainer(cfg, data_bundle, ctx, run_dir=Path("runs/example"))
-    metrics = trainer.fit()
+    trainer = Trainer(cfg, data_bundle, ctx, run_dir=Path("runs/example"),
+                      evaluator=SplitEvaluator(data_bundle, ctx, cfg.data.eval_batch_size))
+    summary = trainer.fit()
+    test = trainer.evaluate("test")
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
+from torchrec.distributed.train_pipeline import (
+    TrainPipelineBase,
+    TrainPipelineSparseDist,
+)
 from tqdm import tqdm
 
 from mtl_torchrec.config import Config, to_dict
 from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
-from mtl_torchrec.data.sources import DataBundle
-from mtl_torchrec.eval.diagnostics import diagnose, flatten_scalars, summarize_findings
-from mtl_torchrec.eval.evaluate import evaluate_split, split_slices
-from mtl_torchrec.model.builder import build_train_module
-from mtl_torchrec.model.tasks import TaskSpec
-from mtl_torchrec.train.checkpoint import (
+from mtl_torchrec.distributed.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    maybe_inject_fault,
     resolve_checkpoint,
     save_checkpoint,
     save_run_checkpoint,
     set_rng_state,
 )
-from mtl_torchrec.train.sharding import DistContext, make_optimizer, shard_module
-from mtl_torchrec.text.features import load_text_tables
-from mtl_torchrec.utils import write_json
+from mtl_torchrec.distributed.context import DistContext
+from mtl_torchrec.distributed.optim import make_optimizer
+from mtl_torchrec.distributed.sharding import shard_module
+from mtl_torchrec.distributed.state import load_text_tables
+from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.model.tasks import TaskSpec
+from mtl_torchrec.train.callbacks import Callback, default_callbacks
+
+# ``evaluator(model, tasks, split)`` returns ``{"tasks": {task: metrics}, "slices": {...}}`` (rank 0
+# gets everything; other ranks what they computed), e.g. :class:`mtl_torchrec.eval.evaluate.SplitEvaluator`.
+Evaluator = Callable[[nn.Module, List[TaskSpec], str], Dict[str, Any]]
 
 
 @dataclass
@@ -59,14 +73,29 @@ class TrainState:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
+    """Seeds python's, numpy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
+
 class Trainer:
+    """Trains a multi-task model sharded by DMP through TorchRec's train pipeline.
+
+    Args:
+        cfg: the run config (``model.*`` builds the model unless ``train_module`` is given;
+            ``train.*`` sets sharding, optimizers, pipeline and the default callbacks).
+        data: the loaded data; ``data.splits["train"]`` is trained on.
+        ctx: the process group (:func:`mtl_torchrec.distributed.context.init_distributed`).
+        run_dir: where checkpoints, TensorBoard logs and diagnostics go.
+        feature_modules: extra feature modules for the built model (e.g. text features).
+        train_module: a ready train module (``forward(batch) -> (loss, TrainOutput)``) instead.
+        evaluator: ``(model, tasks, split) -> metrics``; without one :meth:`evaluate` raises and
+            validation is skipped.
+        callbacks: replaces the default ones (:func:`~mtl_torchrec.train.callbacks.default_callbacks`).
+    """
+
     def __init__(
         self,
         cfg: Config,
@@ -75,13 +104,24 @@ class Trainer:
         run_dir: Path,
         feature_modules: Optional[Dict[str, nn.Module]] = None,
         train_module: Optional[nn.Module] = None,
+        evaluator: Optional[Evaluator] = None,
+        callbacks: Optional[Sequence[Callback]] = None,
     ) -> None:
         self.cfg = cfg
         self.data = data
         self.ctx = ctx
         self.run_dir = Path(run_dir)
+        self.evaluator = evaluator
         seed_everything(cfg.train.seed)
-        module = train_module or build_train_module(cfg, data, feature_modules)
+        module = train_module or build_train_module(
+            cfg.model,
+            data,
+            cfg.train.loss_balance,
+            cfg.train.balance,
+            feature_modules,
+            text_cache=cfg.data.source,
+            progress=cfg.train.progress,
+        )
         self.tasks: List[TaskSpec] = module.tasks
         self.dmp = shard_module(
             module,
@@ -105,42 +145,52 @@ class Trainer:
             rank=ctx.rank,
             world_size=ctx.world_size,
         )
+        self.callbacks: List[Callback] = list(callbacks if callbacks is not None else default_callbacks(cfg))
         self.writer = None
         if ctx.is_main:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # imports tensorboard: only where it writes
+            )
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.history: List[Dict[str, Any]] = []
-        self.diagnostics_history: List[Dict[str, Any]] = []
-        self._diagnostics_batch: Optional[Batch] = None
         # RNG states read from a checkpoint; applied once the next epoch's DataLoader iterator
         # exists, because creating that iterator draws from torch's global generator.
         self._pending_rng: Optional[Dict[str, Any]] = None
         self._saved_step = -1
+        self._pipeline: Optional[Any] = None
+        self._attached = False
+        self._bar: Optional[tqdm] = None
+        self._train_seconds = 0.0
+        self._clock: Optional[float] = None
 
-    # ------------------------------------------------------------------ helpers
-
-    def _pipeline(self) -> Any:
-        if self.cfg.train.pipeline == "sparse_dist":
-            return TrainPipelineSparseDist(self.dmp, self.optimizer, self.ctx.device, execute_all_batches=True)
-        return TrainPipelineBase(self.dmp, self.optimizer, self.ctx.device)
+    # ------------------------------------------------------------------ what callbacks use
 
     def evaluate(self, split: str) -> Dict[str, Any]:
-        """Metrics of ``split`` as ``mtl-torchrec evaluate`` computes them: ``{"tasks": ..., "slices": ...}``
-        on rank 0 (exact AUC/GAUC on the gathered rows); other ranks get the cross-rank metrics only."""
-        result = evaluate_split(
-            self.dmp,
-            self.tasks,
-            self.data,
-            split,
-            self.ctx,
-            self.cfg.data.eval_batch_size,
-            split_slices(self.data, split),
-            self.cfg.data.num_workers,
-        )
-        return result.summary
+        """Metrics of ``split`` from the evaluator: ``{"tasks": ..., "slices": ...}``."""
+        if self.evaluator is None:
+            raise RuntimeError("Trainer.evaluate needs an evaluator (Trainer(..., evaluator=SplitEvaluator(...)))")
+        return self.evaluator(self.dmp, self.tasks, split)
 
-    def _log_scalars(self, prefix: str, values: Dict[str, Any], step: int) -> None:
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Detaches the pipeline and stops the training clock for work outside a training step."""
+        self._stop_clock()
+        detach = self._attached and isinstance(self._pipeline, TrainPipelineSparseDist)
+        if detach:
+            self._pipeline.detach()
+            self._attached = False
+        try:
+            yield
+        finally:
+            if detach:
+                self._pipeline.attach(self.dmp)
+                self._attached = True
+            if self._pipeline is not None:
+                self._start_clock()
+
+    def log_scalars(self, prefix: str, values: Dict[str, Any], step: int) -> None:
+        """Numbers (nested one level: ``{task: {metric: x}}``) to TensorBoard on rank 0."""
         if self.writer is None:
             return
         for task, v in values.items():
@@ -151,50 +201,16 @@ class Trainer:
             elif isinstance(v, (int, float)):
                 self.writer.add_scalar(f"{prefix}/{task}", v, step)
 
+    def set_progress_postfix(self, values: Dict[str, str]) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(values)
+
     def loss_weights(self) -> Dict[str, float]:
         """The balancer's current task weights (empty for a train module without a balancer)."""
         balancer = getattr(self.dmp.module, "balancer", None)
         return balancer.weights() if balancer is not None and hasattr(balancer, "weights") else {}
 
-    def diagnose(self) -> Dict[str, Any]:
-        """Gate/expert/task-gradient diagnostics on a fixed batch of the validation split (the
-        first batch of each rank's share). Run with the pipeline detached; all ranks take part."""
-        model = getattr(self.dmp.module, "model", None)
-        if model is None or not hasattr(model, "fuse"):
-            return {}
-        if self._diagnostics_batch is None:
-            split = "val" if "val" in self.data.splits else "train"
-            ds = BatchDataset(
-                self.data.splits[split],
-                self.data.schema,
-                self.cfg.data.batch_size,
-                shuffle=False,
-                rank=self.ctx.rank,
-                world_size=self.ctx.world_size,
-            )
-            self._diagnostics_batch = next(iter(make_loader(ds, num_workers=0)))
-        report = diagnose(model, self._diagnostics_batch.to(self.ctx.device), self.tasks)
-        report["step"] = self.state.global_step
-        report["loss_weights"] = self.loss_weights()
-        return report
-
-    def _run_diagnostics(self) -> Dict[str, Any]:
-        # Leaves the RNG streams as they were, so a run with diagnostics resumes exactly.
-        with torch.random.fork_rng(devices=[]):
-            report = self.diagnose()
-        if report:
-            self.diagnostics_history.append(report)
-            self._log_scalars("diagnostics", flatten_scalars(report), self.state.global_step)
-        return report
-
-    def write_diagnostics(self, path: Optional[Path] = None) -> Optional[Path]:
-        """Writes ``diagnostics.json`` (the last report, its findings and the history) on rank 0."""
-        if not self.ctx.is_main or not self.diagnostics_history:
-            return None
-        path = Path(path) if path is not None else self.run_dir / "diagnostics.json"
-        final = self.diagnostics_history[-1]
-        write_json(path, {"final": final, "findings": summarize_findings(final), "history": self.diagnostics_history})
-        return path
+    # ------------------------------------------------------------------ checkpoints
 
     def save(self, name: Optional[str] = None) -> Path:
         """Checkpoints everything needed to resume: with no ``name``, atomically as
@@ -211,8 +227,19 @@ class Trainer:
             path = self.run_dir / name
             save_checkpoint(path, self.dmp, self.optimizer, meta)
             return path
+
+        def after_shards(p: Path) -> None:
+            for cb in self.callbacks:
+                cb.on_checkpoint_shards_written(self, p)
+
         path = save_run_checkpoint(
-            self.run_dir, self.state.global_step, self.dmp, self.optimizer, meta, keep=self.cfg.train.keep_checkpoints
+            self.run_dir,
+            self.state.global_step,
+            self.dmp,
+            self.optimizer,
+            meta,
+            keep=self.cfg.train.keep_checkpoints,
+            after_shards=after_shards,
         )
         self._saved_step = self.state.global_step
         return path
@@ -260,6 +287,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
+    def _make_pipeline(self) -> Any:
+        if self.cfg.train.pipeline == "sparse_dist":
+            return TrainPipelineSparseDist(self.dmp, self.optimizer, self.ctx.device, execute_all_batches=True)
+        return TrainPipelineBase(self.dmp, self.optimizer, self.ctx.device)
+
     def _batches(self) -> Iterator[Batch]:
         self.train_ds.set_epoch(self.state.epoch, skip_batches=self.state.batch_in_epoch)
         it = iter(make_loader(self.train_ds, num_workers=self.cfg.data.num_workers))
@@ -268,94 +300,78 @@ class Trainer:
             self._pending_rng = None
         return it
 
+    def _start_clock(self) -> None:
+        self._clock = time.perf_counter()
+
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            self._train_seconds += time.perf_counter() - self._clock
+            self._clock = None
+
     def fit(self) -> Dict[str, Any]:
+        """Trains until ``train.epochs`` or ``train.max_steps``; saves the final state; returns
+        ``{"steps", "samples", "train_seconds", "samples_per_s"}`` (seconds of training steps only,
+        without evaluation and checkpointing)."""
         cfg = self.cfg.train
         max_steps = cfg.max_steps or None
         self.dmp.train()
         samples = 0
-        # Wall time of training steps only: evaluation and checkpointing are excluded.
-        train_seconds = 0.0
+        self._train_seconds = 0.0
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
         # A resumed run may already be at max_steps.
         done = max_steps is not None and self.state.global_step >= max_steps
         while self.state.epoch < cfg.epochs and not done:
-            pipeline = self._pipeline()
+            self._pipeline = self._make_pipeline()
+            self._attached = True
             it = self._batches()
-            total = len(self.train_ds)
-            bar = tqdm(
-                total=total,
+            self._bar = tqdm(
+                total=len(self.train_ds),
                 desc=f"epoch {self.state.epoch + 1}/{cfg.epochs}",
                 disable=not (cfg.progress and self.ctx.is_main),
                 leave=False,
             )
-            running: Dict[str, float] = {}
-            t0 = time.perf_counter()
+            self._start_clock()
             while True:
                 try:
-                    out = pipeline.progress(it)
+                    out = self._pipeline.progress(it)
                 except StopIteration:
-                    train_seconds += time.perf_counter() - t0
                     break
                 # The pipeline has fetched batches ahead, but progress() returns only after this
                 # batch's optimizer step: the position counts completed steps only.
                 self.state.batch_in_epoch += 1
                 self.state.global_step += 1
-                maybe_inject_fault(self.ctx.rank, self.state.global_step, "step")
                 samples += self.cfg.data.batch_size * self.ctx.world_size
-                bar.update(1)
-                step = self.state.global_step
-                if cfg.log_every and step % cfg.log_every == 0:
-                    running = {k: float(v) for k, v in out.task_losses.items()}
-                    running["total"] = float(out.loss)
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
-                    self._log_scalars("train/loss", running, step)
-                    weights = self.loss_weights()
-                    self._log_scalars("train/loss_weight", weights, step)
-                    self.history.append({"step": step, **running, "loss_weights": weights})
-                pause = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
-                    cfg.eval_every and step % cfg.eval_every == 0
-                )
-                if pause:
-                    train_seconds += time.perf_counter() - t0
-                    pipeline.detach()
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        self.save()
-                    if cfg.eval_every and step % cfg.eval_every == 0:
-                        self._log_scalars("val", self.evaluate("val")["tasks"], step)
-                    pipeline.attach(self.dmp)
-                    t0 = time.perf_counter()
-                if cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
-                    train_seconds += time.perf_counter() - t0
-                    pipelined = isinstance(pipeline, TrainPipelineSparseDist)
-                    if pipelined:
-                        pipeline.detach()
-                    self._run_diagnostics()
-                    if pipelined:
-                        pipeline.attach(self.dmp)
-                    t0 = time.perf_counter()
-                if max_steps is not None and step >= max_steps:
-                    train_seconds += time.perf_counter() - t0
+                self._bar.update(1)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, out)
+                if max_steps is not None and self.state.global_step >= max_steps:
                     done = True
                     break
-            bar.close()
-            if isinstance(pipeline, TrainPipelineSparseDist):
-                pipeline.detach()
+            self._stop_clock()
+            self._bar.close()
+            self._bar = None
+            if self._attached and isinstance(self._pipeline, TrainPipelineSparseDist):
+                self._pipeline.detach()
+            self._pipeline, self._attached = None, False
             if not done:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-                self._log_scalars("val", self.evaluate("val")["tasks"], self.state.global_step)
-        if not self.diagnostics_history or self.diagnostics_history[-1]["step"] != self.state.global_step:
-            self._run_diagnostics()
-        self.write_diagnostics()
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
         # The final state is always checkpointed (also what evaluation loads).
         if self._saved_step != self.state.global_step:
             self.save()
         return {
             "steps": self.state.global_step,
             "samples": samples,
-            "train_seconds": train_seconds,
-            "samples_per_s": samples / max(train_seconds, 1e-9),
+            "train_seconds": self._train_seconds,
+            "samples_per_s": samples / max(self._train_seconds, 1e-9),
         }
 
     def close(self) -> None:
+        """Closes the TensorBoard writer."""
         if self.writer is not None:
             self.writer.close()

@@ -37,10 +37,9 @@ import os
 import pickle
 import random
 import shutil
-import signal
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -50,15 +49,12 @@ from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
-from mtl_torchrec.utils import atomic_write_text, write_json
+from mtl_torchrec.core.errors import CheckpointError
+from mtl_torchrec.core.io import atomic_write_text, write_json
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 META = "meta.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the current model; the message says what differs."""
 
 
 # ----------------------------------------------------------------------------- safe reading
@@ -254,11 +250,22 @@ def _state(model: nn.Module, optimizer: Optional[Any]) -> Dict[str, Any]:
     return state
 
 
-def _write(path: Path, model: nn.Module, optimizer: Optional[Any], meta: Dict[str, Any], step: int = -1) -> None:
-    """Every rank writes its shards and RNG state into ``path``; rank 0 writes meta.json last."""
+def _write(
+    path: Path,
+    model: nn.Module,
+    optimizer: Optional[Any],
+    meta: Dict[str, Any],
+    after_shards: Optional[Callable[[Path], None]] = None,
+) -> None:
+    """Every rank writes its shards and RNG state into ``path``; rank 0 writes meta.json last.
+
+    ``after_shards(path)`` runs on every rank once its shards are on disk, before anything marks
+    the checkpoint complete (fault-tolerance tests stop a rank there).
+    """
     tensors, rest = split_state(_state(model, optimizer))
     dcp.save(tensors, checkpoint_id=str(path))
-    maybe_inject_fault(_rank(), step, "save")
+    if after_shards is not None:
+        after_shards(path)
     write_json(path / "rng" / f"rank_{_rank():05d}.json", rng_state())
     _barrier()
     if _rank() == 0:
@@ -388,9 +395,11 @@ def save_run_checkpoint(
     optimizer: Optional[Any],
     meta: Dict[str, Any],
     keep: int = 3,
+    after_shards: Optional[Callable[[Path], None]] = None,
 ) -> Path:
     """Atomically adds ``run_dir/checkpoints/step_<step>`` and moves ``latest`` to it; keeps the
-    newest ``keep`` checkpoints (0 keeps all). Collective: every rank calls it."""
+    newest ``keep`` checkpoints (0 keeps all). Collective: every rank calls it. ``after_shards``:
+    see :func:`_write`."""
     root = Path(run_dir) / CHECKPOINTS
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}"
@@ -400,7 +409,7 @@ def save_run_checkpoint(
             shutil.rmtree(tmp)  # left by a save that was interrupted
         tmp.mkdir()
     _barrier()
-    _write(tmp, model, optimizer, {**meta, "step": step}, step=step)
+    _write(tmp, model, optimizer, {**meta, "step": step}, after_shards)
     if _rank() == 0:
         if final.exists():
             shutil.rmtree(final)
@@ -412,20 +421,3 @@ def save_run_checkpoint(
                     shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
-
-
-FAULT_ENV = "MTL_TORCHREC_FAULT"
-
-
-def maybe_inject_fault(rank: int, step: int, phase: str) -> None:
-    """Test hook for fault tolerance. ``MTL_TORCHREC_FAULT=RANK:STEP[:save]`` makes that rank
-    SIGKILL itself after training step STEP (or, with ``:save``, in the middle of writing the
-    checkpoint of that step, after its shards are on disk) on the first attempt only (torchrun's
-    ``TORCHELASTIC_RESTART_COUNT`` is 0)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) != 0:
-        return
-    parts = spec.split(":")
-    want_phase = parts[2] if len(parts) > 2 else "step"
-    if rank == int(parts[0]) and step == int(parts[1]) and phase == want_phase:
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,53 @@
+"""The optimizers of a DMP model: fused sparse (inside DMP) combined with dense torch optimizers.
+
+Example::
+
+    opt = make_optimizer(dmp, "adam", 1e-3, balance_lr=0.025)
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from mtl_torchrec.distributed.state import plain_key
+
+
+def make_optimizer(
+    dmp: DistributedModelParallel, name: str, lr: float, balance_lr: Optional[float] = None
+) -> CombinedOptimizer:
+    """The fused sparse optimizer (already inside DMP) combined with a dense one for the rest.
+
+    With ``balance_lr``, the loss balancer's parameters (those under the train module's
+    ``balancer``) get their own optimizer of the same kind at that rate, and the dense optimizer
+    leaves them out. Both are unnamed in the combination, so optimizer state keys stay the
+    parameters' names either way.
+
+    Example::
+
+        opt = make_optimizer(dmp, "adam", 1e-3, balance_lr=0.025)
+    """
+    if name == "adam":
+        make = torch.optim.Adam
+    elif name == "adagrad":
+        make = torch.optim.Adagrad
+    elif name == "sgd":
+        make = torch.optim.SGD
+    else:
+        raise ValueError(f"train.dense_optimizer: unknown '{name}'")
+    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    balance_params: Dict[str, nn.Parameter] = {}
+    if balance_lr is not None:
+        if not balance_lr > 0:
+            raise ValueError(f"train.balance.lr: must be positive, got {balance_lr}")
+        balance_params = {k: p for k, p in dense_params.items() if plain_key(k).startswith("balancer.")}
+        dense_params = {k: p for k, p in dense_params.items() if k not in balance_params}
+    parts = [dmp.fused_optimizer, KeyedOptimizerWrapper(dense_params, lambda params: make(params, lr=lr))]
+    if balance_params:
+        parts.append(KeyedOptimizerWrapper(balance_params, lambda params: make(params, lr=balance_lr)))
+    return CombinedOptimizer(parts)

@@ -1,0 +1,139 @@
+"""Process groups, sharding plans and DistributedModelParallel wrapping.
+
+``row_wise`` and ``table_row_wise`` are refused by TorchRec's planner on CPU, so every fixed
+strategy is built by hand with ``construct_module_sharding_plan``; ``planner`` asks
+``EmbeddingShardingPlanner`` to choose.
+
+Example::
+
+    ctx = init_distributed()                      # torchrun env, or a 1-process group
+    dmp = shard_module(train_module, ctx, strategy="row_wise", sparse_optimizer="rowwise_adagrad",
+                       sparse_lr=0.05)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.sharding_plan import (
+    column_wise,
+    construct_module_sharding_plan,
+    data_parallel,
+    row_wise,
+    table_row_wise,
+    table_wise,
+)
+from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from mtl_torchrec.distributed.context import DistContext
+from mtl_torchrec.modules.frozen_ebc import (
+    FrozenEmbeddingBagCollection,
+    FrozenEmbeddingBagCollectionSharder,
+)
+
+STRATEGIES = ("planner", "table_wise", "column_wise", "row_wise", "table_column_wise", "table_row_wise", "data_parallel")
+
+_SPARSE_OPTIMIZERS = {
+    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    "adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "sgd": EmbOptimType.EXACT_SGD,
+}
+
+
+def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[ModuleSharder]] = None) -> List[ModuleSharder]:
+    """EBC sharder whose fused kernel applies the sparse optimizer inside the backward pass."""
+    if sparse_optimizer not in _SPARSE_OPTIMIZERS:
+        raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(_SPARSE_OPTIMIZERS)})")
+    fused: Dict[str, Any] = {
+        "optimizer": _SPARSE_OPTIMIZERS[sparse_optimizer],
+        "learning_rate": sparse_lr,
+        "eps": 1e-8,
+    }
+    return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused)]
+
+
+def _ebc_paths(module: nn.Module) -> Dict[str, EmbeddingBagCollection]:
+    return {name: m for name, m in module.named_modules() if isinstance(m, EmbeddingBagCollection)}
+
+
+def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_size: int, device_type: str) -> ShardingPlan:
+    """The same strategy for every table of every EBC in ``module``; tables spread round-robin
+    over ranks for table-wise placement."""
+    kernel = EmbeddingComputeKernel.FUSED.value
+    plan: Dict[str, Any] = {}
+    counter = 0
+    for path, ebc in _ebc_paths(module).items():
+        per_table = {}
+        for cfg in ebc.embedding_bag_configs():
+            if strategy == "table_wise":
+                gen = table_wise(rank=counter % world_size, compute_kernel=kernel)
+            elif strategy == "row_wise":
+                gen = row_wise(compute_kernel=kernel)
+            elif strategy == "column_wise":
+                gen = column_wise(ranks=list(range(world_size)), compute_kernel=kernel)
+            elif strategy == "table_column_wise":
+                gen = column_wise(ranks=[counter % world_size] * 2, compute_kernel=kernel)
+            elif strategy == "table_row_wise":
+                gen = table_row_wise(host_index=0, compute_kernel=kernel)
+            elif strategy == "data_parallel":
+                gen = data_parallel()
+            else:
+                raise ValueError(f"train.sharding: unknown strategy '{strategy}' (known: {list(STRATEGIES)})")
+            per_table[cfg.name] = gen
+            counter += 1
+        plan[path] = construct_module_sharding_plan(
+            ebc, per_table, sharder=_frozen_sharder(ebc), local_size=local_world_size, world_size=world_size,
+            device_type=device_type,
+        )
+    return ShardingPlan(plan=plan)
+
+
+def _frozen_sharder(ebc: EmbeddingBagCollection) -> Optional[ModuleSharder]:
+    """The sharder of frozen (text) tables; None lets TorchRec pick its default for plain EBCs."""
+    return FrozenEmbeddingBagCollectionSharder() if isinstance(ebc, FrozenEmbeddingBagCollection) else None
+
+
+def column_split_ok(module: nn.Module, world_size: int) -> None:
+    for ebc in _ebc_paths(module).values():
+        for cfg in ebc.embedding_bag_configs():
+            if cfg.embedding_dim % (2 * world_size if world_size > 1 else 1):
+                raise ValueError(
+                    f"column-wise sharding of table '{cfg.name}' needs embedding_dim divisible by {2 * world_size}"
+                )
+
+
+def shard_module(
+    module: nn.Module,
+    ctx: DistContext,
+    strategy: str = "planner",
+    sparse_optimizer: str = "rowwise_adagrad",
+    sparse_lr: float = 0.05,
+    extra_sharders: Optional[List[ModuleSharder]] = None,
+) -> DistributedModelParallel:
+    """Wraps ``module`` in DMP: embedding tables sharded with fused optimizers, the rest DDP."""
+    sharders = make_sharders(sparse_optimizer, sparse_lr, extra_sharders)
+    pg = dist.GroupMember.WORLD
+    if strategy == "planner":
+        topology = Topology(
+            world_size=ctx.world_size, compute_device=ctx.device.type, local_world_size=ctx.local_world_size
+        )
+        plan = EmbeddingShardingPlanner(topology=topology).collective_plan(module, sharders, pg)
+    else:
+        if strategy in ("column_wise", "table_column_wise"):
+            column_split_ok(module, ctx.world_size)
+        plan = hand_plan(module, strategy, ctx.world_size, ctx.local_world_size, ctx.device.type)
+    return DistributedModelParallel(
+        module=module,
+        env=ShardingEnv.from_process_group(pg),
+        device=ctx.device,
+        plan=plan,
+        sharders=sharders,
+    )

@@ -1,0 +1,190 @@
+"""What the training loop does besides training: logging, validation, checkpoints, diagnostics.
+
+Each is a :class:`Callback` the :class:`~mtl_torchrec.train.trainer.Trainer` calls at fixed points
+of its loop; a callback that needs the model outside a training step (saving, evaluating) wraps
+that work in ``with trainer.paused():``, which detaches TorchRec's pipeline and stops the
+training clock. Callbacks keep the RNG streams as they found them, so a run with any of them
+resumes bitwise.
+
+Example::
+
+    trainer = Trainer(cfg, data, ctx, run_dir, callbacks=[PeriodicCheckpoint(every=100)])
+
+Write your own by overriding the hooks you need::
+
+    class PrintLoss(Callback):
+        def on_step_end(self, trainer, out):
+            if trainer.state.global_step % 10 == 0:
+                print(trainer.state.global_step, float(out.loss))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import torch
+
+from mtl_torchrec.config import Config
+from mtl_torchrec.core.io import write_json
+from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.data.loader import BatchDataset, make_loader
+from mtl_torchrec.model.diagnostics import diagnose, flatten_scalars, summarize_findings
+from mtl_torchrec.model.tasks import TrainOutput
+
+if TYPE_CHECKING:  # for annotations only: the trainer module imports this one
+    from mtl_torchrec.train.trainer import Trainer
+
+
+class Callback:
+    """Hooks of the training loop; every default does nothing.
+
+    All ranks call every hook at the same point, so a hook may run collectives (checkpointing,
+    evaluation) as long as it does so on every rank.
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first step of ``fit`` (also after a resume)."""
+
+    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        """After each optimizer step; ``trainer.state`` already counts the step."""
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        """After an epoch's last batch; ``trainer.state.epoch`` already names the next epoch."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last step, before the final checkpoint."""
+
+    def on_checkpoint_shards_written(self, trainer: Trainer, path: Path) -> None:
+        """On every rank once its shards of a run checkpoint are on disk, before the checkpoint is
+        marked complete."""
+
+
+def due(every: int, step: int) -> bool:
+    """True on every ``every``-th step (never when ``every`` is 0)."""
+    return bool(every) and step % every == 0
+
+
+class LossLogging(Callback):
+    """Total and per-task training loss, and the balancer's task weights, every ``every`` steps: to
+    TensorBoard (``train/loss/*``, ``train/loss_weight/*``), the progress bar and
+    ``trainer.history`` (written to ``train_summary.json``)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        step = trainer.state.global_step
+        if not due(self.every, step):
+            return
+        running = {k: float(v) for k, v in out.task_losses.items()}
+        running["total"] = float(out.loss)
+        trainer.set_progress_postfix({k: f"{v:.4f}" for k, v in running.items()})
+        trainer.log_scalars("train/loss", running, step)
+        weights = trainer.loss_weights()
+        trainer.log_scalars("train/loss_weight", weights, step)
+        trainer.history.append({"step": step, **running, "loss_weights": weights})
+
+
+class PeriodicCheckpoint(Callback):
+    """Saves a run checkpoint every ``every`` steps (the final one is always saved by the trainer)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        if due(self.every, trainer.state.global_step):
+            with trainer.paused():
+                trainer.save()
+
+
+class Validation(Callback):
+    """Validation metrics to TensorBoard (``val/<task>/<metric>``) every ``every`` steps and at the
+    end of each epoch. Needs a trainer with an evaluator."""
+
+    def __init__(self, every: int, split: str = "val") -> None:
+        self.every = every
+        self.split = split
+
+    def _validate(self, trainer: Trainer) -> None:
+        if trainer.evaluator is None or self.split not in trainer.data.splits:
+            return
+        with trainer.paused():
+            trainer.log_scalars("val", trainer.evaluate(self.split)["tasks"], trainer.state.global_step)
+
+    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        if due(self.every, trainer.state.global_step):
+            self._validate(trainer)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self._validate(trainer)
+
+
+class Diagnostics(Callback):
+    """Gate, expert and task-gradient diagnostics (:mod:`mtl_torchrec.model.diagnostics`) on a fixed
+    batch of the validation split every ``every`` steps and at the end, to TensorBoard
+    (``diagnostics/*``) and ``run_dir/diagnostics.json`` (last report, findings, history)."""
+
+    def __init__(self, every: int, batch_size: int) -> None:
+        self.every = every
+        self.batch_size = batch_size
+        self.history: List[Dict[str, Any]] = []
+        self._batch: Optional[Batch] = None
+
+    def report(self, trainer: Trainer) -> Dict[str, Any]:
+        """One diagnostics report of the current model (all ranks take part); ``{}`` for a model
+        without a fusion stage (not a MultiTaskModel)."""
+        model = getattr(trainer.dmp.module, "model", None)
+        if model is None or not hasattr(model, "fuse"):
+            return {}
+        if self._batch is None:
+            split = "val" if "val" in trainer.data.splits else "train"
+            ds = BatchDataset(
+                trainer.data.splits[split],
+                trainer.data.schema,
+                self.batch_size,
+                shuffle=False,
+                rank=trainer.ctx.rank,
+                world_size=trainer.ctx.world_size,
+            )
+            self._batch = next(iter(make_loader(ds, num_workers=0)))
+        report = diagnose(model, self._batch.to(trainer.ctx.device), trainer.tasks)
+        report["step"] = trainer.state.global_step
+        report["loss_weights"] = trainer.loss_weights()
+        return report
+
+    def _run(self, trainer: Trainer) -> None:
+        # Leaves the RNG streams as they were, so a run with diagnostics resumes exactly.
+        with trainer.paused(), torch.random.fork_rng(devices=[]):
+            report = self.report(trainer)
+        if report:
+            self.history.append(report)
+            trainer.log_scalars("diagnostics", flatten_scalars(report), trainer.state.global_step)
+
+    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        if due(self.every, trainer.state.global_step):
+            self._run(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if not self.history or self.history[-1]["step"] != trainer.state.global_step:
+            self._run(trainer)
+        if trainer.ctx.is_main and self.history:
+            final = self.history[-1]
+            write_json(
+                trainer.run_dir / "diagnostics.json",
+                {"final": final, "findings": summarize_findings(final), "history": self.history},
+            )
+
+
+def default_callbacks(cfg: Config) -> List[Callback]:
+    """The callbacks ``mtl-torchrec train`` runs, in the order they run after a step: loss
+    logging, checkpoint, validation, diagnostics (``train.log_every``, ``train.checkpoint_every``,
+    ``train.eval_every``, ``train.diagnostics_every``)."""
+    t = cfg.train
+    return [
+        LossLogging(t.log_every),
+        PeriodicCheckpoint(t.checkpoint_every),
+        Validation(t.eval_every),
+        Diagnostics(t.diagnostics_every, cfg.data.batch_size),
+    ]
+
