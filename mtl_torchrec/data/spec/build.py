@@ -1,5 +1,5 @@
-"""The second pass: every chunk converted with the fitted preprocessing into per-split
-:class:`ColumnTable`\\ s, plus item texts and slices, as one :class:`DataBundle`."""
+"""The second pass: every chunk converted with the fitted preprocessing into one column table per
+split, plus item texts and slices, as a :class:`DataBundle`."""
 
 from __future__ import annotations
 

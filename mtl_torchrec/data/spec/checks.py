@@ -7,19 +7,18 @@ Types and unknown keys are checked before these run, by ``core.config.from_dict`
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.spec.sections import (
     SPLITS,
+    Files,
     ItemText,
     LabelColumn,
     SliceSpec,
     SparseColumn,
     SplitRule,
 )
-
-Files = Union[str, List[str], Dict[str, Union[str, List[str]]]]
 
 
 def check_labels_given(labels: Sequence[LabelColumn]) -> None:

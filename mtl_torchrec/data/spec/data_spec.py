@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Union
+from typing import List, Literal, Optional, Union
 
 import yaml
 
@@ -24,6 +24,7 @@ from mtl_torchrec.data.spec.checks import (
 from mtl_torchrec.data.spec.sections import (
     CsvOptions,
     DenseColumn,
+    Files,
     ItemText,
     LabelColumn,
     SliceSpec,
@@ -40,7 +41,7 @@ class DataSpec:
     naming the dotted key at fault.
     """
 
-    files: Union[str, List[str], Dict[str, Union[str, List[str]]]]
+    files: Files
     labels: List[LabelColumn]
     sparse: List[SparseColumn] = field(default_factory=list)
     dense: List[DenseColumn] = field(default_factory=list)

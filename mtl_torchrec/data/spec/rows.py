@@ -23,7 +23,7 @@ def is_missing(values: np.ndarray) -> np.ndarray:
 
 def parse_numbers(frame: pd.DataFrame, column: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(float64 values, missing mask, unparseable-or-infinite mask) of ``column``; missing and
-    unparseable cells are NaN in the values."""
+    unparseable cells are NaN in the values, infinite ones stay infinite."""
     raw = frame[column].to_numpy()
     missing = np.asarray(is_missing(raw), dtype=bool)
     num = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
@@ -76,8 +76,11 @@ def label_values(spec: DataSpec, chunk: Chunk, bad: BadRows) -> Dict[str, np.nda
 
 
 def sparse_tokens(column: SparseColumn, frame: pd.DataFrame) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Raw tokens (object array of str, None where missing) and, for multi-valued columns, the
-    number of tokens per row (empty parts between separators are dropped, tokens are stripped)."""
+    """The raw tokens of ``column`` as an object array of str.
+
+    Single-valued: one token per row (None where missing) and no lengths. Multi-valued (with a
+    ``separator``): every row's stripped, non-empty tokens in row order, and the number of tokens
+    per row (0 for a missing cell)."""
     raw = frame[column.column]
     if column.separator is None:
         values = raw.to_numpy(dtype=object)

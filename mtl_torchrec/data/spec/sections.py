@@ -9,12 +9,14 @@ an unknown or mistyped key by its dotted path. Checks across fields live in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional
+from typing import Dict, List, Literal, Optional, Union
 
 # The splits a spec produces, in reading order of per-split files.
 SPLITS = ("train", "val", "test")
 # Rows of a spec without a split rule (evaluation data) form this split.
 ALL_SPLIT = "all"
+# ``files:`` a glob, a list of globs, or globs per split name.
+Files = Union[str, List[str], Dict[str, Union[str, List[str]]]]
 
 
 @dataclass
