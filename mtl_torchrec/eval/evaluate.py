@@ -39,6 +39,7 @@ from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.model.tasks import (
     TaskSpec,
     conditional_name,
@@ -340,7 +341,11 @@ def evaluate_run(
     load_s = time.perf_counter() - t0
 
     module = build_train_module(
-        cfg.model, bundle, cfg.train.loss_balance, cfg.train.balance, text_cache=cfg.data.source,
+        cfg.model,
+        bundle,
+        cfg.train.loss_balance,
+        cfg.train.balance,
+        text_cache=text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir),
         progress=cfg.train.progress,
     )
     dmp = shard_module(module, ctx, strategy=cfg.train.sharding, sparse_optimizer=cfg.train.sparse_optimizer,

@@ -54,6 +54,7 @@ from mtl_torchrec.distributed.optim import make_optimizer
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.distributed.state import load_text_tables
 from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.model.tasks import TaskSpec
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 
@@ -119,7 +120,7 @@ class Trainer:
             cfg.train.loss_balance,
             cfg.train.balance,
             feature_modules,
-            text_cache=cfg.data.source,
+            text_cache=text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir),
             progress=cfg.train.progress,
         )
         self.tasks: List[TaskSpec] = module.tasks
