@@ -262,3 +262,23 @@ def test_census_income_example_spec_builds():
     assert len(bundle.splits["train"]) + len(bundle.splits["val"]) == 1200 and len(bundle.splits["test"]) == 400
     cfg = load_config(root / "config.yaml")
     assert [t.name for t in cfg.model.tasks] == bundle.schema.tasks
+
+
+def test_normalizer_is_numerically_stable_for_large_offsets():
+    """Timestamps near 1.7e9 with a spread of 30: a sum of squares gave std 22.6."""
+    rng = np.random.default_rng(0)
+    x = 1.7e9 + rng.normal(0.0, 30.0, 200_000)
+    norm = Normalizer(method="standard")
+    for chunk in np.array_split(x, 37):
+        norm.update(chunk)
+    assert norm.mean == pytest.approx(x.mean(), rel=1e-15, abs=1e-6)
+    assert norm.std == pytest.approx(x.std(), rel=1e-9)
+    again = Normalizer.from_json(norm.to_json())
+    assert (again.mean, again.std) == (norm.mean, norm.std)
+
+
+def test_normalizer_refuses_values_whose_spread_overflows():
+    norm = Normalizer(method="standard")
+    with pytest.raises(DataError, match="too large to normalise"):
+        norm.update(np.array([1e308, -1e308, 3.0]))
+    assert norm.count == 0
