@@ -306,3 +306,23 @@ def test_spec_reports_the_first_problem_in_a_fixed_order(tmp_path):
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=r"two.yaml: sparse\[2\].hash_buckets"):
         load_spec(tmp_path / "two.yaml")
+
+
+def test_normalizer_is_numerically_stable_for_large_offsets():
+    """Timestamps near 1.7e9 with a spread of 30: a sum of squares gave std 22.6."""
+    rng = np.random.default_rng(0)
+    x = 1.7e9 + rng.normal(0.0, 30.0, 200_000)
+    norm = Normalizer(method="standard")
+    for chunk in np.array_split(x, 37):
+        norm.update(chunk)
+    assert norm.mean == pytest.approx(x.mean(), rel=1e-15, abs=1e-6)
+    assert norm.std == pytest.approx(x.std(), rel=1e-9)
+    again = Normalizer.from_json(norm.to_json())
+    assert (again.mean, again.std) == (norm.mean, norm.std)
+
+
+def test_normalizer_refuses_values_whose_spread_overflows():
+    norm = Normalizer(method="standard")
+    with pytest.raises(DataError, match="too large to normalise"):
+        norm.update(np.array([1e308, -1e308, 3.0]))
+    assert norm.count == 0
