@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ class DataBundle:
     # Fitted preprocessing (vocabularies, normalisers) with save(dir) / load(dir); None when the
     # source needs none. The train command saves it in the run directory.
     preprocessing: Optional[Any] = None
+    # Where rows came from, for messages: (split, row indices) -> "<file> line <n>" per row; set by
+    # sources that read files (data specs), which may read them again to answer.
+    row_origin: Optional[Callable[[str, Sequence[int]], List[str]]] = None
 
     def validate(self) -> None:
         for name, table in self.splits.items():

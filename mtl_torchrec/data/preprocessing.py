@@ -12,6 +12,12 @@ Id vocabularies come in four explicit modes (a spec must name one; nothing is ha
 Index 0 is reserved in the first three modes for out-of-vocabulary and missing values, so the
 embedding table has ``len(tokens) + 1`` (or ``hash_buckets``) rows.
 
+Ids are matched in one canonical text form whatever the file format and column type
+(:func:`canonical_tokens`): the integer 5, the float 5.0 and the cells ``"5"`` and ``"5.0"`` are all
+the token ``"5"``, so a CSV-trained run maps a Parquet file of int, float or nullable-int ids the
+same way. Vocabularies saved before this form existed are read with their tokens put in it (same
+ids); a hash vocabulary saved before keeps hashing the plain ``str()`` text, as it was trained.
+
 Example::
 
     vocab = Vocabulary.build({"a": 5, "b": 1, "c": 3}, min_count=2)   # tokens ["a", "c"]
@@ -24,9 +30,10 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -50,19 +57,119 @@ def _missing(values: np.ndarray) -> np.ndarray:
     return pd.isna(values)
 
 
+# pandas writes a whole-number float as "5.0", and a float (or nullable-int) column holds the id 5
+# as 5.0: such text is the integer's token.
+_WHOLE_NUMBER = r"^([+-]?[0-9]+)\.0+$"
+_WHOLE_NUMBER_RE = re.compile(_WHOLE_NUMBER)
+# Floats up to 2**53 are exact integers, so the int64 text is the integer written in the file.
+_EXACT_FLOAT = 2.0**53
+# Token form of vocabularies: "canonical" (canonical_tokens) or "str" (plain str(value), how
+# hash vocabularies saved before the canonical form were trained).
+CANONICAL = "canonical"
+LEGACY_STR = "str"
+
+
+def _canonical_text(text: str) -> Optional[str]:
+    text = _WHOLE_NUMBER_RE.sub(r"\1", text)
+    return text if text != "" else None
+
+
+def _canonical_scalar(v: Any) -> Optional[str]:
+    if v is None or (not isinstance(v, (str, bytes)) and pd.isna(v)):
+        return None
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "backslashreplace")
+    if isinstance(v, (float, np.floating)):
+        v = repr(float(v))
+    return _canonical_text(str(v))
+
+
+def _canonical_strings(s: pd.Series) -> pd.Series:
+    """Whole-number text ("5.0") to its integer ("5") in a string Series; only cells with a dot are looked at."""
+    dot = s.str.contains(".", regex=False, na=False).to_numpy(dtype=bool)
+    if dot.any():
+        s = s.copy()
+        s[dot] = s[dot].str.replace(_WHOLE_NUMBER, r"\1", regex=True)
+    return s
+
+
+def canonical_tokens(values: Union[pd.Series, np.ndarray, Sequence[Any]]) -> np.ndarray:
+    """The id token of each value, as one text form whatever the file format and column type.
+
+    Returns an object array of str, None where the value is missing (None, NaN, pd.NA, NaT or the
+    empty string). Integers and floats holding whole numbers are their decimal integer (5, 5.0,
+    ``"5"`` and ``"5.0"`` -> ``"5"``; ``-3.00`` -> ``"-3"``); other floats their shortest ``repr``
+    (``0.5`` -> ``"0.5"``); bytes are decoded as UTF-8; text is kept as it is apart from the
+    whole-number rule (no stripping, leading zeros kept: ``"007"`` stays). For any value ``v``,
+    ``canonical(v) == canonical(str(v))``, which is what lets vocabularies saved as ``str`` text be
+    read in this form.
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object), dtype=object)
+    s = s.reset_index(drop=True)
+    out = np.full(len(s), None, dtype=object)
+    present = ~s.isna().to_numpy(dtype=bool)
+    if not present.any():
+        return out
+    dtype = s.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        out[present] = np.where(s[present].to_numpy(dtype=bool), "True", "False")
+    elif pd.api.types.is_integer_dtype(dtype):
+        out[present] = s[present].to_numpy().astype(str).astype(object)
+    elif pd.api.types.is_float_dtype(dtype):
+        x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        exact = present & np.isfinite(x) & (x == np.trunc(x)) & (np.abs(x) < _EXACT_FLOAT)
+        out[exact] = x[exact].astype(np.int64).astype(str).astype(object)
+        for i in np.flatnonzero(present & ~exact):
+            out[i] = _canonical_scalar(x[i])
+    elif pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+        out[present] = _canonical_strings(s[present]).to_numpy(dtype=object)
+    else:
+        vals = s.to_numpy(dtype=object)[present]
+        kind = pd.api.types.infer_dtype(vals, skipna=True)
+        if kind == "string":
+            out[present] = _canonical_strings(pd.Series(vals, dtype="str")).to_numpy(dtype=object)
+        elif kind == "integer":
+            out[present] = np.array([str(int(v)) for v in vals], dtype=object)
+        else:
+            out[present] = np.array([_canonical_scalar(v) for v in vals], dtype=object)
+    out[out == ""] = None
+    return out
+
+
+def value_tokens(values: Union[pd.Series, np.ndarray]) -> np.ndarray:
+    """Cell values as :func:`canonical_tokens` of their text with surrounding spaces stripped, for
+    matching against configured value lists (label ``positive``/``negative``, split values): the
+    cells ``1``, ``1.0`` and ``" 1 "`` all match ``"1"``. None where a value is missing."""
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object), dtype=object)
+    tokens = canonical_tokens(s.reset_index(drop=True))
+    present = np.flatnonzero(~pd.isna(tokens))
+    if len(present):
+        tokens[present] = canonical_tokens(pd.Series(tokens[present], dtype="str").str.strip())
+    return tokens
+
+
 @dataclass
 class Vocabulary:
-    """Maps raw tokens (as strings) to embedding rows; see the module docstring for the modes."""
+    """Maps raw tokens to embedding rows; see the module docstring for the modes.
+
+    ``token_form`` is how values become tokens before matching or hashing: ``canonical``
+    (:func:`canonical_tokens`; every vocabulary built now) or ``str`` (plain ``str(value)``: hash
+    vocabularies saved before the canonical form, and build/file ones whose saved tokens would
+    collide in it), so that a saved run maps its data exactly as it was trained.
+    """
 
     mode: str
     tokens: List[str] = field(default_factory=list)
     hash_buckets: int = 0
     num_embeddings_: int = 0
     min_count: int = 1
+    token_form: str = CANONICAL
     _index: Optional[pd.Index] = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
     def build(counts: Dict[str, int], min_count: int = 1) -> "Vocabulary":
+        """Tokens counted at least ``min_count`` times (``counts``: canonical token -> count), by
+        descending count."""
         kept = [(t, c) for t, c in counts.items() if c >= min_count]
         # Descending count, ties by token: deterministic regardless of chunk order.
         kept.sort(key=lambda tc: (-tc[1], tc[0]))
@@ -70,15 +177,21 @@ class Vocabulary:
 
     @staticmethod
     def from_file(path: Union[str, Path]) -> "Vocabulary":
+        """Tokens listed one per line (empty lines skipped), in canonical form. Raises
+        FileNotFoundError, or DataError naming the line of a token listed twice (``5`` and ``5.0``
+        are the same token)."""
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"vocabulary file not found: {p}")
-        tokens = [line.rstrip("\r\n") for line in p.read_text(encoding="utf-8").splitlines()]
-        tokens = [t for t in tokens if t != ""]
+        lines = [line.rstrip("\r\n") for line in p.read_text(encoding="utf-8").splitlines()]
+        numbered = [(i + 1, t) for i, t in enumerate(lines) if t != ""]
+        tokens = list(canonical_tokens(np.array([t for _, t in numbered], dtype=object)))
         dup = pd.Index(tokens).duplicated()
         if dup.any():
-            line = int(np.flatnonzero(dup)[0]) + 1
-            raise DataError(f"{p}: token '{tokens[line - 1]}' appears twice (second time near line {line})")
+            k = int(np.flatnonzero(dup)[0])
+            line, text = numbered[k]
+            first = numbered[tokens.index(tokens[k])][0]
+            raise DataError(f"{p} line {line}: token '{text}' appears twice (first on line {first})")
         return Vocabulary("file", tokens=tokens)
 
     @staticmethod
@@ -106,26 +219,39 @@ class Vocabulary:
             self._index = pd.Index(self.tokens, dtype=object)
         return self._index
 
-    def lookup(self, values: np.ndarray) -> np.ndarray:
-        """Ids for raw values; 0 for out-of-vocabulary and missing (build/file/hash modes).
+    def keys(self, values: Union[pd.Series, np.ndarray]) -> np.ndarray:
+        """``values`` in this vocabulary's token form (object array, None where missing)."""
+        if self.token_form == CANONICAL:
+            return canonical_tokens(values)
+        values = np.asarray(values, dtype=object)
+        return np.where(_missing(values), None, values.astype(str)).astype(object)
+
+    def lookup(self, values: Union[pd.Series, np.ndarray]) -> np.ndarray:
+        """Ids for raw values (any type; see :func:`canonical_tokens`); 0 for out-of-vocabulary
+        and missing (build/file/hash modes).
 
         ``identity`` mode expects integers and returns -1 where a value is missing, not an integer
         or out of range, for the caller to report as a bad row.
         """
-        values = np.asarray(values, dtype=object)
-        miss = _missing(values)
+        if self.mode == "identity":
+            num = pd.to_numeric(pd.Series(np.asarray(values, dtype=object)), errors="coerce")
+            num = num.to_numpy(dtype=np.float64, na_value=np.nan)
+            ok = np.isfinite(num) & (num == np.round(num)) & (num >= 0) & (num < self.num_embeddings_)
+            return np.where(ok, num, -1).astype(np.int64)
+        return self.lookup_keys(self.keys(values))
+
+    def lookup_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Ids for tokens already in this vocabulary's form (:meth:`keys`; None = missing -> 0);
+        build/file/hash modes only."""
+        miss = np.asarray(pd.isna(keys), dtype=bool)
         if self.mode in ("build", "file"):
-            ids = self._lookup_index().get_indexer(values.astype(str)) + 1
+            ids = self._lookup_index().get_indexer(keys) + 1
             ids[miss] = 0
             return ids.astype(np.int64)
         if self.mode == "hash":
-            ids = (stable_hash(values) % np.uint64(self.hash_buckets - 1)).astype(np.int64) + 1
+            ids = (stable_hash(keys) % np.uint64(self.hash_buckets - 1)).astype(np.int64) + 1
             ids[miss] = 0
             return ids
-        if self.mode == "identity":
-            num = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
-            ok = np.isfinite(num) & (num == np.round(num)) & (num >= 0) & (num < self.num_embeddings_)
-            return np.where(ok, num, -1).astype(np.int64)
         raise DataError(f"unknown vocabulary mode '{self.mode}'")
 
     def to_json(self) -> Dict[str, Any]:
@@ -136,15 +262,30 @@ class Vocabulary:
             out["min_count"] = self.min_count
         if self.mode == "hash":
             out["hash_buckets"] = self.hash_buckets
+        if self.mode != "identity":
+            out["token_form"] = self.token_form
         return out
 
     @staticmethod
     def from_json(d: Dict[str, Any]) -> "Vocabulary":
+        """A saved vocabulary. One saved without ``token_form`` (before the canonical form) keeps
+        its ids: build/file tokens are put in canonical form unless two of them would then
+        coincide (then the ``str`` form stays), hash vocabularies keep hashing ``str`` text."""
         mode = d["mode"]
+        form = d.get("token_form")
+        if form not in (None, CANONICAL, LEGACY_STR):
+            raise DataError(f"{FILE_NAME}: unknown token_form '{form}'")
         if mode in ("build", "file"):
-            return Vocabulary(mode, tokens=list(d["tokens"]), min_count=int(d.get("min_count", 1)))
+            tokens = [str(t) for t in d["tokens"]]
+            if form is None:
+                canon = list(canonical_tokens(np.array(tokens, dtype=object)))
+                clash = None in canon or len(set(canon)) != len(canon)
+                tokens, form = (tokens, LEGACY_STR) if clash else (canon, CANONICAL)
+            return Vocabulary(mode, tokens=tokens, min_count=int(d.get("min_count", 1)), token_form=form)
         if mode == "hash":
-            return Vocabulary.hashed(int(d["hash_buckets"]))
+            vocab = Vocabulary.hashed(int(d["hash_buckets"]))
+            vocab.token_form = form or LEGACY_STR
+            return vocab
         if mode == "identity":
             return Vocabulary.identity(int(d["num_embeddings"]))
         raise DataError(f"{FILE_NAME}: unknown vocabulary mode '{mode}'")

@@ -39,7 +39,29 @@ class BadRows:
                 f"{self.chunk.where(i)} column '{column}': {reason} (value {values[i]!r}); "
                 f"{len(rows)} such row(s) in this chunk. Set on_bad_rows: skip to drop and count them."
             )
+        self._count(rows, f"{column}: {reason}")
+
+    def flag_field_counts(self) -> None:
+        """Marks CSV records whose field count is not the header's (``chunk.fields`` vs
+        ``chunk.expected_fields``; nothing for Parquet). Run before any column is parsed: such a
+        row's cells may belong to other columns. Without ``skip``, raises DataError naming the file
+        line, e.g. ``data.csv line 3: 43 fields, expected 42``."""
+        fields = self.chunk.fields
+        if fields is None:
+            return
+        expected = self.chunk.expected_fields
+        rows = np.flatnonzero(fields != expected)
+        if len(rows) == 0:
+            return
+        if not self.skip:
+            i = int(rows[0])
+            raise DataError(
+                f"{self.chunk.where(i)}: {int(fields[i])} fields, expected {expected}; {len(rows)} such row(s) in "
+                f"this chunk. Set on_bad_rows: skip to drop and count them."
+            )
+        self._count(rows, f"row: wrong number of fields (expected {expected})")
+
+    def _count(self, rows: np.ndarray, key: str) -> None:
         new = rows[~self.bad[rows]]
         self.bad[rows] = True
-        key = f"{column}: {reason}"
         self.counts[key] = self.counts.get(key, 0) + int(len(new))

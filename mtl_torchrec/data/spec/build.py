@@ -3,19 +3,20 @@ split, plus item texts and slices, as a :class:`DataBundle`."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import functools
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.preprocessing import Preprocessing, stable_hash
+from mtl_torchrec.data.preprocessing import Preprocessing, canonical_tokens, stable_hash
 from mtl_torchrec.data.schema import ColumnTable, Jagged, Schema
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for
-from mtl_torchrec.data.spec.reading import iter_chunks
-from mtl_torchrec.data.spec.rows import check_chunk, sparse_tokens
+from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
+from mtl_torchrec.data.spec.rows import ChunkValues, check_chunk, sparse_tokens
 from mtl_torchrec.data.spec.sections import SPLITS, ItemText
 
 
@@ -49,8 +50,12 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     serving reuse the run's fitted mapping). Bad rows raise or, with ``on_bad_rows: skip``, are
     dropped and counted in ``bundle.preprocessing.stats["skipped_rows"]``. A spec with a split rule
     or per-split files always yields train, val and test (possibly empty); one without yields
-    :data:`ALL_SPLIT`. Raises what :func:`fit_preprocessing` and :func:`iter_chunks` raise, and
-    DataError for a bad row (without skip) or a multi-valued ``item_text.item``.
+    :data:`ALL_SPLIT`. ``stats["oov"][split][feature]`` counts the tokens of each build/file
+    vocabulary feature and those unknown to it (``rate``: their share); a fit also keeps the train
+    split's rates as ``stats["train_oov"]``, the reference later data is compared with. The
+    bundle's ``row_origin`` names the file line of a split's row. Raises what
+    :func:`fit_preprocessing` and :func:`iter_chunks` raise, and DataError for a bad row (without
+    skip; a normalised dense value beyond float32 included) or a multi-valued ``item_text.item``.
     """
     fitted = preprocessing is None
     pre = fit_preprocessing(spec) if fitted else preprocessing
@@ -58,28 +63,35 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     skip = spec.on_bad_rows == "skip"
     skipped: Dict[str, int] = {}
     builders: Dict[str, SplitParts] = {}
+    oov = OovCounts()
     item_vocab = pre.vocabs[spec.item_text.item] if spec.item_text else None
     item_text: Optional[List[Optional[str]]] = [None] * item_vocab.num_embeddings if item_vocab else None
     total_rows = 0
     for chunk in iter_chunks(spec):
         total_rows += len(chunk.frame)
-        checked = check_chunk(spec, chunk, skip, skipped)
+        checked, dense = checked_chunk(spec, pre, chunk, skip, skipped)
         keep = ~checked.bad.bad
         frame = chunk.frame[keep]
         split = checked.split[keep]
         converted: Dict[str, Any] = {}
         for s in spec.sparse:
             tokens, lengths = sparse_tokens(s, frame)
-            ids = pre.vocabs[s.feature].lookup(tokens)
+            vocab = pre.vocabs[s.feature]
+            if vocab.mode in ("build", "file"):
+                keys = vocab.keys(tokens)
+                ids = vocab.lookup_keys(keys)
+                oov.add(s.feature, split if lengths is None else np.repeat(split, lengths), keys, ids)
+            else:
+                ids = vocab.lookup(tokens)
             converted[s.feature] = ids if lengths is None else Jagged(ids, lengths)
         for d in spec.dense:
-            converted[d.feature] = pre.normalizers[d.feature].transform(checked.dense[d.feature][keep])
+            converted[d.feature] = dense[d.feature][keep]
         for task, y in checked.labels.items():
             converted[task] = y[keep]
         if spec.group:
             h = stable_hash(frame[spec.group].to_numpy(dtype=object))
             converted[group_column(spec.group)] = (h >> np.uint64(1)).astype(np.int64)
-        raw_slices = {sl.column: frame[spec.raw_column_of(sl.column)].astype(str).to_numpy(dtype=object)
+        raw_slices = {sl.column: canonical_tokens(frame[spec.raw_column_of(sl.column)])
                       for sl in spec.slices if not sl.cold_warm}
         if item_text is not None:
             fill_item_text(item_text, converted[spec.item_text.item], frame, spec.item_text)
@@ -100,11 +112,71 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
         "rows_per_split": {k: len(v) for k, v in splits.items()},
         "skipped_rows": sum(skipped.values()),
         "skipped_by_reason": skipped,
+        "oov": oov.stats(),
     })
     if fitted:
+        stats["train_oov"] = {f: c["rate"] for f, c in stats["oov"].get("train", {}).items()}
         pre.stats = stats
     out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats)
-    return DataBundle(schema=schema, splits=splits, item_text=item_text, slices=slices, preprocessing=out_pre)
+    return DataBundle(schema=schema, splits=splits, item_text=item_text, slices=slices, preprocessing=out_pre,
+                      row_origin=functools.partial(locate_rows, spec, pre))
+
+
+def checked_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, skip: bool,
+                  counts: Dict[str, int]) -> Tuple[ChunkValues, Dict[str, np.ndarray]]:
+    """:func:`check_chunk` plus the fitted dense normalisation of every row: a value whose
+    normalised form overflows float32 (e.g. ``1e308`` under ``standard``) is a bad row too.
+    Returns the checks and feature -> float32 normalised values (all rows of the chunk)."""
+    checked = check_chunk(spec, chunk, skip, counts)
+    dense: Dict[str, np.ndarray] = {}
+    for d in spec.dense:
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = pre.normalizers[d.feature].transform(checked.dense[d.feature])
+        checked.bad.flag(~np.isfinite(y) & ~checked.bad.bad, d.column,
+                         "too large: its normalised value overflows float32", chunk.frame[d.column].to_numpy())
+        dense[d.feature] = y
+    return checked, dense
+
+
+def locate_rows(spec: DataSpec, pre: Preprocessing, split: str, rows: Sequence[int]) -> List[str]:
+    """``"<file> line <n>"`` (or ``row`` for Parquet) of rows ``rows`` of split ``split`` of the
+    bundle :func:`build_bundle` made from ``spec`` and ``pre``. Reads the files again (for
+    messages about a few rows); a row the files do not reach is named ``"row <i> of <split>"``."""
+    pending = sorted({int(r) for r in rows})
+    found: Dict[int, str] = {}
+    seen = 0
+    for chunk in iter_chunks(spec):
+        if not pending:
+            break
+        checked, _ = checked_chunk(spec, pre, chunk, spec.on_bad_rows == "skip", {})
+        here = np.flatnonzero(~checked.bad.bad & (checked.split == split))
+        while pending and pending[0] < seen + len(here):
+            r = pending.pop(0)
+            found[r] = chunk.where(int(here[r - seen]))
+        seen += len(here)
+    return [found.get(int(r), f"row {int(r)} of {split}") for r in rows]
+
+
+class OovCounts:
+    """Tokens and unknown tokens (id 0 though present) per split and feature, summed over chunks."""
+
+    def __init__(self) -> None:
+        self.counts: Dict[str, Dict[str, List[int]]] = {}
+
+    def add(self, feature: str, split: np.ndarray, keys: np.ndarray, ids: np.ndarray) -> None:
+        """Counts one chunk: ``split``, ``keys`` (None = missing) and ``ids`` per token."""
+        present = ~np.asarray(pd.isna(keys), dtype=bool)
+        unknown = present & (ids == 0)
+        for name in np.unique(split):
+            at = split == name
+            c = self.counts.setdefault(str(name), {}).setdefault(feature, [0, 0])
+            c[0] += int((present & at).sum())
+            c[1] += int((unknown & at).sum())
+
+    def stats(self) -> Dict[str, Dict[str, Dict[str, Any]]]:
+        """``{split: {feature: {"tokens": n, "unknown": k, "rate": k / n (None without tokens)}}}``."""
+        return {split: {f: {"tokens": n, "unknown": k, "rate": k / n if n else None} for f, (n, k) in feats.items()}
+                for split, feats in self.counts.items()}
 
 
 def empty_table(schema: Schema) -> ColumnTable:

@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.spec.sections import (
     SPLITS,
+    CsvOptions,
+    DenseColumn,
     Files,
     ItemText,
     LabelColumn,
@@ -103,3 +105,35 @@ def check_slice(slice_: SliceSpec, key: str, sparse: Sequence[SparseColumn]) -> 
         raise ConfigError(f"{key}.cold_warm: '{slice_.column}' is not a sparse feature")
     if by_feature[slice_.column].vocab not in ("build", "file"):
         raise ConfigError(f"{key}.cold_warm: needs vocab build or file for '{slice_.column}'")
+
+
+def check_csv_options(options: CsvOptions) -> None:
+    """``csv``: a one-character separator, ``names`` exactly when there is no header row, and no
+    name given twice; raises ConfigError naming the key."""
+    if len(options.separator) != 1:
+        raise ConfigError(f"csv.separator: must be one character, got {options.separator!r}")
+    if options.header and options.names:
+        raise ConfigError("csv.names: only for files without a header row (csv.header: false)")
+    if not options.header and not options.names:
+        raise ConfigError("csv.names: required when csv.header is false")
+    names = list(options.names or [])
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise ConfigError(f"csv.names: '{name}' is given twice (csv.names[{names.index(name)}] and "
+                              f"csv.names[{i}])")
+
+
+def check_label_not_feature(labels: Sequence[LabelColumn], sparse: Sequence[SparseColumn],
+                            dense: Sequence[DenseColumn]) -> None:
+    """A label column is not also a feature column (under its own or another feature name): the
+    model would read the answer (AUC 1.0). Allowed with ``allow_label_as_feature: true`` on that
+    feature; raises ConfigError naming both keys otherwise."""
+    features = [(f"sparse[{i}]", s) for i, s in enumerate(sparse)] + [(f"dense[{i}]", d) for i, d in enumerate(dense)]
+    for i, lab in enumerate(labels):
+        for key, feature in features:
+            if feature.column == lab.column and not feature.allow_label_as_feature:
+                raise ConfigError(
+                    f"{key}.column: '{feature.column}' is the label column of labels[{i}] (task '{lab.task}'); "
+                    f"a label used as a feature gives the model the answer. Set {key}.allow_label_as_feature: "
+                    f"true if this is intended"
+                )

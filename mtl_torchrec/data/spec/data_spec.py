@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Optional, Union
+from typing import Dict, List, Literal, Optional, Union
 
 import yaml
 
@@ -12,9 +12,11 @@ from mtl_torchrec.core.config import from_dict
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.spec.checks import (
     check_chunk_rows,
+    check_csv_options,
     check_files,
     check_item_text,
     check_label_column,
+    check_label_not_feature,
     check_labels_given,
     check_names_unique,
     check_slice,
@@ -66,6 +68,8 @@ class DataSpec:
         check_names_unique(self.feature_names())
         for i, lab in enumerate(self.labels):
             check_label_column(lab, f"labels[{i}]")
+        check_label_not_feature(self.labels, self.sparse, self.dense)
+        check_csv_options(self.csv)
         check_files(self.files, self.split)
         if self.split is not None:
             check_split_rule(self.split)
@@ -101,6 +105,30 @@ class DataSpec:
             if not sl.cold_warm:
                 cols.append(self.raw_column_of(sl.column))
         return list(dict.fromkeys(cols))
+
+    def column_keys(self) -> Dict[str, str]:
+        """Each file column the spec reads -> the first dotted key that names it (for messages),
+        e.g. ``{"user_id": "sparse[0].column", "clicked": "labels[0].column"}``."""
+        keys: Dict[str, str] = {}
+        named = [(f"sparse[{i}].column", s.column) for i, s in enumerate(self.sparse)]
+        named += [(f"dense[{i}].column", d.column) for i, d in enumerate(self.dense)]
+        for i, lab in enumerate(self.labels):
+            named.append((f"labels[{i}].column", lab.column))
+            if lab.mask_column:
+                named.append((f"labels[{i}].mask_column", lab.mask_column))
+        if self.group:
+            named.append(("group", self.group))
+        if self.split and self.split.column:
+            named.append(("split.column", self.split.column))
+        if self.split and self.split.by:
+            named.append(("split.by", self.split.by))
+        if self.item_text:
+            named += [(f"item_text.columns[{i}]", c) for i, c in enumerate(self.item_text.columns)]
+        named += [(f"slices[{i}].column", self.raw_column_of(sl.column))
+                  for i, sl in enumerate(self.slices) if not sl.cold_warm]
+        for key, column in named:
+            keys.setdefault(column, key)
+        return keys
 
     def raw_column_of(self, name: str) -> str:
         """The file column behind feature ``name``; any other name is taken as a file column itself."""

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import ConfigError, DataError
-from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary
+from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary, canonical_tokens
 from mtl_torchrec.data.schema import DenseFeature, LabelSpec, Schema, SparseFeature
 from mtl_torchrec.data.spec.data_spec import DataSpec
-from mtl_torchrec.data.spec.reading import iter_chunks
+from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
 from mtl_torchrec.data.spec.rows import check_chunk, sparse_tokens
 from mtl_torchrec.data.spec.sections import SparseColumn
 
@@ -42,15 +42,27 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
             if s.vocab != "build":
                 continue
             tokens, _ = sparse_tokens(s, frame)
+            tokens = canonical_tokens(tokens)
             tokens = tokens[~pd.isna(tokens)]
             vc = pd.Series(tokens, dtype=object).value_counts()
             counts[s.feature] = counts[s.feature].add(vc, fill_value=0)
-        for d in spec.dense:
-            norms[d.feature].update(checked.dense[d.feature][keep])
+        for i, d in enumerate(spec.dense):
+            _fit_dense(norms[d.feature], checked.dense[d.feature], keep, chunk, f"dense[{i}]", d.column)
     if train_rows == 0:
         raise DataError("data spec: the training split has no rows (check files and split rule)")
     vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse}
     return Preprocessing(vocabs=vocabs, normalizers=norms, stats={"fit_train_rows": train_rows})
+
+
+def _fit_dense(norm: Normalizer, values: np.ndarray, keep: np.ndarray, chunk: Chunk, key: str, column: str) -> None:
+    """Adds a chunk's training ``values[keep]`` to ``norm``; its DataError (values too large to
+    normalise) is raised again naming the file, the line of the largest value and the column."""
+    try:
+        norm.update(values[keep])
+    except DataError as e:
+        rows = np.flatnonzero(keep)
+        i = int(rows[np.nanargmax(np.abs(values[rows]))])
+        raise DataError(f"{chunk.where(i)} column '{column}' ({key}): {e}") from None
 
 
 def _vocabulary(spec: DataSpec, column: SparseColumn, counts: Dict[str, pd.Series]) -> Vocabulary:

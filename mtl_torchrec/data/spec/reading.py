@@ -6,32 +6,41 @@ from __future__ import annotations
 import glob as globlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.spec.data_spec import DataSpec
+from mtl_torchrec.data.spec.records import RecordIndex, decode_error, read_header
 from mtl_torchrec.data.spec.sections import SPLITS
 
 
 @dataclass
 class Chunk:
-    """Up to ``chunk_rows`` rows of one file (only the spec's columns, CSV cells as strings)."""
+    """Up to ``chunk_rows`` rows of one file (only the spec's columns, CSV cells as strings).
+
+    ``positions`` holds each row's place in its file for messages: the 1-based file line of a CSV
+    record (blank lines and lines inside quoted cells counted), the 0-based row of a Parquet file.
+    For CSV, ``fields`` holds each record's field count and ``expected_fields`` the count of the
+    header (or of ``csv.names``); rows with another count are bad rows.
+    """
 
     frame: pd.DataFrame
     file: str
-    # File line (CSV, 1-based) or row (Parquet, 0-based) of the chunk's first row.
-    first_line: int
+    positions: np.ndarray
     line_word: str
     # Position of the chunk's first row among all rows of all files (for row-hash splits).
     global_start: int
     # Split of every row of the file, when files are given per split.
     file_split: Optional[str]
+    fields: Optional[np.ndarray] = None
+    expected_fields: int = 0
 
     def where(self, i: int) -> str:
-        """``"<file> line <n>"`` (or ``row``) of the chunk's ``i``-th row."""
-        return f"{self.file} {self.line_word} {self.first_line + i}"
+        """``"<file> line <n>"`` (CSV) or ``"<file> row <n>"`` (Parquet) of the chunk's ``i``-th row."""
+        return f"{self.file} {self.line_word} {int(self.positions[i])}"
 
 
 def expand_pattern(spec: DataSpec, pattern: str) -> List[str]:
@@ -73,67 +82,96 @@ def file_format(spec: DataSpec, path: str) -> str:
 def iter_chunks(spec: DataSpec) -> Iterator[Chunk]:
     """Chunks of the spec's columns from every file, with positions for error messages.
 
-    Raises FileNotFoundError (a pattern matches nothing), ConfigError (unknown format, CSV header
-    options that contradict) or DataError (a file lacks a column, unreadable or malformed CSV),
-    each when reading reaches that file.
+    Raises FileNotFoundError (a pattern matches nothing), ConfigError (unknown format, ``csv.names``
+    that do not fit the file) or DataError (a file without data rows, a header that lacks a spec
+    column or repeats one, text that is not valid ``csv.encoding``, malformed CSV), each when
+    reading reaches that file.
     """
     columns = spec.raw_columns()
     global_start = 0
     for path, split in spec_files(spec):
         if file_format(spec, path) == "parquet":
-            frames, word = _parquet_frames(spec, path, columns), "row"
+            chunks = _parquet_chunks(spec, path, columns)
         else:
-            frames, word = _csv_frames(spec, path, columns), "line"
-        for frame, first_line in frames:
-            yield Chunk(frame, path, first_line, word, global_start, split)
-            global_start += len(frame)
+            chunks = _csv_chunks(spec, path, columns)
+        for chunk in chunks:
+            chunk.global_start, chunk.file_split = global_start, split
+            yield chunk
+            global_start += len(chunk.frame)
 
 
-def _parquet_frames(spec: DataSpec, path: str, columns: List[str]) -> Iterator[Tuple[pd.DataFrame, int]]:
-    """(frame, 0-based row of its first row) of a Parquet file."""
+def _missing_columns(spec: DataSpec, path: str, where: str, columns: List[str], have: List[str]) -> DataError:
+    """The error for spec ``columns`` absent from a file, each named with the spec key that reads it."""
+    keys = spec.column_keys()
+    missing = [c for c in columns if c not in set(have)]
+    named = ", ".join(f"{keys[c]}: '{c}'" for c in missing)
+    return DataError(f"{path}: missing column(s) {missing} ({named}); {where} has {have}")
+
+
+def _parquet_chunks(spec: DataSpec, path: str, columns: List[str]) -> Iterator[Chunk]:
+    """Chunks of a Parquet file, positioned by 0-based row; DataError for a missing column or no rows."""
     # Imported here so that CSV-only use never pays for loading pyarrow.
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    have = set(pf.schema_arrow.names)
-    missing = [c for c in columns if c not in have]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; present: {sorted(have)}")
+    have = list(pf.schema_arrow.names)
+    if any(c not in have for c in columns):
+        raise _missing_columns(spec, path, "its schema", columns, have)
+    if pf.metadata.num_rows == 0:
+        raise DataError(f"{path}: no rows")
     row = 0
     for rb in pf.iter_batches(batch_size=spec.chunk_rows, columns=columns):
         frame = rb.to_pandas()
-        yield frame, row
+        yield Chunk(frame, path, np.arange(row, row + len(frame)), "row", 0, None)
         row += len(frame)
 
 
-def _csv_frames(spec: DataSpec, path: str, columns: List[str]) -> Iterator[Tuple[pd.DataFrame, int]]:
-    """(frame of strings, 1-based file line of its first row) of a CSV file."""
+def _csv_chunks(spec: DataSpec, path: str, columns: List[str]) -> Iterator[Chunk]:
+    """Chunks of a CSV file read by pandas' C parser (cells as strings), each record with its file
+    line and field count from a :class:`RecordIndex` walked in step."""
     o = spec.csv
-    if o.header and o.names:
-        raise ConfigError("csv.names: only for files without a header row (csv.header: false)")
-    if not o.header and not o.names:
-        raise ConfigError("csv.names: required when csv.header is false")
-    try:
-        header = pd.read_csv(
-            path, sep=o.separator, nrows=0, header=0 if o.header else None, names=o.names,
-            encoding=o.encoding, skipinitialspace=o.skip_initial_space,
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: cannot read the CSV header: {e}") from None
-    have = [str(c) for c in header.columns]
-    missing = [c for c in columns if c not in have]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; present: {have}")
+    header = read_header(path, o)
+    if header is None:
+        raise DataError(f"{path}: the file is empty (no header and no rows)")
+    where = f"the header (line {header.line})" if o.header else "csv.names"
+    position: Dict[str, int] = {}
+    for i, name in enumerate(header.names):
+        if name in columns and name in position:
+            key = spec.column_keys()[name]
+            raise DataError(f"{path} line {header.line}: column '{name}' ({key}) appears twice in the header, "
+                            f"as fields {position[name] + 1} and {i + 1}; rename one")
+        position.setdefault(name, i)
+    if any(c not in position for c in columns):
+        raise _missing_columns(spec, path, where, columns, header.names)
+    # Columns by position, not by name: pandas would rename repeated header names ("a" -> "a.1").
+    wanted = sorted({position[c] for c in columns})
     reader = pd.read_csv(
-        path, sep=o.separator, header=0 if o.header else None, names=o.names, usecols=columns,
-        dtype=str, keep_default_na=False, na_values=o.na_values, chunksize=spec.chunk_rows,
-        encoding=o.encoding, skipinitialspace=o.skip_initial_space,
+        path, sep=o.separator, header=0 if o.header else None, names=[str(i) for i in range(header.fields)],
+        usecols=wanted, dtype=str, keep_default_na=False, na_values=o.na_values, chunksize=spec.chunk_rows,
+        encoding=o.encoding, skipinitialspace=o.skip_initial_space, index_col=False,
     )
-    # Line numbers assume one line per record (no newlines inside quoted cells).
-    line = 2 if o.header else 1
+    records = RecordIndex(path, o, skip=1 if o.header else 0, expected=header.fields)
+    rename = {str(i): header.names[i] for i in wanted}
+    rows = 0
     try:
         for frame in reader:
-            yield frame, line
-            line += len(frame)
+            lines, fields = records.take(len(frame))
+            if len(lines) != len(frame):
+                raise _unaligned(path, rows + len(lines), rows + len(frame))
+            rows += len(frame)
+            yield Chunk(frame.rename(columns=rename), path, lines, "line", 0, None, fields, header.fields)
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: malformed CSV: {e}") from None
+    except UnicodeDecodeError:
+        raise decode_error(path, o.encoding) from None
+    if records.left():
+        raise _unaligned(path, rows + 1, rows)
+    if rows == 0:
+        raise DataError(f"{path}: no data rows (only {'a header' if o.header else 'blank lines'})")
+
+
+def _unaligned(path: str, walked: int, parsed: int) -> DataError:
+    """pandas and the record walk disagree on where records end (unusual quoting): refuse rather
+    than report wrong line numbers."""
+    return DataError(f"{path}: malformed CSV: the parser found {parsed} records where a line-by-line "
+                     f"reading finds {walked}; check quote characters in the file")

@@ -3,12 +3,12 @@ that need no fitted state (:func:`check_chunk`), flagging bad rows on a :class:`
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
-from mtl_torchrec.data.preprocessing import Vocabulary
+from mtl_torchrec.data.preprocessing import Vocabulary, value_tokens
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.reading import Chunk
@@ -17,16 +17,23 @@ from mtl_torchrec.data.spec.splits import assign_splits
 
 
 def is_missing(values: np.ndarray) -> np.ndarray:
-    """Missing cells: NaN/None, and the empty string in text (object) columns."""
-    return pd.isna(values) | (values == "") if values.dtype == object else pd.isna(values)
+    """Missing cells (bool array): NaN/None/pd.NA, and the empty string in text (object) columns."""
+    miss = np.asarray(pd.isna(values), dtype=bool)
+    if values.dtype == object:
+        # Compared only where present: pd.NA == "" is NA, whose truth value is an error.
+        present = np.flatnonzero(~miss)
+        miss[present] = values[present] == ""
+    return miss
 
 
 def parse_numbers(frame: pd.DataFrame, column: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(float64 values, missing mask, unparseable-or-infinite mask) of ``column``; missing and
-    unparseable cells are NaN in the values, infinite ones stay infinite."""
+    unparseable cells are NaN in the values, infinite ones stay infinite (so a missing value, NaN
+    in a Parquet float column included, follows ``fill_missing``, while ``inf`` or ``1e999`` is a bad
+    value whatever ``fill_missing`` says)."""
     raw = frame[column].to_numpy()
-    missing = np.asarray(is_missing(raw), dtype=bool)
-    num = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    missing = is_missing(raw)
+    num = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = np.isnan(num) & ~missing
     bad |= np.isinf(num)
     return num, missing, bad
@@ -43,13 +50,14 @@ def label_values(spec: DataSpec, chunk: Chunk, bad: BadRows) -> Dict[str, np.nda
     frame = chunk.frame
     for lab in spec.labels:
         raw = frame[lab.column].to_numpy()
-        missing = np.asarray(is_missing(raw), dtype=bool)
+        missing = is_missing(raw)
         if lab.type == "binary" and lab.positive is not None:
-            text = pd.Series(raw).astype(str).str.strip().to_numpy()
-            pos = np.isin(text, [str(v).strip() for v in lab.positive])
+            # One text form whatever the file format: the cells 1, 1.0 and "1" all match positive: ["1"].
+            text = value_tokens(frame[lab.column])
+            pos = pd.Series(text).isin(value_tokens(np.array(lab.positive, dtype=object))).to_numpy()
             y = pos.astype(np.float32)
             if lab.negative is not None:
-                neg = np.isin(text, [str(v).strip() for v in lab.negative])
+                neg = pd.Series(text).isin(value_tokens(np.array(lab.negative, dtype=object))).to_numpy()
                 bad.flag(~pos & ~neg & ~missing, lab.column, "value is neither positive nor negative", raw)
         else:
             num, missing, unparseable = parse_numbers(frame, lab.column)
@@ -75,19 +83,16 @@ def label_values(spec: DataSpec, chunk: Chunk, bad: BadRows) -> Dict[str, np.nda
     return out
 
 
-def sparse_tokens(column: SparseColumn, frame: pd.DataFrame) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """The raw tokens of ``column`` as an object array of str.
+def sparse_tokens(column: SparseColumn, frame: pd.DataFrame) -> Tuple[Any, Optional[np.ndarray]]:
+    """The raw tokens of ``column``, for :meth:`Vocabulary.lookup` (which puts them in its token form).
 
-    Single-valued: one token per row (None where missing) and no lengths. Multi-valued (with a
-    ``separator``): every row's stripped, non-empty tokens in row order, and the number of tokens
-    per row (0 for a missing cell)."""
+    Single-valued: the column itself (a Series, one value per row, of the file's type) and no
+    lengths. Multi-valued (with a ``separator``): every row's stripped, non-empty tokens in row
+    order (object array of str), and the number of tokens per row (0 for a missing cell)."""
     raw = frame[column.column]
     if column.separator is None:
-        values = raw.to_numpy(dtype=object)
-        miss = np.asarray(is_missing(values), dtype=bool)
-        values = np.where(miss, None, raw.astype(str).to_numpy(dtype=object))
-        return values, None
-    s = raw.astype(object).where(~np.asarray(is_missing(raw.to_numpy(dtype=object)), dtype=bool), "")
+        return raw.reset_index(drop=True), None
+    s = raw.astype(object).where(~is_missing(raw.to_numpy(dtype=object)), "")
     parts = s.astype(str).str.split(column.separator, regex=False)
     parts = parts.map(lambda xs: [x for x in (t.strip() for t in xs) if x])
     lengths = parts.map(len).to_numpy(dtype=np.int64)
@@ -106,12 +111,15 @@ class ChunkValues(NamedTuple):
 
 
 def check_chunk(spec: DataSpec, chunk: Chunk, skip: bool, counts: Dict[str, int]) -> ChunkValues:
-    """Row checks that do not depend on fitted state: split, labels, dense values, identity ids.
+    """Row checks that do not depend on fitted state, field counts first, then split, labels, dense
+    values (negative ones under ``log_standard`` unless ``clip_negative``), identity ids.
 
     Raises DataError at the first bad row unless ``skip``; then bad rows are marked in the result's
     ``bad.bad`` and counted per reason in ``counts``.
     """
     bad = BadRows(chunk, skip, counts)
+    # First: in a row with a field too many or too few, cells may belong to other columns.
+    bad.flag_field_counts()
     split = assign_splits(spec, chunk, bad)
     labels = label_values(spec, chunk, bad)
     dense: Dict[str, np.ndarray] = {}
@@ -121,6 +129,9 @@ def check_chunk(spec: DataSpec, chunk: Chunk, skip: bool, counts: Dict[str, int]
         bad.flag(unparseable, d.column, "not a finite number", raw)
         if d.fill_missing == "error":
             bad.flag(missing, d.column, "missing value (set fill_missing: mean or zero)", raw)
+        if d.normalize == "log_standard" and not d.clip_negative:
+            bad.flag(num < 0, d.column, "negative value under normalize: log_standard (log of a count; set "
+                     "clip_negative: true to map negatives to 0)", raw)
         dense[d.feature] = num
     for s in spec.sparse:
         if s.vocab == "identity":

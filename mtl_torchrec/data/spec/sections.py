@@ -21,8 +21,13 @@ Files = Union[str, List[str], Dict[str, Union[str, List[str]]]]
 
 @dataclass
 class CsvOptions:
-    """``csv:`` how CSV files are parsed (pandas ``read_csv`` options of the same meaning)."""
+    """``csv:`` how CSV files are parsed (pandas ``read_csv`` options of the same meaning).
 
+    Every record must have the header's number of fields (or ``len(names)``): a row with a field
+    too many or too few is a bad row (see ``on_bad_rows``).
+    """
+
+    # One character (pandas' fast C parser; a longer separator would be a regular expression).
     separator: str = ","
     header: bool = True
     # Column names when the file has no header row.
@@ -55,6 +60,8 @@ class SparseColumn:
     num_embeddings: int = 0
     table: Optional[str] = None
     pooling: Literal["sum", "mean"] = "sum"
+    # The column is also a label column: allowed only when set (it gives the model the answer).
+    allow_label_as_feature: bool = False
 
     @property
     def feature(self) -> str:
@@ -69,7 +76,13 @@ class DenseColumn:
     column: str
     name: Optional[str] = None
     normalize: Literal["standard", "log_standard", "minmax", "none"] = "standard"
+    # Missing cells (empty, a ``na_values`` entry, NaN in Parquet): a bad row, the training mean, or
+    # 0 after normalisation. Infinite or unparseable values are bad rows whatever this says.
     fill_missing: Literal["error", "mean", "zero"] = "error"
+    # log_standard takes log(1 + x) of counts: a negative value is a bad row unless this maps it to 0.
+    clip_negative: bool = False
+    # The column is also a label column: allowed only when set (it gives the model the answer).
+    allow_label_as_feature: bool = False
 
     @property
     def feature(self) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mtl_torchrec.data.preprocessing import stable_hash
+from mtl_torchrec.data.preprocessing import stable_hash, value_tokens
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.reading import Chunk
@@ -27,10 +27,12 @@ def assign_splits(spec: DataSpec, chunk: Chunk, bad: BadRows) -> np.ndarray:
     if sp is None:
         return np.full(n, ALL_SPLIT, dtype=object)
     if sp.column:
-        raw = chunk.frame[sp.column].astype(str).str.strip().to_numpy(dtype=object)
+        raw = chunk.frame[sp.column].to_numpy(dtype=object)
+        # The cells 1, 1.0 and " 1" all match a configured "1", whatever the file format.
+        text = value_tokens(chunk.frame[sp.column])
         out = np.full(n, None, dtype=object)
         for name, values in (("train", sp.train_values), ("val", sp.val_values), ("test", sp.test_values)):
-            out[np.isin(raw, [str(v) for v in values])] = name
+            out[pd.Series(text).isin(value_tokens(np.array(values, dtype=object))).to_numpy()] = name
         bad.flag(pd.isna(out), sp.column, "split value is not one of the configured train/val/test values", raw)
         return out
     if sp.by:
