@@ -27,9 +27,9 @@ class DataBundle:
     # Fitted preprocessing (vocabularies, normalisers) with save(dir) / load(dir); None when the
     # source needs none. The train command saves it in the run directory.
     preprocessing: Optional[Any] = None
-    # Where rows came from, for messages: (split, row indices) -> "<file> line <n>" per row; set by
-    # sources that read files (data specs), which may read them again to answer.
-    row_origin: Optional[Callable[[str, Sequence[int]], List[str]]] = None
+    # Where rows came from, for messages: (split, row indices) -> "<file> line <n>" per row (None
+    # where unknown); set by sources that read files (data specs), which may read them again to answer.
+    row_origin: Optional[Callable[[str, Sequence[int]], List[Optional[str]]]] = None
 
     def validate(self) -> None:
         for name, table in self.splits.items():

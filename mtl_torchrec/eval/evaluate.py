@@ -41,6 +41,7 @@ from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.model.esmm import check_esmm_labels
 from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.model.tasks import (
     TaskSpec,
@@ -97,6 +98,28 @@ def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> Data
         raise ConfigError(f"data.spec: '{cfg.data.spec}' not found (relative paths are from the working "
                           f"directory; pass --data to point at the spec)")
     return load_data(cfg.data, pre)
+
+
+# An evaluation split's unknown-id rate is "far above training's" beyond max(2 x, + 0.2) of it.
+OOV_FACTOR = 2.0
+OOV_MARGIN = 0.2
+
+
+def oov_warnings(stats: Dict[str, Any], split: str) -> List[str]:
+    """One warning per sparse feature whose share of unknown ids (``stats["oov"][split]``) is far
+    above the training split's (``stats["train_oov"]``): above ``max(2 x train, train + 0.2)``. Ids in
+    another form than in training (``"u12"`` vs ``"12"``) all fall in the out-of-vocabulary row
+    without a word otherwise. Features without a reference rate (runs saved before it) are skipped."""
+    reference = stats.get("train_oov") or {}
+    out: List[str] = []
+    for feature, c in (stats.get("oov") or {}).get(split, {}).items():
+        base, rate = reference.get(feature), c.get("rate")
+        if base is None or rate is None or rate <= max(OOV_FACTOR * base, base + OOV_MARGIN):
+            continue
+        out.append(f"sparse feature '{feature}': {rate:.1%} of its ids in split '{split}' ({c['unknown']} of "
+                   f"{c['tokens']}) are unknown to the run's vocabulary, against {base:.1%} in training; check that "
+                   f"the ids have the same form as in the training data")
+    return out
 
 
 def resolve_split(bundle: DataBundle, split: str) -> str:
@@ -364,8 +387,16 @@ def evaluate_run(
     note(f"loading data ({cfg.data.source if data_spec is None else data_spec}) ...")
     bundle = load_eval_data(cfg, run_dir, data_spec)
     split = resolve_split(bundle, split)
+    notes = check_esmm_labels(bundle, cfg.model.tasks, [split])
+    stats = bundle.preprocessing.stats if bundle.preprocessing is not None else {}
+    warnings = oov_warnings(stats, split)
     note(f"loaded {sum(len(t) for t in bundle.splits.values())} rows in {time.perf_counter() - t0:.1f} s; "
          f"'{split}' has {len(bundle.splits[split])}")
+    if ctx.is_main:
+        for message in notes:
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        for message in warnings:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
     slices = split_slices(bundle, split, slice_columns, slice_top)
     load_s = time.perf_counter() - t0
 
@@ -396,7 +427,11 @@ def evaluate_run(
     }
     summary["timing"]["load_data_s"] = load_s
     if bundle.preprocessing is not None:
-        summary["data"]["stats"] = bundle.preprocessing.stats
+        summary["data"]["stats"] = stats
+        summary["data"]["oov_rate"] = {f: c["rate"] for f, c in (stats.get("oov") or {}).get(split, {}).items()}
+        summary["data"]["train_oov_rate"] = stats.get("train_oov")
+    summary["warnings"] = warnings
+    summary["notes"] = notes
     summary["config"] = {"model": to_dict(cfg.model)}
     result.summary = summary
     return result

@@ -90,6 +90,10 @@ def markdown_report(summary: Dict[str, Any], plots: Sequence[Path], rows: Any, t
     if stats.get("skipped_rows"):
         parts.append(f"- bad rows skipped while reading: {stats['skipped_rows']} "
                      f"({', '.join(f'{k}: {v}' for k, v in stats['skipped_by_reason'].items())})")
+    for message in s.get("warnings", []):
+        parts.append(f"- **warning:** {message}")
+    for message in s.get("notes", []):
+        parts.append(f"- note: {message}")
     parts += ["", "## Metrics per task", ""]
     parts += [t + "\n" for t in _task_tables(s["tasks"])]
     notes = []

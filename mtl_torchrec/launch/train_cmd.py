@@ -30,6 +30,7 @@ from mtl_torchrec.distributed.context import (
 )
 from mtl_torchrec.eval.evaluate import SplitEvaluator
 from mtl_torchrec.eval.metrics import format_table
+from mtl_torchrec.model.esmm import check_esmm_labels
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 from mtl_torchrec.train.trainer import Trainer, check_splits
 
@@ -80,6 +81,7 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
     run_dir = resolve_run_dir(cfg, ctx)
     data = load_data(cfg.data)
     notes = check_splits(data, cfg.data.batch_size, ctx.world_size)
+    notes += check_esmm_labels(data, cfg.model.tasks)
     if ctx.is_main:
         for note in notes:
             print(f"note: {note}")

@@ -14,7 +14,9 @@ class TaskConfig:
 
     ``type`` is ``binary`` (logit, BCE) or ``regression`` (MSE). ``esmm_parent`` makes a binary
     task ESMM-style: its tower predicts p(task | parent), trained through
-    p(parent) * p(task | parent) over all rows.
+    p(parent) * p(task | parent) over all rows, against the label parent AND task. Data whose
+    task label is 1 where the parent's is 0 is refused unless ``esmm_derive_and_label`` sets those
+    labels to 0 (see :mod:`mtl_torchrec.model.esmm`).
     """
 
     name: str = ""
@@ -22,6 +24,7 @@ class TaskConfig:
     weight: float = 1.0
     tower_layers: Optional[List[int]] = None
     esmm_parent: Optional[str] = None
+    esmm_derive_and_label: bool = False
 
 
 @dataclass

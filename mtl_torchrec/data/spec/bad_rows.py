@@ -64,4 +64,5 @@ class BadRows:
     def _count(self, rows: np.ndarray, key: str) -> None:
         new = rows[~self.bad[rows]]
         self.bad[rows] = True
-        self.counts[key] = self.counts.get(key, 0) + int(len(new))
+        if len(new):
+            self.counts[key] = self.counts.get(key, 0) + int(len(new))

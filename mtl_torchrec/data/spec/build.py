@@ -138,10 +138,10 @@ def checked_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, skip: bool,
     return checked, dense
 
 
-def locate_rows(spec: DataSpec, pre: Preprocessing, split: str, rows: Sequence[int]) -> List[str]:
+def locate_rows(spec: DataSpec, pre: Preprocessing, split: str, rows: Sequence[int]) -> List[Optional[str]]:
     """``"<file> line <n>"`` (or ``row`` for Parquet) of rows ``rows`` of split ``split`` of the
-    bundle :func:`build_bundle` made from ``spec`` and ``pre``. Reads the files again (for
-    messages about a few rows); a row the files do not reach is named ``"row <i> of <split>"``."""
+    bundle :func:`build_bundle` made from ``spec`` and ``pre``, None for a row the files do not
+    reach. Reads the files again (for messages about a few rows)."""
     pending = sorted({int(r) for r in rows})
     found: Dict[int, str] = {}
     seen = 0
@@ -154,7 +154,7 @@ def locate_rows(spec: DataSpec, pre: Preprocessing, split: str, rows: Sequence[i
             r = pending.pop(0)
             found[r] = chunk.where(int(here[r - seen]))
         seen += len(here)
-    return [found.get(int(r), f"row {int(r)} of {split}") for r in rows]
+    return [found.get(int(r)) for r in rows]
 
 
 class OovCounts:
