@@ -35,6 +35,14 @@ def make_frame(n: int = 600, seed: int = 0, num_users: int = 40, num_items: int 
     })
 
 
+def int_id_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """:func:`make_frame` with integer user and item ids (``u12`` -> 12)."""
+    frame = make_frame(n=n, seed=seed)
+    frame["user"] = frame["user"].str[1:].astype(np.int64)
+    frame["item"] = frame["item"].str[1:].astype(np.int64)
+    return frame
+
+
 def spec_dict(files: Any = "data.csv", **overrides: Any) -> Dict[str, Any]:
     spec: Dict[str, Any] = {
         "files": files,

@@ -12,7 +12,7 @@ from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, r
 
 from tests.distributed import run_ranks
 from tests.test_metrics import _gauc_reference
-from tests.eval_fixtures import TRAIN_CONFIG, make_frame, spec_dict, write_case
+from tests.eval_fixtures import TRAIN_CONFIG, int_id_frame, make_frame, spec_dict, write_case
 from mtl_torchrec.config import ConfigError, load_config
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.eval.report import load_eval
@@ -173,3 +173,87 @@ def test_empty_split_is_an_error_naming_it(trained_run, tmp_path):
     spec = write_case(tmp_path / "data", frame)
     with pytest.raises((DataError, ConfigError), match="test"):
         _evaluate_1rank(trained_run, data_spec=str(spec))
+
+
+@pytest.fixture(scope="module")
+def int_id_run(tmp_path_factory):
+    """A run trained on a CSV whose user and item ids are integers."""
+    tmp = tmp_path_factory.mktemp("intrun")
+    spec = write_case(tmp / "data", int_id_frame(n=1000))
+    run_dir = tmp / "run"
+    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}"])
+    ctx = init_distributed()
+    try:
+        train(cfg, ctx)
+    finally:
+        close_distributed(ctx)
+    return run_dir, spec
+
+
+def _same(a, b, key=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), key
+        for k in a:
+            _same(a[k], b[k], f"{key}.{k}")
+    elif isinstance(a, float) and np.isnan(a):
+        assert np.isnan(b), key
+    else:
+        assert a == b, key
+
+
+def test_parquet_ids_of_any_type_evaluate_like_the_training_csv(int_id_run, tmp_path, capsys):
+    """Train on CSV, evaluate the same rows as Parquet with int, float and nullable-int ids:
+    identical metrics and no OOV warning (float ids used to be "12.0", unknown to the vocabulary)."""
+    run_dir, csv_spec = int_id_run
+    base = _evaluate_1rank(run_dir, data_spec=str(csv_spec)).summary
+    assert base["warnings"] == [] and base["data"]["oov_rate"]["user"] == base["data"]["train_oov_rate"]["user"] == 0.0
+    frame = int_id_frame(n=1000)
+    for form in ("int64", "float64", "Int64"):
+        other = frame.astype({"user": form, "item": form})
+        spec = write_case(tmp_path / form, other, spec_dict("data.parquet"), name="data.parquet")
+        got = _evaluate_1rank(run_dir, data_spec=str(spec)).summary
+        assert got["warnings"] == [], form
+        _same(base["tasks"], got["tasks"], form)
+        _same(base["slices"], got["slices"], form)
+        assert got["data"]["oov_rate"] == base["data"]["oov_rate"]
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_ids_in_another_form_warn_and_land_in_eval_json(int_id_run, tmp_path, capsys):
+    run_dir, _ = int_id_run
+    frame = int_id_frame(n=1000)
+    frame["user"] = "user_" + frame["user"].astype(str)  # cannot match the run's integer ids
+    spec = write_case(tmp_path / "data", frame)
+    assert cli_main(["evaluate", "--run", str(run_dir), "--data", str(spec), "--out", str(tmp_path / "out"),
+                     "--no-plots", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: sparse feature 'user': 100.0% of its ids in split 'test' (100 of 100) are unknown to the run's " \
+           "vocabulary, against 0.0% in training; check that the ids have the same form as in the training data" in err
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert saved["data"]["oov_rate"]["user"] == 1.0 and saved["data"]["train_oov_rate"]["user"] == 0.0
+    assert len(saved["warnings"]) == 1 and "sparse feature 'user'" in saved["warnings"][0]
+    assert "**warning:** sparse feature 'user'" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_evaluate_refuses_esmm_labels_before_writing(trained_run, tmp_path, capsys):
+    """The run's tasks made ESMM (conversion with parent click) and data with conversion = 1 on a
+    non-click test row: refused before the model is built or anything written."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["tasks"] = [{"name": "click", "type": "binary"}, {"name": "conversion", "esmm_parent": "click"},
+                             {"name": "rating", "type": "regression"}]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    frame = make_frame(n=1000)
+    frame["conversion"] = 0
+    frame.loc[19, ["click", "conversion"]] = ["no", 1]  # row 19: test row 1, file line 21
+    labels = spec_dict()["labels"] + [{"task": "conversion", "column": "conversion", "type": "binary"}]
+    spec = write_case(tmp_path / "data", frame, spec_dict(labels=labels))
+    assert cli_main(["evaluate", "--run", str(run), "--data", str(spec), "--no-plots", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"1 row(s) have conversion = 1 where click = 0, e.g. test row 1 ({tmp_path / 'data' / 'data.csv'} line 21)" in err
+    assert not (run / "eval").exists()

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.eval_fixtures import make_frame, spec_dict, write_case
+from tests.eval_fixtures import int_id_frame, make_frame, spec_dict, write_case
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.preprocessing import Preprocessing, Vocabulary, canonical_tokens, stable_hash
 from mtl_torchrec.data.spec import build_bundle, load_spec
@@ -112,17 +112,25 @@ def _truth(path: Path, o: CsvOptions):
     return out[1:]
 
 
+ROW_KINDS = [
+    "", "  \t", "\r", "{i},x", "{i},x,y,z", "{i},,", "{i},{i},{i}", '{i},"q,\nr",s', '"{i}","a""b",""',
+    '{i},"x\r\ny",z\r', '"{i}\n\n",",",', "{i},{i},{i}\r",
+]
+
+
 @pytest.mark.parametrize("block", [7, 64, 1 << 20])
-def test_record_walk_matches_the_csv_module_at_any_block_size(tmp_path, monkeypatch, block):
+@pytest.mark.parametrize("late", ["", '{i},a"b,c', '{i}, "x,y",z', "{i},x\ry"])
+def test_record_walk_matches_the_csv_module_at_any_block_size(tmp_path, monkeypatch, block, late):
+    """Blank lines, CRLF, quoted separators, line ends and doubled quotes; from row 300 on a form
+    only the csv module reads as pandas does (a quote inside a cell, a quote after a space, a bare
+    CR), where the walk hands over to it."""
     rng = np.random.default_rng(block)
     rows = ["a,b,c"]
     for i in range(400):
-        kind = rng.integers(0, 9)
-        rows.append({0: "", 1: "  \t", 2: f"{i},x", 3: f"{i},x,y,z", 4: f'{i},"q,\nr",s' if i > 300 else f"{i},p,q",
-                     5: "\r", 6: f"{i},,"}.get(int(kind), f"{i},{i},{i}"))
-    text = "\n".join(rows)
+        kinds = ROW_KINDS + ([late] if late and i >= 300 else [])
+        rows.append(kinds[int(rng.integers(0, len(kinds)))].format(i=i))
     path = tmp_path / "walk.csv"
-    path.write_bytes(text.encode())
+    path.write_bytes("\n".join(rows).encode())
     monkeypatch.setattr(records_module, "_BLOCK", block)
     o = CsvOptions()
     walked = RecordIndex(str(path), o, skip=1, expected=3)
@@ -228,16 +236,9 @@ def test_canonical_tokens_one_form_for_every_type():
         assert canonical_tokens(np.array([v], dtype=object))[0] == canonical_tokens(np.array([str(v)], dtype=object))[0]
 
 
-def _int_id_frame(n: int = 300) -> pd.DataFrame:
-    frame = make_frame(n=n)
-    frame["user"] = frame["user"].str[1:].astype(np.int64)
-    frame["item"] = frame["item"].str[1:].astype(np.int64)
-    return frame
-
-
 @pytest.mark.parametrize("form", ["int", "float", "nullable"])
 def test_parquet_ids_of_any_type_map_like_csv(tmp_path, form):
-    frame = _int_id_frame()
+    frame = int_id_frame(n=300)
     csv_bundle = build_bundle(load_spec(write_case(tmp_path / "csv", frame)))
     other = frame.copy()
     if form == "float":
@@ -255,7 +256,7 @@ def test_parquet_ids_of_any_type_map_like_csv(tmp_path, form):
 
 def test_nullable_int_parquet_labels_and_missing_ids(tmp_path):
     """pd.NA in Int64 columns used to crash with 'boolean value of NA is ambiguous'."""
-    frame = _int_id_frame()
+    frame = int_id_frame(n=300)
     frame["click"] = (frame["click"] == "yes").astype("Int64")
     frame["user"] = frame["user"].astype("Int64")
     frame.loc[[4, 9], "user"] = pd.NA

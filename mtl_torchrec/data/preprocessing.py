@@ -122,12 +122,15 @@ def canonical_tokens(values: Union[pd.Series, np.ndarray, Sequence[Any]]) -> np.
         for i in np.flatnonzero(present & ~exact):
             out[i] = _canonical_scalar(x[i])
     elif pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
-        out[present] = _canonical_strings(s[present]).to_numpy(dtype=object)
+        text = _canonical_strings(s if present.all() else s[present]).to_numpy(dtype=object)
+        out[present] = text
     else:
         vals = s.to_numpy(dtype=object)[present]
         kind = pd.api.types.infer_dtype(vals, skipna=True)
         if kind == "string":
-            out[present] = _canonical_strings(pd.Series(vals, dtype="str")).to_numpy(dtype=object)
+            dot = np.fromiter(("." in v for v in vals), dtype=bool, count=len(vals))
+            vals[dot] = [_canonical_text(v) for v in vals[dot]]
+            out[present] = vals
         elif kind == "integer":
             out[present] = np.array([str(int(v)) for v in vals], dtype=object)
         else:
@@ -141,11 +144,11 @@ def value_tokens(values: Union[pd.Series, np.ndarray]) -> np.ndarray:
     matching against configured value lists (label ``positive``/``negative``, split values): the
     cells ``1``, ``1.0`` and ``" 1 "`` all match ``"1"``. None where a value is missing."""
     s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object), dtype=object)
-    tokens = canonical_tokens(s.reset_index(drop=True))
-    present = np.flatnonzero(~pd.isna(tokens))
-    if len(present):
-        tokens[present] = canonical_tokens(pd.Series(tokens[present], dtype="str").str.strip())
-    return tokens
+    if pd.api.types.is_string_dtype(s.dtype) or pd.api.types.is_object_dtype(s.dtype):
+        # Text is stripped before the whole-number rule (" 5.0 " -> "5"); other values have no spaces.
+        s = s.str.strip() if pd.api.types.infer_dtype(s, skipna=True) == "string" else s.map(
+            lambda v: v.strip() if isinstance(v, str) else v)
+    return canonical_tokens(s)
 
 
 @dataclass

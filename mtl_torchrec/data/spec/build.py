@@ -74,13 +74,14 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
         frame = chunk.frame[keep]
         split = checked.split[keep]
         converted: Dict[str, Any] = {}
+        split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
         for s in spec.sparse:
             tokens, lengths = sparse_tokens(s, frame)
             vocab = pre.vocabs[s.feature]
             if vocab.mode in ("build", "file"):
                 keys = vocab.keys(tokens)
                 ids = vocab.lookup_keys(keys)
-                oov.add(s.feature, split if lengths is None else np.repeat(split, lengths), keys, ids)
+                oov.add(s.feature, split_rows, keys, ids, lengths)
             else:
                 ids = vocab.lookup(tokens)
             converted[s.feature] = ids if lengths is None else Jagged(ids, lengths)
@@ -89,15 +90,15 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
         for task, y in checked.labels.items():
             converted[task] = y[keep]
         if spec.group:
-            h = stable_hash(frame[spec.group].to_numpy(dtype=object))
+            # Canonical text: the same groups (and GAUC) from a CSV or a Parquet file of int or float keys.
+            h = stable_hash(canonical_tokens(frame[spec.group]))
             converted[group_column(spec.group)] = (h >> np.uint64(1)).astype(np.int64)
         raw_slices = {sl.column: canonical_tokens(frame[spec.raw_column_of(sl.column)])
                       for sl in spec.slices if not sl.cold_warm}
         if item_text is not None:
             fill_item_text(item_text, converted[spec.item_text.item], frame, spec.item_text)
-        for name in np.unique(split):
-            rows = np.flatnonzero(split == name)
-            b = builders.setdefault(str(name), SplitParts())
+        for name, rows in split_rows.items():
+            b = builders.setdefault(name, SplitParts())
             for col, v in converted.items():
                 b.add(col, v.take(rows) if isinstance(v, Jagged) else v[rows])
             for col, raw in raw_slices.items():
@@ -163,15 +164,20 @@ class OovCounts:
     def __init__(self) -> None:
         self.counts: Dict[str, Dict[str, List[int]]] = {}
 
-    def add(self, feature: str, split: np.ndarray, keys: np.ndarray, ids: np.ndarray) -> None:
-        """Counts one chunk: ``split``, ``keys`` (None = missing) and ``ids`` per token."""
+    def add(self, feature: str, split_rows: Dict[str, np.ndarray], keys: np.ndarray, ids: np.ndarray,
+            lengths: Optional[np.ndarray]) -> None:
+        """Counts one chunk: ``keys`` (None = missing) and ``ids`` per token, ``lengths`` tokens per
+        row (None: one per row), ``split_rows`` the row indices of each split."""
         present = ~np.asarray(pd.isna(keys), dtype=bool)
         unknown = present & (ids == 0)
-        for name in np.unique(split):
-            at = split == name
-            c = self.counts.setdefault(str(name), {}).setdefault(feature, [0, 0])
-            c[0] += int((present & at).sum())
-            c[1] += int((unknown & at).sum())
+        if lengths is not None:
+            row = np.repeat(np.arange(len(lengths)), lengths)
+            present = np.bincount(row, weights=present, minlength=len(lengths))
+            unknown = np.bincount(row, weights=unknown, minlength=len(lengths))
+        for name, rows in split_rows.items():
+            c = self.counts.setdefault(name, {}).setdefault(feature, [0, 0])
+            c[0] += int(present[rows].sum())
+            c[1] += int(unknown[rows].sum())
 
     def stats(self) -> Dict[str, Dict[str, Dict[str, Any]]]:
         """``{split: {feature: {"tokens": n, "unknown": k, "rate": k / n (None without tokens)}}}``."""
