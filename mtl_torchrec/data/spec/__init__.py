@@ -9,7 +9,8 @@ Modules, in the order a spec goes through them:
 
 * ``sections`` / ``data_spec``: the spec's dataclasses and :func:`load_spec`; ``checks``: the
   checks across fields, each naming the dotted key;
-* ``reading``: file globs and CSV/Parquet chunks with file/line positions;
+* ``reading``: file globs and CSV/Parquet chunks with file/line positions; ``records``: each CSV
+  record's real file line and field count, walked beside pandas' parser;
 * ``bad_rows``, ``splits``, ``rows``: per-row parsing and checks, ``on_bad_rows`` error/skip
   counting, the split of each row;
 * ``fitting`` (first pass: vocabularies, normalisers, schema) and ``build`` (second pass:
