@@ -144,6 +144,8 @@ def value_tokens(values: Union[pd.Series, np.ndarray]) -> np.ndarray:
     matching against configured value lists (label ``positive``/``negative``, split values): the
     cells ``1``, ``1.0`` and ``" 1 "`` all match ``"1"``. None where a value is missing."""
     s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object), dtype=object)
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype(object)
     if pd.api.types.is_string_dtype(s.dtype) or pd.api.types.is_object_dtype(s.dtype):
         # Text is stripped before the whole-number rule (" 5.0 " -> "5"); other values have no spaces.
         s = s.str.strip() if pd.api.types.infer_dtype(s, skipna=True) == "string" else s.map(
@@ -299,7 +301,7 @@ class Normalizer:
     """Streaming-fitted dense normalisation.
 
     ``standard``: (x - mean) / std; ``log_standard``: the same on log1p(max(x, 0)) for heavy-tailed
-    counts; ``minmax``: (x - min) / (max - min); ``none``: unchanged. Missing values are filled
+    counts (a data spec refuses negative values there unless ``clip_negative: true``); ``minmax``: (x - min) / (max - min); ``none``: unchanged. Missing values are filled
     with the fitted mean (``fill_missing: mean``) or 0 after normalisation (``zero``), or are an
     error.
     """

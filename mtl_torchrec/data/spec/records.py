@@ -297,7 +297,8 @@ class RecordIndex:
         return np.diff(np.searchsorted(seps, ends), prepend=0) + 1
 
     @staticmethod
-    def _blank_lines(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, single: np.ndarray, ws: List[int]) -> np.ndarray:
+    def _blank_lines(a: np.ndarray, starts: np.ndarray, ends: np.ndarray, single: np.ndarray,
+                     ws: List[int]) -> np.ndarray:
         """Of the lines ``[starts, ends)`` of ``a`` with one field (``single``), those holding only
         whitespace bytes ``ws`` and ``\\r``, which pandas skips."""
         out = np.zeros(len(starts), dtype=bool)
