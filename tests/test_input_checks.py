@@ -331,13 +331,13 @@ def test_label_column_used_as_a_feature_is_refused_unless_allowed(tmp_path):
     write_case(tmp_path)
     spec = spec_dict(sparse=[{"column": "user", "vocab": "build"}, {"column": "click", "name": "clicked", "vocab": "build"}])
     (tmp_path / "leak.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(ConfigError, match=r"leak.yaml: sparse\[1\].column: 'click' is the label column of labels\[0\] "
+    with pytest.raises(ConfigError, match=r"leak.yaml: sparse\[1\].column: 'click' is the label column of labels\[0\].column "
                                           r"\(task 'click'\); a label used as a feature gives the model the answer. "
                                           r"Set sparse\[1\].allow_label_as_feature: true if this is intended"):
         load_spec(tmp_path / "leak.yaml")
     spec = spec_dict(dense=[{"column": "rating", "name": "stars", "fill_missing": "zero"}])
     (tmp_path / "leak2.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(ConfigError, match=r"dense\[0\].column: 'rating' is the label column of labels\[1\]"):
+    with pytest.raises(ConfigError, match=r"dense\[0\].column: 'rating' is the label column of labels\[1\].column"):
         load_spec(tmp_path / "leak2.yaml")
     spec["dense"][0]["allow_label_as_feature"] = True
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(spec))

@@ -133,7 +133,7 @@ def check_label_not_feature(labels: Sequence[LabelColumn], sparse: Sequence[Spar
         for key, feature in features:
             if feature.column == lab.column and not feature.allow_label_as_feature:
                 raise ConfigError(
-                    f"{key}.column: '{feature.column}' is the label column of labels[{i}] (task '{lab.task}'); "
+                    f"{key}.column: '{feature.column}' is the label column of labels[{i}].column (task '{lab.task}'); "
                     f"a label used as a feature gives the model the answer. Set {key}.allow_label_as_feature: "
                     f"true if this is intended"
                 )
