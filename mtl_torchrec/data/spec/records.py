@@ -271,7 +271,8 @@ class RecordIndex:
             if not _quotes_at_field_edges(a, quotes, sep) or (at_end and len(quotes) % 2):
                 return None
             # Quoted separators and line ends (an odd number of quotes before them) are text.
-            before = np.cumsum(is_quote, dtype=np.int32)
+            # Only the parity counts, and 256 is even: a wrapping uint8 count is exact and cheapest.
+            before = np.cumsum(is_quote, dtype=np.uint8)
             ends = ends[(before[np.minimum(ends, len(a) - 1)] & 1) == 0]
             seps = seps[(before[seps] & 1) == 0]
         if len(ends) == 0:
