@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from mtl_torchrec.config import ConfigError
-from mtl_torchrec.model.balancing import MGDAUB, GradNorm, UncertaintyWeights, min_norm_weights
+from mtl_torchrec.model.balancing import MGDAUB, FixedWeights, GradNorm, UncertaintyWeights, min_norm_weights
 from mtl_torchrec.model.builder import build_balancer
-from mtl_torchrec.model.tasks import FixedWeights, TaskSpec
+from mtl_torchrec.model.tasks import TaskSpec
 
 
 class TwoHeads(nn.Module):

@@ -9,16 +9,15 @@ from mtl_torchrec.config import SyntheticConfig, load_config
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.synthetic import generate_synthetic
 from mtl_torchrec.eval.metrics import TaskMetrics
+from mtl_torchrec.model.balancing import FixedWeights
 from mtl_torchrec.model.builder import build_model, task_specs
 from mtl_torchrec.model.tasks import (
-    FixedWeights,
     TrainModule,
     metric_tasks,
     predictions,
     task_losses,
     with_conditional_labels,
 )
-
 from tests.mtl_helpers import SMALL, esmm_tasks
 
 

@@ -10,7 +10,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ class Batch(Pipelineable):
 
     ``masks[task]`` is 1.0 where the row has a label for ``task``; losses and metrics weight rows
     by it, which is also how padding rows (mask 0 everywhere) are kept out of evaluation.
+    ``weights[task]`` (optional, ``[B]``) weights each row's loss for ``task``: a row of weight 2
+    counts like two copies of it. Absent (``None``, or no entry for a task) means weight 1.
     """
 
     sparse: KeyedJaggedTensor
@@ -33,6 +35,7 @@ class Batch(Pipelineable):
     labels: Dict[str, torch.Tensor]
     masks: Dict[str, torch.Tensor]
     group: torch.Tensor
+    weights: Optional[Dict[str, torch.Tensor]] = None
 
     @property
     def batch_size(self) -> int:
@@ -45,13 +48,16 @@ class Batch(Pipelineable):
             labels={k: v.to(device=device, non_blocking=non_blocking) for k, v in self.labels.items()},
             masks={k: v.to(device=device, non_blocking=non_blocking) for k, v in self.masks.items()},
             group=self.group.to(device=device, non_blocking=non_blocking),
+            weights=None
+            if self.weights is None
+            else {k: v.to(device=device, non_blocking=non_blocking) for k, v in self.weights.items()},
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
         self.sparse.record_stream(stream)
         self.dense.record_stream(stream)
         self.group.record_stream(stream)
-        for t in list(self.labels.values()) + list(self.masks.values()):
+        for t in [*self.labels.values(), *self.masks.values(), *(self.weights or {}).values()]:
             t.record_stream(stream)
 
     def pin_memory(self) -> "Batch":
@@ -61,6 +67,7 @@ class Batch(Pipelineable):
             labels={k: v.pin_memory() for k, v in self.labels.items()},
             masks={k: v.pin_memory() for k, v in self.masks.items()},
             group=self.group.pin_memory(),
+            weights=None if self.weights is None else {k: v.pin_memory() for k, v in self.weights.items()},
         )
 
     @staticmethod

@@ -33,15 +33,15 @@ from torchrec.distributed.sharding_plan import (
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from mtl_torchrec.config import SHARDING_STRATEGIES, SPARSE_OPTIMIZERS
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.modules.frozen_ebc import (
     FrozenEmbeddingBagCollection,
     FrozenEmbeddingBagCollectionSharder,
 )
 
-STRATEGIES = ("planner", "table_wise", "column_wise", "row_wise", "table_column_wise", "table_row_wise", "data_parallel")
-
-_SPARSE_OPTIMIZERS = {
+# FBGEMM's fused optimizer for each name of SPARSE_OPTIMIZERS (train.sparse_optimizer).
+EMB_OPTIM_TYPES: Dict[str, EmbOptimType] = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
     "adagrad": EmbOptimType.EXACT_ADAGRAD,
     "sgd": EmbOptimType.EXACT_SGD,
@@ -50,10 +50,10 @@ _SPARSE_OPTIMIZERS = {
 
 def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[ModuleSharder]] = None) -> List[ModuleSharder]:
     """EBC sharder whose fused kernel applies the sparse optimizer inside the backward pass."""
-    if sparse_optimizer not in _SPARSE_OPTIMIZERS:
-        raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(_SPARSE_OPTIMIZERS)})")
+    if sparse_optimizer not in EMB_OPTIM_TYPES:
+        raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(SPARSE_OPTIMIZERS)})")
     fused: Dict[str, Any] = {
-        "optimizer": _SPARSE_OPTIMIZERS[sparse_optimizer],
+        "optimizer": EMB_OPTIM_TYPES[sparse_optimizer],
         "learning_rate": sparse_lr,
         "eps": 1e-8,
     }
@@ -86,7 +86,7 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
             elif strategy == "data_parallel":
                 gen = data_parallel()
             else:
-                raise ValueError(f"train.sharding: unknown strategy '{strategy}' (known: {list(STRATEGIES)})")
+                raise ValueError(f"train.sharding: unknown strategy '{strategy}' (known: {list(SHARDING_STRATEGIES)})")
             per_table[cfg.name] = gen
             counter += 1
         plan[path] = construct_module_sharding_plan(

@@ -46,6 +46,7 @@ from mtl_torchrec.distributed.context import (
     init_distributed,
 )
 from mtl_torchrec.launch.train_cmd import resolve_run_dir, train
+from mtl_torchrec.model.backbones import BACKBONES
 from mtl_torchrec.model.builder import build_model
 
 # Metrics compared, in order, and whether higher is better.
@@ -77,13 +78,8 @@ def dense_parameter_count(cfg: ModelConfig, schema: Schema) -> int:
 
 
 def _template_layers(cfg: ModelConfig) -> List[int]:
-    if cfg.backbone in ("mmoe", "omoe"):
-        return list(cfg.mmoe.expert_layers)
-    if cfg.backbone == "ple":
-        return list(cfg.ple.expert_layers)
-    if cfg.backbone == "shared_bottom":
-        return list(cfg.shared_bottom.layers)
-    return list(cfg.single_task.layers)
+    backbone = BACKBONES.get(cfg.backbone)
+    return list(backbone.template_layers(backbone.options_of(cfg)))
 
 
 def single_task_model_config(cfg: ModelConfig, task: TaskConfig, layers: List[int]) -> ModelConfig:

@@ -17,15 +17,71 @@ optimizers (those never expose embedding-table gradients).
 
 These balancers run as leaf modules inside TorchRec's traced train module; their forward is
 ordinary eager code and avoids branching on tensor values all the same.
+
+Each is registered in :data:`BALANCERS` under its ``train.loss_balance`` name and built from the
+configured task weights and ``train.balance`` by :meth:`Balancer.from_config`. A new balancer is
+one registered :class:`Balancer` subclass.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import ClassVar, Dict, List, Type
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from mtl_torchrec.core.registry import Registry
+from mtl_torchrec.model.config import BalanceConfig
+
+
+class Balancer(nn.Module):
+    """A loss balancer: ``forward(losses, shared) -> total`` and ``weights() -> {task: weight}``.
+
+    Attributes:
+        needs_positive_weights: whether the configured task weights must all be > 0 (they
+            start a learned weight's logarithm or normalisation).
+    """
+
+    needs_positive_weights: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "Balancer":
+        """The balancer for tasks with configured ``weights`` (``model.tasks[*].weight``, in
+        task order) and the ``train.balance`` options."""
+        raise NotImplementedError
+
+    def weights(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+
+BALANCERS: Registry[Type[Balancer]] = Registry("train.loss_balance")
+
+
+@BALANCERS.register("fixed")
+class FixedWeights(Balancer):
+    """Total loss as a fixed weighted sum of task losses: ``L = sum_k w_k L_k``.
+
+    Example::
+
+        balancer = FixedWeights({"click": 1.0, "rating": 0.5})
+        total = balancer({"click": l1, "rating": l2}, shared)   # l1 + 0.5 * l2
+    """
+
+    def __init__(self, weights: Dict[str, float]) -> None:
+        super().__init__()
+        self.task_names = list(weights)
+        self.register_buffer("weight", torch.tensor([weights[t] for t in self.task_names]), persistent=False)
+
+    @classmethod
+    def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "FixedWeights":
+        return cls(weights)
+
+    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+        return sum(self.weight[i] * losses[t] for i, t in enumerate(self.task_names))
+
+    def weights(self) -> Dict[str, float]:
+        return {t: float(self.weight[i]) for i, t in enumerate(self.task_names)}
 
 
 def _stack(losses: Dict[str, torch.Tensor], names: List[str]) -> torch.Tensor:
@@ -59,7 +115,8 @@ def _needs_gradients(shared: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and shared.requires_grad
 
 
-class UncertaintyWeights(nn.Module):
+@BALANCERS.register("uncertainty")
+class UncertaintyWeights(Balancer):
     """Homoscedastic-uncertainty weighting: ``L = sum_k exp(-s_k) L_k + s_k`` with learned ``s_k``.
 
     At the optimum ``exp(-s_k) = 1 / L_k``: a task with a noisier (larger) loss gets a smaller
@@ -73,6 +130,8 @@ class UncertaintyWeights(nn.Module):
         balancer.weights()   # {"click": exp(-s_click), "rating": exp(-s_rating)}
     """
 
+    needs_positive_weights = True
+
     def __init__(self, initial_weights: Dict[str, float]) -> None:
         super().__init__()
         self.task_names = list(initial_weights)
@@ -80,6 +139,10 @@ class UncertaintyWeights(nn.Module):
         if bool((init <= 0).any()):
             raise ValueError("uncertainty weighting needs positive initial task weights")
         self.log_var = nn.Parameter(-init.log())
+
+    @classmethod
+    def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "UncertaintyWeights":
+        return cls(weights)
 
     def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
         L = _stack(losses, self.task_names)
@@ -90,7 +153,8 @@ class UncertaintyWeights(nn.Module):
         return {t: float(w[i]) for i, t in enumerate(self.task_names)}
 
 
-class GradNorm(nn.Module):
+@BALANCERS.register("gradnorm")
+class GradNorm(Balancer):
     """GradNorm: learned task weights that equalise gradient norms relative to training rates.
 
     With ``G_k = ||d(w_k L_k)/d shared||``, ``r_k = (L_k / L_k(0)) / mean_j(L_j / L_j(0))`` and
@@ -108,6 +172,8 @@ class GradNorm(nn.Module):
         sum(balancer.weights().values())    # 2.0
     """
 
+    needs_positive_weights = True
+
     def __init__(self, initial_weights: Dict[str, float], alpha: float = 1.5, eps: float = 1e-4) -> None:
         super().__init__()
         self.task_names = list(initial_weights)
@@ -119,6 +185,10 @@ class GradNorm(nn.Module):
         self.eps = eps
         self.raw = nn.Parameter(init * n / init.sum())
         self.register_buffer("initial_losses", torch.full((n,), float("nan")))
+
+    @classmethod
+    def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "GradNorm":
+        return cls(weights, alpha=options.gradnorm_alpha)
 
     def _normalized(self) -> torch.Tensor:
         w = self.raw.clamp_min(self.eps)
@@ -178,7 +248,8 @@ def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
     return a
 
 
-class MGDAUB(nn.Module):
+@BALANCERS.register("mgda_ub")
+class MGDAUB(Balancer):
     """MGDA-UB: weights from the minimum-norm point in the convex hull of the task gradients,
     taken on the shared representation (the upper bound of the paper).
 
@@ -202,6 +273,10 @@ class MGDAUB(nn.Module):
         n = len(self.task_names)
         self.register_buffer("last_weights", torch.ones(n))
 
+    @classmethod
+    def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "MGDAUB":
+        return cls(list(weights), normalize=options.mgda_normalize)
+
     def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
         L = _stack(losses, self.task_names)
         if not _needs_gradients(shared):
@@ -219,5 +294,3 @@ class MGDAUB(nn.Module):
     def weights(self) -> Dict[str, float]:
         return {t: float(self.last_weights[i]) for i, t in enumerate(self.task_names)}
 
-
-BALANCERS = ("fixed", "uncertainty", "gradnorm", "mgda_ub")

@@ -13,14 +13,12 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.schema import Schema
-from mtl_torchrec.model.balancing import BALANCERS, MGDAUB, GradNorm, UncertaintyWeights
+from mtl_torchrec.model.backbones import BACKBONES
+from mtl_torchrec.model.balancing import BALANCERS
 from mtl_torchrec.model.config import BalanceConfig, ModelConfig
 from mtl_torchrec.model.multitask import MultiTaskModel
-from mtl_torchrec.model.tasks import FixedWeights, TaskSpec, TrainModule, check_tasks
+from mtl_torchrec.model.tasks import TaskSpec, TrainModule, check_tasks
 from mtl_torchrec.model.text import item_id_dropout, text_feature_modules
-from mtl_torchrec.modules.mmoe import MMoE
-from mtl_torchrec.modules.ple import PLE
-from mtl_torchrec.modules.shared_bottom import SeparateBottoms, SharedBottom
 from mtl_torchrec.modules.towers import TaskTowers
 
 
@@ -62,46 +60,29 @@ def task_specs(cfg: ModelConfig, schema: Schema) -> List[TaskSpec]:
 
 
 def build_backbone(cfg: ModelConfig, in_features: int, num_tasks: int) -> nn.Module:
-    if cfg.backbone in ("mmoe", "omoe"):
-        return MMoE(
-            in_features,
-            num_tasks,
-            cfg.mmoe.num_experts,
-            cfg.mmoe.expert_layers,
-            cfg.mmoe.gate_layers,
-            single_gate=cfg.backbone == "omoe",
-        )
-    if cfg.backbone == "ple":
-        p = cfg.ple
-        try:
-            return PLE(in_features, num_tasks, p.num_levels, p.num_task_experts, p.num_shared_experts, p.expert_layers)
-        except ValueError as e:
-            raise ConfigError(f"model.ple: {e}") from None
-    if cfg.backbone == "shared_bottom":
-        if not cfg.shared_bottom.layers:
-            raise ConfigError("model.shared_bottom.layers: at least one layer is required")
-        return SharedBottom(in_features, num_tasks, cfg.shared_bottom.layers)
-    if cfg.backbone == "single_task":
-        if not cfg.single_task.layers:
-            raise ConfigError("model.single_task.layers: at least one layer is required")
-        return SeparateBottoms(in_features, num_tasks, cfg.single_task.layers)
-    raise ConfigError(f"model.backbone: '{cfg.backbone}' is not available")
+    """The registered backbone ``cfg.backbone`` built from its options section ``model.<section>``.
+
+    Raises ConfigError naming ``model.backbone`` (not registered) or ``model.<section>`` (the
+    module refused its options).
+    """
+    backbone = BACKBONES.get(cfg.backbone)
+    try:
+        return backbone.build(backbone.options_of(cfg), in_features, num_tasks)
+    except ValueError as e:
+        raise ConfigError(f"model.{backbone.section}: {e}") from None
 
 
 def build_balancer(name: str, tasks: List[TaskSpec], options: Optional[BalanceConfig] = None) -> nn.Module:
+    """The registered balancer ``name`` (``train.loss_balance``) for ``tasks`` and their weights.
+
+    Raises ConfigError naming ``train.loss_balance`` for an unknown name, or for a learned
+    balancer with a task weight <= 0.
+    """
+    balancer = BALANCERS.get(name)
     weights = {t.name: t.weight for t in tasks}
-    options = options or BalanceConfig()
-    if name == "fixed":
-        return FixedWeights(weights)
-    if name in ("uncertainty", "gradnorm") and any(w <= 0 for w in weights.values()):
+    if balancer.needs_positive_weights and any(w <= 0 for w in weights.values()):
         raise ConfigError(f"train.loss_balance: '{name}' needs positive model.tasks[*].weight (got {weights})")
-    if name == "uncertainty":
-        return UncertaintyWeights(weights)
-    if name == "gradnorm":
-        return GradNorm(weights, alpha=options.gradnorm_alpha)
-    if name == "mgda_ub":
-        return MGDAUB(list(weights), normalize=options.mgda_normalize)
-    raise ConfigError(f"train.loss_balance: unknown method '{name}' (known: {list(BALANCERS)})")
+    return balancer.from_config(weights, options or BalanceConfig())
 
 
 def build_model(
