@@ -141,6 +141,11 @@ def with_conditional_labels(batch: Batch, tasks: List[TaskSpec]) -> Batch:
     return Batch(sparse=batch.sparse, dense=batch.dense, labels=labels, masks=masks, group=batch.group, weights=weights)
 
 
+# Floor of a task's weight sum: an empty batch gives 0 instead of 0/0. A constant, not
+# torch.finfo(dtype): TorchRec's pipeline fx-traces this code, where dtypes are proxies.
+_MIN_WEIGHT_SUM = 1e-12
+
+
 def _masked_mean(per_row: torch.Tensor, mask: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``sum(w * m * loss) / sum(w * m)``; without ``weight``, ``w = 1``.
 
@@ -149,7 +154,7 @@ def _masked_mean(per_row: torch.Tensor, mask: torch.Tensor, weight: Optional[tor
     ``sum(m * loss) / max(sum(m), 1)``.
     """
     w = mask if weight is None else weight * mask
-    return (per_row * w).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+    return (per_row * w).sum() / w.sum().clamp_min(_MIN_WEIGHT_SUM)
 
 
 def task_losses(out: ModelOutput, batch: Batch, tasks: List[TaskSpec]) -> Dict[str, torch.Tensor]:
