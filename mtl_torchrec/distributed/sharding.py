@@ -30,7 +30,7 @@ from torchrec.distributed.sharding_plan import (
     table_row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mtl_torchrec.config import SHARDING_STRATEGIES, SPARSE_OPTIMIZERS
@@ -82,7 +82,7 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
             elif strategy == "table_column_wise":
                 gen = column_wise(ranks=[counter % world_size] * 2, compute_kernel=kernel)
             elif strategy == "table_row_wise":
-                gen = table_row_wise(host_index=0, compute_kernel=kernel)
+                gen = _with_kernel(table_row_wise(host_index=counter % max(1, world_size // local_world_size)), kernel)
             elif strategy == "data_parallel":
                 gen = data_parallel()
             else:
@@ -94,6 +94,18 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
             device_type=device_type,
         )
     return ShardingPlan(plan=plan)
+
+
+def _with_kernel(gen: Any, kernel: str) -> Any:
+    """``gen`` with its compute kernel set: TorchRec's ``table_row_wise`` takes none and would
+    pick the dense kernel, whose tables the fused sparse optimizer never updates."""
+
+    def generate(*args: Any, **kwargs: Any) -> ParameterSharding:
+        sharding = gen(*args, **kwargs)
+        sharding.compute_kernel = kernel
+        return sharding
+
+    return generate
 
 
 def _frozen_sharder(ebc: EmbeddingBagCollection) -> Optional[ModuleSharder]:
