@@ -66,7 +66,7 @@ def _ebc_paths(module: nn.Module) -> Dict[str, EmbeddingBagCollection]:
 
 def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_size: int, device_type: str) -> ShardingPlan:
     """The same strategy for every table of every EBC in ``module``; tables spread round-robin
-    over ranks for table-wise placement."""
+    over ranks for table-wise placement (over hosts for ``table_row_wise``)."""
     kernel = EmbeddingComputeKernel.FUSED.value
     plan: Dict[str, Any] = {}
     counter = 0

@@ -16,7 +16,8 @@ from mtl_torchrec.core.registry import Registry
 
 class Backbone:
     """How one ``model.backbone`` value is configured and built. Subclass, set the class
-    attributes, implement the two static methods and register the class under its name.
+    attributes, implement :meth:`build` and :meth:`template_layers` (static or class methods)
+    and register the class under its name.
 
     Attributes:
         section: the options section under ``model.`` (e.g. ``mmoe`` for ``model.mmoe.*``).
