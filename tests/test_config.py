@@ -239,3 +239,11 @@ def test_bad_train_command_exits_2_and_writes_nothing(tmp_path, monkeypatch, cap
     assert "train.loss_balance: 'gradnrm' is not one of ['fixed', 'gradnorm', 'mgda_ub', 'uncertainty']" in err
     assert "data.batch_size: must be >= 1, got 0" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_override_problems_are_reported_with_the_rest():
+    assert _problems(["model.tasks.3.weight=1", "epochs", "train.epochs=0"]) == [
+        "override 'model.tasks.3.weight': index 3 is out of range, model.tasks has 3 entries",
+        "override 'epochs' must look like key=value",
+        "train.epochs: must be >= 1, got 0",
+    ]

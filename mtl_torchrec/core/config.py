@@ -447,12 +447,22 @@ def _set_override(data: Dict[str, Any], dotted_key: str, raw: str) -> None:
 
 
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Applies ``key=value`` overrides (values parsed as YAML) to ``data`` in place and returns it."""
+    """Applies ``key=value`` overrides (values parsed as YAML) to ``data`` in place and returns it.
+
+    Raises ConfigError listing every override that cannot be applied (one line each), after
+    applying the others.
+    """
+    failed: List[str] = []
     for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like key=value")
-        k, v = ov.split("=", 1)
-        _set_override(data, k.strip(), v.strip())
+        try:
+            if "=" not in ov:
+                raise ConfigError(f"override '{ov}' must look like key=value")
+            k, v = ov.split("=", 1)
+            _set_override(data, k.strip(), v.strip())
+        except ConfigError as e:
+            failed.append(str(e))
+    if failed:
+        raise ConfigError("\n".join(failed))
     return data
 
 
@@ -488,8 +498,18 @@ def load_config(
     except (TypeError, ValueError):  # a class with required fields has no complete defaults
         defaults = {}
     merged = _merge(defaults, data)
-    apply_overrides(merged, overrides)
-    return from_dict(cls, merged)
+    problems_found: List[str] = []
+    try:
+        apply_overrides(merged, overrides)
+    except ConfigError as e:
+        problems_found += str(e).splitlines()
+    try:
+        cfg = from_dict(cls, merged)
+    except ConfigError as e:
+        problems_found += str(e).splitlines()
+    if problems_found:
+        raise ConfigError("\n".join(problems_found))
+    return cfg
 
 
 def save_config(cfg: Any, path: Union[str, Path]) -> None:
