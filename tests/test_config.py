@@ -161,7 +161,9 @@ def test_cross_section_rules():
         "train.loss_balance: 'gradnorm' needs every model.tasks[*].weight > 0, got 0.0 for model.tasks[2]"
     ]
     assert load_config(None, ["train.loss_balance=mgda_ub", "model.tasks.2.weight=0"]).model.tasks[2].weight == 0
-    assert _problems(["data.source=spec"]) == ["data.spec: required with data.source=spec (the path of a YAML data spec)"]
+    assert _problems(["data.source=spec"]) == [
+        "data.spec: required with data.source=spec (the path of a YAML data spec)"
+    ]
 
 
 def test_duplicate_task_names():
@@ -204,14 +206,18 @@ def test_list_index_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  tasks:\n    - {name: click}\n    - {name: conversion, esmm_parent: click}\n")
     cfg = load_config(path, ["model.tasks.1.weight=3"])
-    assert [(t.name, t.weight, t.esmm_parent) for t in cfg.model.tasks] == [("click", 1.0, None), ("conversion", 3.0, "click")]
+    assert [(t.name, t.weight, t.esmm_parent) for t in cfg.model.tasks] == [
+        ("click", 1.0, None), ("conversion", 3.0, "click")
+    ]
     assert _problems(["model.tasks.9.weight=2"]) == [
         "override 'model.tasks.9.weight': index 9 is out of range, model.tasks has 3 entries"
     ]
     assert _problems(["model.tasks.first.weight=2"]) == [
         "override 'model.tasks.first.weight': model.tasks is a list; use an index 0..2, not 'first'"
     ]
-    assert _problems(["train.epochs.x=2"]) == ["override 'train.epochs.x': train.epochs is a value (2), not a section or list"]
+    assert _problems(["train.epochs.x=2"]) == [
+        "override 'train.epochs.x': train.epochs is a value (2), not a section or list"
+    ]
 
 
 def test_configs_in_the_repository_load():

@@ -9,13 +9,14 @@ turns every problem into one line naming the full dotted key and what is allowed
     train.loss_balance: 'gradnrm' is not one of ['fixed', 'gradnorm', 'mgda_ub', 'uncertainty']
     unknown config key 'train.epoch' (known here: ['balance', 'checkpoint_every', ...])
 
-Values keep the types YAML gave them: an integer key refuses ``1.5`` and ``"3"``, a boolean
-refuses ``yes`` typed as a string, a string refuses ``5`` (YAML ``true``/``false``, numbers and
-lists are already typed). Overrides address list entries by index: ``model.tasks.0.weight=2``.
+Values keep the types YAML gave them: an integer key refuses ``1.5`` and ``'3'``, a boolean
+refuses the string ``'true'``, a string refuses ``5`` (YAML has already typed ``true``, numbers
+and lists). Overrides address list entries by index: ``model.tasks.0.weight=2``.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import json
@@ -23,7 +24,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import annotated_types
 import yaml
@@ -42,14 +43,14 @@ CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 # Counts and sizes (>= 1), step intervals and other counts that may be 0, rates (> 0),
 # probabilities/fractions in [0, 1).
-PositiveInt = typing.Annotated[int, Field(ge=1)]
-NonNegativeInt = typing.Annotated[int, Field(ge=0)]
-PositiveFloat = typing.Annotated[float, Field(gt=0)]
-NonNegativeFloat = typing.Annotated[float, Field(ge=0)]
-Fraction = typing.Annotated[float, Field(ge=0, lt=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
 # MLP layer widths: ``Widths`` may be empty (no hidden layer), ``Layers`` needs at least one.
 Widths = List[PositiveInt]
-Layers = typing.Annotated[List[PositiveInt], Field(min_length=1)]
+Layers = Annotated[List[PositiveInt], Field(min_length=1)]
 
 
 def config_dataclass(cls: type) -> type:
@@ -78,7 +79,6 @@ def one_of(source: Any) -> AfterValidator:
         return value
 
     return AfterValidator(check)
-
 
 
 def problems(items: Sequence[Tuple[Sequence[Union[str, int]], str]]) -> PydanticCustomError:
@@ -148,7 +148,7 @@ def _unwrap(tp: Any) -> Tuple[Any, List[Any]]:
     meta: List[Any] = []
     while True:
         origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
+        if origin is Annotated:
             args = typing.get_args(tp)
             tp = args[0]
             meta += _flatten_metadata(args[1:])
@@ -209,11 +209,11 @@ def _locate(root: Any, loc: Sequence[Union[str, int]]) -> _Located:
             else:
                 tp, inner = _unwrap(found[0])
                 meta = found[1] + inner
-        elif origin in (list, tuple, set, frozenset) or origin is typing.get_origin(Sequence[int]):
+        elif origin in (list, tuple, set, frozenset, collections.abc.Sequence):
             parts.append(seg)
             args = typing.get_args(tp)
             tp, meta = _unwrap(args[0]) if args else (None, [])
-        elif origin in (dict, Mapping) or origin is typing.get_origin(Mapping[str, int]):
+        elif origin in (dict, collections.abc.Mapping):
             parts.append(seg)
             args = typing.get_args(tp)
             tp, meta = _unwrap(args[1]) if len(args) == 2 else (None, [])
@@ -231,7 +231,7 @@ def _locate(root: Any, loc: Sequence[Union[str, int]]) -> _Located:
 def _range(meta: Sequence[Any], ctx: Mapping[str, Any]) -> str:
     """``">= 1"`` or ``"in [0, 1)"`` from a field's constraints (else from pydantic's context)."""
     # annotated_types.Ge(ge=1) keeps its bound in the attribute named like the class.
-    bounds = [(op, getattr(m, kind.__name__.lower())) for m in meta for kind, op in _BOUND.items() if isinstance(m, kind)]
+    bounds = [(op, getattr(m, k.__name__.lower())) for m in meta for k, op in _BOUND.items() if isinstance(m, k)]
     if not bounds:
         bounds = [(op, ctx[k.__name__.lower()]) for k, op in _BOUND.items() if k.__name__.lower() in ctx]
     lower = [(op, v) for op, v in bounds if op.startswith(">")]
