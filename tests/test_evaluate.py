@@ -144,3 +144,32 @@ def test_two_rank_evaluate_equals_one_rank(trained_run, tmp_path):
 
     close(one["tasks"], two["tasks"])
     close(one["slices"], two["slices"])
+
+
+def test_no_positives_gives_true_mean_prediction_and_no_calibration(trained_run, tmp_path):
+    """Every test row a non-click: calibration is undefined (not 0), mean prediction is the mean of
+    the predictions (not calibration x positive rate = 0)."""
+    from mtl_torchrec.eval.metrics import format_table
+
+    frame = make_frame(n=1000)
+    frame["click"] = "no"
+    frame["rating"] = np.nan
+    spec = write_case(tmp_path / "data", frame)
+    result = _evaluate_1rank(trained_run, data_spec=str(spec))
+    click = result.summary["tasks"]["click"]
+    p = result.rows.predictions["click"][result.rows.masks["click"]].astype(np.float64)
+    assert click["positive_rate"] == 0.0
+    assert np.isnan(click["calibration"])
+    assert click["mean_prediction"] == pytest.approx(p.mean(), rel=1e-9) and click["mean_prediction"] > 0.05
+    line = next(ln for ln in format_table(result.summary["tasks"]).splitlines() if ln.startswith("click"))
+    assert "n/a" in line
+
+
+def test_empty_split_is_an_error_naming_it(trained_run, tmp_path):
+    from mtl_torchrec.core.errors import DataError
+
+    frame = make_frame(n=1000)
+    frame = frame[frame["split"] != "test"]
+    spec = write_case(tmp_path / "data", frame)
+    with pytest.raises((DataError, ConfigError), match="test"):
+        _evaluate_1rank(trained_run, data_spec=str(spec))

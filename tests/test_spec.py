@@ -15,6 +15,15 @@ from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabular
 from mtl_torchrec.data.schema import DataError, Jagged
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import build_bundle, load_spec
+from mtl_torchrec.data.spec.checks import (
+    check_files,
+    check_item_text,
+    check_label_column,
+    check_slice,
+    check_sparse_column,
+    check_split_rule,
+)
+from mtl_torchrec.data.spec.sections import ItemText, LabelColumn, SliceSpec, SparseColumn, SplitRule
 
 
 def test_spec_builds_schema_and_tables(tmp_path):
@@ -262,3 +271,58 @@ def test_census_income_example_spec_builds():
     assert len(bundle.splits["train"]) + len(bundle.splits["val"]) == 1200 and len(bundle.splits["test"]) == 400
     cfg = load_config(root / "config.yaml")
     assert [t.name for t in cfg.model.tasks] == bundle.schema.tasks
+
+
+def test_spec_checks_name_the_dotted_key():
+    hashed = SparseColumn(column="tags", vocab="hash", hash_buckets=16)
+    cases = [
+        (lambda: check_sparse_column(SparseColumn(column="c", vocab="identity"), "sparse[4]"),
+         r"^sparse\[4\]\.num_embeddings: required \(>= 1\) with vocab: identity$"),
+        (lambda: check_label_column(LabelColumn(task="t", column="c", type="regression", threshold=1.0), "labels[1]"),
+         r"^labels\[1\]: positive/negative/threshold only apply to binary labels$"),
+        (lambda: check_files({"train": "a.csv", "holdout": "b.csv"}, None),
+         r"^files: unknown split\(s\) \['holdout'\]; use \['train', 'val', 'test'\]$"),
+        (lambda: check_split_rule(SplitRule(val_fraction=0.6, test_fraction=0.4)),
+         r"^split: val_fraction \+ test_fraction must be in \[0, 1\)$"),
+        (lambda: check_item_text(ItemText(item="tags"), [hashed]),
+         r"^item_text\.columns: at least one text column is required$"),
+        (lambda: check_slice(SliceSpec(column="tags", cold_warm=True), "slices[2]", [hashed]),
+         r"^slices\[2\]\.cold_warm: needs vocab build or file for 'tags'$"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            call()
+    # Valid sections pass.
+    check_sparse_column(hashed, "sparse[0]")
+    check_slice(SliceSpec(column="device", top=3), "slices[0]", [hashed])
+
+
+def test_spec_reports_the_first_problem_in_a_fixed_order(tmp_path):
+    # Two problems: the sparse column is checked before the labels, whatever the YAML order.
+    write_case(tmp_path)
+    bad = spec_dict()
+    bad["labels"][0]["threshold"] = 1.0
+    bad["sparse"][2] = {"column": "tags", "vocab": "hash"}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=r"two.yaml: sparse\[2\].hash_buckets"):
+        load_spec(tmp_path / "two.yaml")
+
+
+def test_normalizer_is_numerically_stable_for_large_offsets():
+    """Timestamps near 1.7e9 with a spread of 30: a sum of squares gave std 22.6."""
+    rng = np.random.default_rng(0)
+    x = 1.7e9 + rng.normal(0.0, 30.0, 200_000)
+    norm = Normalizer(method="standard")
+    for chunk in np.array_split(x, 37):
+        norm.update(chunk)
+    assert norm.mean == pytest.approx(x.mean(), rel=1e-15, abs=1e-6)
+    assert norm.std == pytest.approx(x.std(), rel=1e-9)
+    again = Normalizer.from_json(norm.to_json())
+    assert (again.mean, again.std) == (norm.mean, norm.std)
+
+
+def test_normalizer_refuses_values_whose_spread_overflows():
+    norm = Normalizer(method="standard")
+    with pytest.raises(DataError, match="too large to normalise"):
+        norm.update(np.array([1e308, -1e308, 3.0]))
+    assert norm.count == 0

@@ -379,13 +379,37 @@ def test_train_command_encodes_into_the_cache_once(tmp_path: Path, tiny_model: s
             "model.text.enabled=true", f"model.text.cache_dir={tmp_path / 'cache'}",
             f"model.text.encoder.model={tiny_model}", f"output_dir={tmp_path / 'runs'}"]
     assert main(argv) == 0
-    index = tmp_path / "cache" / "synthetic" / INDEX_FILE
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert folder.name.startswith("synthetic-")
+    index = folder / INDEX_FILE
     stamp = os.stat(index).st_mtime_ns
     assert json.loads(index.read_text())["num_items"] == 200
     assert main(argv) == 0
     assert os.stat(index).st_mtime_ns == stamp
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
+
+
+def test_text_cache_folder_is_keyed_by_the_data_config(tmp_path: Path) -> None:
+    from mtl_torchrec.model.text import text_cache_folder
+
+    def folder(*overrides: str) -> Path:
+        cfg = load_config(None, list(overrides))
+        return text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir)
+
+    base = folder()
+    assert base.parent == Path("runs") / "text_cache" and base.name.startswith("synthetic-")
+    # Batching does not change which rows exist; the data's size or seed does.
+    assert folder("data.batch_size=64", "data.eval_batch_size=128") == base
+    assert folder("data.synthetic.num_items=100") != base
+    assert folder("data.synthetic.seed=1") != base
+    assert folder(f"model.text.cache_dir={tmp_path}").parent == tmp_path
+    # A spec's content is part of the key, not only its path.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("files: a.csv\n")
+    first = folder("data.source=spec", f"data.spec={spec}")
+    spec.write_text("files: b.csv\n")
+    assert folder("data.source=spec", f"data.spec={spec}") != first
 
 
 def test_id_dropouts_on_user_and_item_ids() -> None:

@@ -112,3 +112,39 @@ def test_cli_reports_config_errors():
     proc = _run_cli([sys.executable, "-m", "mtl_torchrec", "train", "train.epoch=2"])
     assert proc.returncode == 2
     assert "train.epoch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_split_smaller_than_a_global_batch_is_refused(tmp_path):
+    """Training would run 0 steps and report an untrained model: refused at start-up."""
+    from mtl_torchrec.launch.cli import main
+
+    argv = ["train", "data.synthetic.num_impressions=1000", "data.batch_size=1024", "train.progress=false",
+            f"output_dir={tmp_path}"]
+    assert main(argv) == 2
+
+
+def test_check_splits_names_the_sizes_and_notes_empty_evaluation_splits():
+    from mtl_torchrec.core.errors import DataError
+    from mtl_torchrec.train.trainer import check_splits
+
+    data = load_data(load_config(None, ["data.synthetic.num_impressions=2000", "data.synthetic.test_fraction=0.0"]).data)
+    n = len(data.splits["train"])
+    with pytest.raises(DataError, match=rf"train split has {n} rows, fewer than one global batch of 4096 "
+                                        r"\(data.batch_size=2048 x 2 rank"):
+        check_splits(data, 2048, 2)
+    assert check_splits(data, 64, 1) == ["the 'test' split has no rows: its evaluation is skipped"]
+
+
+@pytest.mark.slow
+def test_empty_test_split_trains_and_skips_test_metrics(tmp_path):
+    from mtl_torchrec.launch.train_cmd import train
+
+    cfg = load_config(None, SMALL + ["data.synthetic.num_impressions=5000", "data.synthetic.test_fraction=0.0",
+                                     "train.epochs=1", f"run_dir={tmp_path / 'run'}"])
+    ctx = init_distributed()
+    try:
+        result = train(cfg, ctx)
+    finally:
+        close_distributed(ctx)
+    assert result["summary"]["steps"] > 0 and result["metrics"] == {}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {}

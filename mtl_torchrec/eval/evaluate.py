@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
 from mtl_torchrec.core.errors import DataError
@@ -39,6 +41,7 @@ from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.model.tasks import (
     TaskSpec,
     conditional_name,
@@ -143,10 +146,12 @@ def score(
     batch_size: int,
     slices: Dict[str, np.ndarray],
     num_workers: int = 0,
+    progress: bool = False,
 ) -> tuple:
     """Runs the model over this rank's shard; returns (per-slice TaskMetrics, this rank's rows).
 
-    ``tasks`` are the train module's tasks; metrics cover :func:`metric_tasks` of them.
+    ``tasks`` are the train module's tasks; metrics cover :func:`metric_tasks` of them. With
+    ``progress``, rank 0 shows a progress bar over its batches (on stderr).
     """
     train_tasks, tasks = tasks, metric_tasks(tasks)
     ds = BatchDataset(table, schema, batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
@@ -158,8 +163,10 @@ def score(
     pos = start
     was_training = module.training
     module.eval()
+    bar = tqdm(total=len(ds), desc="scoring", unit="batch", disable=not (progress and ctx.is_main), leave=False)
     with torch.no_grad():
         for batch in make_loader(ds, num_workers=num_workers):
+            bar.update(1)
             batch = with_conditional_labels(batch.to(ctx.device), train_tasks)
             _, out = module(batch)
             real = max(0, min(batch.batch_size, stop - pos))
@@ -177,6 +184,7 @@ def score(
                 parts.setdefault(f"m:{t}", []).append(batch.masks[t][:real].cpu().numpy())
             parts.setdefault("group", []).append(batch.group[:real].cpu().numpy())
             pos += real
+    bar.close()
     module.train(was_training)
     if pos != stop:
         raise RuntimeError(f"rank {ctx.rank} scored {pos - start} rows, expected {stop - start}")
@@ -214,15 +222,19 @@ def evaluate_split(
     batch_size: int,
     slices: Dict[str, np.ndarray],
     num_workers: int = 0,
+    progress: bool = False,
 ) -> EvalResult:
     """Scores ``split`` with a (sharded or plain) train module and computes every metric.
 
     All ranks call it; rank 0 gets ``summary`` with ``tasks`` and ``slices`` blocks and the scored
-    rows, the other ranks the cross-rank torchrec metrics only.
+    rows, the other ranks the cross-rank torchrec metrics only. Raises DataError for a split
+    without rows (there is nothing to measure).
     """
     table = bundle.splits[split]
+    if len(table) == 0:
+        raise DataError(f"split '{split}' has no rows: nothing to evaluate")
     t1 = time.perf_counter()
-    metrics, local = score(module, tasks, table, bundle.schema, ctx, batch_size, slices, num_workers)
+    metrics, local = score(module, tasks, table, bundle.schema, ctx, batch_size, slices, num_workers, progress)
     # Every task in impression space, plus <task>_given_<parent> on the parent's positives for ESMM tasks.
     conditional = {conditional_name(t): t for t in tasks if t.esmm_parent}
     tasks = metric_tasks(tasks)
@@ -253,9 +265,13 @@ def evaluate_split(
                 res["logloss"] = s["logloss"]
                 # NE divides by the label entropy, which is 0 when only one class is present.
                 res["ne"] = s["ne"] if 0.0 < s["positive_rate"] < 1.0 else float("nan")
-                res["calibration"] = s["calibration"]
+                # From the rows, not torchrec's calibration: that reports 0 when there is no positive,
+                # and mean prediction = calibration x positive rate would then be 0 as well.
+                positives = float(y.sum(dtype=np.float64))
+                predicted = float(p.sum(dtype=np.float64))
+                res["calibration"] = predicted / positives if positives > 0 else float("nan")
                 res["positive_rate"] = s["positive_rate"]
-                res["mean_prediction"] = s["calibration"] * s["positive_rate"]
+                res["mean_prediction"] = predicted / len(p) if len(p) else float("nan")
                 if t.esmm_parent:
                     res["space"] = f"impression (p({t.esmm_parent}) x p({t.name} | {t.esmm_parent}))"
                 if t.name in conditional:
@@ -301,17 +317,21 @@ class SplitEvaluator:
         trainer.evaluate("test")["tasks"]["click"]["auc"]
     """
 
-    def __init__(self, data: DataBundle, ctx: DistContext, batch_size: int, num_workers: int = 0) -> None:
+    def __init__(
+        self, data: DataBundle, ctx: DistContext, batch_size: int, num_workers: int = 0, progress: bool = False
+    ) -> None:
         self.data = data
         self.ctx = ctx
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.progress = progress
 
     def __call__(self, model: torch.nn.Module, tasks: List[TaskSpec], split: str) -> Dict[str, Any]:
         """``{"tasks": ..., "slices": ...}`` of ``split`` on rank 0 (exact AUC/GAUC on the gathered
         rows); other ranks get the cross-rank metrics only. All ranks call it."""
         result = evaluate_split(
-            model, tasks, self.data, split, self.ctx, self.batch_size, split_slices(self.data, split), self.num_workers
+            model, tasks, self.data, split, self.ctx, self.batch_size, split_slices(self.data, split), self.num_workers,
+            self.progress,
         )
         return result.summary
 
@@ -324,30 +344,46 @@ def evaluate_run(
     batch_size: Optional[int] = None,
     slice_columns: Sequence[str] = (),
     slice_top: int = 10,
+    progress: bool = False,
 ) -> EvalResult:
     """Loads the run's model and data, scores ``split`` and computes all metrics (see module doc).
 
     Slices: the data's own (``DataBundle.slices``) plus the ``slice_top`` most frequent values of
-    each of ``slice_columns``.
+    each of ``slice_columns``. With ``progress``, rank 0 reports each stage and a scoring bar on
+    stderr.
     """
+
+    def note(message: str) -> None:
+        if progress and ctx.is_main:
+            print(message, file=sys.stderr, flush=True)
+
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     ckpt = resolve_checkpoint(run_dir)
     t0 = time.perf_counter()
+    note(f"loading data ({cfg.data.source if data_spec is None else data_spec}) ...")
     bundle = load_eval_data(cfg, run_dir, data_spec)
     split = resolve_split(bundle, split)
+    note(f"loaded {sum(len(t) for t in bundle.splits.values())} rows in {time.perf_counter() - t0:.1f} s; "
+         f"'{split}' has {len(bundle.splits[split])}")
     slices = split_slices(bundle, split, slice_columns, slice_top)
     load_s = time.perf_counter() - t0
 
     module = build_train_module(
-        cfg.model, bundle, cfg.train.loss_balance, cfg.train.balance, text_cache=cfg.data.source,
+        cfg.model,
+        bundle,
+        cfg.train.loss_balance,
+        cfg.train.balance,
+        text_cache=text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir),
         progress=cfg.train.progress,
     )
     dmp = shard_module(module, ctx, strategy=cfg.train.sharding, sparse_optimizer=cfg.train.sparse_optimizer,
                        sparse_lr=cfg.train.sparse_lr)
+    note(f"loading checkpoint {ckpt} ...")
     meta = load_checkpoint(ckpt, dmp)
     result = evaluate_split(
-        dmp, module.tasks, bundle, split, ctx, batch_size or cfg.data.eval_batch_size, slices, cfg.data.num_workers
+        dmp, module.tasks, bundle, split, ctx, batch_size or cfg.data.eval_batch_size, slices, cfg.data.num_workers,
+        progress,
     )
     if not ctx.is_main:
         return result

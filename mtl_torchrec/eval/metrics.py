@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -188,6 +190,13 @@ def grouped_auc(pred: np.ndarray, label: np.ndarray, group: np.ndarray) -> Dict[
 SUMMARY_COLUMNS = ("auc", "gauc", "logloss", "ne", "calibration", "positive_rate", "rmse", "mae")
 
 
+def _cell(value: Any, width: int) -> str:
+    if not isinstance(value, (int, float)):
+        return f"{'-':>{width}}"
+    # NaN marks a metric that is undefined on these rows (e.g. calibration without positives).
+    return f"{'n/a':>{width}}" if math.isnan(value) else f"{value:>{width}.4f}"
+
+
 def format_table(metrics: Dict[str, Dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
     """A fixed-width per-task table of ``columns`` (those present for some task)."""
     cols = [c for c in columns if any(isinstance(v.get(c), (int, float)) for v in metrics.values())]
@@ -195,6 +204,6 @@ def format_table(metrics: Dict[str, Dict[str, Any]], columns: Sequence[str] = SU
     width = max([12] + [len(c) + 2 for c in cols])
     lines = [f"{'task':<{first}}" + "".join(f"{c:>{width}}" for c in cols)]
     for task, values in metrics.items():
-        cells = [f"{values[c]:>{width}.4f}" if isinstance(values.get(c), (int, float)) else f"{'-':>{width}}" for c in cols]
+        cells = [_cell(values.get(c), width) for c in cols]
         lines.append(f"{task:<{first}}" + "".join(cells))
     return "\n".join(lines)

@@ -5,7 +5,7 @@ Texts come from a table file (``--input`` with ``--id-column``, ``--text-columns
 ``data.source=movielens``). Under ``torchrun`` every rank encodes a slice. Re-running with
 unchanged texts does no model work; a changed text re-encodes only that item.
 
-    mtl-torchrec encode-text --store text_cache/movielens data.source=movielens
+    mtl-torchrec encode-text --store stores/movielens data.source=movielens
     mtl-torchrec encode-text --store stores/items --input items.csv --id-column item_id \\
         --text-columns title genres --template "{title}. Genres: {genres}."
     torchrun --nproc_per_node 2 -m mtl_torchrec encode-text --store ... --input ...

@@ -37,6 +37,7 @@ def add_parser(sub: Any) -> None:
                    help="also report per value of this categorical column (repeatable; top --slice-top values)")
     p.add_argument("--slice-top", type=int, default=10, help="values per --slice column (default: 10)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no stage messages or progress bar on stderr")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
                    help="print two evaluations (run dirs, eval folders or eval.json files) side by side")
     p.set_defaults(run=run)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_distributed()
     try:
         result = evaluate_run(Path(args.run_dir), ctx, data_spec=args.data, split=args.split, batch_size=args.batch_size,
-                              slice_columns=args.slices, slice_top=args.slice_top)
+                              slice_columns=args.slices, slice_top=args.slice_top, progress=not args.no_progress)
         out: Optional[Path] = None
         if ctx.is_main:
             out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / result.summary["split"]

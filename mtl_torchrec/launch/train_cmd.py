@@ -31,7 +31,7 @@ from mtl_torchrec.distributed.context import (
 from mtl_torchrec.eval.evaluate import SplitEvaluator
 from mtl_torchrec.eval.metrics import format_table
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
-from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.train.trainer import Trainer, check_splits
 
 
 def add_parser(sub: Any) -> None:
@@ -65,7 +65,7 @@ def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
 def make_trainer(cfg: Config, data: DataBundle, ctx: DistContext, run_dir: Path, **kwargs: Any) -> Trainer:
     """A :class:`Trainer` whose validation and test metrics come from :class:`SplitEvaluator`
     (``data.eval_batch_size``), as ``mtl-torchrec train`` runs it. ``kwargs`` go to the Trainer."""
-    evaluator = SplitEvaluator(data, ctx, cfg.data.eval_batch_size, cfg.data.num_workers)
+    evaluator = SplitEvaluator(data, ctx, cfg.data.eval_batch_size, cfg.data.num_workers, cfg.train.progress)
     return Trainer(cfg, data, ctx, run_dir, evaluator=evaluator, **kwargs)
 
 
@@ -79,7 +79,10 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
         torch.set_num_threads(int(threads))
     run_dir = resolve_run_dir(cfg, ctx)
     data = load_data(cfg.data)
+    notes = check_splits(data, cfg.data.batch_size, ctx.world_size)
     if ctx.is_main:
+        for note in notes:
+            print(f"note: {note}")
         for split, table in data.splits.items():
             print(describe(table, data.schema, split))
         save_config(cfg, run_dir / "config.yaml")
@@ -92,7 +95,8 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
             print(f"resuming from {resumed} (step {trainer.state.global_step})")
         summary = trainer.fit()
         # The same exact metrics (AUC, GAUC, ...) and slices as `mtl-torchrec evaluate`.
-        result = trainer.evaluate("test")
+        has_test = len(data.splits.get("test", ())) > 0
+        result = trainer.evaluate("test") if has_test else {"tasks": {}, "slices": {}}
     finally:
         trainer.close()
     test = result["tasks"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -111,12 +112,12 @@ def build_train_module(
     loss_balance: str = "fixed",
     balance: Optional[BalanceConfig] = None,
     feature_modules: Optional[Dict[str, nn.Module]] = None,
-    text_cache: str = "default",
+    text_cache: Optional[Path] = None,
     progress: bool = False,
 ) -> TrainModule:
     """Model (``model.*``), tasks and loss balancer (``train.loss_balance``, ``train.balance``),
-    sized for the data's schema. ``text_cache`` names the text cache folder when text vectors are
-    encoded from the data (``model.text`` without a store). Raises ConfigError naming the key.
+    sized for the data's schema. ``text_cache`` is the folder text vectors are encoded into when
+    ``model.text`` names no store (:func:`~mtl_torchrec.model.text.text_cache_folder`). Raises ConfigError naming the key.
 
     Regression heads start at the training labels' mean: started at 0, a rating task's squared
     error (~mean^2) dwarfs the binary losses and its gradient swamps the shared layers early on.

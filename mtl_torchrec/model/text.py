@@ -15,6 +15,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -26,6 +29,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.bundle import DataBundle
+from mtl_torchrec.data.config import DataConfig
 from mtl_torchrec.data.schema import Schema
 from mtl_torchrec.model.config import ModelConfig
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
@@ -33,6 +37,9 @@ from mtl_torchrec.modules.id_dropout import IdDropouts, UnseenIdDropout
 from mtl_torchrec.modules.text_feature import TextFeature, table_weights
 from mtl_torchrec.text.config import TextConfig
 from mtl_torchrec.text.store import TextStore, build_store
+
+# Settings that change how data is batched, not which rows exist: left out of the cache key.
+_NOT_DATA_IDENTITY = ("batch_size", "eval_batch_size", "num_workers")
 
 
 def build_text_feature(
@@ -63,8 +70,27 @@ def build_text_feature(
     return TextFeature(table, store.dim, cfg.adapter_layers, initial_weights=weights)
 
 
-def resolve_store(cfg: TextConfig, item_text: Optional[List[Optional[str]]], cache_name: str, progress: bool = False) -> TextStore:
-    """The store named by ``cfg.store``, or the data's item texts encoded into ``cfg.cache_dir``.
+def text_cache_folder(text: TextConfig, data: DataConfig, output_dir: str) -> Path:
+    """Where the data's item texts are encoded when ``model.text.store`` is not given:
+    ``<model.text.cache_dir or output_dir/text_cache>/<data.source>-<hash>``.
+
+    The hash covers every ``data.*`` setting that decides the rows (not batch sizes or workers) and,
+    for ``data.source: spec``, the spec file's bytes, so two data configs never share a folder
+    (a shared folder would be re-encoded on every switch) and the same data always finds its cache.
+    """
+    settings = {k: v for k, v in dataclasses.asdict(data).items() if k not in _NOT_DATA_IDENTITY}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
+    if data.source == "spec" and data.spec and Path(data.spec).is_file():
+        digest.update(Path(data.spec).read_bytes())
+    root = Path(text.cache_dir) if text.cache_dir else Path(output_dir) / "text_cache"
+    return root / f"{data.source}-{digest.hexdigest()[:12]}"
+
+
+def resolve_store(
+    cfg: TextConfig, item_text: Optional[List[Optional[str]]], cache_folder: Optional[Path], progress: bool = False
+) -> TextStore:
+    """The store named by ``cfg.store``, or the data's item texts encoded into ``cache_folder``
+    (see :func:`text_cache_folder`). Raises ConfigError when neither is possible.
 
     Collective under a process group when it has to encode (every rank takes a slice).
     """
@@ -74,17 +100,19 @@ def resolve_store(cfg: TextConfig, item_text: Optional[List[Optional[str]]], cac
         raise ConfigError(
             "model.text.store: the data has no item text, so a store must be given (mtl-torchrec encode-text)"
         )
-    store, _ = build_store(item_text, Path(cfg.cache_dir) / cache_name, cfg.encoder, progress=progress)
+    if cache_folder is None:
+        raise ConfigError("model.text.store: not given, and no cache folder to encode the data's item texts into")
+    store, _ = build_store(item_text, cache_folder, cfg.encoder, progress=progress)
     return store
 
 
 def text_feature_modules(
-    text: TextConfig, data: DataBundle, cache_name: str, progress: bool = False
+    text: TextConfig, data: DataBundle, cache_folder: Optional[Path] = None, progress: bool = False
 ) -> Dict[str, nn.Module]:
     """``{"text": TextFeature}`` for ``text`` (``model.text``) and the data's schema (empty when disabled).
 
-    ``cache_name`` names the cache folder under ``text.cache_dir`` when the store is encoded from
-    the data's item texts. Raises ConfigError naming ``model.text.*`` when the item feature is
+    ``cache_folder`` is where the data's item texts are encoded when ``text.store`` is not given
+    (:func:`text_cache_folder`). Raises ConfigError naming ``model.text.*`` when the item feature is
     missing or multi-valued, or when there is neither a store nor item text.
     """
     if not text.enabled:
@@ -97,8 +125,8 @@ def text_feature_modules(
         )
     if feature.multi_valued:
         raise ConfigError(f"model.text.item_feature: '{text.item_feature}' must be single-valued")
-    store = resolve_store(text, data.item_text, cache_name, progress=progress)
-    source = text.store or str(text.cache_dir)
+    store = resolve_store(text, data.item_text, cache_folder, progress=progress)
+    source = text.store or str(cache_folder)
     return {"text": build_text_feature(text, store, feature.num_embeddings, source=f"text store {source}")}
 
 

@@ -33,9 +33,10 @@ class TextConfig:
     # Adapter MLP from the text vector to the model (at least one layer).
     adapter_layers: Layers = field(default_factory=lambda: [8])
     trainable_table: bool = False
-    # Used when ``store`` is not given: item texts of the data are encoded into this cache
-    # (``<cache_dir>/<data source>``); unchanged texts are never encoded twice.
-    cache_dir: str = "text_cache"
+    # Used when ``store`` is not given: item texts of the data are encoded into this cache, in a
+    # folder per data config (``<cache_dir>/<data source>-<hash of data.*>``); unchanged texts are
+    # never encoded twice. None: ``<output_dir>/text_cache``.
+    cache_dir: Optional[str] = None
     encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     # Cold start: probability in [0, 1) of swapping the item's id embedding for a learned "unseen
     # item" vector in training (also used at evaluation for ids never seen in training); 0 disables.

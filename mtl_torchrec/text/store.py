@@ -12,7 +12,7 @@ Unchanged inputs do no model work and leave the files untouched (byte for byte).
 
 Example::
 
-    store, stats = build_store(["Toy Story (1995)", None, "GoldenEye"], "text_cache/movies", TextEncoderConfig())
+    store, stats = build_store(["Toy Story (1995)", None, "GoldenEye"], "stores/movies", TextEncoderConfig())
     stats.encoded, stats.reused          # (2, 0) the first time, (0, 2) after
     weights, has_text = store.table(num_items=3)
 """

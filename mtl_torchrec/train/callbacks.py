@@ -107,7 +107,8 @@ class Validation(Callback):
         self.split = split
 
     def _validate(self, trainer: Trainer) -> None:
-        if trainer.evaluator is None or self.split not in trainer.data.splits:
+        table = trainer.data.splits.get(self.split)
+        if trainer.evaluator is None or table is None or len(table) == 0:
             return
         with trainer.paused():
             trainer.log_scalars("val", trainer.evaluate(self.split)["tasks"], trainer.state.global_step)
@@ -138,7 +139,8 @@ class Diagnostics(Callback):
         if model is None or not hasattr(model, "fuse"):
             return {}
         if self._batch is None:
-            split = "val" if "val" in trainer.data.splits else "train"
+            val = trainer.data.splits.get("val")
+            split = "val" if val is not None and len(val) > 0 else "train"
             ds = BatchDataset(
                 trainer.data.splits[split],
                 trainer.data.schema,

@@ -37,6 +37,7 @@ from torchrec.distributed.train_pipeline import (
 from tqdm import tqdm
 
 from mtl_torchrec.config import Config, to_dict
+from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
@@ -54,6 +55,7 @@ from mtl_torchrec.distributed.optim import make_optimizer
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.distributed.state import load_text_tables
 from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.model.tasks import TaskSpec
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 
@@ -70,6 +72,29 @@ class TrainState:
     # Batches of ``epoch`` already trained on (the data position to resume from).
     batch_in_epoch: int = 0
     global_step: int = 0
+
+
+def check_splits(data: DataBundle, batch_size: int, world_size: int) -> List[str]:
+    """Checks at start-up that training can run; returns notes for evaluation splits without rows
+    (their evaluation is skipped rather than failing after training).
+
+    Raises DataError when the train split is missing or has fewer rows than one global batch
+    (``data.batch_size`` x ranks): training would run 0 steps and report an untrained model.
+    """
+    train = data.splits.get("train")
+    if train is None:
+        raise DataError(f"the data has no 'train' split (splits: {sorted(data.splits)})")
+    global_batch = batch_size * world_size
+    if len(train) < global_batch:
+        raise DataError(
+            f"train split has {len(train)} rows, fewer than one global batch of {global_batch} "
+            f"(data.batch_size={batch_size} x {world_size} rank(s)): no step would train; lower data.batch_size"
+        )
+    return [
+        f"the '{name}' split has no rows: its evaluation is skipped"
+        for name in ("val", "test")
+        if name in data.splits and len(data.splits[name]) == 0
+    ]
 
 
 def seed_everything(seed: int) -> None:
@@ -112,6 +137,7 @@ class Trainer:
         self.ctx = ctx
         self.run_dir = Path(run_dir)
         self.evaluator = evaluator
+        check_splits(data, cfg.data.batch_size, ctx.world_size)
         seed_everything(cfg.train.seed)
         module = train_module or build_train_module(
             cfg.model,
@@ -119,7 +145,7 @@ class Trainer:
             cfg.train.loss_balance,
             cfg.train.balance,
             feature_modules,
-            text_cache=cfg.data.source,
+            text_cache=text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir),
             progress=cfg.train.progress,
         )
         self.tasks: List[TaskSpec] = module.tasks

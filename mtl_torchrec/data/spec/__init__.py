@@ -1,0 +1,82 @@
+"""Bring your own tabular data: a YAML data spec turns CSV/Parquet files into a Schema and
+ColumnTables that the loader, model and trainer take unchanged.
+
+Files are read in chunks twice: the first pass fits vocabularies and normalisers on training rows
+only, the second converts every chunk to compact numpy columns (int64 ids, float32 dense and
+labels), so only the converted columns, never the raw text, have to fit in memory.
+
+Modules, in the order a spec goes through them:
+
+* ``sections`` / ``data_spec``: the spec's dataclasses and :func:`load_spec`; ``checks``: the
+  checks across fields, each naming the dotted key;
+* ``reading``: file globs and CSV/Parquet chunks with file/line positions;
+* ``bad_rows``, ``splits``, ``rows``: per-row parsing and checks, ``on_bad_rows`` error/skip
+  counting, the split of each row;
+* ``fitting`` (first pass: vocabularies, normalisers, schema) and ``build`` (second pass:
+  :func:`build_bundle`).
+
+A spec (paths are relative to the spec file)::
+
+    files: data/*.csv                 # a glob, a list, or {train: ..., val: ..., test: ...}
+    csv: {separator: ",", header: true, na_values: ["", "?"]}
+    split: {by: user_id, val_fraction: 0.1, test_fraction: 0.1, seed: 0}   # or {column: split}
+    sparse:
+      - {column: user_id, vocab: build, min_count: 2}
+      - {column: item_id, vocab: hash, hash_buckets: 100000}
+      - {column: genres, separator: "|", vocab: file, vocab_file: genres.txt}
+    dense:
+      - {column: price, normalize: log_standard, fill_missing: mean}
+    labels:
+      - {task: click, column: clicked, type: binary, positive: ["yes", "1"]}
+      - {task: rating, column: stars, type: regression, maskable: true}
+    group: user_id
+    item_text: {item: item_id, columns: [title, description]}
+    slices: [{column: item_id, cold_warm: true}, {column: device, top: 5}]
+    on_bad_rows: error                # or skip: bad rows are dropped and counted
+
+Example::
+
+    spec = load_spec("my_data.yaml")
+    bundle = build_bundle(spec)                   # fits on train, converts all splits
+    bundle.preprocessing.save(run_dir / "preprocessing")
+    again = build_bundle(spec, Preprocessing.load(run_dir / "preprocessing"))   # no refit
+"""
+
+from mtl_torchrec.data.spec.bad_rows import BadRows
+from mtl_torchrec.data.spec.build import build_bundle
+from mtl_torchrec.data.spec.data_spec import DataSpec, load_spec
+from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for
+from mtl_torchrec.data.spec.reading import Chunk, iter_chunks, spec_files
+from mtl_torchrec.data.spec.sections import (
+    ALL_SPLIT,
+    SPLITS,
+    CsvOptions,
+    DenseColumn,
+    ItemText,
+    LabelColumn,
+    SliceSpec,
+    SparseColumn,
+    SplitRule,
+)
+
+__all__ = [
+    "ALL_SPLIT",
+    "SPLITS",
+    "BadRows",
+    "Chunk",
+    "CsvOptions",
+    "DataSpec",
+    "DenseColumn",
+    "ItemText",
+    "LabelColumn",
+    "SliceSpec",
+    "SparseColumn",
+    "SplitRule",
+    "build_bundle",
+    "fit_preprocessing",
+    "group_column",
+    "iter_chunks",
+    "load_spec",
+    "schema_for",
+    "spec_files",
+]

@@ -1,0 +1,140 @@
+"""The whole data spec (:class:`DataSpec`) and :func:`load_spec`, which reads it from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Literal, Optional, Union
+
+import yaml
+
+from mtl_torchrec.core.config import from_dict
+from mtl_torchrec.core.errors import ConfigError
+from mtl_torchrec.data.spec.checks import (
+    check_chunk_rows,
+    check_files,
+    check_item_text,
+    check_label_column,
+    check_labels_given,
+    check_names_unique,
+    check_slice,
+    check_sparse_column,
+    check_split_rule,
+)
+from mtl_torchrec.data.spec.sections import (
+    CsvOptions,
+    DenseColumn,
+    Files,
+    ItemText,
+    LabelColumn,
+    SliceSpec,
+    SparseColumn,
+    SplitRule,
+)
+
+
+@dataclass
+class DataSpec:
+    """A data spec: which files to read and how, and the role of each column (see the package docstring).
+
+    ``validate()`` (run by ``from_dict`` when the spec is loaded) raises :class:`ConfigError`
+    naming the dotted key at fault.
+    """
+
+    files: Files
+    labels: List[LabelColumn]
+    sparse: List[SparseColumn] = field(default_factory=list)
+    dense: List[DenseColumn] = field(default_factory=list)
+    format: Optional[Literal["csv", "parquet"]] = None
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    chunk_rows: int = 200000
+    split: Optional[SplitRule] = None
+    group: Optional[str] = None
+    item_text: Optional[ItemText] = None
+    slices: List[SliceSpec] = field(default_factory=list)
+    on_bad_rows: Literal["error", "skip"] = "error"
+    # Directory that relative paths are resolved against (set by load_spec).
+    base_dir: str = "."
+
+    def validate(self) -> None:
+        """Checks across fields, in a fixed order so that the first problem reported is stable;
+        raises ConfigError naming the dotted key."""
+        check_labels_given(self.labels)
+        check_chunk_rows(self.chunk_rows)
+        for i, s in enumerate(self.sparse):
+            check_sparse_column(s, f"sparse[{i}]")
+        check_names_unique(self.feature_names())
+        for i, lab in enumerate(self.labels):
+            check_label_column(lab, f"labels[{i}]")
+        check_files(self.files, self.split)
+        if self.split is not None:
+            check_split_rule(self.split)
+        if self.item_text is not None:
+            check_item_text(self.item_text, self.sparse)
+        for i, sl in enumerate(self.slices):
+            check_slice(sl, f"slices[{i}]", self.sparse)
+
+    def feature_names(self) -> List[str]:
+        """Sparse and dense feature names, then label tasks, in spec order (duplicates kept)."""
+        return [s.feature for s in self.sparse] + [d.feature for d in self.dense] + [lab.task for lab in self.labels]
+
+    def sparse_by_feature(self, name: str) -> SparseColumn:
+        """The sparse column whose feature name is ``name``; raises StopIteration when there is none."""
+        return next(s for s in self.sparse if s.feature == name)
+
+    def raw_columns(self) -> List[str]:
+        """Every file column the spec reads, each once, in a fixed order."""
+        cols: List[str] = [s.column for s in self.sparse] + [d.column for d in self.dense]
+        for lab in self.labels:
+            cols.append(lab.column)
+            if lab.mask_column:
+                cols.append(lab.mask_column)
+        if self.group:
+            cols.append(self.group)
+        if self.split and self.split.column:
+            cols.append(self.split.column)
+        if self.split and self.split.by:
+            cols.append(self.split.by)
+        if self.item_text:
+            cols += self.item_text.columns
+        for sl in self.slices:
+            if not sl.cold_warm:
+                cols.append(self.raw_column_of(sl.column))
+        return list(dict.fromkeys(cols))
+
+    def raw_column_of(self, name: str) -> str:
+        """The file column behind feature ``name``; any other name is taken as a file column itself."""
+        for s in self.sparse:
+            if s.feature == name:
+                return s.column
+        for d in self.dense:
+            if d.feature == name:
+                return d.column
+        return name
+
+
+def load_spec(path: Union[str, Path]) -> DataSpec:
+    """Reads and checks a YAML data spec; relative paths in it are taken from the spec's folder.
+
+    Raises ConfigError naming the spec file and the dotted key (a missing file, invalid YAML, a
+    top level that is not a mapping, an unknown or mistyped key, a missing required key, or any
+    check of :meth:`DataSpec.validate`).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"data spec not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    raw = dict(raw)
+    raw["base_dir"] = str(p.resolve().parent)
+    try:
+        return from_dict(DataSpec, raw)
+    except TypeError as e:
+        # A missing required key surfaces as a TypeError from the dataclass constructor.
+        raise ConfigError(f"{p}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None

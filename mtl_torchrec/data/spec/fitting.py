@@ -1,0 +1,90 @@
+"""The first pass over a spec's files: vocabularies and normalisers fitted on the training split's
+good rows only, and the :class:`Schema` they imply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pandas as pd
+
+from mtl_torchrec.core.errors import ConfigError, DataError
+from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary
+from mtl_torchrec.data.schema import DenseFeature, LabelSpec, Schema, SparseFeature
+from mtl_torchrec.data.spec.data_spec import DataSpec
+from mtl_torchrec.data.spec.reading import iter_chunks
+from mtl_torchrec.data.spec.rows import check_chunk, sparse_tokens
+from mtl_torchrec.data.spec.sections import SparseColumn
+
+
+def fit_preprocessing(spec: DataSpec) -> Preprocessing:
+    """Reads every file once and fits vocabularies (``build``: token counts of training rows) and
+    normalisers on the training split's good rows; ``stats["fit_train_rows"]`` counts those rows.
+
+    Raises ConfigError when the spec has no training split (no split rule and no per-split files),
+    DataError when the training split is empty or (without ``on_bad_rows: skip``) at a bad row,
+    and whatever reading the files raises (see :func:`iter_chunks`).
+    """
+    counts: Dict[str, pd.Series] = {s.feature: pd.Series(dtype=np.int64) for s in spec.sparse if s.vocab == "build"}
+    norms = {d.feature: Normalizer(d.normalize, d.fill_missing) for d in spec.dense}
+    skipped: Dict[str, int] = {}
+    train_rows = 0
+    if spec.split is None and not isinstance(spec.files, dict):
+        raise ConfigError("split: fitting needs a training split: give a split rule (split.column, or "
+                          "split.by / fractions) or files per split")
+    for chunk in iter_chunks(spec):
+        checked = check_chunk(spec, chunk, spec.on_bad_rows == "skip", skipped)
+        keep = (checked.split == "train") & ~checked.bad.bad
+        train_rows += int(keep.sum())
+        frame = chunk.frame[keep]
+        for s in spec.sparse:
+            if s.vocab != "build":
+                continue
+            tokens, _ = sparse_tokens(s, frame)
+            tokens = tokens[~pd.isna(tokens)]
+            vc = pd.Series(tokens, dtype=object).value_counts()
+            counts[s.feature] = counts[s.feature].add(vc, fill_value=0)
+        for d in spec.dense:
+            norms[d.feature].update(checked.dense[d.feature][keep])
+    if train_rows == 0:
+        raise DataError("data spec: the training split has no rows (check files and split rule)")
+    vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse}
+    return Preprocessing(vocabs=vocabs, normalizers=norms, stats={"fit_train_rows": train_rows})
+
+
+def _vocabulary(spec: DataSpec, column: SparseColumn, counts: Dict[str, pd.Series]) -> Vocabulary:
+    """The vocabulary of ``column`` in its mode (``counts``: training token counts for ``build``)."""
+    if column.vocab == "build":
+        return Vocabulary.build({str(k): int(v) for k, v in counts[column.feature].items()}, column.min_count)
+    if column.vocab == "file":
+        vf = column.vocab_file if Path(column.vocab_file).is_absolute() else str(Path(spec.base_dir) / column.vocab_file)
+        return Vocabulary.from_file(vf)
+    if column.vocab == "hash":
+        return Vocabulary.hashed(column.hash_buckets)
+    return Vocabulary.identity(column.num_embeddings)
+
+
+def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
+    """The schema of the spec's tables: table sizes from the fitted vocabularies, a task masked when
+    it is ``maskable`` or has a ``mask_column``. Raises DataError when ``pre`` lacks a feature."""
+    sparse = []
+    for s in spec.sparse:
+        if s.feature not in pre.vocabs:
+            raise DataError(f"fitted preprocessing has no vocabulary for sparse feature '{s.feature}'")
+        sparse.append(SparseFeature(s.feature, pre.vocabs[s.feature].num_embeddings, multi_valued=s.separator is not None,
+                                    table=s.table, pooling=s.pooling))
+    for d in spec.dense:
+        if d.feature not in pre.normalizers:
+            raise DataError(f"fitted preprocessing has no normaliser for dense feature '{d.feature}'")
+    labels = [LabelSpec(lab.task, lab.type, maskable=lab.maskable or lab.mask_column is not None) for lab in spec.labels]
+    return Schema(
+        sparse=sparse, dense=[DenseFeature(d.feature) for d in spec.dense], labels=labels,
+        group=group_column(spec.group) if spec.group else None,
+        text_item=spec.item_text.item if spec.item_text else None,
+    )
+
+
+def group_column(raw: str) -> str:
+    """The table column holding group ids (a 63-bit hash of the raw group value)."""
+    return f"group:{raw}"

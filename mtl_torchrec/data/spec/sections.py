@@ -1,0 +1,137 @@
+"""The sections of a YAML data spec (``csv``, ``sparse``, ``dense``, ``labels``, ``split``, ``item_text``,
+``slices``) as plain dataclasses, and the split names.
+
+Field names are the YAML keys; ``core.config.from_dict`` type-checks a mapping into them and names
+an unknown or mistyped key by its dotted path. Checks across fields live in
+:mod:`mtl_torchrec.data.spec.checks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Union
+
+# The splits a spec produces, in reading order of per-split files.
+SPLITS = ("train", "val", "test")
+# Rows of a spec without a split rule (evaluation data) form this split.
+ALL_SPLIT = "all"
+# ``files:`` a glob, a list of globs, or globs per split name.
+Files = Union[str, List[str], Dict[str, Union[str, List[str]]]]
+
+
+@dataclass
+class CsvOptions:
+    """``csv:`` how CSV files are parsed (pandas ``read_csv`` options of the same meaning)."""
+
+    separator: str = ","
+    header: bool = True
+    # Column names when the file has no header row.
+    names: Optional[List[str]] = None
+    # Cell values read as missing (besides empty cells when "" is listed).
+    na_values: List[str] = field(default_factory=lambda: [""])
+    encoding: str = "utf-8"
+    # Strip spaces after the separator (e.g. "a, b").
+    skip_initial_space: bool = False
+
+
+@dataclass
+class SparseColumn:
+    """``sparse[i]``: an id column mapped to embedding rows by one explicit vocabulary mode.
+
+    ``build`` fits tokens seen ``min_count`` times in training, ``file`` reads ``vocab_file``,
+    ``hash`` hashes into ``hash_buckets``, ``identity`` takes integer ids in ``[0, num_embeddings)``
+    (see :mod:`mtl_torchrec.data.preprocessing`).
+    """
+
+    column: str
+    vocab: Literal["build", "file", "hash", "identity"]
+    # Feature name in the model (default: the column name).
+    name: Optional[str] = None
+    # Multi-valued cell, e.g. "a|b|c" with separator "|".
+    separator: Optional[str] = None
+    min_count: int = 1
+    vocab_file: Optional[str] = None
+    hash_buckets: int = 0
+    num_embeddings: int = 0
+    table: Optional[str] = None
+    pooling: Literal["sum", "mean"] = "sum"
+
+    @property
+    def feature(self) -> str:
+        """The feature name in the schema and model."""
+        return self.name or self.column
+
+
+@dataclass
+class DenseColumn:
+    """``dense[i]``: a numeric column, normalised with statistics of the training split."""
+
+    column: str
+    name: Optional[str] = None
+    normalize: Literal["standard", "log_standard", "minmax", "none"] = "standard"
+    fill_missing: Literal["error", "mean", "zero"] = "error"
+
+    @property
+    def feature(self) -> str:
+        """The feature name in the schema and model."""
+        return self.name or self.column
+
+
+@dataclass
+class LabelColumn:
+    """``labels[i]``: the column holding task ``task``'s label and how raw values map to it."""
+
+    task: str
+    column: str
+    type: Literal["binary", "regression"]
+    # Binary mapping from raw values: cells equal to one of ``positive`` are 1; with ``negative``
+    # given, only those are 0 and any other value is a bad row, else every other value is 0.
+    positive: Optional[List[str]] = None
+    negative: Optional[List[str]] = None
+    # Binary from a number: value >= threshold is 1.
+    threshold: Optional[float] = None
+    # A missing cell means "no label for this task" (masked) instead of a bad row.
+    maskable: bool = False
+    # A 0/1 column: rows where it is 0 have no label for this task.
+    mask_column: Optional[str] = None
+
+
+@dataclass
+class SplitRule:
+    """``split:`` which rows are train / val / test.
+
+    Either a ``column`` naming each row's split, or a deterministic hash split by the key column
+    ``by`` (all rows of a key land in one split) or, without ``by``, by row position.
+    """
+
+    # A column naming each row's split, with the values that mean train / val / test.
+    column: Optional[str] = None
+    train_values: List[str] = field(default_factory=lambda: ["train"])
+    val_values: List[str] = field(default_factory=lambda: ["val", "valid", "validation"])
+    test_values: List[str] = field(default_factory=lambda: ["test"])
+    # Otherwise a deterministic hash split, by a key column (all rows of a key in one split) or by row.
+    by: Optional[str] = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class ItemText:
+    """``item_text:`` the text of each item, joined from ``columns`` with ``separator``."""
+
+    # The sparse feature whose ids index the text (its vocabulary maps raw item -> id).
+    item: str
+    columns: List[str] = field(default_factory=list)
+    separator: str = " | "
+
+
+@dataclass
+class SliceSpec:
+    """``slices[i]``: named row masks for sliced evaluation reports."""
+
+    column: str
+    # One slice per most frequent raw value (up to ``top``) of a single-valued column ...
+    top: int = 10
+    # ... or (for a sparse feature) cold = id unseen in training (OOV), warm = the rest.
+    cold_warm: bool = False
