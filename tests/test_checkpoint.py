@@ -272,7 +272,7 @@ class _LearnedWeights(nn.Module):
         self.names = names
         self.log_var = nn.Parameter(torch.zeros(len(names)))
 
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled=None) -> torch.Tensor:
         return sum(torch.exp(-self.log_var[i]) * losses[t] + self.log_var[i] for i, t in enumerate(self.names))
 
 
@@ -335,7 +335,7 @@ class _RandomWeights(nn.Module):
         super().__init__()
         self.names = names
 
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled=None) -> torch.Tensor:
         w = torch.nn.functional.dropout(torch.ones(len(self.names)), p=0.5, training=self.training)
         return sum(w[i] * losses[t] for i, t in enumerate(self.names))
 

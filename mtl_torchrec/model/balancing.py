@@ -25,7 +25,7 @@ one registered :class:`Balancer` subclass.
 
 from __future__ import annotations
 
-from typing import ClassVar, Dict, List, Type
+from typing import ClassVar, Dict, List, Optional, Type
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,12 @@ from mtl_torchrec.model.config import BalanceConfig
 
 
 class Balancer(nn.Module):
-    """A loss balancer: ``forward(losses, shared) -> total`` and ``weights() -> {task: weight}``.
+    """A loss balancer: ``forward(losses, shared, labelled) -> total`` and ``weights() -> {task: weight}``.
+
+    ``labelled`` (``[T]``, in task order) counts each task's labelled rows in this rank's batch. A
+    task without a labelled row on any rank has a loss of 0 and no gradient: it gets weight 0 for
+    that step and is left out of every learned or solved weighting (else, e.g., MGDA-UB's minimum
+    norm point is that task's zero gradient, and the step trains nothing).
 
     Attributes:
         needs_positive_weights: whether the configured task weights must all be > 0 (they
@@ -77,7 +82,10 @@ class FixedWeights(Balancer):
     def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "FixedWeights":
         return cls(weights)
 
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        # A task without labelled rows has loss 0: it adds nothing, no mask needed.
         return sum(self.weight[i] * losses[t] for i, t in enumerate(self.task_names))
 
     def weights(self) -> Dict[str, float]:
@@ -108,6 +116,13 @@ def _global_sum(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t)
     return t
+
+
+def present_tasks(labelled: Optional[torch.Tensor], n: int, device: torch.device) -> torch.Tensor:
+    """``[n]`` bool: which tasks have a labelled row in the global batch (all, when not told)."""
+    if labelled is None:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    return _global_sum(labelled.detach().float()) > 0
 
 
 def _needs_gradients(shared: torch.Tensor) -> bool:
@@ -144,9 +159,13 @@ class UncertaintyWeights(Balancer):
     def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "UncertaintyWeights":
         return cls(weights)
 
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         L = _stack(losses, self.task_names)
-        return (torch.exp(-self.log_var) * L + self.log_var).sum()
+        # Without labels the regulariser s_k alone would pull that task's weight up.
+        present = present_tasks(labelled, len(self.task_names), L.device).to(L.dtype)
+        return ((torch.exp(-self.log_var) * L + self.log_var) * present).sum()
 
     def weights(self) -> Dict[str, float]:
         w = torch.exp(-self.log_var.detach())
@@ -194,7 +213,9 @@ class GradNorm(Balancer):
         w = self.raw.clamp_min(self.eps)
         return w * (len(self.task_names) / w.sum())
 
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         L = _stack(losses, self.task_names)
         with torch.no_grad():
             # The renormalisation GradNorm applies after every update of the weights.
@@ -213,11 +234,14 @@ class GradNorm(Balancer):
             start = torch.nan_to_num(self.initial_losses, nan=1.0).clamp_min(1e-12)
             rate = torch.where(known, Ld / start, torch.ones_like(Ld))
             rate = _global_sum(rate)
-            rel = rate / rate.mean().clamp_min(1e-12)
+            # Tasks without labelled rows this step are out of the balance: no rate, no norm.
+            present = present_tasks(labelled, len(self.task_names), L.device).to(L.dtype)
+            count = present.sum().clamp_min(1.0)
+            rel = rate / ((rate * present).sum() / count).clamp_min(1e-12)
             norms = _global_sum(sq_norms).sqrt()
         G = w * norms
-        target = (G.mean() * rel.pow(self.alpha)).detach()
-        weight_objective = (G - target).abs().sum()
+        target = ((G * present).sum() / count * rel.pow(self.alpha)).detach()
+        weight_objective = ((G - target).abs() * present).sum()
         # Adds the weights' gradient without changing the reported loss value.
         return weighted + (weight_objective - weight_objective.detach())
 
@@ -226,17 +250,26 @@ class GradNorm(Balancer):
         return {t: float(w[i]) for i, t in enumerate(self.task_names)}
 
 
-def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+def min_norm_weights(
+    gram: torch.Tensor, iterations: int = 50, allowed: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Frank-Wolfe for ``min_a a^T M a`` over the simplex, ``M = gram`` (``[T, T]``); returns ``a``.
 
-    Fixed iteration count and tensor-only updates, so the same ops run whatever the values.
+    ``allowed`` (``[T]`` bool) restricts the simplex to those tasks: the others keep weight 0
+    (the start is uniform over the allowed ones and only allowed vertices are ever chosen). With
+    none allowed, every task is. Fixed iteration count and tensor-only updates, so the same ops
+    run whatever the values.
     """
     n = gram.shape[0]
-    a = torch.full((n,), 1.0 / n, dtype=gram.dtype, device=gram.device)
+    if allowed is None:
+        allowed = torch.ones(n, dtype=torch.bool, device=gram.device)
+    allowed = torch.where(allowed.any(), allowed, torch.ones_like(allowed))
+    a = allowed.to(gram.dtype) / allowed.sum().to(gram.dtype)
     eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    blocked = torch.where(allowed, torch.zeros_like(a), torch.full_like(a, float("inf")))
     for _ in range(iterations):
         Ma = gram @ a
-        e = eye[torch.argmin(Ma)]
+        e = eye[torch.argmin(Ma + blocked)]
         # Exact line search between v = sum a_i g_i and the chosen vertex g_t.
         vv = a @ Ma
         vt = e @ Ma
@@ -277,17 +310,20 @@ class MGDAUB(Balancer):
     def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "MGDAUB":
         return cls(list(weights), normalize=options.mgda_normalize)
 
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         L = _stack(losses, self.task_names)
         if not _needs_gradients(shared):
             return (self.last_weights * L).sum()
+        present = present_tasks(labelled, len(self.task_names), L.device)
         grads = representation_gradients(L, shared).double()
         with torch.no_grad():
             if self.normalize == "l2":
                 grads = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
             elif self.normalize == "loss":
                 grads = grads / L.detach().double().clamp_min(1e-12).unsqueeze(1)
-            a = min_norm_weights(_global_sum(grads @ grads.T), self.iterations)
+            a = min_norm_weights(_global_sum(grads @ grads.T), self.iterations, allowed=present)
             self.last_weights.copy_((a * len(self.task_names)).to(self.last_weights.dtype))
         return (self.last_weights * L).sum()
 

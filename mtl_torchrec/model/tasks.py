@@ -207,7 +207,9 @@ class TrainModule(nn.Module):
     ) -> Tuple[torch.Tensor, TrainOutput]:
         out: ModelOutput = self.model(batch)
         losses = task_losses(out, batch, self.tasks)
-        total = self.balancer(losses, out.shared)
+        # Labelled rows per task: balancers leave tasks without any out of the step's weighting.
+        labelled = torch.stack([batch.masks[t.name].sum() for t in self.tasks])
+        total = self.balancer(losses, out.shared, labelled)
         preds = predictions({t.name: out.logits[t.name].detach() for t in self.tasks}, self.tasks)
         detached = {k: v.detach() for k, v in losses.items()}
         return total, TrainOutput(total.detach(), detached, preds, out)
