@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ from mtl_torchrec.distributed.checkpoint import (
     verify_checkpoint,
     write_manifest,
 )
+from mtl_torchrec.core.errors import RunDirError
+from mtl_torchrec.distributed.run_lock import LOCK_FILE
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.launch.train_cmd import make_trainer
 from tests.distributed import run_ranks
@@ -90,6 +93,22 @@ def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
         trainer.close()
         if ctx.is_main:
             (root_p / "rw_eval_metrics.json").write_text(json.dumps(metrics))
+        # Refusals that rank 0 decides (checkpoint integrity, the run-dir lock) reach every rank.
+        refusals = []
+        if ctx.is_main:
+            shutil.copytree(root_p / "full", root_p / "damaged", ignore=shutil.ignore_patterns("tensorboard"))
+            shard = latest_checkpoint(root_p / "damaged") / "__1_0.distcp"
+            shard.write_bytes(shard.read_bytes()[:-1] + b"?")
+            (root_p / "locked").mkdir()
+            # The parent (the pytest process) is alive on this host: the lock is held.
+            (root_p / "locked" / LOCK_FILE).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+        torch.distributed.barrier()
+        for name, error in (("damaged", CheckpointError), ("locked", RunDirError)):
+            try:
+                train(_cfg(root_p / name), ctx)
+            except error as e:
+                refusals.append(str(e))
+        (root_p / f"refusals_rank{rank}.json").write_text(json.dumps(refusals))
     finally:
         close_distributed(ctx)
 
@@ -168,6 +187,16 @@ def test_run_dir_layout_latest_and_keep(runs: Path) -> None:
         assert listed == on_disk and {"__0_0.distcp", "__1_0.distcp", "rng/rank_00001.json"} <= listed
         assert verify_checkpoint(ckpt)
     assert not [p for p in (runs / "full" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_refusals_reach_every_rank(runs: Path) -> None:
+    """Rank 0 verifies checkpoints and takes the run-dir lock; both ranks raise its verdict."""
+    got = [json.loads((runs / f"refusals_rank{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1] and len(got[0]) == 2
+    assert "damaged file" in got[0][0] and "__1_0.distcp" in got[0][0]
+    # The lock names this (pytest) process, the spawned ranks' parent.
+    assert f"another training is using this run directory (pid {os.getpid()} on " in got[0][1]
 
 
 @pytest.mark.slow
