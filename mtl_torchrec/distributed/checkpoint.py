@@ -728,14 +728,15 @@ def latest_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
     """
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / LATEST
-    found = list_checkpoints(run_dir)
+    named: Optional[Path] = None
     if pointer.exists() or pointer.is_symlink():
-        target = root / _read_pointer(pointer)
-        if is_checkpoint(target):
-            return target
-        if found:
-            _log.warning("%s names %s, which is not a complete checkpoint; using the newest complete one, %s",
-                         pointer, target.name, found[-1].name)
+        named = root / _read_pointer(pointer)
+        if is_checkpoint(named):
+            return named
+    found = list_checkpoints(run_dir)
+    if named is not None and found:
+        _log.warning("%s names %s, which is not a complete checkpoint; using the newest complete one, %s",
+                     pointer, named.name, found[-1].name)
     return found[-1] if found else None
 
 
