@@ -164,9 +164,13 @@ class RunDirLock:
             raise self._held(self._holder(raw or b"")) from None
 
     def release(self) -> None:
-        """Removes the lock file if this process still holds it."""
-        if self._content is not None and self._read() == self._content:
-            self.path.unlink()
+        """Removes the lock file if this process still holds it (never raises: it runs while an
+        exception may be on its way out)."""
+        try:
+            if self._content is not None and self._read() == self._content:
+                self.path.unlink(missing_ok=True)
+        except (OSError, RunDirError) as e:
+            _log.warning("%s: could not remove the lock file: %s", self.path, e)
         self._content = None
 
 
