@@ -489,7 +489,7 @@ def test_lock_is_removed_on_exceptions(spec: Path, tmp_path: Path, ctx: Any) -> 
     assert run_dir.is_dir() and not (run_dir / LOCK_FILE).exists()
 
 
-def test_locks_that_cannot_be_checked_are_not_taken_over(tmp_path: Path) -> None:
+def test_locks_that_cannot_be_checked_are_not_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lock = tmp_path / LOCK_FILE
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "started": "yesterday"}))
     with pytest.raises(RunDirError, match=f"pid 1 on elsewhere.example, another host, started yesterday; lock file {lock}"):
@@ -498,6 +498,23 @@ def test_locks_that_cannot_be_checked_are_not_taken_over(tmp_path: Path) -> None
         lock.write_text(garbled)
         with pytest.raises(RunDirError, match=f"its lock file {lock} is empty or garbled"):
             RunDirLock(tmp_path).acquire()
+    # An earlier attempt of this same torchelastic job (a torchrun restart or a scheduler retry,
+    # possibly on another host) has ended: its lock is taken over. Another job's is not.
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    for run_id, taken in (("job-6", False), ("none", False), ("job-7", True)):
+        lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "run_id": run_id}))
+        if taken:
+            earlier = RunDirLock(tmp_path)
+            assert earlier.acquire()["run_id"] == "job-7"
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+            earlier.release()
+        else:
+            with pytest.raises(RunDirError, match="another host"):
+                RunDirLock(tmp_path).acquire()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "run_id": None}))
+    with pytest.raises(RunDirError, match="another host"):
+        RunDirLock(tmp_path).acquire()
     # This process is alive: its own lock, seen by a second lock object, is held.
     lock.unlink()
     mine = RunDirLock(tmp_path)

@@ -1,13 +1,17 @@
 """One training per run directory: a lock file held by rank 0 while a training runs.
 
 ``run_dir/train.lock`` is created with ``O_CREAT | O_EXCL`` (of two starts, exactly one creates
-it) and holds JSON ``{"pid", "host", "started", "argv"}``. A second start is refused with a
-:class:`~mtl_torchrec.core.errors.RunDirError` naming the holder and the lock file. A lock whose
-process is gone (same host, no such process, or a zombie) is taken over with a warning; the
-take-over runs under an ``flock`` of the run directory, so two starts cannot both take over the
-same stale lock. The lock is removed when the training ends, also by an exception; a killed
-training leaves it behind for the next start on that host to take over. A lock of another host
-cannot be checked and is never taken over.
+it) and holds JSON ``{"pid", "host", "started", "argv", "run_id"}``. A second start is refused
+with a :class:`~mtl_torchrec.core.errors.RunDirError` naming the holder and the lock file.
+
+A lock is stale, and taken over with a warning, when its process is gone (same host, no such
+process, or a zombie) or when it was taken by an earlier attempt of this same job: the same
+torchelastic run id (``TORCHELASTIC_RUN_ID``; torchx sets it to the app id, which a scheduler
+retry keeps), since torchrun and the scheduler start an attempt only after the previous one ended,
+possibly on another host or in a fresh container. The take-over runs under an ``flock`` of the run
+directory, so two starts cannot both take over the same stale lock. The lock is removed when the
+training ends, also by an exception; a killed training leaves it behind for the next start to take
+over. Any other lock of another host cannot be checked and is never taken over.
 
 Example::
 
@@ -34,6 +38,8 @@ from mtl_torchrec.core.errors import RunDirError
 from mtl_torchrec.distributed.context import DistContext
 
 LOCK_FILE = "train.lock"
+# torchrun's run id when none is given (not unique to a job).
+_NO_RUN_ID = ("", "none")
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +58,12 @@ def _pid_running(pid: int) -> bool:
         return not Path("/proc").is_dir()
     # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ")".
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _run_id() -> Optional[str]:
+    """This job's torchelastic run id (the same in every attempt of one job), None outside one."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return None if run_id in _NO_RUN_ID else run_id
 
 
 class RunDirLock:
@@ -79,6 +91,7 @@ class RunDirLock:
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "argv": sys.argv,
+            "run_id": _run_id(),
         }).encode("utf-8")
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
@@ -123,6 +136,9 @@ class RunDirLock:
         )
 
     def _stale(self, holder: Dict[str, Any]) -> bool:
+        this_process = holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+        if _run_id() is not None and holder.get("run_id") == _run_id() and not this_process:
+            return True  # an earlier attempt of this job, which has ended
         return holder["host"] == socket.gethostname() and not _pid_running(holder["pid"])
 
     def acquire(self) -> Optional[Dict[str, Any]]:
@@ -194,7 +210,8 @@ def hold_run_dir(run_dir: Path, ctx: DistContext) -> Iterator[None]:
             stale = lock.acquire()
             if stale is not None:
                 _log.warning("%s: took over the lock of a training that is no longer running (pid %s on %s, "
-                             "started %s)", run_dir, stale["pid"], stale["host"], stale.get("started", "?"))
+                             "started %s%s)", run_dir, stale["pid"], stale["host"], stale.get("started", "?"),
+                             f", an earlier attempt of job {stale['run_id']}" if stale.get("run_id") else "")
         except RunDirError as e:
             error = str(e)
         except OSError as e:  # e.g. a read-only run directory
