@@ -228,6 +228,7 @@ def test_pickle_setting_class_attributes_is_refused_and_undone(trained: Path, se
     assert not hasattr(Metadata, "planted")
 
 
+@pytest.mark.slow
 def test_evaluate_subprocess_refuses_crafted_metadata(trained: Path, tmp_path: Path) -> None:
     """The real command: exit code 2, one line on stderr, no traceback, the command never ran."""
     marker = tmp_path / "pwned"
