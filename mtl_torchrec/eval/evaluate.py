@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,16 +74,24 @@ class EvalResult:
 
 
 def load_run_config(run_dir: Path) -> Config:
+    """The run's ``config.yaml``; FileNotFoundError when ``run_dir`` is not a run directory,
+    :class:`ConfigError` naming the file when it cannot be read."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    return load_config(path)
+    try:
+        return load_config(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as YAML text: {e}") from None
 
 
 def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> DataBundle:
     """The run's data (or ``data_spec``) mapped with the run's fitted preprocessing."""
     pre_dir = Path(run_dir) / "preprocessing"
-    pre = Preprocessing.load(pre_dir) if (pre_dir / "preprocessing.json").is_file() else None
+    try:
+        pre = Preprocessing.load(pre_dir) if (pre_dir / "preprocessing.json").is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{pre_dir / 'preprocessing.json'}: the run's saved preprocessing cannot be read: {e}") from None
     if data_spec is not None:
         if pre is None:
             raise ConfigError(

@@ -8,7 +8,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from mtl_torchrec.core.errors import CheckpointError, ConfigError, DataError
+from mtl_torchrec.core.errors import CheckpointError, ConfigError, DataError, RunDirError
 
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = ("mtl_torchrec.launch.train_cmd", "mtl_torchrec.launch.evaluate_cmd", "mtl_torchrec.launch.compare_cmd", "mtl_torchrec.launch.encode_cmd")
@@ -27,7 +27,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, DataError, FileNotFoundError, CheckpointError) as e:
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError, RunDirError) as e:
         print(f"mtl-torchrec {args.command}: error: {e}", file=sys.stderr)
         return 2
 
