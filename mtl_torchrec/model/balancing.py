@@ -1,6 +1,6 @@
 """Loss balancers: how per-task losses become the one loss that is back-propagated.
 
-Every balancer is an ``nn.Module`` with ``forward(losses, shared) -> total`` and
+Every balancer is an ``nn.Module`` with ``forward(losses, shared, labelled) -> total`` and
 ``weights() -> Dict[str, float]``; its parameters and buffers live in the train module, so DMP/DDP
 synchronise them and checkpoints capture them. ``shared`` is the representation every task reads
 (the backbone input); the gradient-based balancers differentiate the task losses with respect to
@@ -57,6 +57,7 @@ class Balancer(nn.Module):
         raise NotImplementedError
 
     def weights(self) -> Dict[str, float]:
+        """The current weight of each task's loss, by task name (for logging)."""
         raise NotImplementedError
 
 
@@ -66,6 +67,9 @@ BALANCERS: Registry[Type[Balancer]] = Registry("train.loss_balance")
 @BALANCERS.register("fixed")
 class FixedWeights(Balancer):
     """Total loss as a fixed weighted sum of task losses: ``L = sum_k w_k L_k``.
+
+    Args:
+        weights: each task's weight, by name, in task order.
 
     Example::
 
@@ -80,15 +84,28 @@ class FixedWeights(Balancer):
 
     @classmethod
     def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "FixedWeights":
+        """``cls(weights)``; ``options`` are unused."""
         return cls(weights)
 
     def forward(
         self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        """``sum_k w_k L_k`` (``shared`` and ``labelled`` are unused).
+
+        Args:
+            losses (Dict[str, torch.Tensor]): each task's scalar loss, by name.
+            shared (torch.Tensor): the representation every task reads, ``[B, d]``.
+            labelled (Optional[torch.Tensor]): ``[T]`` labelled rows per task on this rank, in task
+                order; None counts every task as present.
+
+        Returns:
+            torch.Tensor: the scalar total loss.
+        """
         # A task without labelled rows has loss 0: it adds nothing, no mask needed.
         return sum(self.weight[i] * losses[t] for i, t in enumerate(self.task_names))
 
     def weights(self) -> Dict[str, float]:
+        """The configured weights."""
         return {t: float(self.weight[i]) for i, t in enumerate(self.task_names)}
 
 
@@ -136,7 +153,10 @@ class UncertaintyWeights(Balancer):
 
     At the optimum ``exp(-s_k) = 1 / L_k``: a task with a noisier (larger) loss gets a smaller
     weight. ``s_k`` starts at ``-log(initial weight)`` so training starts from the configured
-    task weights.
+    task weights. Kendall et al., CVPR 2018.
+
+    Args:
+        initial_weights: each task's starting weight, by name, in task order; ValueError unless all > 0.
 
     Example::
 
@@ -157,17 +177,31 @@ class UncertaintyWeights(Balancer):
 
     @classmethod
     def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "UncertaintyWeights":
+        """``cls(weights)`` (the initial weights); ``options`` are unused."""
         return cls(weights)
 
     def forward(
         self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        """``sum_k present_k (exp(-s_k) L_k + s_k)``: tasks without a labelled row in the global batch are
+        left out (with ``labelled``, an all-reduce across ranks: every rank must call it).
+
+        Args:
+            losses (Dict[str, torch.Tensor]): each task's scalar loss, by name.
+            shared (torch.Tensor): the representation every task reads, ``[B, d]``.
+            labelled (Optional[torch.Tensor]): ``[T]`` labelled rows per task on this rank, in task
+                order; None counts every task as present.
+
+        Returns:
+            torch.Tensor: the scalar total loss.
+        """
         L = _stack(losses, self.task_names)
         # Without labels the regulariser s_k alone would pull that task's weight up.
         present = present_tasks(labelled, len(self.task_names), L.device).to(L.dtype)
         return ((torch.exp(-self.log_var) * L + self.log_var) * present).sum()
 
     def weights(self) -> Dict[str, float]:
+        """``exp(-s_k)``, the current weight on each task's loss."""
         w = torch.exp(-self.log_var.detach())
         return {t: float(w[i]) for i, t in enumerate(self.task_names)}
 
@@ -183,6 +217,12 @@ class GradNorm(Balancer):
     task's first non-zero loss, kept as a buffer (so it survives checkpoints).
 
     The reported total is ``sum_k w_k L_k``; the weight objective adds gradient but no value.
+    Chen et al., ICML 2018.
+
+    Args:
+        initial_weights: each task's starting weight, by name, in task order; ValueError unless all > 0.
+        alpha: the paper's asymmetry ``alpha`` (how strongly slow tasks are pulled up).
+        eps: floor of a weight before renormalising.
 
     Example::
 
@@ -207,6 +247,7 @@ class GradNorm(Balancer):
 
     @classmethod
     def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "GradNorm":
+        """``cls(weights, alpha=train.balance.gradnorm_alpha)``."""
         return cls(weights, alpha=options.gradnorm_alpha)
 
     def _normalized(self) -> torch.Tensor:
@@ -216,6 +257,23 @@ class GradNorm(Balancer):
     def forward(
         self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        """``sum_k w_k L_k`` in value, plus the gradient of GradNorm's weight objective on the weights.
+
+        Renormalises the weights first. Under ``no_grad`` (or when ``shared`` does not require grad)
+        only the weighted sum is computed. Otherwise the task gradients on ``shared`` are taken, the
+        first non-zero loss of each task is recorded, and training rates and squared gradient norms
+        are summed across ranks (all-reduce: every rank must call it); tasks without a labelled row in
+        the global batch are left out of the objective.
+
+        Args:
+            losses (Dict[str, torch.Tensor]): each task's scalar loss, by name.
+            shared (torch.Tensor): the representation every task reads, ``[B, d]``.
+            labelled (Optional[torch.Tensor]): ``[T]`` labelled rows per task on this rank, in task
+                order; None counts every task as present.
+
+        Returns:
+            torch.Tensor: the scalar total loss.
+        """
         L = _stack(losses, self.task_names)
         with torch.no_grad():
             # The renormalisation GradNorm applies after every update of the weights.
@@ -246,6 +304,7 @@ class GradNorm(Balancer):
         return weighted + (weight_objective - weight_objective.detach())
 
     def weights(self) -> Dict[str, float]:
+        """The current normalised weights (they sum to the task count)."""
         w = self._normalized().detach()
         return {t: float(w[i]) for i, t in enumerate(self.task_names)}
 
@@ -288,7 +347,12 @@ class MGDAUB(Balancer):
 
     The weights sum to the task count (``T * a``) so the loss scale matches fixed unit weights.
     ``normalize``: ``none`` (the paper's plain solve), ``l2`` (unit gradients) or ``loss``
-    (gradients divided by their loss).
+    (gradients divided by their loss). Sener & Koltun, NeurIPS 2018.
+
+    Args:
+        task_names: the tasks, in task order.
+        normalize: ``none``, ``l2`` or ``loss``; ValueError otherwise.
+        iterations: Frank-Wolfe iterations of :func:`min_norm_weights` per step.
 
     Example::
 
@@ -308,11 +372,28 @@ class MGDAUB(Balancer):
 
     @classmethod
     def from_config(cls, weights: Dict[str, float], options: BalanceConfig) -> "MGDAUB":
+        """``cls(task names, normalize=train.balance.mgda_normalize)``; the weight values are unused."""
         return cls(list(weights), normalize=options.mgda_normalize)
 
     def forward(
         self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        """``sum_k T a_k L_k`` with ``a`` the min-norm point of the task gradients on ``shared``.
+
+        The Gram matrix of the (normalised) gradients is summed across ranks (all-reduce: every rank
+        must call it) and solved by :func:`min_norm_weights` over the tasks with a labelled row in the
+        global batch. The weights carry no gradient. Under ``no_grad`` (or when ``shared`` does not
+        require grad) the last solved weights are used.
+
+        Args:
+            losses (Dict[str, torch.Tensor]): each task's scalar loss, by name.
+            shared (torch.Tensor): the representation every task reads, ``[B, d]``.
+            labelled (Optional[torch.Tensor]): ``[T]`` labelled rows per task on this rank, in task
+                order; None counts every task as present.
+
+        Returns:
+            torch.Tensor: the scalar total loss.
+        """
         L = _stack(losses, self.task_names)
         if not _needs_gradients(shared):
             return (self.last_weights * L).sum()
@@ -328,5 +409,6 @@ class MGDAUB(Balancer):
         return (self.last_weights * L).sum()
 
     def weights(self) -> Dict[str, float]:
+        """The weights of the last solved step (``T * a``; all 1 before the first)."""
         return {t: float(self.last_weights[i]) for i, t in enumerate(self.task_names)}
 

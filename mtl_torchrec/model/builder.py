@@ -42,6 +42,12 @@ def embedding_configs(schema: Schema, embedding_dim: int) -> List[EmbeddingBagCo
 
 
 def task_specs(cfg: ModelConfig, schema: Schema) -> List[TaskSpec]:
+    """The :class:`TaskSpec` of each ``model.tasks`` entry, checked against the data's labels.
+
+    Raises ConfigError naming ``model.tasks`` when there is no task, ``model.tasks[i].name`` when
+    the data has no such label, ``model.tasks[i].type`` when the label's type differs, and the key of
+    each :func:`~mtl_torchrec.model.tasks.task_problems` entry.
+    """
     if not cfg.tasks:
         raise ConfigError("model.tasks: at least one task is required")
     specs = []
@@ -93,7 +99,12 @@ def build_model(
     feature_modules: Optional[Dict[str, nn.Module]] = None,
     id_dropout: Optional[nn.Module] = None,
 ) -> MultiTaskModel:
-    """``device='meta'`` defers table allocation to DistributedModelParallel."""
+    """The :class:`MultiTaskModel` for ``cfg`` over ``schema``: one table per distinct table name,
+    the ``model.backbone`` sized to the fused width, and one tower per task.
+
+    ``device='meta'`` defers table allocation to DistributedModelParallel. Raises ConfigError
+    naming the key (see :func:`task_specs` and :func:`build_backbone`).
+    """
     tasks = task_specs(cfg, schema)
     ebc = EmbeddingBagCollection(tables=embedding_configs(schema, cfg.embedding_dim), device=device)
     width = MultiTaskModel.fused_width(ebc, len(schema.dense), cfg.dense_layers, feature_modules)
@@ -117,7 +128,8 @@ def build_train_module(
 ) -> TrainModule:
     """Model (``model.*``), tasks and loss balancer (``train.loss_balance``, ``train.balance``),
     sized for the data's schema. ``text_cache`` is the folder text vectors are encoded into when
-    ``model.text`` names no store (:func:`~mtl_torchrec.model.text.text_cache_folder`). Raises ConfigError naming the key.
+    ``model.text`` names no store (:func:`~mtl_torchrec.model.text.text_cache_folder`). Raises
+    ConfigError naming the key.
 
     Regression heads start at the training labels' mean: started at 0, a rating task's squared
     error (~mean^2) dwarfs the binary losses and its gradient swamps the shared layers early on.

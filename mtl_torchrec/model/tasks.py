@@ -188,6 +188,12 @@ class TrainModule(nn.Module):
     ``forward(batch)`` returns ``(loss, TrainOutput)``: the TrainOutput holds the detached total
     and per-task losses and impression-space predictions.
 
+    Args:
+        model: returns a :class:`ModelOutput` for a batch (a
+            :class:`~mtl_torchrec.model.multitask.MultiTaskModel`).
+        tasks: the tasks; ValueError listing :func:`task_problems` when they are inconsistent.
+        balancer: a :class:`~mtl_torchrec.model.balancing.Balancer` over the tasks' losses.
+
     Example::
 
         train = TrainModule(model, tasks, FixedWeights({"click": 1.0}))   # model/balancing.py
@@ -205,6 +211,15 @@ class TrainModule(nn.Module):
     def forward(
         self, batch: Batch
     ) -> Tuple[torch.Tensor, TrainOutput]:
+        """The model's output, the masked per-task losses and the balanced total.
+
+        Args:
+            batch (Batch): features, and ``labels``/``masks`` (``[B]`` each) for every task.
+
+        Returns:
+            ``(loss, TrainOutput)``: the scalar total loss to back-propagate, and the detached total,
+            per-task losses, impression-space predictions (``[B]`` each) and the model output.
+        """
         out: ModelOutput = self.model(batch)
         losses = task_losses(out, batch, self.tasks)
         # Labelled rows per task: balancers leave tasks without any out of the step's weighting.

@@ -34,6 +34,7 @@ class MMoEBackbone(Backbone):
 
     @classmethod
     def build(cls, options: MMoEConfig, in_features: int, num_tasks: int) -> nn.Module:
+        """An :class:`~mtl_torchrec.modules.mmoe.MMoE` (one gate shared by all tasks when ``single_gate``)."""
         return MMoE(
             in_features,
             num_tasks,
@@ -45,6 +46,7 @@ class MMoEBackbone(Backbone):
 
     @staticmethod
     def template_layers(options: MMoEConfig) -> List[int]:
+        """The expert layer widths (``model.mmoe.expert_layers``)."""
         return list(options.expert_layers)
 
 

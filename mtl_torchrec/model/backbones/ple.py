@@ -45,6 +45,7 @@ class PLEBackbone(Backbone):
 
     @staticmethod
     def build(options: PLEConfig, in_features: int, num_tasks: int) -> nn.Module:
+        """A :class:`~mtl_torchrec.modules.ple.PLE` from ``model.ple``."""
         return PLE(
             in_features,
             num_tasks,
@@ -56,4 +57,5 @@ class PLEBackbone(Backbone):
 
     @staticmethod
     def template_layers(options: PLEConfig) -> List[int]:
+        """The expert layer widths (``model.ple.expert_layers``)."""
         return list(options.expert_layers)

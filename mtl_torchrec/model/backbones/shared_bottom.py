@@ -29,8 +29,10 @@ class SharedBottomBackbone(Backbone):
 
     @staticmethod
     def build(options: SharedBottomConfig, in_features: int, num_tasks: int) -> nn.Module:
+        """A :class:`~mtl_torchrec.modules.shared_bottom.SharedBottom` with ``model.shared_bottom.layers``."""
         return SharedBottom(in_features, num_tasks, options.layers)
 
     @staticmethod
     def template_layers(options: SharedBottomConfig) -> List[int]:
+        """The shared MLP's widths (``model.shared_bottom.layers``)."""
         return list(options.layers)

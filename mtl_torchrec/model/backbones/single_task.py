@@ -29,8 +29,10 @@ class SingleTaskBackbone(Backbone):
 
     @staticmethod
     def build(options: SingleTaskConfig, in_features: int, num_tasks: int) -> nn.Module:
+        """A :class:`~mtl_torchrec.modules.shared_bottom.SeparateBottoms` with ``model.single_task.layers``."""
         return SeparateBottoms(in_features, num_tasks, options.layers)
 
     @staticmethod
     def template_layers(options: SingleTaskConfig) -> List[int]:
+        """Each task's MLP widths (``model.single_task.layers``)."""
         return list(options.layers)
