@@ -28,6 +28,10 @@ class Batch(Pipelineable):
     by it, which is also how padding rows (mask 0 everywhere) are kept out of evaluation.
     ``weights[task]`` (optional, ``[B]``) weights each row's loss for ``task``: a row of weight 2
     counts like two copies of it. Absent (``None``, or no entry for a task) means weight 1.
+
+    Shapes: ``sparse`` a KJT over the schema's sparse features; ``dense`` ``[B, num_dense]``
+    float32; ``labels[task]`` and ``masks[task]`` ``[B]`` float32 (label 0 where masked);
+    ``group`` ``[B]`` int64 (zeros when the schema has no group column).
     """
 
     sparse: KeyedJaggedTensor
@@ -39,9 +43,11 @@ class Batch(Pipelineable):
 
     @property
     def batch_size(self) -> int:
+        """Rows in the batch, padding rows included."""
         return int(self.dense.shape[0])
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        """A copy with every tensor on ``device`` (TorchRec's ``Pipelineable`` interface)."""
         return Batch(
             sparse=self.sparse.to(device=device, non_blocking=non_blocking),
             dense=self.dense.to(device=device, non_blocking=non_blocking),
@@ -54,6 +60,7 @@ class Batch(Pipelineable):
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
+        """Marks every tensor as used by ``stream`` (``Pipelineable``, for pipelines' copy streams)."""
         self.sparse.record_stream(stream)
         self.dense.record_stream(stream)
         self.group.record_stream(stream)
@@ -61,6 +68,7 @@ class Batch(Pipelineable):
             t.record_stream(stream)
 
     def pin_memory(self) -> "Batch":
+        """A copy with every tensor in pinned host memory."""
         return Batch(
             sparse=self.sparse.pin_memory(),
             dense=self.dense.pin_memory(),

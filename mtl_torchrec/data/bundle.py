@@ -29,5 +29,6 @@ class DataBundle:
     preprocessing: Optional[Any] = None
 
     def validate(self) -> None:
+        """Checks every split against the schema; DataError naming the split, column and first bad row."""
         for name, table in self.splits.items():
             self.schema.validate(table, source=f"{name} split")

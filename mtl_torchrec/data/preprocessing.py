@@ -63,6 +63,7 @@ class Vocabulary:
 
     @staticmethod
     def build(counts: Dict[str, int], min_count: int = 1) -> "Vocabulary":
+        """A ``build`` vocabulary: tokens counted at least ``min_count`` times, by descending count (ties by token)."""
         kept = [(t, c) for t, c in counts.items() if c >= min_count]
         # Descending count, ties by token: deterministic regardless of chunk order.
         kept.sort(key=lambda tc: (-tc[1], tc[0]))
@@ -70,6 +71,10 @@ class Vocabulary:
 
     @staticmethod
     def from_file(path: Union[str, Path]) -> "Vocabulary":
+        """A ``file`` vocabulary: one token per line (blank lines skipped).
+
+        Raises FileNotFoundError when the file is missing, DataError when a token appears twice.
+        """
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"vocabulary file not found: {p}")
@@ -83,18 +88,21 @@ class Vocabulary:
 
     @staticmethod
     def hashed(buckets: int) -> "Vocabulary":
+        """A ``hash`` vocabulary of ``buckets`` rows (row 0 for missing values); DataError when ``buckets < 2``."""
         if buckets < 2:
             raise DataError("hash_buckets must be at least 2 (bucket 0 is reserved for missing values)")
         return Vocabulary("hash", hash_buckets=buckets)
 
     @staticmethod
     def identity(num_embeddings: int) -> "Vocabulary":
+        """An ``identity`` vocabulary of ``num_embeddings`` rows; DataError when ``num_embeddings < 1``."""
         if num_embeddings < 1:
             raise DataError("identity ids need num_embeddings >= 1")
         return Vocabulary("identity", num_embeddings_=num_embeddings)
 
     @property
     def num_embeddings(self) -> int:
+        """Rows of the embedding table: ``len(tokens) + 1``, ``hash_buckets``, or the identity size."""
         if self.mode == "hash":
             return self.hash_buckets
         if self.mode == "identity":
@@ -129,6 +137,7 @@ class Vocabulary:
         raise DataError(f"unknown vocabulary mode '{self.mode}'")
 
     def to_json(self) -> Dict[str, Any]:
+        """The JSON form saved in ``preprocessing.json``."""
         out: Dict[str, Any] = {"mode": self.mode, "num_embeddings": self.num_embeddings}
         if self.mode in ("build", "file"):
             out["tokens"] = self.tokens
@@ -140,6 +149,7 @@ class Vocabulary:
 
     @staticmethod
     def from_json(d: Dict[str, Any]) -> "Vocabulary":
+        """The vocabulary saved by :meth:`to_json`; DataError for an unknown mode."""
         mode = d["mode"]
         if mode in ("build", "file"):
             return Vocabulary(mode, tokens=list(d["tokens"]), min_count=int(d.get("min_count", 1)))
@@ -199,6 +209,7 @@ class Normalizer:
 
     @property
     def mean(self) -> float:
+        """The fitted mean (of ``log1p`` values for ``log_standard``); 0.0 before any value."""
         return self.running_mean if self.count else 0.0
 
     @property
@@ -210,6 +221,7 @@ class Normalizer:
         return var**0.5 if var > 0 else 1.0
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Normalised ``x`` as float32; NaN filled as ``fill_missing`` says (kept with ``error``)."""
         x = self._pre(np.asarray(x, dtype=np.float64))
         if self.method in ("standard", "log_standard"):
             y = (x - self.mean) / self.std
@@ -225,6 +237,7 @@ class Normalizer:
         return y.astype(np.float32)
 
     def transform_value(self, v: float) -> float:
+        """One value normalised as :meth:`transform` does, without ``log1p`` or filling."""
         if self.method in ("standard", "log_standard"):
             return (v - self.mean) / self.std
         if self.method == "minmax":
@@ -233,6 +246,7 @@ class Normalizer:
         return v
 
     def to_json(self) -> Dict[str, Any]:
+        """The JSON form saved in ``preprocessing.json``."""
         return {
             "method": self.method, "fill_missing": self.fill_missing, "count": self.count,
             "mean": self.mean, "std": self.std, "m2": self.m2,
@@ -241,6 +255,7 @@ class Normalizer:
 
     @staticmethod
     def from_json(d: Dict[str, Any]) -> "Normalizer":
+        """The normaliser saved by :meth:`to_json` (also the older ``total``/``total_sq`` form)."""
         count = int(d["count"])
         if "m2" in d:
             mean, m2 = float(d["mean"]), float(d["m2"])
@@ -265,6 +280,7 @@ class Preprocessing:
     stats: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
+        """The JSON form saved in ``preprocessing.json``, with its ``format_version``."""
         return {
             "format_version": FORMAT_VERSION,
             "vocabs": {k: v.to_json() for k, v in self.vocabs.items()},
@@ -274,6 +290,7 @@ class Preprocessing:
 
     @staticmethod
     def from_json(d: Dict[str, Any]) -> "Preprocessing":
+        """The preprocessing saved by :meth:`to_json`; DataError for another format version."""
         if d.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{FILE_NAME}: unsupported format_version {d.get('format_version')!r}")
         return Preprocessing(
@@ -283,12 +300,18 @@ class Preprocessing:
         )
 
     def save(self, directory: Union[str, Path]) -> Path:
+        """Writes ``<directory>/preprocessing.json`` atomically and returns its path."""
         path = Path(directory) / FILE_NAME
         write_json(path, self.to_json())
         return path
 
     @staticmethod
     def load(directory: Union[str, Path]) -> "Preprocessing":
+        """Reads ``<directory>/preprocessing.json``.
+
+        Raises FileNotFoundError when it is missing, DataError for an unsupported format version or
+        vocabulary mode.
+        """
         path = Path(directory) / FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no fitted preprocessing at {path}")
