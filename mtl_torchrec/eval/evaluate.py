@@ -66,6 +66,10 @@ class ScoredRows:
 
 @dataclass
 class EvalResult:
+    """One evaluation: the ``eval.json`` summary, and on rank 0 the scored rows, the slices (row masks)
+    and the evaluated tasks (:func:`~mtl_torchrec.model.tasks.metric_tasks`).
+    """
+
     # The eval.json content (rank 0; other ranks get the torchrec metrics only).
     summary: Dict[str, Any]
     rows: Optional[ScoredRows] = None
@@ -109,6 +113,9 @@ def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> Data
 
 
 def resolve_split(bundle: DataBundle, split: str) -> str:
+    """``split`` if the data has it, else ``all`` when that is the data's only split (a spec without a
+    split rule); ConfigError naming ``--split`` otherwise.
+    """
     if split in bundle.splits:
         return split
     if set(bundle.splits) == {ALL_SPLIT}:
@@ -359,7 +366,11 @@ def evaluate_run(
 
     Slices: the data's own (``DataBundle.slices``) plus the ``slice_top`` most frequent values of
     each of ``slice_columns``. With ``progress``, rank 0 reports each stage and a scoring bar on
-    stderr.
+    stderr. All ranks call it; only rank 0's result has the full summary and the scored rows.
+
+    Raises FileNotFoundError when ``run_dir`` has no ``config.yaml`` or no checkpoint, ConfigError
+    for a bad config, ``--split``, ``--slice`` or ``--data``, DataError for bad data or an empty
+    split, and CheckpointError when the checkpoint is damaged or does not match the model.
     """
 
     def note(message: str) -> None:
