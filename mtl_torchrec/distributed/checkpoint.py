@@ -218,6 +218,7 @@ class SafeFileSystemReader(FileSystemReader):
     tensors are read by DCP with ``weights_only=True``."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        """DCP's metadata, read through :func:`read_dcp_metadata` (CheckpointError for anything refused)."""
         metadata = read_dcp_metadata(self._get_metadata_path(kwargs.get("rank")))
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
@@ -691,6 +692,7 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def step_name(step: int) -> str:
+    """The folder name of the checkpoint at ``step``: ``step_000123``."""
     return f"step_{step:06d}"
 
 

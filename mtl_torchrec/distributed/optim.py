@@ -34,7 +34,8 @@ def make_optimizer(
     With ``balance_lr``, the loss balancer's parameters (those under the train module's
     ``balancer``) get their own optimizer of the same kind at that rate, and the dense optimizer
     leaves them out. Both are unnamed in the combination, so optimizer state keys stay the
-    parameters' names either way.
+    parameters' names either way. Raises ValueError naming ``train.dense_optimizer`` (unknown) or
+    ``train.balance.lr`` (not positive).
 
     Example::
 

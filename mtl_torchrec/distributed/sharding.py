@@ -114,6 +114,11 @@ def _frozen_sharder(ebc: EmbeddingBagCollection) -> Optional[ModuleSharder]:
 
 
 def column_split_ok(module: nn.Module, world_size: int) -> None:
+    """Checks that column-wise sharding can split every table of ``module`` over ``world_size`` ranks.
+
+    Raises ValueError naming the first table whose ``embedding_dim`` is not divisible by
+    ``2 * world_size`` (any width passes with one rank).
+    """
     for ebc in _ebc_paths(module).values():
         for cfg in ebc.embedding_bag_configs():
             if cfg.embedding_dim % (2 * world_size if world_size > 1 else 1):
@@ -130,7 +135,13 @@ def shard_module(
     sparse_lr: float = 0.05,
     extra_sharders: Optional[List[ModuleSharder]] = None,
 ) -> DistributedModelParallel:
-    """Wraps ``module`` in DMP: embedding tables sharded with fused optimizers, the rest DDP."""
+    """Wraps ``module`` in DMP: embedding tables sharded with fused optimizers, the rest DDP.
+
+    ``strategy`` is a ``train.sharding`` name (``planner`` lets TorchRec's planner choose);
+    ``sparse_optimizer`` and ``sparse_lr`` configure the fused table optimizer. A collective:
+    every rank calls it. Raises ValueError naming the ``train.*`` key for an unknown optimizer or
+    strategy, or a table width that column-wise sharding cannot split.
+    """
     sharders = make_sharders(sparse_optimizer, sparse_lr, extra_sharders)
     pg = dist.GroupMember.WORLD
     if strategy == "planner":
