@@ -36,6 +36,7 @@ from mtl_torchrec.train.trainer import Trainer, check_splits
 
 
 def add_parser(sub: Any) -> None:
+    """Registers ``train`` (``--config``, ``--resume``, overrides)."""
     p = sub.add_parser("train", help="train a multi-task model and evaluate it on the test split")
     p.add_argument("--config", type=str, default=None, help="YAML config file")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=3 model.backbone=ple")
@@ -130,6 +131,9 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
 
 
 def run(args: argparse.Namespace) -> int:
+    """Loads the config (``--resume`` adds ``train.resume=required``), trains and tests; prints the test
+    metrics and the run directory on rank 0. Returns 0.
+    """
     overrides = list(args.overrides) + (["train.resume=required"] if getattr(args, "resume", False) else [])
     cfg = load_config(args.config, overrides)
     ctx = init_distributed()

@@ -40,7 +40,10 @@ TASK_LOSSES: Registry[TaskLoss] = Registry("model.tasks[*].type")
 @TASK_LOSSES.register("binary")
 def binary_loss(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: TaskSpec) -> torch.Tensor:
     """Binary cross-entropy on the task's logit; for an ESMM task (``esmm_parent``), on the
-    impression-space product ``pCTR * pCVR``, computed in log space so it stays finite."""
+    impression-space product ``pCTR * pCVR``, computed in log space so it stays finite.
+
+    ``logits`` ``[B]`` per task, ``label`` ``[B]`` in {0, 1}; returns the per-row loss ``[B]``.
+    """
     logit = logits[task.name]
     if task.esmm_parent is None:
         return F.binary_cross_entropy_with_logits(logit, label, reduction="none")
@@ -51,7 +54,7 @@ def binary_loss(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: Task
 
 @TASK_LOSSES.register("regression")
 def squared_error(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    """Squared error of the tower's value (MSE once averaged)."""
+    """Squared error of the tower's value (MSE once averaged): per-row loss ``[B]``."""
     return (logits[task.name] - label) ** 2
 
 
@@ -95,6 +98,7 @@ def predictions(logits: Dict[str, torch.Tensor], tasks: List[TaskSpec]) -> Dict[
     """Impression-space predictions: probabilities for binary tasks, values for regression.
 
     For an ESMM task the value is pCTCVR; its conditional pCVR is under ``"<task>_given_<parent>"``.
+    ``logits`` and the returned values are ``[B]`` each.
     """
     out: Dict[str, torch.Tensor] = {}
     for t in tasks:
@@ -162,6 +166,7 @@ def task_losses(out: ModelOutput, batch: Batch, tasks: List[TaskSpec]) -> Dict[s
     :data:`TASK_LOSSES` by its type (BCE for binary, ESMM on the product; MSE for regression).
 
     ``batch.weights[task]`` (``[B]``, when given) weights rows: weight 2 counts a row twice.
+    Returns a scalar loss per task (0 for a task without a labelled row).
     """
     losses: Dict[str, torch.Tensor] = {}
     # No truth test of batch.weights: TorchRec's pipeline fx-traces this with a proxy batch.

@@ -1,7 +1,7 @@
 """The training loop: DMP-sharded model, fused sparse + dense optimizers, TorchRec's pipeline.
 
-The trainer depends only on the train-module interface (``forward(batch) -> (loss, (task_losses,
-predictions, output))``, see :class:`mtl_torchrec.model.tasks.TrainModule`), so any model that
+The trainer depends only on the train-module interface (``forward(batch) -> (loss, TrainOutput)``,
+see :class:`mtl_torchrec.model.tasks.TrainModule`), so any model that
 returns per-task logits in a :class:`~mtl_torchrec.model.multitask.ModelOutput` can be trained.
 
 Everything besides training steps (loss logging, validation, checkpoints, diagnostics) is a
@@ -120,6 +120,11 @@ class Trainer:
         evaluator: ``(model, tasks, split) -> metrics``; without one :meth:`evaluate` raises and
             validation is skipped.
         callbacks: replaces the default ones (:func:`~mtl_torchrec.train.callbacks.default_callbacks`).
+
+    Every rank constructs it (sharding is collective). Raises DataError when the train split is
+    smaller than one global batch (:func:`check_splits`), ConfigError naming the ``model.*`` or
+    ``train.*`` key the model or balancer cannot be built from, and ValueError naming the
+    ``train.*`` key of an unknown sharding strategy or optimizer.
     """
 
     def __init__(
@@ -237,6 +242,7 @@ class Trainer:
                 self.writer.add_scalar(f"{prefix}/{task}", v, step)
 
     def set_progress_postfix(self, values: Dict[str, str]) -> None:
+        """Shows ``values`` beside the running epoch's progress bar (nothing outside an epoch)."""
         if self._bar is not None:
             self._bar.set_postfix(values)
 
@@ -310,7 +316,11 @@ class Trainer:
     def resume(self, mode: str = "auto") -> Optional[Path]:
         """``auto``: continue from the run's latest checkpoint if it has one; ``required``: the
         same but a run without one is an error; ``never``: start fresh (an error if the run
-        directory already holds checkpoints, which a fresh run would mix with its own)."""
+        directory already holds checkpoints, which a fresh run would mix with its own).
+
+        Returns the checkpoint resumed from, or None. Raises FileNotFoundError for ``required``
+        without a checkpoint and ``never`` with one; CheckpointError as :meth:`restore`.
+        """
         found = latest_checkpoint(self.run_dir)
         if mode == "never":
             if list_checkpoints(self.run_dir):
@@ -350,8 +360,9 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         """Trains until ``train.epochs`` or ``train.max_steps``; saves the final state; returns
-        ``{"steps", "samples", "train_seconds", "samples_per_s"}`` (seconds of training steps only,
-        without evaluation and checkpointing)."""
+        ``{"steps", "samples", "train_seconds", "samples_per_s"}``: samples in rows, over all ranks;
+        ``train_seconds`` in seconds of training steps only (without evaluation and checkpointing);
+        ``samples_per_s`` in rows/s. Collective: every rank calls it."""
         cfg = self.cfg.train
         max_steps = cfg.max_steps or None
         self.dmp.train()
