@@ -12,7 +12,6 @@ import ast
 from pathlib import Path
 from typing import Iterator, List
 
-
 PACKAGE = Path(__file__).resolve().parents[1] / "mtl_torchrec"
 
 _Def = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
