@@ -66,8 +66,9 @@ class ScoredRows:
 
 @dataclass
 class EvalResult:
-    """One evaluation: the ``eval.json`` summary, and on rank 0 the scored rows, the slices (row masks)
-    and the evaluated tasks (:func:`~mtl_torchrec.model.tasks.metric_tasks`).
+    """One evaluation: the ``eval.json`` summary, the evaluated tasks
+    (:func:`~mtl_torchrec.model.tasks.metric_tasks`), and on rank 0 the scored rows and the slices
+    (row masks).
     """
 
     # The eval.json content (rank 0; other ranks get the torchrec metrics only).

@@ -120,8 +120,8 @@ def matched_layers(cfg: ModelConfig, task: TaskConfig, schema: Schema, target: i
 
 def compare_rows(multi: Dict[str, Dict[str, float]], singles: Dict[str, Dict[str, Dict[str, float]]],
                  task_types: Dict[str, str]) -> List[Dict[str, Any]]:
-    """One row per task and metric reported on both sides: the two values, ``multi - single`` and which
-    side is better (higher AUC/GAUC, lower logloss/NE/RMSE/MAE).
+    """One row per task and compared metric (binary: AUC, GAUC, logloss; regression: RMSE, MAE) that
+    both sides report: the two values, ``multi - single`` and which side is better.
     """
     rows = []
     for task, single in singles.items():

@@ -131,7 +131,8 @@ class TextStore:
         )
 
     def save(self, path: PathLike) -> None:
-        """Writes ``vectors.safetensors``, then ``index.json`` (with its SHA-256), atomically into ``path``."""
+        """Writes ``vectors.safetensors`` into the folder ``path``, then ``index.json`` with that file's
+        SHA-256; each atomically."""
         folder = Path(path)
         data = self.to_bytes()
         atomic_write_bytes(folder / VECTORS_FILE, data)
