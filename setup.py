@@ -19,6 +19,7 @@ setup(
         "torchx>=0.7.0",
         # torchx's Kubernetes scheduler; torchx 0.7 pins urllib3<1.27, which newer clients refuse.
         "kubernetes>=25,<31",
+        "pydantic>=2.6",
         "pyyaml",
         "tqdm",
         "numpy",

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from mtl_torchrec.config import ConfigError
-from mtl_torchrec.model.balancing import MGDAUB, GradNorm, UncertaintyWeights, min_norm_weights
+from mtl_torchrec.model.balancing import MGDAUB, FixedWeights, GradNorm, UncertaintyWeights, min_norm_weights
 from mtl_torchrec.model.builder import build_balancer
-from mtl_torchrec.model.tasks import FixedWeights, TaskSpec
+from mtl_torchrec.model.tasks import TaskSpec
 
 
 class TwoHeads(nn.Module):
@@ -158,3 +158,39 @@ def test_gradnorm_waits_for_a_task_without_labels():
     assert all(torch.isfinite(p.grad).all() for p in balancer.parameters())
     balancer({"a": (shared ** 2).mean(), "b": shared.abs().mean()}, shared)
     assert not torch.isnan(balancer.initial_losses).any()
+
+
+def _one_task_unlabelled():
+    """Task 'b' has no labelled row in the batch: its masked loss is 0 with a zero gradient."""
+    torch.manual_seed(0)
+    shared = torch.randn(8, 3, requires_grad=True)
+    losses = {"a": (shared.sum(dim=1) - 1.0).pow(2).mean(), "b": 0.0 * shared.sum()}
+    return losses, shared, torch.tensor([8.0, 0.0])
+
+
+def test_mgda_leaves_a_task_without_labels_out_of_the_solve():
+    losses, shared, labelled = _one_task_unlabelled()
+    # Without the counts the zero gradient is the minimum-norm point: all weight on 'b', nothing trains.
+    blind = MGDAUB(["a", "b"])
+    blind(losses, shared).backward(retain_graph=True)
+    assert blind.weights() == pytest.approx({"a": 0.0, "b": 2.0})
+    told = MGDAUB(["a", "b"])
+    shared.grad = None
+    told(losses, shared, labelled).backward()
+    assert told.weights() == pytest.approx({"a": 2.0, "b": 0.0})
+    assert shared.grad.abs().sum() > 0
+
+
+def test_uncertainty_does_not_move_the_weight_of_a_task_without_labels():
+    losses, shared, labelled = _one_task_unlabelled()
+    balancer = UncertaintyWeights({"a": 1.0, "b": 1.0})
+    balancer(losses, shared, labelled).backward()
+    # Without the counts the regulariser s_b alone would push b's weight (gradient 1).
+    assert float(balancer.log_var.grad[1]) == 0.0 and float(balancer.log_var.grad[0]) != 0.0
+
+
+def test_min_norm_weights_keeps_disallowed_tasks_at_zero():
+    gram = torch.tensor([[1.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    a = min_norm_weights(gram, allowed=torch.tensor([True, True, False]))
+    assert float(a[2]) == 0.0 and a.sum().item() == pytest.approx(1.0)
+    assert a[:2].tolist() == pytest.approx([0.8, 0.2], abs=1e-6)

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +24,18 @@ from torch import nn
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import (
+    MANIFEST,
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     read_meta,
     save_checkpoint,
+    verify_checkpoint,
+    write_manifest,
 )
+from mtl_torchrec.core.errors import RunDirError
+from mtl_torchrec.distributed.run_lock import LOCK_FILE
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.launch.train_cmd import make_trainer
 from tests.distributed import run_ranks
@@ -87,6 +93,22 @@ def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
         trainer.close()
         if ctx.is_main:
             (root_p / "rw_eval_metrics.json").write_text(json.dumps(metrics))
+        # Refusals that rank 0 decides (checkpoint integrity, the run-dir lock) reach every rank.
+        refusals = []
+        if ctx.is_main:
+            shutil.copytree(root_p / "full", root_p / "damaged", ignore=shutil.ignore_patterns("tensorboard"))
+            shard = latest_checkpoint(root_p / "damaged") / "__1_0.distcp"
+            shard.write_bytes(shard.read_bytes()[:-1] + b"?")
+            (root_p / "locked").mkdir()
+            # The parent (the pytest process) is alive on this host: the lock is held.
+            (root_p / "locked" / LOCK_FILE).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+        torch.distributed.barrier()
+        for name, error in (("damaged", CheckpointError), ("locked", RunDirError)):
+            try:
+                train(_cfg(root_p / name), ctx)
+            except error as e:
+                refusals.append(str(e))
+        (root_p / f"refusals_rank{rank}.json").write_text(json.dumps(refusals))
     finally:
         close_distributed(ctx)
 
@@ -158,7 +180,23 @@ def test_run_dir_layout_latest_and_keep(runs: Path) -> None:
     meta = read_meta(runs / "full")
     assert meta["global_step"] == TOTAL_STEPS_2 and meta["epoch"] == 1 and meta["world_size"] == 2
     assert sorted(p.name for p in (ckpts[-1] / "rng").iterdir()) == ["rank_00000.json", "rank_00001.json"]
+    # Both ranks' files are in the manifest (each rank hashed its own; rank 0 wrote the manifest).
+    for ckpt in ckpts:
+        listed = set(json.loads((ckpt / MANIFEST).read_text())["files"])
+        on_disk = {p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()} - {MANIFEST}
+        assert listed == on_disk and {"__0_0.distcp", "__1_0.distcp", "rng/rank_00001.json"} <= listed
+        assert verify_checkpoint(ckpt)
     assert not [p for p in (runs / "full" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_refusals_reach_every_rank(runs: Path) -> None:
+    """Rank 0 verifies checkpoints and takes the run-dir lock; both ranks raise its verdict."""
+    got = [json.loads((runs / f"refusals_rank{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1] and len(got[0]) == 2
+    assert "damaged file" in got[0][0] and "__1_0.distcp" in got[0][0]
+    # The lock names this (pytest) process, the spawned ranks' parent.
+    assert f"another training is using this run directory (pid {os.getpid()} on " in got[0][1]
 
 
 @pytest.mark.slow
@@ -242,7 +280,13 @@ def test_loading_never_unpickles_code(runs: Path, tmp_path: Path) -> None:
     (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(str(marker))))
     cfg = _cfg(runs / "full")
     module = build_train_module(cfg.model, load_data(cfg.data), cfg.train.loss_balance, cfg.train.balance)
-    with pytest.raises(CheckpointError, match="posix.system|os.system|not allowed"):
+    # The manifest catches the replaced file first ...
+    with pytest.raises(CheckpointError, match=r"damaged file .*\.metadata"):
+        load_checkpoint(ckpt, module)
+    # ... and with a manifest rewritten to match, the unpickler refuses (tests/test_checkpoint_trust.py
+    # has the other crafted files).
+    write_manifest(ckpt)
+    with pytest.raises(CheckpointError, match=r"refused global posix\.system"):
         load_checkpoint(ckpt, module)
     assert not marker.exists()
 
@@ -272,7 +316,7 @@ class _LearnedWeights(nn.Module):
         self.names = names
         self.log_var = nn.Parameter(torch.zeros(len(names)))
 
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled=None) -> torch.Tensor:
         return sum(torch.exp(-self.log_var[i]) * losses[t] + self.log_var[i] for i, t in enumerate(self.names))
 
 
@@ -335,7 +379,7 @@ class _RandomWeights(nn.Module):
         super().__init__()
         self.names = names
 
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
+    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor, labelled=None) -> torch.Tensor:
         w = torch.nn.functional.dropout(torch.ones(len(self.names)), p=0.5, training=self.training)
         return sum(w[i] * losses[t] for i, t in enumerate(self.names))
 
@@ -366,7 +410,9 @@ def test_resume_restores_rng_streams(tmp_path: Path) -> None:
         _assert_same_state(full, run(tmp_path / "part"))
         # Control: the same resume without the saved RNG states ends elsewhere.
         run(tmp_path / "norng", "train.max_steps=4")
-        shutil.rmtree(latest_checkpoint(tmp_path / "norng") / "rng")
+        ckpt = latest_checkpoint(tmp_path / "norng")
+        shutil.rmtree(ckpt / "rng")
+        write_manifest(ckpt)  # a checkpoint saved without RNG states, not a damaged one
         other = run(tmp_path / "norng")
         assert any(not torch.equal(full[k], other[k]) for k in full)
     finally:

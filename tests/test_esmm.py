@@ -1,5 +1,7 @@
 """ESMM: pCTCVR = pCTR * pCVR trained over impressions, and metrics that name their space."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,16 +11,16 @@ from mtl_torchrec.config import SyntheticConfig, load_config
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.synthetic import generate_synthetic
 from mtl_torchrec.eval.metrics import TaskMetrics
+from mtl_torchrec.model.balancing import FixedWeights
 from mtl_torchrec.model.builder import build_model, task_specs
 from mtl_torchrec.model.tasks import (
-    FixedWeights,
+    TASK_LOSSES,
     TrainModule,
     metric_tasks,
     predictions,
     task_losses,
     with_conditional_labels,
 )
-
 from tests.mtl_helpers import SMALL, esmm_tasks
 
 
@@ -101,3 +103,56 @@ def test_without_esmm_nothing_is_added():
     assert metric_tasks(tasks) == tasks
     batch = Batch.from_table(data.splits["train"], data.schema)
     assert with_conditional_labels(batch, tasks) is batch
+
+
+def test_all_ones_weights_give_the_unweighted_loss_bitwise(setup):
+    tasks, model, batch = setup
+    with torch.no_grad():
+        out = model(batch)
+    plain = task_losses(out, batch, tasks)
+    ones = dataclasses.replace(batch, weights={t.name: torch.ones(batch.batch_size) for t in tasks})
+    weighted = task_losses(out, ones, tasks)
+    for t in tasks:
+        # The masked mean as it was before row weights existed.
+        per_row = TASK_LOSSES.get(t.type)(out.logits, batch.labels[t.name], t)
+        m = batch.masks[t.name]
+        before = (per_row * m).sum() / m.sum().clamp_min(1.0)
+        assert torch.equal(plain[t.name], before), t.name
+        assert torch.equal(weighted[t.name], before), t.name
+
+
+def test_row_weight_two_equals_the_row_twice(setup):
+    tasks, model, _ = setup
+    cfg = load_config(None, SMALL + esmm_tasks())
+    data = generate_synthetic(cfg.data.synthetic)
+    rows = np.arange(256)
+    full = Batch.from_table(data.splits["train"].take(rows), data.schema)
+    # A row labelled for every task (rating is labelled on converted rows only).
+    r = int(torch.nonzero(full.masks["rating"] * full.masks["click"]).flatten()[0])
+    weights = torch.ones(len(rows))
+    weights[r] = 2.0
+    weighted = dataclasses.replace(full, weights={t.name: weights for t in tasks})
+    twice = Batch.from_table(data.splits["train"].take(np.concatenate([rows, [r]])), data.schema)
+    with torch.no_grad():
+        a = task_losses(model(weighted), weighted, tasks)
+        b = task_losses(model(twice), twice, tasks)
+        plain = task_losses(model(full), full, tasks)
+    for t in tasks:
+        torch.testing.assert_close(a[t.name], b[t.name], rtol=1e-6, atol=1e-7)
+        assert not torch.equal(a[t.name], plain[t.name]), t.name
+    # Fractional weights are weights, not counts: halving every row changes nothing.
+    halves = dataclasses.replace(full, weights={t.name: torch.full((len(rows),), 0.5) for t in tasks})
+    with torch.no_grad():
+        c = task_losses(model(halves), halves, tasks)
+    for t in tasks:
+        torch.testing.assert_close(c[t.name], plain[t.name])
+
+
+def test_weights_travel_with_the_batch(setup):
+    tasks, _, batch = setup
+    w = {"click": torch.rand(batch.batch_size)}
+    moved = dataclasses.replace(batch, weights=w).to(torch.device("cpu"))
+    assert torch.equal(moved.weights["click"], w["click"])
+    assert batch.to(torch.device("cpu")).weights is None
+    cond = with_conditional_labels(dataclasses.replace(batch, weights={"conversion": w["click"]}), tasks)
+    assert torch.equal(cond.weights["conversion_given_click"], w["click"])

@@ -386,6 +386,12 @@ def test_esmm_derive_and_label_sets_the_and_and_reports_the_count(tmp_path):
     assert check_esmm_labels(bundle, ESMM) == []
     with pytest.raises(ConfigError, match=r"model.tasks\[0\].esmm_derive_and_label: only for an ESMM task"):
         check_esmm_labels(bundle, [TaskConfig(name="click", esmm_derive_and_label=True)])
+    # The config refuses it when loaded, before any data is read.
+    from mtl_torchrec.config import load_config
+
+    with pytest.raises(ConfigError, match=r"model.tasks\[0\].esmm_derive_and_label: only for an ESMM task "
+                                          r"\(set esmm_parent\)"):
+        load_config(None, ["model.tasks=[{name: click, esmm_derive_and_label: true}]"])
 
 
 def test_train_command_refuses_esmm_labels_before_writing(tmp_path, capsys):

@@ -103,3 +103,35 @@ def test_base_pipeline_with_diagnostics(ctx, tmp_path):
     train(cfg, ctx)
     diag = json.loads((tmp_path / "diagnostics.json").read_text())
     assert len(diag["history"]) >= 2 and "gates" in diag["final"]
+
+
+def test_row_weights_pass_through_the_pipeline(ctx, tmp_path, monkeypatch):
+    """Batches carrying ``weights`` go through TorchRec's sparse-dist pipeline (copy to device,
+    fx tracing of the train module) and weight the losses: rating rows of weight 0 give a 0 loss."""
+    import dataclasses
+
+    from mtl_torchrec.train import trainer as trainer_module
+    from mtl_torchrec.train.callbacks import Callback
+
+    plain_loader = trainer_module.make_loader
+
+    def weighted_loader(dataset, num_workers=0):
+        for batch in plain_loader(dataset, num_workers=num_workers):
+            n = batch.batch_size
+            yield dataclasses.replace(batch, weights={"click": torch.full((n,), 2.0), "rating": torch.zeros(n)})
+
+    class Record(Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_step_end(self, trainer, out):
+            self.losses.append({k: float(v) for k, v in out.task_losses.items()})
+
+    monkeypatch.setattr(trainer_module, "make_loader", weighted_loader)
+    cfg = small_config(str(tmp_path), ["train.max_steps=3", "train.pipeline=sparse_dist"])
+    record = Record()
+    trainer = make_trainer(cfg, load_data(cfg.data), ctx, tmp_path, callbacks=[record])
+    trainer.fit()
+    trainer.close()
+    assert len(record.losses) == 3
+    assert all(step["rating"] == 0.0 and step["click"] > 0.0 for step in record.losses)

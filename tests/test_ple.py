@@ -113,7 +113,12 @@ def test_build_backbone_from_config(backbone):
 
 
 def test_bad_backbone_config_names_the_key():
-    cfg = load_config(None, ["model.backbone=ple", "model.ple.num_task_experts=0", "model.ple.num_shared_experts=0"])
+    # Refused when the config is loaded ...
+    with pytest.raises(ConfigError, match=r"model\.ple\.num_task_experts: .*every gate needs an expert"):
+        load_config(None, ["model.backbone=ple", "model.ple.num_task_experts=0", "model.ple.num_shared_experts=0"])
+    # ... and, for options changed after loading, when the module is built.
+    cfg = load_config(None, ["model.backbone=ple"])
+    cfg.model.ple.num_task_experts = cfg.model.ple.num_shared_experts = 0
     with pytest.raises(ConfigError, match="model.ple"):
         build_backbone(cfg.model, 20, 3)
     with pytest.raises(ConfigError, match="model.backbone"):

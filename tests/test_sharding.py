@@ -1,4 +1,4 @@
-"""Sharded (2 gloo ranks) vs unsharded: same forward, same one-step update, for TW, CW and RW plans."""
+"""Sharded (2 gloo ranks) vs unsharded: same forward, same one-step update, for TW, CW, RW and TWRW plans."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from tests.distributed import run_ranks
 
-STRATEGIES = ["table_wise", "column_wise", "row_wise"]
+STRATEGIES = ["table_wise", "column_wise", "row_wise", "table_row_wise"]
 LR = 0.1
 BATCH = 64
 

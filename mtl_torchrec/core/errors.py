@@ -17,3 +17,8 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the current model; the message says what differs."""
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked: another training holds it (the message names
+    the holder and the lock file), or a file in it cannot be read."""

@@ -32,6 +32,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically (see :func:`atomic_path`), fsynced before the rename."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -40,8 +41,10 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
+    """Writes ``text`` to ``path`` as UTF-8, atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: PathLike, obj: Any) -> None:
+    """Writes ``obj`` to ``path`` as indented JSON with a final newline, atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

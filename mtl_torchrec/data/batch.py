@@ -10,7 +10,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -26,6 +26,12 @@ class Batch(Pipelineable):
 
     ``masks[task]`` is 1.0 where the row has a label for ``task``; losses and metrics weight rows
     by it, which is also how padding rows (mask 0 everywhere) are kept out of evaluation.
+    ``weights[task]`` (optional, ``[B]``) weights each row's loss for ``task``: a row of weight 2
+    counts like two copies of it. Absent (``None``, or no entry for a task) means weight 1.
+
+    Shapes: ``sparse`` a KJT over the schema's sparse features; ``dense`` ``[B, num_dense]``
+    float32; ``labels[task]`` and ``masks[task]`` ``[B]`` float32 (label 0 where masked);
+    ``group`` ``[B]`` int64 (zeros when the schema has no group column).
     """
 
     sparse: KeyedJaggedTensor
@@ -33,34 +39,43 @@ class Batch(Pipelineable):
     labels: Dict[str, torch.Tensor]
     masks: Dict[str, torch.Tensor]
     group: torch.Tensor
+    weights: Optional[Dict[str, torch.Tensor]] = None
 
     @property
     def batch_size(self) -> int:
+        """Rows in the batch, padding rows included."""
         return int(self.dense.shape[0])
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        """A copy with every tensor on ``device`` (TorchRec's ``Pipelineable`` interface)."""
         return Batch(
             sparse=self.sparse.to(device=device, non_blocking=non_blocking),
             dense=self.dense.to(device=device, non_blocking=non_blocking),
             labels={k: v.to(device=device, non_blocking=non_blocking) for k, v in self.labels.items()},
             masks={k: v.to(device=device, non_blocking=non_blocking) for k, v in self.masks.items()},
             group=self.group.to(device=device, non_blocking=non_blocking),
+            weights=None
+            if self.weights is None
+            else {k: v.to(device=device, non_blocking=non_blocking) for k, v in self.weights.items()},
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
+        """Marks every tensor as used by ``stream`` (``Pipelineable``, for pipelines' copy streams)."""
         self.sparse.record_stream(stream)
         self.dense.record_stream(stream)
         self.group.record_stream(stream)
-        for t in list(self.labels.values()) + list(self.masks.values()):
+        for t in [*self.labels.values(), *self.masks.values(), *(self.weights or {}).values()]:
             t.record_stream(stream)
 
     def pin_memory(self) -> "Batch":
+        """A copy with every tensor in pinned host memory."""
         return Batch(
             sparse=self.sparse.pin_memory(),
             dense=self.dense.pin_memory(),
             labels={k: v.pin_memory() for k, v in self.labels.items()},
             masks={k: v.pin_memory() for k, v in self.masks.items()},
             group=self.group.pin_memory(),
+            weights=None if self.weights is None else {k: v.pin_memory() for k, v in self.weights.items()},
         )
 
     @staticmethod

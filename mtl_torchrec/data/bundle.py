@@ -32,5 +32,6 @@ class DataBundle:
     row_origin: Optional[Callable[[str, Sequence[int]], List[Optional[str]]]] = None
 
     def validate(self) -> None:
+        """Checks every split against the schema; DataError naming the split, column and first bad row."""
         for name, table in self.splits.items():
             self.schema.validate(table, source=f"{name} split")

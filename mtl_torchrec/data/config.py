@@ -2,43 +2,69 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from dataclasses import field
+from typing import Annotated, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from mtl_torchrec.core.config import Fraction, NonNegativeInt, PositiveInt, config_dataclass, problem
 
 
-@dataclass
+def _check_split(val_fraction: float, test_fraction: float) -> None:
+    if val_fraction + test_fraction >= 1:
+        raise problem(
+            f"val_fraction + test_fraction must be < 1 (something is left to train on), "
+            f"got {val_fraction} + {test_fraction}",
+            "test_fraction",
+        )
+
+
+@config_dataclass
 class SyntheticConfig:
     """Sizes and seed of the built-in synthetic e-commerce data (see ``data/synthetic.py``)."""
 
-    num_users: int = 5000
-    num_items: int = 5000
-    num_impressions: int = 500000
-    num_categories: int = 40
-    num_brands: int = 300
-    latent_dim: int = 8
+    num_users: PositiveInt = 5000
+    num_items: PositiveInt = 5000
+    num_impressions: PositiveInt = 500000
+    num_categories: PositiveInt = 40
+    num_brands: PositiveInt = 300
+    latent_dim: PositiveInt = 8
     seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+
+    @model_validator(mode="after")
+    def _split(self) -> "SyntheticConfig":
+        _check_split(self.val_fraction, self.test_fraction)
+        return self
 
 
-@dataclass
+@config_dataclass
 class MovieLensConfig:
     """The MovieLens multi-task protocol (see ``data/movielens.py``)."""
 
     path: str = "../shared/data/ml-100k"
-    negatives_per_positive: int = 4
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    negatives_per_positive: PositiveInt = 4
+    # The last test_fraction of ratings by time (in (0, 1): the protocol needs a test part).
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    val_fraction: Fraction = 0.1
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _split(self) -> "MovieLensConfig":
+        _check_split(self.val_fraction, self.test_fraction)
+        return self
 
-@dataclass
+
+@config_dataclass
 class DataConfig:
+    """``data.*``: which source, its settings, and the per-rank batch sizes."""
+
     source: Literal["synthetic", "movielens", "spec"] = "synthetic"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     movielens: MovieLensConfig = field(default_factory=MovieLensConfig)
     # Path to a YAML data spec (bring-your-own CSV/Parquet data), used when source == "spec".
     spec: Optional[str] = None
-    batch_size: int = 1024
-    eval_batch_size: int = 4096
-    num_workers: int = 0
+    batch_size: PositiveInt = 1024
+    eval_batch_size: PositiveInt = 4096
+    num_workers: NonNegativeInt = 0

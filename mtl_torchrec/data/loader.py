@@ -33,6 +33,21 @@ from mtl_torchrec.data.schema import ColumnTable, Schema
 
 
 class BatchDataset(IterableDataset):
+    """This rank's batches of ``table`` for one epoch, built inside DataLoader workers (see the module docstring).
+
+    Args:
+        table: the rows to batch.
+        schema: how columns become a :class:`Batch`.
+        batch_size: rows per batch on each rank; ValueError unless > 0.
+        shuffle: training order (seeded permutation, whole global batches) or evaluation order
+            (contiguous per-rank shards, padded last batch).
+        seed: seed of the permutation, combined with ``epoch``.
+        rank: this rank, in ``[0, world_size)``.
+        world_size: number of ranks.
+        epoch: the epoch whose permutation is used.
+        skip_batches: leading batches of the epoch not produced (resuming mid-epoch).
+    """
+
     def __init__(
         self,
         table: ColumnTable,
@@ -60,6 +75,7 @@ class BatchDataset(IterableDataset):
         self.skip_batches = skip_batches
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Selects the epoch (its permutation when shuffling) and how many of its first batches to skip."""
         self.epoch = epoch
         self.skip_batches = skip_batches
 
@@ -67,6 +83,7 @@ class BatchDataset(IterableDataset):
         return self.num_batches() - self.skip_batches
 
     def num_batches(self) -> int:
+        """Batches per epoch on each rank, before ``skip_batches`` (the same on every rank)."""
         n = len(self.table)
         if self.shuffle:
             return n // (self.batch_size * self.world_size)
@@ -120,6 +137,7 @@ def _all_padding(one_row: ColumnTable, schema: Schema, pad: int) -> Batch:
 
 
 def make_loader(dataset: BatchDataset, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader that passes the dataset's batches through (``batch_size=None``), prefetching with workers."""
     return DataLoader(
         dataset,
         batch_size=None,

@@ -26,6 +26,8 @@ import numpy as np
 
 @dataclass
 class CorrelatedTasks:
+    """One generated data set and the parameters that made it."""
+
     x: np.ndarray  # [n, d] float32
     y: np.ndarray  # [n, 2] float32, one column per task
     w: np.ndarray  # [2, d] the task weight vectors
@@ -33,6 +35,7 @@ class CorrelatedTasks:
     beta: np.ndarray  # [m]
 
     def weight_cosine(self) -> float:
+        """``cos(w1, w2)``: the correlation the data was generated with."""
         a, b = self.w
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 

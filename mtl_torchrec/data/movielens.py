@@ -112,6 +112,10 @@ def read_items(path: Path) -> Dict[int, Tuple[str, Optional[int], List[int]]]:
 
 
 def read_genres(path: Path) -> List[str]:
+    """Genre names by flag index from ``u.genre`` (``name|index`` lines); ``genre<i>`` where an index is missing.
+
+    Raises DataError naming the file and line of a malformed line.
+    """
     names = {}
     for n, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
@@ -157,6 +161,9 @@ def item_texts(items: Dict[int, Tuple[str, Optional[int], List[int]]], genres: L
 
 
 def movielens_schema(num_users: int, num_items: int, num_occupations: int) -> Schema:
+    """The schema :func:`load_movielens` produces: six single-valued id features, no dense feature, the
+    impression labels, grouped by ``user_id``, item text indexed by ``item_id``.
+    """
     return Schema(
         sparse=[
             SparseFeature("user_id", num_users),
@@ -191,6 +198,11 @@ def _sample_negatives(
 
 
 def load_movielens(cfg: MovieLensConfig) -> DataBundle:
+    """Reads ml-100k from ``cfg.path`` and derives the impression data described in the module docstring.
+
+    Raises DataError naming the ``data.movielens`` key for bad settings, and the file and line for
+    malformed input files.
+    """
     root = Path(cfg.path)
     if not root.is_dir():
         raise DataError(f"data.movielens.path: {root} is not a folder (download ml-100k from GroupLens)")

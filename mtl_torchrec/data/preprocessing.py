@@ -173,8 +173,8 @@ class Vocabulary:
 
     @staticmethod
     def build(counts: Dict[str, int], min_count: int = 1) -> "Vocabulary":
-        """Tokens counted at least ``min_count`` times (``counts``: canonical token -> count), by
-        descending count."""
+        """A ``build`` vocabulary: tokens counted at least ``min_count`` times (``counts``: canonical
+        token -> count), by descending count (ties by token)."""
         kept = [(t, c) for t, c in counts.items() if c >= min_count]
         # Descending count, ties by token: deterministic regardless of chunk order.
         kept.sort(key=lambda tc: (-tc[1], tc[0]))
@@ -182,9 +182,11 @@ class Vocabulary:
 
     @staticmethod
     def from_file(path: Union[str, Path]) -> "Vocabulary":
-        """Tokens listed one per line (empty lines skipped), in canonical form. Raises
-        FileNotFoundError, or DataError naming the line of a token listed twice (``5`` and ``5.0``
-        are the same token)."""
+        """A ``file`` vocabulary: one token per line (blank lines skipped), in canonical form.
+
+        Raises FileNotFoundError when the file is missing, DataError naming the line of a token
+        listed twice (``5`` and ``5.0`` are the same token).
+        """
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"vocabulary file not found: {p}")
@@ -201,18 +203,21 @@ class Vocabulary:
 
     @staticmethod
     def hashed(buckets: int) -> "Vocabulary":
+        """A ``hash`` vocabulary of ``buckets`` rows (row 0 for missing values); DataError when ``buckets < 2``."""
         if buckets < 2:
             raise DataError("hash_buckets must be at least 2 (bucket 0 is reserved for missing values)")
         return Vocabulary("hash", hash_buckets=buckets)
 
     @staticmethod
     def identity(num_embeddings: int) -> "Vocabulary":
+        """An ``identity`` vocabulary of ``num_embeddings`` rows; DataError when ``num_embeddings < 1``."""
         if num_embeddings < 1:
             raise DataError("identity ids need num_embeddings >= 1")
         return Vocabulary("identity", num_embeddings_=num_embeddings)
 
     @property
     def num_embeddings(self) -> int:
+        """Rows of the embedding table: ``len(tokens) + 1``, ``hash_buckets``, or the identity size."""
         if self.mode == "hash":
             return self.hash_buckets
         if self.mode == "identity":
@@ -260,6 +265,7 @@ class Vocabulary:
         raise DataError(f"unknown vocabulary mode '{self.mode}'")
 
     def to_json(self) -> Dict[str, Any]:
+        """The JSON form saved in ``preprocessing.json``."""
         out: Dict[str, Any] = {"mode": self.mode, "num_embeddings": self.num_embeddings}
         if self.mode in ("build", "file"):
             out["tokens"] = self.tokens
@@ -273,9 +279,12 @@ class Vocabulary:
 
     @staticmethod
     def from_json(d: Dict[str, Any]) -> "Vocabulary":
-        """A saved vocabulary. One saved without ``token_form`` (before the canonical form) keeps
-        its ids: build/file tokens are put in canonical form unless two of them would then
-        coincide (then the ``str`` form stays), hash vocabularies keep hashing ``str`` text."""
+        """The vocabulary saved by :meth:`to_json`; DataError for an unknown mode or token form.
+
+        One saved without ``token_form`` (before the canonical form) keeps its ids: build/file
+        tokens are put in canonical form unless two of them would then coincide (then the ``str``
+        form stays), hash vocabularies keep hashing ``str`` text.
+        """
         mode = d["mode"]
         form = d.get("token_form")
         if form not in (None, CANONICAL, LEGACY_STR):
@@ -345,6 +354,7 @@ class Normalizer:
 
     @property
     def mean(self) -> float:
+        """The fitted mean (of ``log1p`` values for ``log_standard``); 0.0 before any value."""
         return self.running_mean if self.count else 0.0
 
     @property
@@ -356,6 +366,7 @@ class Normalizer:
         return var**0.5 if var > 0 else 1.0
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Normalised ``x`` as float32; NaN filled as ``fill_missing`` says (kept with ``error``)."""
         x = self._pre(np.asarray(x, dtype=np.float64))
         if self.method in ("standard", "log_standard"):
             y = (x - self.mean) / self.std
@@ -371,6 +382,7 @@ class Normalizer:
         return y.astype(np.float32)
 
     def transform_value(self, v: float) -> float:
+        """One value normalised as :meth:`transform` does, without ``log1p`` or filling."""
         if self.method in ("standard", "log_standard"):
             return (v - self.mean) / self.std
         if self.method == "minmax":
@@ -379,6 +391,7 @@ class Normalizer:
         return v
 
     def to_json(self) -> Dict[str, Any]:
+        """The JSON form saved in ``preprocessing.json``."""
         return {
             "method": self.method, "fill_missing": self.fill_missing, "count": self.count,
             "mean": self.mean, "std": self.std, "m2": self.m2,
@@ -387,6 +400,7 @@ class Normalizer:
 
     @staticmethod
     def from_json(d: Dict[str, Any]) -> "Normalizer":
+        """The normaliser saved by :meth:`to_json` (also the older ``total``/``total_sq`` form)."""
         count = int(d["count"])
         if "m2" in d:
             mean, m2 = float(d["mean"]), float(d["m2"])
@@ -411,6 +425,7 @@ class Preprocessing:
     stats: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
+        """The JSON form saved in ``preprocessing.json``, with its ``format_version``."""
         return {
             "format_version": FORMAT_VERSION,
             "vocabs": {k: v.to_json() for k, v in self.vocabs.items()},
@@ -420,6 +435,7 @@ class Preprocessing:
 
     @staticmethod
     def from_json(d: Dict[str, Any]) -> "Preprocessing":
+        """The preprocessing saved by :meth:`to_json`; DataError for another format version."""
         if d.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{FILE_NAME}: unsupported format_version {d.get('format_version')!r}")
         return Preprocessing(
@@ -429,12 +445,18 @@ class Preprocessing:
         )
 
     def save(self, directory: Union[str, Path]) -> Path:
+        """Writes ``<directory>/preprocessing.json`` atomically and returns its path."""
         path = Path(directory) / FILE_NAME
         write_json(path, self.to_json())
         return path
 
     @staticmethod
     def load(directory: Union[str, Path]) -> "Preprocessing":
+        """Reads ``<directory>/preprocessing.json``.
+
+        Raises FileNotFoundError when it is missing, DataError for an unsupported format version or
+        vocabulary mode.
+        """
         path = Path(directory) / FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no fitted preprocessing at {path}")

@@ -44,11 +44,14 @@ class SparseFeature:
 
     @property
     def table_name(self) -> str:
+        """The embedding table's name: ``table``, else the feature's own name."""
         return self.table or self.name
 
 
 @dataclass
 class DenseFeature:
+    """A numeric feature: one column of ``Batch.dense``."""
+
     name: str
 
 
@@ -64,6 +67,7 @@ class LabelSpec:
 
     @property
     def column_name(self) -> str:
+        """The label's column: ``column``, else the task name."""
         return self.column or self.task
 
 
@@ -97,6 +101,7 @@ class Jagged:
 
     @staticmethod
     def from_lists(rows: Iterable[Sequence[int]]) -> "Jagged":
+        """A column from one list of ids per row."""
         rows = list(rows)
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         values = np.fromiter((v for r in rows for v in r), dtype=np.int64, count=int(lengths.sum()))
@@ -139,6 +144,7 @@ class ColumnTable:
         return name in self.columns
 
     def take(self, rows: np.ndarray) -> "ColumnTable":
+        """The rows ``rows`` of every column, in that order."""
         rows = np.asarray(rows, dtype=np.int64)
         return ColumnTable(
             {k: (v.take(rows) if isinstance(v, Jagged) else v[rows]) for k, v in self.columns.items()}
@@ -147,6 +153,13 @@ class ColumnTable:
 
 @dataclass
 class Schema:
+    """The role of every column: sparse id features, dense features, task labels, and the optional
+    group column (e.g. the user, for GAUC) and item-text id column.
+
+    Raises DataError when a column has two roles, two labels share a task name, a sparse feature has
+    ``num_embeddings <= 0``, or features sharing a table disagree on its size.
+    """
+
     sparse: List[SparseFeature]
     dense: List[DenseFeature]
     labels: List[LabelSpec]
@@ -178,17 +191,21 @@ class Schema:
 
     @property
     def sparse_names(self) -> List[str]:
+        """Names of the sparse features, in order."""
         return [f.name for f in self.sparse]
 
     @property
     def dense_names(self) -> List[str]:
+        """Names of the dense features, in the order of ``Batch.dense``'s columns."""
         return [f.name for f in self.dense]
 
     @property
     def tasks(self) -> List[str]:
+        """Task names, in label order."""
         return [lab.task for lab in self.labels]
 
     def label(self, task: str) -> LabelSpec:
+        """The label of ``task``; KeyError when there is none."""
         for lab in self.labels:
             if lab.task == task:
                 return lab

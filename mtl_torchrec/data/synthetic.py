@@ -67,6 +67,8 @@ _SYLLABLES = ["ka", "lo", "mi", "zen", "tor", "vi", "ra", "nu", "qua", "bel", "s
 
 @dataclass
 class SyntheticData:
+    """Generated impressions: schema, train/val/test tables, item titles and the true click probabilities."""
+
     schema: Schema
     splits: Dict[str, ColumnTable]
     # Title per item id (index = item id).
@@ -76,6 +78,9 @@ class SyntheticData:
 
 
 def synthetic_schema(cfg: SyntheticConfig) -> Schema:
+    """The schema :func:`generate_synthetic` produces: nine id features (``item_tags`` multi-valued),
+    three dense features, the impression labels, grouped by ``user_id``, item text indexed by ``item_id``.
+    """
     return Schema(
         sparse=[
             SparseFeature("user_id", cfg.num_users),
@@ -108,6 +113,11 @@ def _brand_names(n: int, rng: np.random.Generator) -> List[str]:
 
 
 def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
+    """``cfg.num_impressions`` impressions from the latent model, split into train/val/test rows at random.
+
+    Raises ValueError naming the key when ``data.synthetic.num_categories`` exceeds the built-in
+    category names or ``num_brands < num_categories``.
+    """
     if cfg.num_categories > len(_CATEGORY_NOUNS):
         raise ValueError(f"data.synthetic.num_categories must be <= {len(_CATEGORY_NOUNS)}")
     if cfg.num_brands < cfg.num_categories:

@@ -31,6 +31,7 @@ class DistContext:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the rank that writes files and reports)."""
         return self.rank == 0
 
 

@@ -7,7 +7,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -15,7 +15,15 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from mtl_torchrec.config import DENSE_OPTIMIZERS
 from mtl_torchrec.distributed.state import plain_key
+
+# The torch optimizer for each name of DENSE_OPTIMIZERS (train.dense_optimizer).
+TORCH_OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
 
 
 def make_optimizer(
@@ -26,20 +34,16 @@ def make_optimizer(
     With ``balance_lr``, the loss balancer's parameters (those under the train module's
     ``balancer``) get their own optimizer of the same kind at that rate, and the dense optimizer
     leaves them out. Both are unnamed in the combination, so optimizer state keys stay the
-    parameters' names either way.
+    parameters' names either way. Raises ValueError naming ``train.dense_optimizer`` (unknown) or
+    ``train.balance.lr`` (not positive).
 
     Example::
 
         opt = make_optimizer(dmp, "adam", 1e-3, balance_lr=0.025)
     """
-    if name == "adam":
-        make = torch.optim.Adam
-    elif name == "adagrad":
-        make = torch.optim.Adagrad
-    elif name == "sgd":
-        make = torch.optim.SGD
-    else:
-        raise ValueError(f"train.dense_optimizer: unknown '{name}'")
+    if name not in TORCH_OPTIMIZERS:
+        raise ValueError(f"train.dense_optimizer: unknown '{name}' (known: {list(DENSE_OPTIMIZERS)})")
+    make = TORCH_OPTIMIZERS[name]
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     balance_params: Dict[str, nn.Parameter] = {}
     if balance_lr is not None:

@@ -30,18 +30,18 @@ from torchrec.distributed.sharding_plan import (
     table_row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from mtl_torchrec.config import SHARDING_STRATEGIES, SPARSE_OPTIMIZERS
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.modules.frozen_ebc import (
     FrozenEmbeddingBagCollection,
     FrozenEmbeddingBagCollectionSharder,
 )
 
-STRATEGIES = ("planner", "table_wise", "column_wise", "row_wise", "table_column_wise", "table_row_wise", "data_parallel")
-
-_SPARSE_OPTIMIZERS = {
+# FBGEMM's fused optimizer for each name of SPARSE_OPTIMIZERS (train.sparse_optimizer).
+EMB_OPTIM_TYPES: Dict[str, EmbOptimType] = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
     "adagrad": EmbOptimType.EXACT_ADAGRAD,
     "sgd": EmbOptimType.EXACT_SGD,
@@ -50,10 +50,10 @@ _SPARSE_OPTIMIZERS = {
 
 def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[ModuleSharder]] = None) -> List[ModuleSharder]:
     """EBC sharder whose fused kernel applies the sparse optimizer inside the backward pass."""
-    if sparse_optimizer not in _SPARSE_OPTIMIZERS:
-        raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(_SPARSE_OPTIMIZERS)})")
+    if sparse_optimizer not in EMB_OPTIM_TYPES:
+        raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(SPARSE_OPTIMIZERS)})")
     fused: Dict[str, Any] = {
-        "optimizer": _SPARSE_OPTIMIZERS[sparse_optimizer],
+        "optimizer": EMB_OPTIM_TYPES[sparse_optimizer],
         "learning_rate": sparse_lr,
         "eps": 1e-8,
     }
@@ -66,7 +66,7 @@ def _ebc_paths(module: nn.Module) -> Dict[str, EmbeddingBagCollection]:
 
 def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_size: int, device_type: str) -> ShardingPlan:
     """The same strategy for every table of every EBC in ``module``; tables spread round-robin
-    over ranks for table-wise placement."""
+    over ranks for table-wise placement (over hosts for ``table_row_wise``)."""
     kernel = EmbeddingComputeKernel.FUSED.value
     plan: Dict[str, Any] = {}
     counter = 0
@@ -82,11 +82,11 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
             elif strategy == "table_column_wise":
                 gen = column_wise(ranks=[counter % world_size] * 2, compute_kernel=kernel)
             elif strategy == "table_row_wise":
-                gen = table_row_wise(host_index=0, compute_kernel=kernel)
+                gen = _with_kernel(table_row_wise(host_index=counter % max(1, world_size // local_world_size)), kernel)
             elif strategy == "data_parallel":
                 gen = data_parallel()
             else:
-                raise ValueError(f"train.sharding: unknown strategy '{strategy}' (known: {list(STRATEGIES)})")
+                raise ValueError(f"train.sharding: unknown strategy '{strategy}' (known: {list(SHARDING_STRATEGIES)})")
             per_table[cfg.name] = gen
             counter += 1
         plan[path] = construct_module_sharding_plan(
@@ -96,12 +96,29 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
     return ShardingPlan(plan=plan)
 
 
+def _with_kernel(gen: Any, kernel: str) -> Any:
+    """``gen`` with its compute kernel set: TorchRec's ``table_row_wise`` takes none and would
+    pick the dense kernel, whose tables the fused sparse optimizer never updates."""
+
+    def generate(*args: Any, **kwargs: Any) -> ParameterSharding:
+        sharding = gen(*args, **kwargs)
+        sharding.compute_kernel = kernel
+        return sharding
+
+    return generate
+
+
 def _frozen_sharder(ebc: EmbeddingBagCollection) -> Optional[ModuleSharder]:
     """The sharder of frozen (text) tables; None lets TorchRec pick its default for plain EBCs."""
     return FrozenEmbeddingBagCollectionSharder() if isinstance(ebc, FrozenEmbeddingBagCollection) else None
 
 
 def column_split_ok(module: nn.Module, world_size: int) -> None:
+    """Checks that column-wise sharding can split every table of ``module`` over ``world_size`` ranks.
+
+    Raises ValueError naming the first table whose ``embedding_dim`` is not divisible by
+    ``2 * world_size`` (any width passes with one rank).
+    """
     for ebc in _ebc_paths(module).values():
         for cfg in ebc.embedding_bag_configs():
             if cfg.embedding_dim % (2 * world_size if world_size > 1 else 1):
@@ -118,7 +135,13 @@ def shard_module(
     sparse_lr: float = 0.05,
     extra_sharders: Optional[List[ModuleSharder]] = None,
 ) -> DistributedModelParallel:
-    """Wraps ``module`` in DMP: embedding tables sharded with fused optimizers, the rest DDP."""
+    """Wraps ``module`` in DMP: embedding tables sharded with fused optimizers, the rest DDP.
+
+    ``strategy`` is a ``train.sharding`` name (``planner`` lets TorchRec's planner choose);
+    ``sparse_optimizer`` and ``sparse_lr`` configure the fused table optimizer. A collective:
+    every rank calls it. Raises ValueError naming the ``train.*`` key for an unknown optimizer or
+    strategy, or a table width that column-wise sharding cannot split.
+    """
     sharders = make_sharders(sparse_optimizer, sparse_lr, extra_sharders)
     pg = dist.GroupMember.WORLD
     if strategy == "planner":

@@ -1,0 +1,1 @@
+"""Offline evaluation of trained runs: metrics across ranks, exact AUC/GAUC, slices, plots and reports."""

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,6 +67,11 @@ class ScoredRows:
 
 @dataclass
 class EvalResult:
+    """One evaluation: the ``eval.json`` summary, the evaluated tasks
+    (:func:`~mtl_torchrec.model.tasks.metric_tasks`), and on rank 0 the scored rows and the slices
+    (row masks).
+    """
+
     # The eval.json content (rank 0; other ranks get the torchrec metrics only).
     summary: Dict[str, Any]
     rows: Optional[ScoredRows] = None
@@ -74,16 +80,24 @@ class EvalResult:
 
 
 def load_run_config(run_dir: Path) -> Config:
+    """The run's ``config.yaml``; FileNotFoundError when ``run_dir`` is not a run directory,
+    :class:`ConfigError` naming the file when it cannot be read."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    return load_config(path)
+    try:
+        return load_config(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as YAML text: {e}") from None
 
 
 def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> DataBundle:
     """The run's data (or ``data_spec``) mapped with the run's fitted preprocessing."""
     pre_dir = Path(run_dir) / "preprocessing"
-    pre = Preprocessing.load(pre_dir) if (pre_dir / "preprocessing.json").is_file() else None
+    try:
+        pre = Preprocessing.load(pre_dir) if (pre_dir / "preprocessing.json").is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{pre_dir / 'preprocessing.json'}: the run's saved preprocessing cannot be read: {e}") from None
     if data_spec is not None:
         if pre is None:
             raise ConfigError(
@@ -123,6 +137,9 @@ def oov_warnings(stats: Dict[str, Any], split: str) -> List[str]:
 
 
 def resolve_split(bundle: DataBundle, split: str) -> str:
+    """``split`` if the data has it, else ``all`` when that is the data's only split (a spec without a
+    split rule); ConfigError naming ``--split`` otherwise.
+    """
     if split in bundle.splits:
         return split
     if set(bundle.splits) == {ALL_SPLIT}:
@@ -373,7 +390,11 @@ def evaluate_run(
 
     Slices: the data's own (``DataBundle.slices``) plus the ``slice_top`` most frequent values of
     each of ``slice_columns``. With ``progress``, rank 0 reports each stage and a scoring bar on
-    stderr.
+    stderr. All ranks call it; only rank 0's result has the full summary and the scored rows.
+
+    Raises FileNotFoundError when ``run_dir`` has no ``config.yaml`` or no checkpoint, ConfigError
+    for a bad config, ``--split``, ``--slice`` or ``--data``, DataError for bad data or an empty
+    split, and CheckpointError when the checkpoint is damaged or does not match the model.
     """
 
     def note(message: str) -> None:

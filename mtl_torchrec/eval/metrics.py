@@ -35,8 +35,17 @@ _REGRESSION = {"mse": MSEMetric, "mae": MAEMetric}
 
 
 class TaskMetrics:
-    """``include`` limits the torchrec metrics kept (e.g. without ``auc`` when ranking metrics
-    are computed exactly elsewhere, see :func:`binary_auc`); default all."""
+    """The torchrec metrics of each task, updated batch by batch and reduced across ranks.
+
+    Args:
+        tasks: the tasks to measure (binary: AUC, NE, calibration, positive rate, logloss;
+            regression: MSE, MAE).
+        world_size: number of ranks.
+        rank: this rank.
+        batch_size: rows per update (passed to the torchrec metrics).
+        include: limits the torchrec metrics kept (e.g. without ``auc`` when ranking metrics
+            are computed exactly elsewhere, see :func:`binary_auc`); default all.
+    """
 
     def __init__(
         self,
@@ -87,6 +96,11 @@ class TaskMetrics:
                 self._logloss[t.name] += torch.stack([(ll * w).sum(), w.sum()]).double()
 
     def compute(self) -> Dict[str, Dict[str, float]]:
+        """Every task's metrics over all updates so far, ``{task: {metric: value}}``, reduced across ranks.
+
+        A collective under a process group: every rank calls it. Binary tasks add ``logloss`` and
+        ``count`` (weighted labelled rows); regression tasks with ``mse`` add ``rmse``.
+        """
         import torch.distributed as dist
 
         out: Dict[str, Dict[str, float]] = {}

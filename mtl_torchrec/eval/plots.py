@@ -59,6 +59,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_roc(pred: np.ndarray, label: np.ndarray, task: str, auc: float, path: Path) -> Path:
+    """Writes the ROC curve of one binary task, its AUC in the legend, as a PNG at ``path``; returns ``path``."""
     plt = _pyplot()
     fpr, tpr = roc_curve(pred, label)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -97,6 +98,7 @@ def plot_calibration(data: Dict[str, Tuple[np.ndarray, np.ndarray]], path: Path,
 
 
 def plot_score_histogram(pred: np.ndarray, label: np.ndarray, task: str, path: Path) -> Path:
+    """Writes the score densities of label-0 and label-1 rows as a PNG at ``path``; returns ``path``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     edges = np.linspace(float(pred.min()) if len(pred) else 0.0, float(pred.max()) if len(pred) else 1.0, 41)

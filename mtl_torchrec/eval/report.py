@@ -37,6 +37,7 @@ def _fmt(v: Any) -> str:
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; floats with 4 decimals, ``n/a`` for NaN, ``-`` for None."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -76,6 +77,10 @@ def regression_bins(pred: np.ndarray, label: np.ndarray, bins: int = 5) -> List[
 
 def markdown_report(summary: Dict[str, Any], plots: Sequence[Path], rows: Any, tasks: Sequence[Any],
                     out_dir: Optional[Path] = None) -> str:
+    """The ``report.md`` text of an :func:`~mtl_torchrec.eval.evaluate.evaluate_run` summary: run and
+    data, metrics per task, regression errors by label range, slices, and the plots (linked relative
+    to ``out_dir`` when given).
+    """
     s = summary
     parts = [
         f"# Evaluation: {Path(s['run']).name} on split `{s['split']}`",

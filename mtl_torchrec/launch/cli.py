@@ -8,13 +8,14 @@ import importlib
 import sys
 from typing import List, Optional
 
-from mtl_torchrec.core.errors import CheckpointError, ConfigError, DataError
+from mtl_torchrec.core.errors import CheckpointError, ConfigError, DataError, RunDirError
 
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = ("mtl_torchrec.launch.train_cmd", "mtl_torchrec.launch.evaluate_cmd", "mtl_torchrec.launch.compare_cmd", "mtl_torchrec.launch.encode_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mtl-torchrec`` argument parser, with every sub-command of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="mtl-torchrec", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
@@ -23,11 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the command line ``argv`` (default: ``sys.argv[1:]``) and returns the exit status.
+
+    A ConfigError, DataError, FileNotFoundError, CheckpointError or RunDirError is printed as one
+    line on stderr and gives status 2; the sub-command's own status otherwise.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, DataError, FileNotFoundError, CheckpointError) as e:
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError, RunDirError) as e:
         print(f"mtl-torchrec {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -46,6 +46,7 @@ from mtl_torchrec.distributed.context import (
     init_distributed,
 )
 from mtl_torchrec.launch.train_cmd import resolve_run_dir, train
+from mtl_torchrec.model.backbones import BACKBONES
 from mtl_torchrec.model.builder import build_model
 
 # Metrics compared, in order, and whether higher is better.
@@ -55,6 +56,7 @@ REGRESSION_METRICS = ("rmse", "mae")
 
 
 def add_parser(sub: Any) -> None:
+    """Registers ``compare-single-task`` (``--config``, ``--budget``, overrides)."""
     p = sub.add_parser(
         "compare-single-task",
         help="train the multi-task model and one single-task model per task on the same data and budget",
@@ -77,16 +79,14 @@ def dense_parameter_count(cfg: ModelConfig, schema: Schema) -> int:
 
 
 def _template_layers(cfg: ModelConfig) -> List[int]:
-    if cfg.backbone in ("mmoe", "omoe"):
-        return list(cfg.mmoe.expert_layers)
-    if cfg.backbone == "ple":
-        return list(cfg.ple.expert_layers)
-    if cfg.backbone == "shared_bottom":
-        return list(cfg.shared_bottom.layers)
-    return list(cfg.single_task.layers)
+    backbone = BACKBONES.get(cfg.backbone)
+    return list(backbone.template_layers(backbone.options_of(cfg)))
 
 
 def single_task_model_config(cfg: ModelConfig, task: TaskConfig, layers: List[int]) -> ModelConfig:
+    """``cfg`` with backbone ``single_task`` of ``layers`` and ``task`` as its only task (weight 1, the
+    task's tower layers, no ESMM parent: an ESMM task trains on its impression-space label).
+    """
     out = copy.deepcopy(cfg)
     out.backbone = "single_task"
     out.single_task.layers = list(layers)
@@ -120,6 +120,9 @@ def matched_layers(cfg: ModelConfig, task: TaskConfig, schema: Schema, target: i
 
 def compare_rows(multi: Dict[str, Dict[str, float]], singles: Dict[str, Dict[str, Dict[str, float]]],
                  task_types: Dict[str, str]) -> List[Dict[str, Any]]:
+    """One row per task and compared metric (binary: AUC, GAUC, logloss; regression: RMSE, MAE) that
+    both sides report: the two values, ``multi - single`` and which side is better.
+    """
     rows = []
     for task, single in singles.items():
         keys = BINARY_METRICS if task_types[task] == "binary" else REGRESSION_METRICS
@@ -141,6 +144,7 @@ def compare_rows(multi: Dict[str, Dict[str, float]], singles: Dict[str, Dict[str
 
 
 def format_rows(rows: List[Dict[str, Any]]) -> str:
+    """The rows of :func:`compare_rows` as a fixed-width console table."""
     lines = [f"{'task':<14}{'metric':<10}{'multi-task':>12}{'single-task':>13}{'difference':>12}  better"]
     for r in rows:
         lines.append(
@@ -151,6 +155,7 @@ def format_rows(rows: List[Dict[str, Any]]) -> str:
 
 
 def markdown_rows(rows: List[Dict[str, Any]]) -> str:
+    """The rows of :func:`compare_rows` as a Markdown table."""
     lines = ["| task | metric | multi-task | single-task | difference | better |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
@@ -218,6 +223,7 @@ def compare(cfg: Config, ctx: DistContext, budget: str = "per_model") -> Dict[st
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs ``compare-single-task`` and prints the comparison on rank 0; returns 0."""
     cfg = load_config(args.config, args.overrides)
     ctx = init_distributed()
     try:

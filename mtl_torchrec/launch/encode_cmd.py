@@ -21,6 +21,7 @@ from mtl_torchrec.config import ConfigError, load_config
 
 
 def add_parser(sub: Any) -> None:
+    """Registers ``encode-text`` and its options."""
     p = sub.add_parser("encode-text", help="encode item texts with a language model into a vector store")
     p.add_argument("--store", required=True, help="output folder (also the cache: unchanged items are reused)")
     p.add_argument("--input", default=None, help="CSV/TSV/JSONL/Parquet file of items (default: the configured data)")
@@ -40,6 +41,11 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Encodes the texts of ``--input`` (or of the configured data) into ``--store`` and prints the counts.
+
+    Returns 0. Raises ConfigError when ``--input`` comes without ``--text-columns`` or the configured
+    data has no item text.
+    """
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.text.store import build_store
 

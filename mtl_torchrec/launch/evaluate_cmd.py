@@ -26,6 +26,7 @@ from mtl_torchrec.eval.report import compare_table, load_eval, markdown_report
 
 
 def add_parser(sub: Any) -> None:
+    """Registers ``evaluate`` and its options."""
     p = sub.add_parser("evaluate", help="evaluate a trained run: metrics per task and slice, report, plots")
     # --run-dir is the same option; use it under torchrun, whose parser takes "--run" for its --run-path.
     p.add_argument("--run", "--run-dir", dest="run_dir", type=str, help="run directory (config.yaml + checkpoint/)")
@@ -56,6 +57,12 @@ def write_outputs(result: EvalResult, out_dir: Path, plots: bool = True) -> Path
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluates ``--run`` and writes ``eval.json``, ``report.md`` and plots to ``--out`` (default
+    ``RUN/eval/<split>``), or with ``--compare`` prints two evaluations side by side. Returns 0.
+
+    Raises FileNotFoundError when neither ``--run`` nor ``--compare`` is given, and what
+    :func:`~mtl_torchrec.eval.evaluate.evaluate_run` raises.
+    """
     if args.compare:
         a, b = args.compare
         print(compare_table(load_eval(a, args.split), load_eval(b, args.split), Path(a).name, Path(b).name))

@@ -18,7 +18,7 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.distributed as dist
 
-from mtl_torchrec.config import Config, load_config, save_config
+from mtl_torchrec.config import Config, ConfigError, load_config, save_config
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import describe
@@ -28,6 +28,7 @@ from mtl_torchrec.distributed.context import (
     close_distributed,
     init_distributed,
 )
+from mtl_torchrec.distributed.run_lock import hold_run_dir
 from mtl_torchrec.eval.evaluate import SplitEvaluator
 from mtl_torchrec.eval.metrics import format_table
 from mtl_torchrec.model.esmm import check_esmm_labels
@@ -36,6 +37,7 @@ from mtl_torchrec.train.trainer import Trainer, check_splits
 
 
 def add_parser(sub: Any) -> None:
+    """Registers ``train`` (``--config``, ``--resume``, overrides)."""
     p = sub.add_parser("train", help="train a multi-task model and evaluate it on the test split")
     p.add_argument("--config", type=str, default=None, help="YAML config file")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=3 model.backbone=ple")
@@ -58,8 +60,16 @@ def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
         if dist.is_initialized() and ctx.world_size > 1:
             dist.broadcast_object_list(name, src=0)
         path = Path(cfg.output_dir) / name[0]
+    key = "run_dir" if cfg.run_dir else "output_dir"
+    # Every rank checks (the same answer on a shared filesystem), so none waits for a failed rank 0.
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{key}: '{path}' cannot be a run directory: '{existing}' is a file")
     if ctx.is_main:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot create the run directory '{path}': {e.strerror or e}") from None
     return path
 
 
@@ -74,11 +84,19 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
     """Trains, evaluates on test, writes the run directory; returns a summary dict.
 
     ``extra_callbacks`` run after the default ones (:func:`~mtl_torchrec.train.callbacks.default_callbacks`).
+    One training at a time per run directory (:func:`~mtl_torchrec.distributed.run_lock.hold_run_dir`);
+    a start that is refused (lock held, ``train.resume``, a damaged or incompatible checkpoint)
+    writes nothing into an existing run directory.
     """
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
     run_dir = resolve_run_dir(cfg, ctx)
+    with hold_run_dir(run_dir, ctx):
+        return _train(cfg, ctx, run_dir, extra_callbacks)
+
+
+def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequence[Callback]) -> Dict[str, Any]:
     data = load_data(cfg.data)
     notes = check_splits(data, cfg.data.batch_size, ctx.world_size)
     notes += check_esmm_labels(data, cfg.model.tasks)
@@ -87,12 +105,15 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
             print(f"note: {note}")
         for split, table in data.splits.items():
             print(describe(table, data.schema, split))
-        save_config(cfg, run_dir / "config.yaml")
-        if data.preprocessing is not None:
-            data.preprocessing.save(run_dir / "preprocessing")
     trainer = make_trainer(cfg, data, ctx, run_dir, callbacks=[*default_callbacks(cfg), *extra_callbacks])
     try:
+        # Every check that can refuse this start (train.resume, the checkpoint's integrity, the model
+        # against the checkpoint) runs in resume(), before config.yaml and preprocessing are written.
         resumed = trainer.resume(cfg.train.resume)
+        if ctx.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+            if data.preprocessing is not None:
+                data.preprocessing.save(run_dir / "preprocessing")
         if resumed is not None and ctx.is_main:
             print(f"resuming from {resumed} (step {trainer.state.global_step})")
         summary = trainer.fit()
@@ -112,6 +133,9 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
 
 
 def run(args: argparse.Namespace) -> int:
+    """Loads the config (``--resume`` adds ``train.resume=required``), trains and tests; prints the test
+    metrics and the run directory on rank 0. Returns 0.
+    """
     overrides = list(args.overrides) + (["train.resume=required"] if getattr(args, "resume", False) else [])
     cfg = load_config(args.config, overrides)
     ctx = init_distributed()

@@ -14,14 +14,12 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.schema import Schema
-from mtl_torchrec.model.balancing import BALANCERS, MGDAUB, GradNorm, UncertaintyWeights
+from mtl_torchrec.model.backbones import BACKBONES
+from mtl_torchrec.model.balancing import BALANCERS
 from mtl_torchrec.model.config import BalanceConfig, ModelConfig
 from mtl_torchrec.model.multitask import MultiTaskModel
-from mtl_torchrec.model.tasks import FixedWeights, TaskSpec, TrainModule, check_tasks
+from mtl_torchrec.model.tasks import TaskSpec, TrainModule, check_tasks
 from mtl_torchrec.model.text import item_id_dropout, text_feature_modules
-from mtl_torchrec.modules.mmoe import MMoE
-from mtl_torchrec.modules.ple import PLE
-from mtl_torchrec.modules.shared_bottom import SeparateBottoms, SharedBottom
 from mtl_torchrec.modules.towers import TaskTowers
 
 
@@ -44,6 +42,12 @@ def embedding_configs(schema: Schema, embedding_dim: int) -> List[EmbeddingBagCo
 
 
 def task_specs(cfg: ModelConfig, schema: Schema) -> List[TaskSpec]:
+    """The :class:`TaskSpec` of each ``model.tasks`` entry, checked against the data's labels.
+
+    Raises ConfigError naming ``model.tasks`` when there is no task, ``model.tasks[i].name`` when
+    the data has no such label, ``model.tasks[i].type`` when the label's type differs, and the key of
+    each :func:`~mtl_torchrec.model.tasks.task_problems` entry.
+    """
     if not cfg.tasks:
         raise ConfigError("model.tasks: at least one task is required")
     specs = []
@@ -63,46 +67,29 @@ def task_specs(cfg: ModelConfig, schema: Schema) -> List[TaskSpec]:
 
 
 def build_backbone(cfg: ModelConfig, in_features: int, num_tasks: int) -> nn.Module:
-    if cfg.backbone in ("mmoe", "omoe"):
-        return MMoE(
-            in_features,
-            num_tasks,
-            cfg.mmoe.num_experts,
-            cfg.mmoe.expert_layers,
-            cfg.mmoe.gate_layers,
-            single_gate=cfg.backbone == "omoe",
-        )
-    if cfg.backbone == "ple":
-        p = cfg.ple
-        try:
-            return PLE(in_features, num_tasks, p.num_levels, p.num_task_experts, p.num_shared_experts, p.expert_layers)
-        except ValueError as e:
-            raise ConfigError(f"model.ple: {e}") from None
-    if cfg.backbone == "shared_bottom":
-        if not cfg.shared_bottom.layers:
-            raise ConfigError("model.shared_bottom.layers: at least one layer is required")
-        return SharedBottom(in_features, num_tasks, cfg.shared_bottom.layers)
-    if cfg.backbone == "single_task":
-        if not cfg.single_task.layers:
-            raise ConfigError("model.single_task.layers: at least one layer is required")
-        return SeparateBottoms(in_features, num_tasks, cfg.single_task.layers)
-    raise ConfigError(f"model.backbone: '{cfg.backbone}' is not available")
+    """The registered backbone ``cfg.backbone`` built from its options section ``model.<section>``.
+
+    Raises ConfigError naming ``model.backbone`` (not registered) or ``model.<section>`` (the
+    module refused its options).
+    """
+    backbone = BACKBONES.get(cfg.backbone)
+    try:
+        return backbone.build(backbone.options_of(cfg), in_features, num_tasks)
+    except ValueError as e:
+        raise ConfigError(f"model.{backbone.section}: {e}") from None
 
 
 def build_balancer(name: str, tasks: List[TaskSpec], options: Optional[BalanceConfig] = None) -> nn.Module:
+    """The registered balancer ``name`` (``train.loss_balance``) for ``tasks`` and their weights.
+
+    Raises ConfigError naming ``train.loss_balance`` for an unknown name, or for a learned
+    balancer with a task weight <= 0.
+    """
+    balancer = BALANCERS.get(name)
     weights = {t.name: t.weight for t in tasks}
-    options = options or BalanceConfig()
-    if name == "fixed":
-        return FixedWeights(weights)
-    if name in ("uncertainty", "gradnorm") and any(w <= 0 for w in weights.values()):
+    if balancer.needs_positive_weights and any(w <= 0 for w in weights.values()):
         raise ConfigError(f"train.loss_balance: '{name}' needs positive model.tasks[*].weight (got {weights})")
-    if name == "uncertainty":
-        return UncertaintyWeights(weights)
-    if name == "gradnorm":
-        return GradNorm(weights, alpha=options.gradnorm_alpha)
-    if name == "mgda_ub":
-        return MGDAUB(list(weights), normalize=options.mgda_normalize)
-    raise ConfigError(f"train.loss_balance: unknown method '{name}' (known: {list(BALANCERS)})")
+    return balancer.from_config(weights, options or BalanceConfig())
 
 
 def build_model(
@@ -112,7 +99,12 @@ def build_model(
     feature_modules: Optional[Dict[str, nn.Module]] = None,
     id_dropout: Optional[nn.Module] = None,
 ) -> MultiTaskModel:
-    """``device='meta'`` defers table allocation to DistributedModelParallel."""
+    """The :class:`MultiTaskModel` for ``cfg`` over ``schema``: one table per distinct table name,
+    the ``model.backbone`` sized to the fused width, and one tower per task.
+
+    ``device='meta'`` defers table allocation to DistributedModelParallel. Raises ConfigError
+    naming the key (see :func:`task_specs` and :func:`build_backbone`).
+    """
     tasks = task_specs(cfg, schema)
     ebc = EmbeddingBagCollection(tables=embedding_configs(schema, cfg.embedding_dim), device=device)
     width = MultiTaskModel.fused_width(ebc, len(schema.dense), cfg.dense_layers, feature_modules)
@@ -136,7 +128,8 @@ def build_train_module(
 ) -> TrainModule:
     """Model (``model.*``), tasks and loss balancer (``train.loss_balance``, ``train.balance``),
     sized for the data's schema. ``text_cache`` is the folder text vectors are encoded into when
-    ``model.text`` names no store (:func:`~mtl_torchrec.model.text.text_cache_folder`). Raises ConfigError naming the key.
+    ``model.text`` names no store (:func:`~mtl_torchrec.model.text.text_cache_folder`). Raises
+    ConfigError naming the key.
 
     Regression heads start at the training labels' mean: started at 0, a rating task's squared
     error (~mean^2) dwarfs the binary losses and its gradient swamps the shared layers early on.

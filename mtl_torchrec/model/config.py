@@ -1,82 +1,61 @@
-"""Settings of the multi-task model: tasks, backbones, towers, text features and loss balancing."""
+"""Settings of the multi-task model: tasks, backbones, towers, text features and loss balancing.
+
+``ModelConfig`` has one options section per registered backbone (``model.mmoe``, ``model.ple``,
+...): the sections come from :data:`~mtl_torchrec.model.backbones.BACKBONES`, so a new backbone
+file brings its own section. :func:`model_config_class` rebuilds the class when backbones are
+registered later (e.g. by a plugin or a test); ``ModelConfig`` is the class of the built-in ones.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Literal, Optional
+import dataclasses
+from dataclasses import field
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tuple
 
+from pydantic import Field, field_validator
+
+from mtl_torchrec.core.config import (
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Widths,
+    config_dataclass,
+    one_of,
+    problems,
+)
+from mtl_torchrec.model.backbones import (
+    BACKBONES,
+    MMoEConfig,
+    PLEConfig,
+    SharedBottomConfig,
+    SingleTaskConfig,
+    option_sections,
+)
+from mtl_torchrec.model.tasks import TASK_LOSSES, task_problems
 from mtl_torchrec.text.config import TextConfig
 
 
-@dataclass
+@config_dataclass
 class TaskConfig:
     """One prediction task.
 
-    ``type`` is ``binary`` (logit, BCE) or ``regression`` (MSE). ``esmm_parent`` makes a binary
-    task ESMM-style: its tower predicts p(task | parent), trained through
-    p(parent) * p(task | parent) over all rows, against the label parent AND task. Data whose
-    task label is 1 where the parent's is 0 is refused unless ``esmm_derive_and_label`` sets those
-    labels to 0 (see :mod:`mtl_torchrec.model.esmm`).
+    ``type`` is a task loss (:data:`~mtl_torchrec.model.tasks.TASK_LOSSES`): ``binary`` (logit,
+    BCE) or ``regression`` (MSE). ``esmm_parent`` makes a binary task ESMM-style: its tower
+    predicts p(task | parent), trained through p(parent) * p(task | parent) over all rows, against
+    the label parent AND task. Data whose task label is 1 where the parent's is 0 is refused
+    unless ``esmm_derive_and_label`` sets those labels to 0 (see :mod:`mtl_torchrec.model.esmm`).
+    ``weight`` scales the task's loss (>= 0: a negative weight would maximise it).
     """
 
     name: str = ""
-    type: Literal["binary", "regression"] = "binary"
-    weight: float = 1.0
-    tower_layers: Optional[List[int]] = None
+    type: Annotated[str, one_of(TASK_LOSSES)] = "binary"
+    weight: NonNegativeFloat = 1.0
+    tower_layers: Optional[Widths] = None
     esmm_parent: Optional[str] = None
     esmm_derive_and_label: bool = False
 
 
-@dataclass
-class MMoEConfig:
-    num_experts: int = 8
-    expert_layers: List[int] = field(default_factory=lambda: [256, 128])
-    gate_layers: List[int] = field(default_factory=list)
-
-
-@dataclass
-class PLEConfig:
-    num_levels: int = 2
-    num_task_experts: int = 2
-    num_shared_experts: int = 2
-    expert_layers: List[int] = field(default_factory=lambda: [256, 128])
-
-
-@dataclass
-class SharedBottomConfig:
-    layers: List[int] = field(default_factory=lambda: [256, 128])
-
-
-@dataclass
-class SingleTaskConfig:
-    """Backbone ``single_task``: one separate bottom MLP per task (no sharing above the features)."""
-
-    layers: List[int] = field(default_factory=lambda: [256, 128])
-
-
-@dataclass
-class ModelConfig:
-    embedding_dim: int = 16
-    dense_layers: List[int] = field(default_factory=lambda: [64, 16])
-    backbone: Literal["mmoe", "omoe", "ple", "shared_bottom", "single_task"] = "mmoe"
-    mmoe: MMoEConfig = field(default_factory=MMoEConfig)
-    ple: PLEConfig = field(default_factory=PLEConfig)
-    shared_bottom: SharedBottomConfig = field(default_factory=SharedBottomConfig)
-    single_task: SingleTaskConfig = field(default_factory=SingleTaskConfig)
-    tower_layers: List[int] = field(default_factory=lambda: [64])
-    text: TextConfig = field(default_factory=TextConfig)
-    tasks: List[TaskConfig] = field(
-        default_factory=lambda: [
-            TaskConfig(name="click", type="binary"),
-            TaskConfig(name="conversion", type="binary"),
-            TaskConfig(name="rating", type="regression"),
-        ]
-    )
-
-
-
-
-@dataclass
+@config_dataclass
 class BalanceConfig:
     """Options of the loss balancers (``train.loss_balance``), see ``model/balancing.py``."""
 
@@ -87,4 +66,83 @@ class BalanceConfig:
     # Learning rate of the balancer's own parameters (uncertainty log-variances, GradNorm
     # weights), stepped by a separate optimizer of the train.dense_optimizer kind. At the dense
     # learning rate they would barely move within an epoch.
-    lr: float = 0.025
+    lr: PositiveFloat = 0.025
+
+
+def _default_tasks() -> List[TaskConfig]:
+    return [
+        TaskConfig(name="click", type="binary"),
+        TaskConfig(name="conversion", type="binary"),
+        TaskConfig(name="rating", type="regression"),
+    ]
+
+
+def _check_tasks(cls: Any, tasks: List[TaskConfig]) -> List[TaskConfig]:
+    """Names non-empty and unique, ESMM parents other plain binary tasks (as the train module needs)."""
+    found = task_problems(tasks)
+    if found:
+        raise problems([((i, key), msg) for i, key, msg in found])
+    return tasks
+
+
+# Fields before and after the backbone sections, in the order configs are saved.
+# (name, type, default factory); each class gets its own dataclass fields.
+_LEADING: List[Tuple[str, Any, Callable[[], Any]]] = [
+    ("embedding_dim", PositiveInt, lambda: 16),
+    # MLP on the dense features; empty: used as they are.
+    ("dense_layers", Widths, lambda: [64, 16]),
+    ("backbone", Annotated[str, one_of(BACKBONES)], lambda: "mmoe"),
+]
+_TRAILING: List[Tuple[str, Any, Callable[[], Any]]] = [
+    # Tower MLP of every task without its own ``tower_layers``; empty: the head alone.
+    ("tower_layers", Widths, lambda: [64]),
+    ("text", TextConfig, TextConfig),
+    ("tasks", Annotated[List[TaskConfig], Field(min_length=1)], _default_tasks),
+]
+_CLASSES: Dict[Tuple[Tuple[str, type], ...], type] = {}
+
+
+def model_config_class() -> type:
+    """The ``model`` config dataclass for the backbones registered now: the fixed fields plus one
+    ``<section>: <options class>`` field per backbone options section (built once per set of
+    sections, so it is the same class while the registry is unchanged).
+
+    Raises ValueError when a section's name collides with a fixed field.
+    """
+    sections = option_sections()
+    key = tuple(sections.items())
+    if key in _CLASSES:
+        return _CLASSES[key]
+    fixed = {name for name, _, _ in _LEADING + _TRAILING}
+    clash = sorted(fixed & set(sections))
+    if clash:
+        raise ValueError(f"backbone options sections {clash} collide with model.* keys")
+    fields = [
+        (name, tp, field(default_factory=make))
+        for name, tp, make in [*_LEADING, *[(s, o, o) for s, o in sections.items()], *_TRAILING]
+    ]
+    namespace = {
+        "__module__": __name__,
+        "__doc__": (
+            "``model.*``: features, backbone choice and one options section per backbone "
+            f"({', '.join(sections)}), towers, text features and tasks."
+        ),
+        "_check_tasks": field_validator("tasks")(classmethod(_check_tasks)),
+    }
+    cls = config_dataclass(dataclasses.make_dataclass("ModelConfig", fields, namespace=namespace))
+    _CLASSES[key] = cls
+    return cls
+
+
+ModelConfig = model_config_class()
+
+__all__ = [
+    "BalanceConfig",
+    "MMoEConfig",
+    "ModelConfig",
+    "PLEConfig",
+    "SharedBottomConfig",
+    "SingleTaskConfig",
+    "TaskConfig",
+    "model_config_class",
+]

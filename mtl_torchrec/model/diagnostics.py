@@ -35,6 +35,7 @@ from mtl_torchrec.modules.experts import ExpertTrace, GateInfo
 
 
 def gate_name(info: GateInfo, task_names: Sequence[str], multi_level: bool) -> str:
+    """A gate's name in reports: its task's name or ``shared``, prefixed ``level<l>/`` when ``multi_level``."""
     who = task_names[info.task] if info.task is not None else "shared"
     return f"level{info.level}/{who}" if multi_level else who
 

@@ -20,11 +20,13 @@ from mtl_torchrec.modules.towers import TaskTowers
 
 
 class ModelOutput(NamedTuple):
+    """One forward pass of a :class:`MultiTaskModel`."""
+
     # Raw tower outputs per task: logits (binary) or values (regression).
     logits: Dict[str, torch.Tensor]
     # The fused representation every task reads (input of the backbone).
     shared: torch.Tensor
-    # Gate weights per gate, [B, num_experts] each (empty for gate-free backbones).
+    # Gate weights per gate, [B, experts the gate mixes] each (empty for gate-free backbones).
     gates: List[torch.Tensor]
 
 
@@ -41,6 +43,8 @@ class MultiTaskModel(nn.Module):
         towers: the per-task towers.
         feature_modules: extra feature extractors ``KeyedJaggedTensor -> [B, d]`` with an
             ``out_features`` attribute, e.g. the text-feature module.
+        id_dropout: optional ``(pooled KeyedTensor, KJT) -> KeyedTensor`` applied to the pooled
+            embeddings, e.g. :class:`~mtl_torchrec.modules.id_dropout.IdDropouts`.
 
     Example::
 
@@ -85,6 +89,16 @@ class MultiTaskModel(nn.Module):
         return width
 
     def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
+        """The fused representation every task reads.
+
+        Args:
+            sparse (KeyedJaggedTensor): ids of every sparse feature.
+            dense (torch.Tensor): dense features ``[B, num_dense]``.
+
+        Returns:
+            torch.Tensor: ``[B, fused_width]``: the pooled embeddings (after ``id_dropout``) in
+            ``embedding_names`` order, the dense MLP's output, then each feature module's output.
+        """
         pooled = self.embedding(sparse)
         if self.id_dropout is not None:
             pooled = self.id_dropout(pooled, sparse)
@@ -97,6 +111,15 @@ class MultiTaskModel(nn.Module):
         return torch.cat(parts, dim=1)
 
     def forward(self, batch: Batch) -> ModelOutput:
+        """Fuses the features, runs the backbone and the towers.
+
+        Args:
+            batch (Batch): ``sparse`` KJT and ``dense`` ``[B, num_dense]`` (labels are not read).
+
+        Returns:
+            ModelOutput: ``logits`` ``[B]`` per task, ``shared`` ``[B, fused_width]``, and the
+            backbone's gate weights.
+        """
         shared = self.fuse(batch.sparse, batch.dense)
         task_inputs, gates = self.backbone.forward_with_gates(shared)
         return ModelOutput(self.towers(task_inputs), shared, gates)

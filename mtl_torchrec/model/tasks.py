@@ -9,41 +9,99 @@ all rows, so ``pCVR`` is never trained on the clicked rows alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl_torchrec.core.registry import Registry
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.model.multitask import ModelOutput
 
 
 @dataclass
 class TaskSpec:
+    """One task as the train module sees it; ``type`` names its loss in :data:`TASK_LOSSES`."""
+
     name: str
-    type: str  # "binary" | "regression"
+    type: str  # "binary" | "regression" (a TASK_LOSSES name)
     weight: float = 1.0
     esmm_parent: Optional[str] = None
 
 
-def check_tasks(tasks: List[TaskSpec]) -> None:
+# A task type's loss: ``(logits of every task, the task's labels [B], the task) -> per-row loss [B]``.
+TaskLoss = Callable[[Dict[str, torch.Tensor], torch.Tensor, TaskSpec], torch.Tensor]
+
+# Per-row losses by task type (``model.tasks[*].type``).
+TASK_LOSSES: Registry[TaskLoss] = Registry("model.tasks[*].type")
+
+
+@TASK_LOSSES.register("binary")
+def binary_loss(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    """Binary cross-entropy on the task's logit; for an ESMM task (``esmm_parent``), on the
+    impression-space product ``pCTR * pCVR``, computed in log space so it stays finite.
+
+    ``logits`` ``[B]`` per task, ``label`` ``[B]`` in {0, 1}; returns the per-row loss ``[B]``.
+    """
+    logit = logits[task.name]
+    if task.esmm_parent is None:
+        return F.binary_cross_entropy_with_logits(logit, label, reduction="none")
+    log_p = F.logsigmoid(logits[task.esmm_parent]) + F.logsigmoid(logit)
+    p = log_p.exp().clamp(max=1.0 - 1e-7)
+    return -(label * log_p + (1.0 - label) * torch.log1p(-p))
+
+
+@TASK_LOSSES.register("regression")
+def squared_error(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    """Squared error of the tower's value (MSE once averaged): per-row loss ``[B]``."""
+    return (logits[task.name] - label) ** 2
+
+
+def task_problems(tasks: Sequence[Any]) -> List[Tuple[int, str, str]]:
+    """What is wrong with a task list, as ``(task index, field, message)``: empty or repeated
+    names, unknown types, ESMM parents that are not another plain binary task,
+    ``esmm_derive_and_label`` on a task without ``esmm_parent``.
+
+    ``tasks`` are TaskSpecs or anything with ``name``, ``type`` and ``esmm_parent`` (the config's
+    TaskConfig), so the config refuses what the train module would.
+    """
     names = [t.name for t in tasks]
-    for t in tasks:
-        if t.type not in ("binary", "regression"):
-            raise ValueError(f"model.tasks: task '{t.name}' has unknown type '{t.type}'")
-        if t.esmm_parent is not None:
-            if t.esmm_parent not in names:
-                raise ValueError(f"model.tasks: task '{t.name}' has esmm_parent '{t.esmm_parent}', not a task")
-            parent = next(p for p in tasks if p.name == t.esmm_parent)
-            if t.type != "binary" or parent.type != "binary" or parent.esmm_parent is not None:
-                raise ValueError(f"model.tasks: ESMM task '{t.name}' and its parent must be plain binary tasks")
+    out: List[Tuple[int, str, str]] = []
+    for i, t in enumerate(tasks):
+        if not t.name:
+            out.append((i, "name", "must not be empty"))
+        elif names.index(t.name) != i:
+            out.append((i, "name", f"'{t.name}' is already the name of tasks[{names.index(t.name)}]"))
+        if t.type not in TASK_LOSSES:
+            out.append((i, "type", TASK_LOSSES.unknown(t.type)))
+        if t.esmm_parent is None:
+            if getattr(t, "esmm_derive_and_label", False):
+                out.append((i, "esmm_derive_and_label", "only for an ESMM task (set esmm_parent)"))
+            continue
+        if t.esmm_parent == t.name or t.esmm_parent not in names:
+            others = [n for n in names if n != t.name]
+            out.append((i, "esmm_parent", f"'{t.esmm_parent}' is not another task (tasks: {others})"))
+            continue
+        parent = tasks[names.index(t.esmm_parent)]
+        if t.type != "binary" or parent.type != "binary" or parent.esmm_parent is not None:
+            msg = f"ESMM task '{t.name}' and its parent '{parent.name}' must be plain binary tasks"
+            out.append((i, "esmm_parent", msg))
+    return out
+
+
+def check_tasks(tasks: List[TaskSpec]) -> None:
+    """Raises ValueError listing :func:`task_problems` (``model.tasks[i].<field>: ...``, one per line)."""
+    found = task_problems(tasks)
+    if found:
+        raise ValueError("\n".join(f"model.tasks[{i}].{key}: {msg}" for i, key, msg in found))
 
 
 def predictions(logits: Dict[str, torch.Tensor], tasks: List[TaskSpec]) -> Dict[str, torch.Tensor]:
     """Impression-space predictions: probabilities for binary tasks, values for regression.
 
     For an ESMM task the value is pCTCVR; its conditional pCVR is under ``"<task>_given_<parent>"``.
+    ``logits`` and the returned values are ``[B]`` each.
     """
     out: Dict[str, torch.Tensor] = {}
     for t in tasks:
@@ -79,52 +137,48 @@ def with_conditional_labels(batch: Batch, tasks: List[TaskSpec]) -> Batch:
         return batch
     labels = dict(batch.labels)
     masks = dict(batch.masks)
+    weights = dict(batch.weights) if batch.weights is not None else None
     for t in tasks:
         if t.esmm_parent is not None:
             parent = t.esmm_parent
             labels[conditional_name(t)] = batch.labels[t.name]
             masks[conditional_name(t)] = batch.masks[t.name] * batch.masks[parent] * (batch.labels[parent] > 0.5).float()
-    return Batch(sparse=batch.sparse, dense=batch.dense, labels=labels, masks=masks, group=batch.group)
+            if weights is not None and t.name in weights:
+                weights[conditional_name(t)] = weights[t.name]
+    return Batch(sparse=batch.sparse, dense=batch.dense, labels=labels, masks=masks, group=batch.group, weights=weights)
 
 
-def _masked_mean(per_row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # Empty masks give 0 with a gradient path, instead of NaN.
-    return (per_row * mask).sum() / mask.sum().clamp_min(1.0)
+# Floor of a task's weight sum: an empty batch gives 0 instead of 0/0. A constant, not
+# torch.finfo(dtype): TorchRec's pipeline fx-traces this code, where dtypes are proxies.
+_MIN_WEIGHT_SUM = 1e-12
+
+
+def _masked_mean(per_row: torch.Tensor, mask: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``sum(w * m * loss) / sum(w * m)``; without ``weight``, ``w = 1``.
+
+    An empty (all-zero) ``w * m`` gives 0 with a gradient path instead of NaN. Masks are 0/1, so
+    unweighted (or all-ones) the denominator is 0 or >= 1 and the value is bitwise that of
+    ``sum(m * loss) / max(sum(m), 1)``.
+    """
+    w = mask if weight is None else weight * mask
+    return (per_row * w).sum() / w.sum().clamp_min(_MIN_WEIGHT_SUM)
 
 
 def task_losses(out: ModelOutput, batch: Batch, tasks: List[TaskSpec]) -> Dict[str, torch.Tensor]:
-    """Masked per-task losses: BCE for binary (ESMM on the product), MSE for regression."""
+    """Masked, optionally row-weighted mean loss per task, each task's per-row loss from
+    :data:`TASK_LOSSES` by its type (BCE for binary, ESMM on the product; MSE for regression).
+
+    ``batch.weights[task]`` (``[B]``, when given) weights rows: weight 2 counts a row twice.
+    Returns a scalar loss per task (0 for a task without a labelled row).
+    """
     losses: Dict[str, torch.Tensor] = {}
+    # No truth test of batch.weights: TorchRec's pipeline fx-traces this with a proxy batch.
+    weights = batch.weights
     for t in tasks:
-        y = batch.labels[t.name]
-        m = batch.masks[t.name]
-        logit = out.logits[t.name]
-        if t.type == "regression":
-            per_row = (logit - y) ** 2
-        elif t.esmm_parent is None:
-            per_row = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
-        else:
-            # log(pCTR * pCVR) stays finite via logsigmoid; BCE on the product in log space.
-            log_p = F.logsigmoid(out.logits[t.esmm_parent]) + F.logsigmoid(logit)
-            p = log_p.exp().clamp(max=1.0 - 1e-7)
-            per_row = -(y * log_p + (1.0 - y) * torch.log1p(-p))
-        losses[t.name] = _masked_mean(per_row, m)
+        per_row = TASK_LOSSES.get(t.type)(out.logits, batch.labels[t.name], t)
+        w = weights.get(t.name) if weights is not None else None
+        losses[t.name] = _masked_mean(per_row, batch.masks[t.name], w)
     return losses
-
-
-class FixedWeights(nn.Module):
-    """Total loss as a fixed weighted sum of task losses."""
-
-    def __init__(self, weights: Dict[str, float]) -> None:
-        super().__init__()
-        self.task_names = list(weights)
-        self.register_buffer("weight", torch.tensor([weights[t] for t in self.task_names]), persistent=False)
-
-    def forward(self, losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
-        return sum(self.weight[i] * losses[t] for i, t in enumerate(self.task_names))
-
-    def weights(self) -> Dict[str, float]:
-        return {t: float(self.weight[i]) for i, t in enumerate(self.task_names)}
 
 
 class TrainOutput(NamedTuple):
@@ -142,9 +196,15 @@ class TrainModule(nn.Module):
     ``forward(batch)`` returns ``(loss, TrainOutput)``: the TrainOutput holds the detached total
     and per-task losses and impression-space predictions.
 
+    Args:
+        model: returns a :class:`ModelOutput` for a batch (a
+            :class:`~mtl_torchrec.model.multitask.MultiTaskModel`).
+        tasks: the tasks; ValueError listing :func:`task_problems` when they are inconsistent.
+        balancer: a :class:`~mtl_torchrec.model.balancing.Balancer` over the tasks' losses.
+
     Example::
 
-        train = TrainModule(model, tasks, FixedWeights({"click": 1.0}))
+        train = TrainModule(model, tasks, FixedWeights({"click": 1.0}))   # model/balancing.py
         loss, out = train(batch)
         out.task_losses["click"], out.predictions["click"]
     """
@@ -159,9 +219,20 @@ class TrainModule(nn.Module):
     def forward(
         self, batch: Batch
     ) -> Tuple[torch.Tensor, TrainOutput]:
+        """The model's output, the masked per-task losses and the balanced total.
+
+        Args:
+            batch (Batch): features, and ``labels``/``masks`` (``[B]`` each) for every task.
+
+        Returns:
+            ``(loss, TrainOutput)``: the scalar total loss to back-propagate, and the detached total,
+            per-task losses, impression-space predictions (``[B]`` each) and the model output.
+        """
         out: ModelOutput = self.model(batch)
         losses = task_losses(out, batch, self.tasks)
-        total = self.balancer(losses, out.shared)
+        # Labelled rows per task: balancers leave tasks without any out of the step's weighting.
+        labelled = torch.stack([batch.masks[t.name].sum() for t in self.tasks])
+        total = self.balancer(losses, out.shared, labelled)
         preds = predictions({t.name: out.logits[t.name].detach() for t in self.tasks}, self.tasks)
         detached = {k: v.detach() for k, v in losses.items()}
         return total, TrainOutput(total.detach(), detached, preds, out)

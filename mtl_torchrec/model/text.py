@@ -49,7 +49,10 @@ def build_text_feature(
     device: Optional[torch.device] = None,
     source: str = "text store",
 ) -> TextFeature:
-    """A :class:`TextFeature` over ``cfg.item_feature`` holding the store's vectors for ids ``[0, num_items)``."""
+    """A :class:`TextFeature` over ``cfg.item_feature`` holding the store's vectors for ids ``[0, num_items)``.
+
+    L2-normalised vectors are scaled by ``sqrt(dim)`` first; the module outputs ``[B, adapter_layers[-1]]``.
+    """
     vectors, has_text = store.table(num_items, source=source)
     if store.info.get("normalize", False):
         # Unit-norm vectors have entries of about 1/sqrt(d); give them unit scale like other inputs.
@@ -132,7 +135,12 @@ def text_feature_modules(
 
 def item_id_dropout(cfg: ModelConfig, schema: Schema) -> nn.Module:
     """:class:`UnseenIdDropout` with probability ``cfg.text.id_dropout`` on each of
-    ``cfg.text.id_dropout_features`` (default: ``cfg.text.item_feature``), chained by :class:`IdDropouts`."""
+    ``cfg.text.id_dropout_features`` (default: ``cfg.text.item_feature``): one module for one
+    feature, several chained by :class:`IdDropouts`.
+
+    Raises ConfigError naming ``model.text.id_dropout`` (outside ``[0, 1)``) or the features' key
+    (a name that is not a single-valued sparse feature).
+    """
     if not 0.0 <= cfg.text.id_dropout < 1.0:
         raise ConfigError(f"model.text.id_dropout: must be in [0, 1), got {cfg.text.id_dropout}")
     key = "model.text.id_dropout_features" if cfg.text.id_dropout_features else "model.text.item_feature"

@@ -21,6 +21,8 @@ class BatchedExperts(nn.Module):
         num_experts: number of experts ``E``.
         layer_sizes: output width of each layer; ReLU after every layer.
 
+    ValueError when ``num_experts < 1`` or ``layer_sizes`` is empty.
+
     Example::
 
         experts = BatchedExperts(32, num_experts=4, layer_sizes=[64, 16])
@@ -45,6 +47,7 @@ class BatchedExperts(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Draws every expert's weights and biases from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
         # Same distribution as nn.Linear's default, per expert.
         for w, b in zip(self.weights, self.biases):
             bound = 1.0 / math.sqrt(w.shape[1])

@@ -31,6 +31,10 @@ def detached(kt: KeyedTensor) -> KeyedTensor:
 class FrozenEmbeddingBagCollection(EmbeddingBagCollection):
     """An ``EmbeddingBagCollection`` that is never trained (its output carries no gradient).
 
+    Args:
+        tables: the table configs, as for ``EmbeddingBagCollection``.
+        device: where the tables are allocated (``meta`` to defer to sharding).
+
     Example::
 
         ebc = FrozenEmbeddingBagCollection(tables=[EmbeddingBagConfig(...)])
@@ -43,6 +47,14 @@ class FrozenEmbeddingBagCollection(EmbeddingBagCollection):
             p.requires_grad_(False)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Pooled embeddings as ``EmbeddingBagCollection.forward`` computes them, detached.
+
+        Args:
+            features (KeyedJaggedTensor): ids of the collection's features.
+
+        Returns:
+            KeyedTensor: pooled embeddings ``[B, sum of table dims]``, detached (no gradient).
+        """
         return detached(super().forward(features))
 
 
@@ -51,11 +63,13 @@ class ShardedFrozenEmbeddingBagCollection(ShardedEmbeddingBagCollection):
     dist, so the backward pass never enters the fused lookup kernel."""
 
     def output_dist(self, ctx, output):  # type: ignore[no-untyped-def]
+        """The parent's output dist, with the pooled result detached once it arrives."""
         awaitable = super().output_dist(ctx, output)
         awaitable.callbacks.append(detached)
         return awaitable
 
     def compute_and_output_dist(self, ctx, input):  # type: ignore[no-untyped-def]
+        """The parent's fused lookup and output dist, with the pooled result detached once it arrives."""
         awaitable = super().compute_and_output_dist(ctx, input)
         awaitable.callbacks.append(detached)
         return awaitable
@@ -75,6 +89,7 @@ class FrozenEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         device: Optional[torch.device] = None,
         module_fqn: Optional[str] = None,
     ) -> ShardedEmbeddingBagCollection:
+        """Wraps ``module`` as a :class:`ShardedFrozenEmbeddingBagCollection` with the lr-0 fused params."""
         return ShardedFrozenEmbeddingBagCollection(
             module=module,
             table_name_to_parameter_sharding=params,
@@ -87,8 +102,10 @@ class FrozenEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
 
     @property
     def module_type(self) -> Type[EmbeddingBagCollection]:
+        """The module type this sharder shards: :class:`FrozenEmbeddingBagCollection`."""
         return FrozenEmbeddingBagCollection
 
     @property
     def sharded_module_type(self) -> Type[ShardedEmbeddingBagCollection]:
+        """The sharded module type it produces: :class:`ShardedFrozenEmbeddingBagCollection`."""
         return ShardedFrozenEmbeddingBagCollection

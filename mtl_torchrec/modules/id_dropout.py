@@ -24,6 +24,21 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 
 class UnseenIdDropout(nn.Module):
+    """Replaces one feature's pooled embedding by a learned "unseen id" vector: for a random fraction of
+    training rows, and at evaluation for every id not seen in training.
+
+    Args:
+        feature: name of the single-valued id feature (one id per row).
+        num_embeddings: rows of the feature's table (ids are ``0 .. num_embeddings - 1``).
+        dim: embedding width of the feature's table.
+        p: probability in ``[0, 1)`` that a training row gets the unseen vector; ValueError otherwise.
+
+    Example::
+
+        drop = UnseenIdDropout("item_id", num_embeddings=1682, dim=16, p=0.2)
+        pooled = drop(ebc(kjt), kjt)          # same keys and shapes as ebc(kjt)
+    """
+
     def __init__(self, feature: str, num_embeddings: int, dim: int, p: float) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
@@ -42,6 +57,21 @@ class UnseenIdDropout(nn.Module):
         self._synced = True
 
     def forward(self, pooled: KeyedTensor, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Marks the batch's ids as seen (training) and replaces the rows to drop.
+
+        In evaluation mode the first call after training OR-reduces ``seen`` across ranks (a
+        collective: every rank must call it).
+
+        Args:
+            pooled (KeyedTensor): pooled embeddings ``[B, sum of dims]`` that include ``feature``.
+            features (KeyedJaggedTensor): the ids ``pooled`` was looked up from.
+
+        Returns:
+            KeyedTensor: ``pooled`` with ``feature``'s ``[B, dim]`` rows replaced where dropped.
+
+        Raises:
+            ValueError: when ``feature`` does not have exactly one id per row.
+        """
         ids = features[self.feature].values()
         if ids.numel() != pooled.values().shape[0]:
             raise ValueError(f"id dropout needs a single-valued feature; '{self.feature}' has several ids per row")
@@ -64,6 +94,9 @@ class UnseenIdDropout(nn.Module):
 class IdDropouts(nn.Module):
     """Several :class:`UnseenIdDropout` applied in turn (e.g. user and item ids), each to its feature.
 
+    Args:
+        drops: the dropouts; ValueError when two name the same feature.
+
     Example::
 
         drops = IdDropouts([UnseenIdDropout("user_id", 943, 16, 0.2), UnseenIdDropout("item_id", 1682, 16, 0.2)])
@@ -78,6 +111,15 @@ class IdDropouts(nn.Module):
         self.drops = nn.ModuleList(drops)
 
     def forward(self, pooled: KeyedTensor, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Applies each :class:`UnseenIdDropout` in turn.
+
+        Args:
+            pooled (KeyedTensor): pooled embeddings ``[B, sum of dims]`` that include every dropout's feature.
+            features (KeyedJaggedTensor): the ids ``pooled`` was looked up from.
+
+        Returns:
+            KeyedTensor: ``pooled`` with each dropout's feature replaced where dropped.
+        """
         for drop in self.drops:
             pooled = drop(pooled, features)
         return pooled

@@ -78,4 +78,12 @@ class MMoE(nn.Module):
         return ExpertTrace(outs, gate_probs, info, {n: expert_out[i] for i, n in enumerate(names)})
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Per-task mixtures of the experts (:meth:`forward_with_gates` without the gates).
+
+        Args:
+            x (torch.Tensor): shared input ``[B, in_features]``.
+
+        Returns:
+            List[torch.Tensor]: one ``[B, expert_layers[-1]]`` output per task.
+        """
         return self.forward_with_gates(x)[0]

@@ -80,6 +80,7 @@ class CGCLevel(nn.Module):
         self.expert_names = names
 
     def forward(self, inputs: List[torch.Tensor], same_input: bool = False) -> ExpertTrace:
+        """Same as :meth:`forward_with_experts` (inputs ``[B, in_features]`` each, outputs ``[B, out_features]``)."""
         return self.forward_with_experts(inputs, same_input)
 
     def forward_with_experts(self, inputs: List[torch.Tensor], same_input: bool = False) -> ExpertTrace:
@@ -156,6 +157,16 @@ class PLE(nn.Module):
         )
 
     def forward_with_experts(self, x: torch.Tensor) -> ExpertTrace:
+        """Runs every level; the trace holds all of them.
+
+        Args:
+            x (torch.Tensor): shared input ``[B, in_features]``.
+
+        Returns:
+            ExpertTrace: ``outputs`` one ``[B, out]`` per task (last level); ``gates`` of every level
+            (task gates, then the shared gate; ``[B, experts mixed]`` each); ``experts`` every expert's
+            ``[B, out]`` output, named ``level{l}/task{k}/expert{j}`` or ``level{l}/shared/expert{j}``.
+        """
         inputs = [x] * (self.num_tasks + 1)
         gates: List[torch.Tensor] = []
         info: List[GateInfo] = []
@@ -176,4 +187,12 @@ class PLE(nn.Module):
         return trace.outputs, trace.gates
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Per-task outputs of the last level (:meth:`forward_with_gates` without the gates).
+
+        Args:
+            x (torch.Tensor): shared input ``[B, in_features]``.
+
+        Returns:
+            List[torch.Tensor]: one ``[B, expert_layers[-1]]`` output per task.
+        """
         return self.forward_with_gates(x)[0]

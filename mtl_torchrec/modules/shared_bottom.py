@@ -14,6 +14,11 @@ from mtl_torchrec.modules.experts import BatchedExperts
 class SharedBottom(nn.Module):
     """One MLP on the shared input; every task's tower reads its output (hard parameter sharing).
 
+    Args:
+        in_features: width of the shared input.
+        num_tasks: number of tasks (outputs).
+        layers: layer sizes of the MLP, ReLU after each; ValueError when empty.
+
     Example::
 
         bottom = SharedBottom(32, num_tasks=3, layers=[64, 16])
@@ -29,10 +34,19 @@ class SharedBottom(nn.Module):
         self.mlp = MLP(in_features, layers)
 
     def forward_with_gates(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """The shared MLP's output for every task, and no gates.
+
+        Args:
+            x (torch.Tensor): shared input ``[B, in_features]``.
+
+        Returns:
+            the same ``[B, layers[-1]]`` tensor once per task, and an empty gate list (no gates).
+        """
         h = self.mlp(x)
         return [h] * self.num_tasks, []
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``x``: ``[B, in_features]``; returns the bottom's ``[B, layers[-1]]`` output once per task."""
         return self.forward_with_gates(x)[0]
 
 
@@ -42,6 +56,11 @@ class SeparateBottoms(nn.Module):
     With one task this is the bottom of a single-task model, which is how the single-task
     baselines are built. The per-task MLPs are a :class:`BatchedExperts` bank with one expert
     per task, so they cost one matmul per layer.
+
+    Args:
+        in_features: width of the shared input.
+        num_tasks: number of tasks (MLPs).
+        layers: layer sizes of each MLP, ReLU after each; ValueError when empty.
 
     Example::
 
@@ -58,9 +77,18 @@ class SeparateBottoms(nn.Module):
         self.bottoms = BatchedExperts(in_features, num_tasks, layers)
 
     def forward_with_gates(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Each task's own MLP output, and no gates.
+
+        Args:
+            x (torch.Tensor): shared input ``[B, in_features]``.
+
+        Returns:
+            one ``[B, layers[-1]]`` output per task (each from its own MLP), and an empty gate list.
+        """
         h = self.bottoms(x)
         # Indexing (not unbind) keeps this traceable by TorchRec's pipeline tracer.
         return [h[k] for k in range(self.num_tasks)], []
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``x``: ``[B, in_features]``; returns one ``[B, layers[-1]]`` output per task."""
         return self.forward_with_gates(x)[0]

@@ -48,7 +48,11 @@ class TextFeature(nn.Module):
             a :class:`FrozenEmbeddingBagCollection` unless the vectors are meant to be fine-tuned.
         text_dim: width of the language-model vectors inside the table.
         adapter_layers: widths of the adapter; ReLU between layers, none after the last.
-        initial_weights: the table content to copy in after sharding (see :func:`load_text_tables`).
+        initial_weights: the table content to copy in after sharding (see
+            :func:`~mtl_torchrec.distributed.state.load_text_tables`).
+
+    Raises ConfigError (``model.text.adapter_layers``) when ``adapter_layers`` is empty, and
+    ValueError when ``table`` is not one table of width ``table_width(text_dim)``.
 
     Example::
 
@@ -93,4 +97,12 @@ class TextFeature(nn.Module):
         return self.adapter[0].weight[:, self.text_dim]
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        """Looks up each row's table row and runs the adapter on it.
+
+        Args:
+            features (KeyedJaggedTensor): ids of the table's item feature.
+
+        Returns:
+            torch.Tensor: adapter output ``[B, out_features]``.
+        """
         return self.adapter(self.table(features).values())

@@ -12,6 +12,10 @@ from torchrec.modules.mlp import MLP
 class TaskTower(nn.Module):
     """MLP followed by a linear head with one output (a logit or a regression value).
 
+    Args:
+        in_features: input width.
+        layer_sizes: hidden widths of the MLP, ReLU after each; empty: the head reads the input.
+
     Example::
 
         tower = TaskTower(16, [32])
@@ -24,11 +28,24 @@ class TaskTower(nn.Module):
         self.head = nn.Linear(layer_sizes[-1] if layer_sizes else in_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP, then the one-output head.
+
+        Args:
+            x (torch.Tensor): the task's input ``[B, in_features]``.
+
+        Returns:
+            torch.Tensor: one value per row ``[B]`` (a logit or a regression value).
+        """
         return self.head(self.mlp(x)).squeeze(-1)
 
 
 class TaskTowers(nn.Module):
     """One :class:`TaskTower` per task, applied to that task's input.
+
+    Args:
+        tasks: task names, in the order of the inputs.
+        in_features: width of every task's input.
+        layer_sizes: hidden widths of each task's tower MLP, by task name.
 
     Example::
 
@@ -42,6 +59,14 @@ class TaskTowers(nn.Module):
         self.towers = nn.ModuleDict({t: TaskTower(in_features, layer_sizes[t]) for t in self.tasks})
 
     def forward(self, inputs: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Each task's tower on that task's input.
+
+        Args:
+            inputs (List[torch.Tensor]): one ``[B, in_features]`` tensor per task, in the order of ``tasks``.
+
+        Returns:
+            Dict[str, torch.Tensor]: ``[B]`` output of each task's tower, by task name.
+        """
         out: Dict[str, torch.Tensor] = {}
         for i, (name, tower) in enumerate(self.towers.items()):
             out[name] = tower(inputs[i])

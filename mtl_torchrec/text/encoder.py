@@ -45,6 +45,7 @@ def default_model_path() -> str:
 
 
 def resolve_model(name: Optional[str]) -> str:
+    """``name``, or the packaged MiniLM-L6 folder when it is empty (ConfigError if that is not installed)."""
     return name if name else default_model_path()
 
 
@@ -95,6 +96,9 @@ class TextEncoder:
             ``max_length`` (tokens; longer texts are truncated and counted), ``batch_size`` and
             ``trust_remote_code`` (off unless asked for: it would run code that ships with a model).
         device: where the model runs.
+
+    Raises ConfigError naming ``model.text.encoder.max_length``/``batch_size`` when not positive,
+    and ``model.text.encoder.model`` when the model cannot be found or loaded.
     """
 
     def __init__(self, cfg: TextEncoderConfig, device: Optional[torch.device] = None) -> None:

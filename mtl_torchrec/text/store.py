@@ -85,6 +85,10 @@ def clean_texts(texts: TextInput, source: str = "item text") -> Tuple[np.ndarray
 
 @dataclass
 class StoreStats:
+    """What one :func:`build_store` call did: items, those with and without text, vectors encoded or
+    reused from the cache, texts truncated at ``max_length``, and whether the store was written.
+    """
+
     items: int = 0
     with_text: int = 0
     # Items without text (None, empty or blank): served the learned "no text" vector.
@@ -107,12 +111,14 @@ class TextStore:
 
     @property
     def dim(self) -> int:
+        """Width of the vectors."""
         return int(self.vectors.shape[1])
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def to_bytes(self) -> bytes:
+        """The safetensors content of ``vectors.safetensors`` (ids, vectors, has_text, text_hash)."""
         from safetensors.torch import save
 
         return save(
@@ -125,6 +131,8 @@ class TextStore:
         )
 
     def save(self, path: PathLike) -> None:
+        """Writes ``vectors.safetensors`` into the folder ``path``, then ``index.json`` with that file's
+        SHA-256; each atomically."""
         folder = Path(path)
         data = self.to_bytes()
         atomic_write_bytes(folder / VECTORS_FILE, data)

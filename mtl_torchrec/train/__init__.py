@@ -1,0 +1,1 @@
+"""The training loop (:class:`~mtl_torchrec.train.trainer.Trainer`) and its callbacks."""

@@ -74,6 +74,7 @@ class LossLogging(Callback):
         self.every = every
 
     def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        """Logs the step's losses and loss weights when the step is due."""
         step = trainer.state.global_step
         if not due(self.every, step):
             return
@@ -93,6 +94,7 @@ class PeriodicCheckpoint(Callback):
         self.every = every
 
     def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        """Saves a run checkpoint (collective) when the step is due."""
         if due(self.every, trainer.state.global_step):
             with trainer.paused():
                 trainer.save()
@@ -114,10 +116,12 @@ class Validation(Callback):
             trainer.log_scalars("val", trainer.evaluate(self.split)["tasks"], trainer.state.global_step)
 
     def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        """Validates when the step is due."""
         if due(self.every, trainer.state.global_step):
             self._validate(trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
+        """Validates after every epoch."""
         self._validate(trainer)
 
 
@@ -164,10 +168,12 @@ class Diagnostics(Callback):
             trainer.log_scalars("diagnostics", flatten_scalars(report), trainer.state.global_step)
 
     def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        """Records a diagnostics report when the step is due."""
         if due(self.every, trainer.state.global_step):
             self._run(trainer)
 
     def on_fit_end(self, trainer: Trainer) -> None:
+        """Records a final report (unless this step has one) and writes ``diagnostics.json`` on rank 0."""
         if not self.history or self.history[-1]["step"] != trainer.state.global_step:
             self._run(trainer)
         if trainer.ctx.is_main and self.history:

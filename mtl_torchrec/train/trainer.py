@@ -1,7 +1,7 @@
 """The training loop: DMP-sharded model, fused sparse + dense optimizers, TorchRec's pipeline.
 
-The trainer depends only on the train-module interface (``forward(batch) -> (loss, (task_losses,
-predictions, output))``, see :class:`mtl_torchrec.model.tasks.TrainModule`), so any model that
+The trainer depends only on the train-module interface (``forward(batch) -> (loss, TrainOutput)``,
+see :class:`mtl_torchrec.model.tasks.TrainModule`), so any model that
 returns per-task logits in a :class:`~mtl_torchrec.model.multitask.ModelOutput` can be trained.
 
 Everything besides training steps (loss logging, validation, checkpoints, diagnostics) is a
@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from contextlib import contextmanager
@@ -37,14 +36,16 @@ from torchrec.distributed.train_pipeline import (
 from tqdm import tqdm
 
 from mtl_torchrec.config import Config, to_dict
-from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.core.errors import CheckpointError, DataError
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.distributed.checkpoint import (
+    META,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    read_rng_state,
     resolve_checkpoint,
     save_checkpoint,
     save_run_checkpoint,
@@ -119,6 +120,11 @@ class Trainer:
         evaluator: ``(model, tasks, split) -> metrics``; without one :meth:`evaluate` raises and
             validation is skipped.
         callbacks: replaces the default ones (:func:`~mtl_torchrec.train.callbacks.default_callbacks`).
+
+    Every rank constructs it (sharding is collective). Raises DataError when the train split is
+    smaller than one global batch (:func:`check_splits`), ConfigError naming the ``model.*`` or
+    ``train.*`` key the model or balancer cannot be built from, and ValueError naming the
+    ``train.*`` key of an unknown sharding strategy or optimizer.
     """
 
     def __init__(
@@ -172,13 +178,9 @@ class Trainer:
             world_size=ctx.world_size,
         )
         self.callbacks: List[Callback] = list(callbacks if callbacks is not None else default_callbacks(cfg))
-        self.writer = None
-        if ctx.is_main:
-            from torch.utils.tensorboard import (
-                SummaryWriter,  # imports tensorboard: only where it writes
-            )
-
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        # Created on the first scalar, so that building a trainer writes nothing into the run
+        # directory (a start that resume() refuses leaves an existing run untouched).
+        self._writer: Optional[Any] = None
         self.history: List[Dict[str, Any]] = []
         # RNG states read from a checkpoint; applied once the next epoch's DataLoader iterator
         # exists, because creating that iterator draws from torch's global generator.
@@ -215,9 +217,21 @@ class Trainer:
             if self._pipeline is not None:
                 self._start_clock()
 
+    @property
+    def writer(self) -> Optional[Any]:
+        """The TensorBoard ``SummaryWriter`` of ``run_dir/tensorboard`` on rank 0 (None elsewhere),
+        created on first use."""
+        if self._writer is None and self.ctx.is_main:
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # imports tensorboard: only where it writes
+            )
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._writer
+
     def log_scalars(self, prefix: str, values: Dict[str, Any], step: int) -> None:
         """Numbers (nested one level: ``{task: {metric: x}}``) to TensorBoard on rank 0."""
-        if self.writer is None:
+        if not self.ctx.is_main:
             return
         for task, v in values.items():
             if isinstance(v, dict):
@@ -228,6 +242,7 @@ class Trainer:
                 self.writer.add_scalar(f"{prefix}/{task}", v, step)
 
     def set_progress_postfix(self, values: Dict[str, str]) -> None:
+        """Shows ``values`` beside the running epoch's progress bar (nothing outside an epoch)."""
         if self._bar is not None:
             self._bar.set_postfix(values)
 
@@ -280,23 +295,32 @@ class Trainer:
         """
         path = resolve_checkpoint(path)
         meta = load_checkpoint(path, self.dmp, self.optimizer)
-        epoch, in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
-        saved_world = int(meta.get("world_size", self.ctx.world_size))
-        saved_bs = int(meta.get("batch_size", self.cfg.data.batch_size))
+
+        def count(key: str, default: Optional[int] = None) -> int:
+            value = meta.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CheckpointError(f"{Path(path) / META}: '{key}' must be a count, got {value!r}")
+            return value
+
+        epoch, in_epoch = count("epoch"), count("batch_in_epoch")
+        saved_world = count("world_size", self.ctx.world_size)
+        saved_bs = count("batch_size", self.cfg.data.batch_size)
         if (saved_world, saved_bs) != (self.ctx.world_size, self.cfg.data.batch_size):
             in_epoch = in_epoch * saved_bs * saved_world // (self.cfg.data.batch_size * self.ctx.world_size)
         else:
-            rng_file = Path(path) / "rng" / f"rank_{self.ctx.rank:05d}.json"
-            if rng_file.is_file():
-                self._pending_rng = json.loads(rng_file.read_text(encoding="utf-8"))
-        self.state = TrainState(epoch=epoch, batch_in_epoch=in_epoch, global_step=int(meta["global_step"]))
+            self._pending_rng = read_rng_state(path, self.ctx.rank)
+        self.state = TrainState(epoch=epoch, batch_in_epoch=in_epoch, global_step=count("global_step"))
         self._saved_step = self.state.global_step
         return meta
 
     def resume(self, mode: str = "auto") -> Optional[Path]:
         """``auto``: continue from the run's latest checkpoint if it has one; ``required``: the
         same but a run without one is an error; ``never``: start fresh (an error if the run
-        directory already holds checkpoints, which a fresh run would mix with its own)."""
+        directory already holds checkpoints, which a fresh run would mix with its own).
+
+        Returns the checkpoint resumed from, or None. Raises FileNotFoundError for ``required``
+        without a checkpoint and ``never`` with one; CheckpointError as :meth:`restore`.
+        """
         found = latest_checkpoint(self.run_dir)
         if mode == "never":
             if list_checkpoints(self.run_dir):
@@ -336,13 +360,15 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         """Trains until ``train.epochs`` or ``train.max_steps``; saves the final state; returns
-        ``{"steps", "samples", "train_seconds", "samples_per_s"}`` (seconds of training steps only,
-        without evaluation and checkpointing)."""
+        ``{"steps", "samples", "train_seconds", "samples_per_s"}``: samples in rows, over all ranks;
+        ``train_seconds`` in seconds of training steps only (without evaluation and checkpointing);
+        ``samples_per_s`` in rows/s. Collective: every rank calls it."""
         cfg = self.cfg.train
         max_steps = cfg.max_steps or None
         self.dmp.train()
         samples = 0
         self._train_seconds = 0.0
+        self.writer  # noqa: B018 - opens run_dir/tensorboard now that training starts
         for cb in self.callbacks:
             cb.on_fit_start(self)
         # A resumed run may already be at max_steps.
@@ -398,6 +424,6 @@ class Trainer:
         }
 
     def close(self) -> None:
-        """Closes the TensorBoard writer."""
-        if self.writer is not None:
-            self.writer.close()
+        """Closes the TensorBoard writer (if one was opened)."""
+        if self._writer is not None:
+            self._writer.close()
