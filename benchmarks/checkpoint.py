@@ -34,7 +34,7 @@ def main() -> None:
         fit_s = time.perf_counter() - t0
         reps = 3
         t0 = time.perf_counter()
-        for i in range(reps):
+        for _ in range(reps):
             trainer.state.global_step += 1
             trainer.save()
         save_s = (time.perf_counter() - t0) / reps

@@ -30,8 +30,8 @@ from mtl_torchrec.distributed.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.launch.train_cmd import make_trainer
+from mtl_torchrec.model.builder import build_train_module
 from tests.distributed import run_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +63,8 @@ def _cfg(run_dir: Path, *extra: str) -> Any:
 
 
 def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
-    from mtl_torchrec.launch.train_cmd import train
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
 
     root_p = Path(root)
     ctx = init_distributed("gloo")
@@ -93,8 +93,8 @@ def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mtl_torchrec.launch.train_cmd import train
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
 
     root = tmp_path_factory.mktemp("ckpt")
     ctx = init_distributed("gloo")

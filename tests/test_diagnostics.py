@@ -7,6 +7,7 @@ import torch
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.synthetic import generate_synthetic
+from mtl_torchrec.model.builder import build_model, task_specs
 from mtl_torchrec.model.diagnostics import (
     diagnose,
     expert_health,
@@ -15,9 +16,7 @@ from mtl_torchrec.model.diagnostics import (
     gradient_conflict,
     summarize_findings,
 )
-from mtl_torchrec.model.builder import build_model, task_specs
-from mtl_torchrec.modules import MMoE, PLE
-
+from mtl_torchrec.modules import PLE, MMoE
 from tests.mtl_helpers import SMALL
 
 

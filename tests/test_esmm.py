@@ -18,7 +18,6 @@ from mtl_torchrec.model.tasks import (
     task_losses,
     with_conditional_labels,
 )
-
 from tests.mtl_helpers import SMALL, esmm_tasks
 
 

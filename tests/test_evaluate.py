@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
 
-from tests.distributed import run_ranks
-from tests.test_metrics import _gauc_reference
-from tests.eval_fixtures import TRAIN_CONFIG, make_frame, spec_dict, write_case
 from mtl_torchrec.config import ConfigError, load_config
+from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.eval.report import load_eval
 from mtl_torchrec.launch.cli import main as cli_main
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
 from mtl_torchrec.launch.train_cmd import train
-from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from tests.distributed import run_ranks
+from tests.eval_fixtures import TRAIN_CONFIG, make_frame, spec_dict, write_case
+from tests.test_metrics import _gauc_reference
 
 
 @pytest.fixture(scope="module")

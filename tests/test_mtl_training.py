@@ -7,11 +7,9 @@ import pytest
 import torch
 
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.distributed.context import init_distributed
-from mtl_torchrec.launch.train_cmd import make_trainer
-
+from mtl_torchrec.launch.train_cmd import make_trainer, train
 from tests.mtl_helpers import esmm_tasks, small_config
 
 

@@ -5,7 +5,7 @@ import torch
 
 from mtl_torchrec.config import ConfigError, load_config
 from mtl_torchrec.model.builder import build_backbone
-from mtl_torchrec.modules import MMoE, PLE, SeparateBottoms, SharedBottom
+from mtl_torchrec.modules import PLE, MMoE, SeparateBottoms, SharedBottom
 
 
 def test_ple_shapes_and_gates_sum_to_one():

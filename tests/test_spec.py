@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.eval_fixtures import make_frame, spec_dict, write_case
 from mtl_torchrec.config import ConfigError, DataConfig
 from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary
 from mtl_torchrec.data.schema import DataError, Jagged
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import build_bundle, load_spec
+from tests.eval_fixtures import make_frame, spec_dict, write_case
 
 
 def test_spec_builds_schema_and_tables(tmp_path):

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Dict
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.launch.train_cmd import make_trainer
-from mtl_torchrec.core.io import write_json
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {"id_only": ["model.text.enabled=false"], "text_id": ["model.text.enabled=true"]}
