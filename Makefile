@@ -22,7 +22,7 @@ $(STAMP): setup.py pyproject.toml packaging/fbgemm-gpu-cpu-alias/setup.py
 	touch $@
 
 train: $(STAMP)
-	$(BIN)/mtl-torchrec train --config configs/default.yaml $(RUN_ARGS)
+	$(BIN)/mtl-torchrec train --config default $(RUN_ARGS)
 
 # Lint rules: pyproject.toml's [tool.ruff].
 lint: $(STAMP)

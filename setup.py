@@ -7,8 +7,10 @@ lists the fields below as ``dynamic`` so that setuptools reads each from here, d
 from setuptools import find_packages, setup
 
 setup(
-    packages=find_packages(include=["mtl_torchrec", "mtl_torchrec.*"]),
-    package_data={"mtl_torchrec": ["configs/*.yaml"]},
+    # mtl_torchrec/configs holds the packaged job configs (no Python), named explicitly since
+    # find_packages only finds folders with an __init__.py.
+    packages=find_packages(include=["mtl_torchrec", "mtl_torchrec.*"]) + ["mtl_torchrec.configs"],
+    package_data={"mtl_torchrec.configs": ["*.yaml"]},
     # torch is deliberately unpinned here: install the build for your machine first
     # (CPU: torch==2.13.0 with fbgemm-gpu-cpu==1.8.0; CUDA: see README).
     install_requires=[

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.packaged import config_path
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import latest_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
@@ -23,7 +24,7 @@ def main() -> None:
     warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor deprecation notices
     torch.set_num_threads(1)
     overrides = ["train.progress=false", "train.log_every=0", "train.max_steps=50", "train.epochs=1"] + sys.argv[1:]
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", overrides)
+    cfg = load_config(config_path("default"), overrides)
     ctx = init_distributed("gloo")
     data = load_data(cfg.data)
     with tempfile.TemporaryDirectory() as d:

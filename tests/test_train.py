@@ -88,7 +88,7 @@ def _check_run_dir(stdout: str) -> Path:
 
 @pytest.mark.slow
 def test_cli_single_process_writes_run(tmp_path):
-    args = [sys.executable, "-m", "mtl_torchrec", "train", "--config", "configs/default.yaml"]
+    args = [sys.executable, "-m", "mtl_torchrec", "train", "--config", "default"]
     args += ["data.synthetic.num_impressions=20000", "train.epochs=1", f"output_dir={tmp_path}"]
     proc = _run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -99,7 +99,7 @@ def test_cli_single_process_writes_run(tmp_path):
 @pytest.mark.slow
 def test_cli_two_ranks_torchrun(tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    args += ["-m", "mtl_torchrec", "train", "--config", "configs/default.yaml"]
+    args += ["-m", "mtl_torchrec", "train", "--config", "default"]
     args += ["data.synthetic.num_impressions=20000", "train.epochs=1", "train.sharding=row_wise", f"output_dir={tmp_path}"]
     proc = _run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]

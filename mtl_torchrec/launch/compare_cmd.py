@@ -17,7 +17,7 @@ per model (``multitask/``, ``single_<task>/``).
 
 Example::
 
-    mtl-torchrec compare-single-task --config configs/default.yaml train.epochs=1
+    mtl-torchrec compare-single-task --config default train.epochs=1
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from mtl_torchrec.distributed.context import (
     close_distributed,
     init_distributed,
 )
+from mtl_torchrec.launch.args import config_arg, config_help
 from mtl_torchrec.launch.train_cmd import resolve_run_dir, train
 from mtl_torchrec.model.builder import build_model
 
@@ -59,7 +60,7 @@ def add_parser(sub: Any) -> None:
         "compare-single-task",
         help="train the multi-task model and one single-task model per task on the same data and budget",
     )
-    p.add_argument("--config", type=str, default=None, help="YAML config file")
+    p.add_argument("--config", type=config_arg, default=None, help=config_help())
     p.add_argument(
         "--budget",
         choices=("per_model", "total"),

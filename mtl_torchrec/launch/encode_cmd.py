@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from mtl_torchrec.config import ConfigError, load_config
+from mtl_torchrec.launch.args import config_arg, config_help
 
 
 def add_parser(sub: Any) -> None:
@@ -27,7 +28,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--id-column", default="item_id")
     p.add_argument("--text-columns", nargs="+", default=None, help="text column(s) of --input")
     p.add_argument("--template", default=None, help='str.format pattern over the text columns, e.g. "{title}. {genres}"')
-    p.add_argument("--config", default=None, help="YAML config (data and model.text.encoder settings)")
+    p.add_argument("--config", type=config_arg, default=None,
+                   help=config_help("YAML config (data and model.text.encoder settings)"))
     p.add_argument("--model", default=None, help="AutoModel/AutoTokenizer path or hub name (default: packaged MiniLM-L6)")
     p.add_argument("--pooling", choices=("mean", "cls"), default=None)
     p.add_argument("--no-normalize", action="store_true", help="keep raw pooled vectors (default: L2-normalised)")

@@ -30,13 +30,14 @@ from mtl_torchrec.distributed.context import (
 )
 from mtl_torchrec.eval.evaluate import SplitEvaluator
 from mtl_torchrec.eval.metrics import format_table
+from mtl_torchrec.launch.args import config_arg, config_help
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 from mtl_torchrec.train.trainer import Trainer
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train a multi-task model and evaluate it on the test split")
-    p.add_argument("--config", type=str, default=None, help="YAML config file")
+    p.add_argument("--config", type=config_arg, default=None, help=config_help())
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=3 model.backbone=ple")
     p.add_argument(
         "--resume",
