@@ -26,28 +26,19 @@ import argparse
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
-import torch
-
-from mtl_torchrec.config import (
-    Config,
-    ConfigError,
-    ModelConfig,
-    TaskConfig,
-    load_config,
-)
+from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.core.io import atomic_write_text, write_json
-from mtl_torchrec.data.schema import Schema
-from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.context import (
-    DistContext,
-    close_distributed,
-    init_distributed,
-)
 from mtl_torchrec.launch.args import config_arg, config_help
 from mtl_torchrec.launch.train_cmd import resolve_run_dir, train
-from mtl_torchrec.model.builder import build_model
+
+# torch and the packages that use it are imported inside the functions below, not here: the command
+# line imports this module to build its parser, and `mtl-torchrec --help` must start without torch.
+if TYPE_CHECKING:
+    from mtl_torchrec.config import Config, ModelConfig, TaskConfig
+    from mtl_torchrec.data.schema import Schema
+    from mtl_torchrec.distributed.context import DistContext
 
 # Metrics compared, in order, and whether higher is better.
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "ne": False, "rmse": False, "mae": False}
@@ -56,6 +47,7 @@ REGRESSION_METRICS = ("rmse", "mae")
 
 
 def add_parser(sub: Any) -> None:
+    """Registers ``compare-single-task`` on the sub-command parsers ``sub`` (argparse only)."""
     p = sub.add_parser(
         "compare-single-task",
         help="train the multi-task model and one single-task model per task on the same data and budget",
@@ -73,6 +65,10 @@ def add_parser(sub: Any) -> None:
 
 def dense_parameter_count(cfg: ModelConfig, schema: Schema) -> int:
     """Parameters outside the embedding tables (tables are built on ``meta``, never allocated)."""
+    import torch
+
+    from mtl_torchrec.model.builder import build_model
+
     model = build_model(cfg, schema, device=torch.device("meta"))
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embedding."))
 
@@ -88,6 +84,9 @@ def _template_layers(cfg: ModelConfig) -> List[int]:
 
 
 def single_task_model_config(cfg: ModelConfig, task: TaskConfig, layers: List[int]) -> ModelConfig:
+    """``cfg`` turned into a ``single_task`` model of ``task`` alone with bottom ``layers``."""
+    from mtl_torchrec.config import TaskConfig
+
     out = copy.deepcopy(cfg)
     out.backbone = "single_task"
     out.single_task.layers = list(layers)
@@ -121,6 +120,8 @@ def matched_layers(cfg: ModelConfig, task: TaskConfig, schema: Schema, target: i
 
 def compare_rows(multi: Dict[str, Dict[str, float]], singles: Dict[str, Dict[str, Dict[str, float]]],
                  task_types: Dict[str, str]) -> List[Dict[str, Any]]:
+    """One row per task and metric present on both sides: values, difference (multi - single) and
+    which side is better (by :data:`HIGHER_IS_BETTER`)."""
     rows = []
     for task, single in singles.items():
         keys = BINARY_METRICS if task_types[task] == "binary" else REGRESSION_METRICS
@@ -142,6 +143,7 @@ def compare_rows(multi: Dict[str, Dict[str, float]], singles: Dict[str, Dict[str
 
 
 def format_rows(rows: List[Dict[str, Any]]) -> str:
+    """:func:`compare_rows` as a fixed-width text table."""
     lines = [f"{'task':<14}{'metric':<10}{'multi-task':>12}{'single-task':>13}{'difference':>12}  better"]
     for r in rows:
         lines.append(
@@ -152,6 +154,7 @@ def format_rows(rows: List[Dict[str, Any]]) -> str:
 
 
 def markdown_rows(rows: List[Dict[str, Any]]) -> str:
+    """:func:`compare_rows` as a Markdown table."""
     lines = ["| task | metric | multi-task | single-task | difference | better |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
@@ -163,6 +166,8 @@ def markdown_rows(rows: List[Dict[str, Any]]) -> str:
 
 def compare(cfg: Config, ctx: DistContext, budget: str = "per_model") -> Dict[str, Any]:
     """Trains the multi-task model and the single-task baselines; returns (and on rank 0 writes) the report."""
+    from mtl_torchrec.data.sources import load_data
+
     if budget not in ("per_model", "total"):
         raise ConfigError(f"--budget: '{budget}' is not one of ['per_model', 'total']")
     root = resolve_run_dir(cfg, ctx)
@@ -219,6 +224,11 @@ def compare(cfg: Config, ctx: DistContext, budget: str = "per_model") -> Dict[st
 
 
 def run(args: argparse.Namespace) -> int:
+    """``mtl-torchrec compare-single-task``: runs :func:`compare` and prints its table and the
+    comparison folder. Returns the exit status."""
+    from mtl_torchrec.config import load_config
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+
     cfg = load_config(args.config, args.overrides)
     ctx = init_distributed()
     try:

@@ -17,11 +17,15 @@ import argparse
 import os
 from typing import Any
 
-from mtl_torchrec.config import ConfigError, load_config
+from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.launch.args import config_arg, config_help
+
+# torch and the packages that use it are imported inside run(), not here: the command line imports
+# this module to build its parser, and `mtl-torchrec --help` must start without torch.
 
 
 def add_parser(sub: Any) -> None:
+    """Registers ``encode-text`` on the sub-command parsers ``sub`` (argparse only)."""
     p = sub.add_parser("encode-text", help="encode item texts with a language model into a vector store")
     p.add_argument("--store", required=True, help="output folder (also the cache: unchanged items are reused)")
     p.add_argument("--input", default=None, help="CSV/TSV/JSONL/Parquet file of items (default: the configured data)")
@@ -42,6 +46,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``mtl-torchrec encode-text``: encodes the items' texts into ``--store`` (every rank a slice
+    under ``torchrun``) and prints what was encoded or reused. Returns the exit status."""
+    from mtl_torchrec.config import load_config
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.text.store import build_store
 

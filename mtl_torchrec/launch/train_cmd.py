@@ -13,29 +13,23 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Sequence
 
-import torch
-import torch.distributed as dist
-
-from mtl_torchrec.config import Config, load_config, save_config
 from mtl_torchrec.core.io import write_json
-from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.loader import describe
-from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.context import (
-    DistContext,
-    close_distributed,
-    init_distributed,
-)
-from mtl_torchrec.eval.evaluate import SplitEvaluator
-from mtl_torchrec.eval.metrics import format_table
 from mtl_torchrec.launch.args import config_arg, config_help
-from mtl_torchrec.train.callbacks import Callback, default_callbacks
-from mtl_torchrec.train.trainer import Trainer
+
+# torch and the packages that use it are imported inside the functions below, not here: the command
+# line imports this module to build its parser, and `mtl-torchrec --help` must start without torch.
+if TYPE_CHECKING:
+    from mtl_torchrec.config import Config
+    from mtl_torchrec.data.bundle import DataBundle
+    from mtl_torchrec.distributed.context import DistContext
+    from mtl_torchrec.train.callbacks import Callback
+    from mtl_torchrec.train.trainer import Trainer
 
 
 def add_parser(sub: Any) -> None:
+    """Registers ``train`` on the sub-command parsers ``sub`` (argparse only)."""
     p = sub.add_parser("train", help="train a multi-task model and evaluate it on the test split")
     p.add_argument("--config", type=config_arg, default=None, help=config_help())
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=3 model.backbone=ple")
@@ -49,6 +43,8 @@ def add_parser(sub: Any) -> None:
 
 def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
     """``cfg.run_dir`` if given, else a new timestamped folder under ``cfg.output_dir`` (rank 0 picks)."""
+    import torch.distributed as dist
+
     if cfg.run_dir:
         path = Path(cfg.run_dir)
     else:
@@ -66,6 +62,9 @@ def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
 def make_trainer(cfg: Config, data: DataBundle, ctx: DistContext, run_dir: Path, **kwargs: Any) -> Trainer:
     """A :class:`Trainer` whose validation and test metrics come from :class:`SplitEvaluator`
     (``data.eval_batch_size``), as ``mtl-torchrec train`` runs it. ``kwargs`` go to the Trainer."""
+    from mtl_torchrec.eval.evaluate import SplitEvaluator
+    from mtl_torchrec.train.trainer import Trainer
+
     evaluator = SplitEvaluator(data, ctx, cfg.data.eval_batch_size, cfg.data.num_workers)
     return Trainer(cfg, data, ctx, run_dir, evaluator=evaluator, **kwargs)
 
@@ -75,6 +74,13 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
 
     ``extra_callbacks`` run after the default ones (:func:`~mtl_torchrec.train.callbacks.default_callbacks`).
     """
+    import torch
+
+    from mtl_torchrec.config import save_config
+    from mtl_torchrec.data.loader import describe
+    from mtl_torchrec.data.sources import load_data
+    from mtl_torchrec.train.callbacks import default_callbacks
+
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -107,6 +113,12 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
 
 
 def run(args: argparse.Namespace) -> int:
+    """``mtl-torchrec train``: loads the config, trains in this process group, prints the test metrics
+    and, last, the run directory. Returns the exit status."""
+    from mtl_torchrec.config import load_config
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.eval.metrics import format_table
+
     overrides = list(args.overrides) + (["train.resume=required"] if getattr(args, "resume", False) else [])
     cfg = load_config(args.config, overrides)
     ctx = init_distributed()
