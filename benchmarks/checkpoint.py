@@ -7,7 +7,6 @@ dense optimizer state, RNG) and its size, against the time of one training step.
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,11 +16,12 @@ from mtl_torchrec.core.packaged import config_path
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import latest_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import make_trainer
 
 
 def main() -> None:
-    warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor deprecation notices
+    silence_known_warnings()  # the library notices checked to be harmless, as the commands do
     torch.set_num_threads(1)
     overrides = ["train.progress=false", "train.log_every=0", "train.max_steps=50", "train.epochs=1"] + sys.argv[1:]
     cfg = load_config(config_path("default"), overrides)

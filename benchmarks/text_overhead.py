@@ -27,6 +27,7 @@ from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.launch.args import config_arg, config_help
+from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import make_trainer
 from mtl_torchrec.train.trainer import Trainer
 
@@ -41,6 +42,7 @@ def main(argv: Any = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     base = ["data.synthetic.num_impressions=200000", "train.progress=false"] + list(args.overrides)
+    silence_known_warnings()  # the library notices checked to be harmless, as the commands do
     ctx = init_distributed()
     out = Path(tempfile.mkdtemp(prefix="text_overhead_"))
     variants = {"id_only": ["model.text.enabled=false"], "text_id": ["model.text.enabled=true"]}

@@ -39,7 +39,8 @@ def test_config_path_prefers_an_existing_file(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.parametrize("value", ["nope", "configs/default.yaml", "default.yaml"])
 def test_unknown_config_lists_the_packaged_ones(value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"neither a config file nor a packaged config \(packaged: default, ple_esmm\)"):
+    listed = r"neither a config file nor a packaged config \(packaged: default, ple_esmm\)"
+    with pytest.raises(ConfigError, match=listed):
         config_path(value)
     (tmp_path / "folder").mkdir()
     with pytest.raises(ConfigError, match="'folder' is not a file"):

@@ -74,6 +74,11 @@ def _run_cli(args, env_extra=None, timeout=600):
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _warning_lines(stderr: str) -> list:
+    """Library warnings and log lines in a run's stderr (launch/quiet.py silences the harmless ones)."""
+    return [line for line in stderr.splitlines() if "Warning" in line or "WARNING" in line or line.startswith("[rank")]
+
+
 def _check_run_dir(stdout: str) -> Path:
     run_dir = Path(stdout.strip().splitlines()[-1])
     assert run_dir.is_dir(), stdout
@@ -93,6 +98,7 @@ def test_cli_single_process_writes_run(tmp_path):
     proc = _run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test metrics" in proc.stdout and "auc" in proc.stdout
+    assert _warning_lines(proc.stderr) == []
     _check_run_dir(proc.stdout)
 
 
@@ -103,6 +109,7 @@ def test_cli_two_ranks_torchrun(tmp_path):
     args += ["data.synthetic.num_impressions=20000", "train.epochs=1", "train.sharding=row_wise", f"output_dir={tmp_path}"]
     proc = _run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _warning_lines(proc.stderr) == []
     run_dir = _check_run_dir(proc.stdout)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["world_size"] == 2

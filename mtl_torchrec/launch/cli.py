@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional
 
 from mtl_torchrec.core.errors import CheckpointError, ConfigError, DataError
+from mtl_torchrec.launch.quiet import silence_known_warnings
 
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = (
@@ -44,6 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     itself exits with 2 on a bad argument."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    silence_known_warnings()
     try:
         return int(args.run(args) or 0)
     except (ConfigError, DataError, FileNotFoundError, CheckpointError) as e:
