@@ -114,7 +114,9 @@ def test_evaluate_on_other_data_spec_uses_saved_preprocessing(trained_run, tmp_p
     path = write_case(tmp_path, make_frame(n=300, seed=11), spec, name="fresh.csv", spec_name="fresh.yaml")
     result = _evaluate_1rank(trained_run, data_spec=str(path))
     assert result.summary["split"] == "all" and result.summary["rows"] == 300
-    assert 0.0 < result.summary["tasks"]["click"]["auc"] < 1.0
+    # Fresh rows of the same users and items: scored through the saved vocabularies, the model
+    # ranks them as well as its own test split (about 0.73); a constant predictor has AUC 0.5.
+    assert result.summary["tasks"]["click"]["auc"] > 0.65
     with pytest.raises(ConfigError, match="--split"):
         _evaluate_1rank(trained_run, split="nope")
 

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,17 +22,30 @@ def ctx():
     return init_distributed()
 
 
+def _constant_rating_rmse(cfg) -> float:
+    """Test RMSE of predicting the training ratings' mean (the constant predictor)."""
+    splits = load_data(cfg.data).splits
+    train_r, test_r = splits["train"]["rating"], splits["test"]["rating"]
+    return float(np.sqrt(np.nanmean((test_r - np.nanmean(train_r)) ** 2)))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["mmoe", "omoe", "ple", "shared_bottom", "single_task"])
 def test_backbone_trains_through_trainer(backbone, ctx, tmp_path):
-    cfg = small_config(str(tmp_path), [f"model.backbone={backbone}"] + esmm_tasks())
+    # Enough steps (~30) and a dense rate high enough for every backbone to learn something.
+    cfg = small_config(str(tmp_path), [f"model.backbone={backbone}", "data.synthetic.num_impressions=10000",
+                                       "train.dense_lr=0.01"] + esmm_tasks())
     result = train(cfg, ctx)
     m = result["metrics"]
     assert set(m) == {"click", "conversion", "rating", "conversion_given_click"}
-    for key in ("click", "conversion", "conversion_given_click"):
-        assert 0.0 <= m[key]["auc"] <= 1.0
+    # A constant predictor has AUC 0.5; every backbone reached 0.68 or more (planner and table_wise).
+    for key in ("click", "conversion"):
+        assert m[key]["auc"] > 0.6, (key, m[key])
+    # Scored on the ~230 clicked test rows only: too few to ask for more than "better than constant".
+    assert m["conversion_given_click"]["auc"] > 0.5
     # The conditional entry is scored on clicked rows only.
     assert m["conversion_given_click"]["count"] == pytest.approx(m["click"]["positive_rate"] * m["click"]["count"])
-    assert math.isfinite(m["rating"]["rmse"])
+    assert m["rating"]["rmse"] < _constant_rating_rmse(cfg)
     diag = json.loads((tmp_path / "diagnostics.json").read_text())
     assert diag["final"]["gradients"]["cosine"]
     assert ("gates" in diag["final"]) == (backbone in ("mmoe", "omoe", "ple"))

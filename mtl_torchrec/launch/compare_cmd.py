@@ -227,9 +227,10 @@ def run(args: argparse.Namespace) -> int:
     """``mtl-torchrec compare-single-task``: runs :func:`compare` and prints its table and the
     comparison folder. Returns the exit status."""
     from mtl_torchrec.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # a config error is reported before torch is imported
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
 
-    cfg = load_config(args.config, args.overrides)
     ctx = init_distributed()
     try:
         report = compare(cfg, ctx, args.budget)

@@ -49,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
     """``mtl-torchrec encode-text``: encodes the items' texts into ``--store`` (every rank a slice
     under ``torchrun``) and prints what was encoded or reused. Returns the exit status."""
     from mtl_torchrec.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # a config error is reported before torch is imported
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.text.store import build_store
 
-    cfg = load_config(args.config, args.overrides)
     enc = cfg.model.text.encoder
     if args.model is not None:
         enc.model = args.model

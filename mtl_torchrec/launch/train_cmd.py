@@ -116,11 +116,13 @@ def run(args: argparse.Namespace) -> int:
     """``mtl-torchrec train``: loads the config, trains in this process group, prints the test metrics
     and, last, the run directory. Returns the exit status."""
     from mtl_torchrec.config import load_config
+
+    overrides = list(args.overrides) + (["train.resume=required"] if getattr(args, "resume", False) else [])
+    # A config error is reported before torch is imported (seconds earlier).
+    cfg = load_config(args.config, overrides)
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.eval.metrics import format_table
 
-    overrides = list(args.overrides) + (["train.resume=required"] if getattr(args, "resume", False) else [])
-    cfg = load_config(args.config, overrides)
     ctx = init_distributed()
     try:
         result = train(cfg, ctx)
