@@ -32,6 +32,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 
+# The inner loop: every test but those marked slow (processes, torchrun/torchx, learning runs); no lint.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
