@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 
-.PHONY: env train test test-fast bench clean-env
+.PHONY: env train lint test test-fast bench clean-env
 
 env: $(STAMP)
 
 # CPU stack: torch CPU wheel, the matching CPU fbgemm build, and a local alias that satisfies
 # torchrec's `fbgemm-gpu` requirement with it (PyPI's fbgemm-gpu is the CUDA build).
-$(STAMP): setup.py packaging/fbgemm-gpu-cpu-alias/setup.py
+$(STAMP): setup.py pyproject.toml packaging/fbgemm-gpu-cpu-alias/setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.13.0 fbgemm-gpu-cpu==1.8.0
@@ -22,11 +22,17 @@ $(STAMP): setup.py packaging/fbgemm-gpu-cpu-alias/setup.py
 	touch $@
 
 train: $(STAMP)
-	$(BIN)/mtl-torchrec train --config configs/default.yaml $(RUN_ARGS)
+	$(BIN)/mtl-torchrec train --config default $(RUN_ARGS)
 
-test: $(STAMP)
+# Lint rules: pyproject.toml's [tool.ruff].
+lint: $(STAMP)
+	$(BIN)/ruff check mtl_torchrec tests examples benchmarks
+
+# Everything, lint first (CI's .ci/run is `make test`).
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 
+# The inner loop: every test but those marked slow (processes, torchrun/torchx, learning runs); no lint.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 

@@ -1,14 +1,16 @@
+"""Dependencies, extras, entry points and package contents of ``mtl_torchrec``.
+
+Name, version, description, readme and the Python requirement are in ``pyproject.toml``, which
+lists the fields below as ``dynamic`` so that setuptools reads each from here, declared once.
+"""
+
 from setuptools import find_packages, setup
 
 setup(
-    name="mtl_torchrec",
-    version="0.1.0",
-    description="Multi-task recommendation with language-model text features on TorchRec",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["mtl_torchrec", "mtl_torchrec.*"]),
-    package_data={"mtl_torchrec": ["configs/*.yaml"]},
-    python_requires=">=3.10",
+    # mtl_torchrec/configs holds the packaged job configs (no Python), named explicitly since
+    # find_packages only finds folders with an __init__.py.
+    packages=find_packages(include=["mtl_torchrec", "mtl_torchrec.*"]) + ["mtl_torchrec.configs"],
+    package_data={"mtl_torchrec.configs": ["*.yaml"]},
     # torch is deliberately unpinned here: install the build for your machine first
     # (CPU: torch==2.13.0 with fbgemm-gpu-cpu==1.8.0; CUDA: see README).
     install_requires=[
@@ -28,7 +30,7 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"dev": ["pytest", "scikit-learn"]},
+    extras_require={"dev": ["pytest", "scikit-learn", "ruff==0.17.6"]},
     entry_points={
         "console_scripts": ["mtl-torchrec=mtl_torchrec.launch.cli:main"],
         "torchx.components": [

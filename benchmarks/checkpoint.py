@@ -7,23 +7,24 @@ dense optimizer state, RNG) and its size, against the time of one training step.
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.packaged import config_path
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import latest_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import make_trainer
 
 
 def main() -> None:
-    warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor deprecation notices
+    silence_known_warnings()  # the library notices checked to be harmless, as the commands do
     torch.set_num_threads(1)
     overrides = ["train.progress=false", "train.log_every=0", "train.max_steps=50", "train.epochs=1"] + sys.argv[1:]
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", overrides)
+    cfg = load_config(config_path("default"), overrides)
     ctx = init_distributed("gloo")
     data = load_data(cfg.data)
     with tempfile.TemporaryDirectory() as d:
@@ -34,7 +35,7 @@ def main() -> None:
         fit_s = time.perf_counter() - t0
         reps = 3
         t0 = time.perf_counter()
-        for i in range(reps):
+        for _ in range(reps):
             trainer.state.global_step += 1
             trainer.save()
         save_s = (time.perf_counter() - t0) / reps

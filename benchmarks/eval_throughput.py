@@ -42,7 +42,7 @@ def main() -> None:
     run = work / "run"
     impressions = int(round(args.rows / 0.8))  # val and test take 10% each
     py = sys.executable
-    train_s = sh([py, "-m", "mtl_torchrec", "train", "--config", "configs/default.yaml", f"run_dir={run}",
+    train_s = sh([py, "-m", "mtl_torchrec", "train", "--config", "default", f"run_dir={run}",
                   f"data.synthetic.num_impressions={impressions}", f"train.max_steps={args.train_steps}",
                   "train.epochs=1", "train.progress=false", "train.sharding=table_wise"], env)
     print(f"trained {args.train_steps} steps in {train_s:.1f}s ({run})")

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl_torchrec.data.mmoe_synthetic import make_correlated_tasks
-from mtl_torchrec.modules import MMoE, PLE, SeparateBottoms, SharedBottom, TaskTowers
 from mtl_torchrec.core.io import atomic_path, atomic_write_text, write_json
+from mtl_torchrec.data.mmoe_synthetic import make_correlated_tasks
+from mtl_torchrec.modules import PLE, MMoE, SeparateBottoms, SharedBottom, TaskTowers
 
 MODELS = ("shared_bottom", "omoe", "mmoe", "ple", "separate")
 DIM = 100

@@ -26,15 +26,15 @@ import torch
 from mtl_torchrec.config import load_config
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.args import config_arg, config_help
+from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import make_trainer
 from mtl_torchrec.train.trainer import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: Any = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    p.add_argument("--config", type=config_arg, default="default", help=config_help())
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=40, help="timed steps per variant per round")
     p.add_argument("--warmup", type=int, default=10)
@@ -42,6 +42,7 @@ def main(argv: Any = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     base = ["data.synthetic.num_impressions=200000", "train.progress=false"] + list(args.overrides)
+    silence_known_warnings()  # the library notices checked to be harmless, as the commands do
     ctx = init_distributed()
     out = Path(tempfile.mkdtemp(prefix="text_overhead_"))
     variants = {"id_only": ["model.text.enabled=false"], "text_id": ["model.text.enabled=true"]}

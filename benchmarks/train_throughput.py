@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def measure(nproc: int, threads: int, steps: int, extra: list) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += ["-m", "mtl_torchrec", "train", "--config", str(REPO / "configs/default.yaml")]
+        cmd += ["-m", "mtl_torchrec", "train", "--config", "default"]
         cmd += [f"train.max_steps={steps}", "train.epochs=1", "train.progress=false", f"run_dir={out}/run"] + extra
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

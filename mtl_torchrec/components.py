@@ -9,9 +9,9 @@ overrides), so a restarted or retried job finds its latest checkpoint there and 
 
 Examples::
 
-    torchx run -s local_cwd mtl_torchrec/components.py:train -j 1x2 --config configs/default.yaml -- train.epochs=1
+    torchx run -s local_cwd mtl_torchrec/components.py:train -j 1x2 --config default -- train.epochs=1
     torchx run -s kubernetes --dryrun mtl_torchrec.train -j 2x8 --gpu 8 --image my/image:tag \\
-        --config configs/default.yaml --max_restarts 3 -- run_dir=/mnt/runs/exp1
+        --config default --max_restarts 3 -- run_dir=/mnt/runs/exp1
     torchx run -s local_cwd mtl_torchrec/components.py:evaluate -j 1x1 -- runs/exp1
 """
 
@@ -46,7 +46,7 @@ def train(
 
     Args:
         overrides: config overrides ``key=value`` (e.g. ``train.epochs=3 run_dir=/mnt/runs/a``)
-        config: YAML config file (as the job sees it)
+        config: YAML config file (as the job sees it) or a packaged config's name (``default``)
         name: job name, ``{experiment}/{run}`` or ``{run}``
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
         image: image (docker) or working directory (local_cwd) to run in
@@ -89,7 +89,7 @@ def evaluate(
 
     Args:
         args: arguments of ``mtl-torchrec evaluate``
-        config: YAML config file, passed as ``--config``
+        config: YAML config file or a packaged config's name, passed as ``--config``
         name: job name, ``{experiment}/{run}`` or ``{run}``
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
         image: image (docker) or working directory (local_cwd) to run in
@@ -128,7 +128,7 @@ def encode_text(
 
     Args:
         args: arguments of ``mtl-torchrec encode-text``
-        config: YAML config file, passed as ``--config``
+        config: YAML config file or a packaged config's name, passed as ``--config``
         name: job name, ``{experiment}/{run}`` or ``{run}``
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
         image: image (docker) or working directory (local_cwd) to run in

@@ -13,7 +13,7 @@ registries (``model/backbones``, ``model/balancing.py``, ``model/tasks.py``).
 
 Example::
 
-    cfg = load_config("configs/default.yaml", ["train.epochs=2", "model.backbone=mmoe"])
+    cfg = load_config("mtl_torchrec/configs/default.yaml", ["train.epochs=2", "model.backbone=mmoe"])
     cfg.train.epochs  # 2
 """
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.errors import RunDirError
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import (
     MANIFEST,
@@ -34,10 +35,9 @@ from mtl_torchrec.distributed.checkpoint import (
     verify_checkpoint,
     write_manifest,
 )
-from mtl_torchrec.core.errors import RunDirError
 from mtl_torchrec.distributed.run_lock import LOCK_FILE
-from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.launch.train_cmd import make_trainer
+from mtl_torchrec.model.builder import build_train_module
 from tests.distributed import run_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +69,8 @@ def _cfg(run_dir: Path, *extra: str) -> Any:
 
 
 def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
-    from mtl_torchrec.launch.train_cmd import train
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
 
     root_p = Path(root)
     ctx = init_distributed("gloo")
@@ -115,8 +115,8 @@ def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mtl_torchrec.launch.train_cmd import train
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
 
     root = tmp_path_factory.mktemp("ckpt")
     ctx = init_distributed("gloo")

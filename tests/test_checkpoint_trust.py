@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator
 
 import pytest
 import torch
+from torch.distributed.checkpoint.metadata import Metadata
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.core.errors import CheckpointError, RunDirError
@@ -38,7 +39,6 @@ from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.launch.cli import main as cli_main
 from mtl_torchrec.launch.train_cmd import make_trainer, train
 from mtl_torchrec.model.builder import build_train_module
-from torch.distributed.checkpoint.metadata import Metadata
 from tests.eval_fixtures import TRAIN_CONFIG, make_frame, write_case
 
 ROOT = Path(__file__).resolve().parents[1]

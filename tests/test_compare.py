@@ -8,7 +8,6 @@ from mtl_torchrec.config import load_config
 from mtl_torchrec.data.synthetic import synthetic_schema
 from mtl_torchrec.launch.cli import main
 from mtl_torchrec.launch.compare_cmd import compare_rows, dense_parameter_count, matched_layers
-
 from tests.mtl_helpers import SMALL, esmm_tasks
 
 

@@ -47,13 +47,13 @@ def _torchx(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def test_train_component_command_line() -> None:
-    app = components.train("train.epochs=3", config="configs/default.yaml", j="2x4", max_restarts=3, gpu=4)
+    app = components.train("train.epochs=3", config="default", j="2x4", max_restarts=3, gpu=4)
     words = command_line(app)
     assert words[:3] == ["bash", "-c", "torchrun"]
     assert words[words.index("--max_restarts") + 1] == "3"
     assert words[words.index("--nnodes") + 1] == "2" and words[words.index("--nproc_per_node") + 1] == "4"
     tail = words[words.index("-m"):]
-    assert tail == ["-m", "mtl_torchrec", "train", "--config", "configs/default.yaml", "train.epochs=3",
+    assert tail == ["-m", "mtl_torchrec", "train", "--config", "default", "train.epochs=3",
                     "run_dir=runs/${app_id}"]
     role = app.roles[0]
     assert role.num_replicas == 2 and role.resource.gpu == 4
@@ -88,7 +88,7 @@ def test_entry_point_lists_ours_and_torchx_builtins() -> None:
 def test_kubernetes_dryrun_prints_a_multi_node_job() -> None:
     proc = _torchx("run", "--workspace", "", "-s", "kubernetes", "--dryrun", "-cfg", "queue=default",
                    "mtl_torchrec.train", "-j", "2x2", "--image", "registry.example/mtl:1",
-                   "--config", "configs/default.yaml", "--max_restarts", "2", "--", "train.epochs=1")
+                   "--config", "default", "--max_restarts", "2", "--", "train.epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     start = out.index("apiVersion:")
@@ -101,13 +101,13 @@ def test_kubernetes_dryrun_prints_a_multi_node_job() -> None:
         assert container["image"] == "registry.example/mtl:1"
         cmd = " ".join(container["command"])
         assert "torchrun --max_restarts 2" in cmd and "--nnodes 2" in cmd and "--nproc_per_node 2" in cmd
-        assert "-m mtl_torchrec train --config configs/default.yaml train.epochs=1" in cmd
+        assert "-m mtl_torchrec train --config default train.epochs=1" in cmd
         assert "run_dir=runs/mtl-torchrec-train-" in cmd  # the job id, filled in by torchx
 
 
 def test_slurm_dryrun_prints_a_multi_node_job() -> None:
     proc = _torchx("run", "--workspace", "", "-s", "slurm", "--dryrun", "mtl_torchrec.train", "-j", "2x4",
-                   "--gpu", "4", "--config", "configs/default.yaml", "--", "run_dir=/shared/runs/a")
+                   "--gpu", "4", "--config", "default", "--", "run_dir=/shared/runs/a")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     script = out[out.index("#!/bin/bash"):]
@@ -115,7 +115,7 @@ def test_slurm_dryrun_prints_a_multi_node_job() -> None:
     assert "--gpus-per-task=4" in script
     assert script.count("torchrun --max_restarts 0") == 2
     assert "--nnodes 2 --nproc_per_node 4" in script
-    assert "-m mtl_torchrec train --config configs/default.yaml run_dir=/shared/runs/a" in script
+    assert "-m mtl_torchrec train --config default run_dir=/shared/runs/a" in script
 
 
 @pytest.mark.slow

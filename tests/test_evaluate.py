@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
 
-from tests.distributed import run_ranks
-from tests.test_metrics import _gauc_reference
-from tests.eval_fixtures import TRAIN_CONFIG, int_id_frame, make_frame, spec_dict, write_case
 from mtl_torchrec.config import ConfigError, load_config
+from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.eval.report import load_eval
 from mtl_torchrec.launch.cli import main as cli_main
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
 from mtl_torchrec.launch.train_cmd import train
-from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from tests.distributed import run_ranks
+from tests.eval_fixtures import TRAIN_CONFIG, int_id_frame, make_frame, spec_dict, write_case
+from tests.test_metrics import _gauc_reference
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,9 @@ def test_evaluate_on_other_data_spec_uses_saved_preprocessing(trained_run, tmp_p
     path = write_case(tmp_path, make_frame(n=300, seed=11), spec, name="fresh.csv", spec_name="fresh.yaml")
     result = _evaluate_1rank(trained_run, data_spec=str(path))
     assert result.summary["split"] == "all" and result.summary["rows"] == 300
-    assert 0.0 < result.summary["tasks"]["click"]["auc"] < 1.0
+    # Fresh rows of the same users and items: scored through the saved vocabularies, the model
+    # ranks them as well as its own test split (about 0.73); a constant predictor has AUC 0.5.
+    assert result.summary["tasks"]["click"]["auc"] > 0.65
     with pytest.raises(ConfigError, match="--split"):
         _evaluate_1rank(trained_run, split="nope")
 

@@ -10,7 +10,6 @@ import ast
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
-
 PACKAGE = Path(__file__).resolve().parents[1] / "mtl_torchrec"
 
 # Lowest first; a package may import from lower ranks (and itself) only. train and eval share a

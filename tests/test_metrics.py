@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.model.tasks import TaskSpec
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 
 def _tied_scores(rng: np.random.Generator, n: int) -> np.ndarray:

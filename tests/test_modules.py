@@ -46,10 +46,14 @@ def test_mmoe_with_one_expert_is_a_shared_bottom_mlp():
 
 
 def test_omoe_shares_one_gate():
-    mmoe = MMoE(10, num_tasks=3, num_experts=4, expert_layers=[8], single_gate=True)
-    outs, gates = mmoe.forward_with_gates(torch.randn(4, 10))
-    assert len(mmoe.gates) == 1
+    torch.manual_seed(0)
+    omoe = MMoE(10, num_tasks=3, num_experts=4, expert_layers=[8], single_gate=True)
+    outs, gates = omoe.forward_with_gates(torch.randn(4, 10))
+    assert len(omoe.gates) == 1
+    assert len(outs) == 3 and len(gates) == 3
     assert all(torch.equal(outs[0], o) for o in outs)
+    assert all(torch.equal(gates[0], g) for g in gates)
+    torch.testing.assert_close(gates[1].sum(-1), torch.ones(4))
 
 
 def test_mmoe_gradients_reach_experts_and_gates():

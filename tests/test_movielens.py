@@ -53,7 +53,7 @@ def test_protocol_on_tiny_data(tmp_path: Path) -> None:
     b.validate()
     total = sum(len(t) for t in b.splits.values())
     assert total == 30 * 3
-    for name, t in b.splits.items():
+    for t in b.splits.values():
         click, conv, rating = t["click"], t["conversion"], t["rating"]
         assert click.mean() == pytest.approx(1 / 3)
         assert np.all(np.isnan(rating) == (click == 0)), "rating is masked exactly on negatives"

@@ -3,16 +3,18 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.distributed.context import init_distributed
-from mtl_torchrec.launch.train_cmd import make_trainer
-
+from mtl_torchrec.launch.train_cmd import make_trainer, train
 from tests.mtl_helpers import esmm_tasks, small_config
+
+# Parameter names of the embedding tables in the train module.
+TABLES = "model.embedding."
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +22,30 @@ def ctx():
     return init_distributed()
 
 
+def _constant_rating_rmse(cfg) -> float:
+    """Test RMSE of predicting the training ratings' mean (the constant predictor)."""
+    splits = load_data(cfg.data).splits
+    train_r, test_r = splits["train"]["rating"], splits["test"]["rating"]
+    return float(np.sqrt(np.nanmean((test_r - np.nanmean(train_r)) ** 2)))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["mmoe", "omoe", "ple", "shared_bottom", "single_task"])
 def test_backbone_trains_through_trainer(backbone, ctx, tmp_path):
-    cfg = small_config(str(tmp_path), [f"model.backbone={backbone}"] + esmm_tasks())
+    # Enough steps (~30) and a dense rate high enough for every backbone to learn something.
+    cfg = small_config(str(tmp_path), [f"model.backbone={backbone}", "data.synthetic.num_impressions=10000",
+                                       "train.dense_lr=0.01"] + esmm_tasks())
     result = train(cfg, ctx)
     m = result["metrics"]
     assert set(m) == {"click", "conversion", "rating", "conversion_given_click"}
-    for key in ("click", "conversion", "conversion_given_click"):
-        assert 0.0 <= m[key]["auc"] <= 1.0
+    # A constant predictor has AUC 0.5; every backbone reached 0.68 or more (planner and table_wise).
+    for key in ("click", "conversion"):
+        assert m[key]["auc"] > 0.6, (key, m[key])
+    # Scored on the ~230 clicked test rows only: too few to ask for more than "better than constant".
+    assert m["conversion_given_click"]["auc"] > 0.5
     # The conditional entry is scored on clicked rows only.
     assert m["conversion_given_click"]["count"] == pytest.approx(m["click"]["positive_rate"] * m["click"]["count"])
-    assert math.isfinite(m["rating"]["rmse"])
+    assert m["rating"]["rmse"] < _constant_rating_rmse(cfg)
     diag = json.loads((tmp_path / "diagnostics.json").read_text())
     assert diag["final"]["gradients"]["cosine"]
     assert ("gates" in diag["final"]) == (backbone in ("mmoe", "omoe", "ple"))
@@ -81,7 +96,9 @@ def test_balancer_learns_at_its_own_rate(balance_lr, ctx, tmp_path):
     data = load_data(cfg.data)
     trainer = make_trainer(cfg, data, ctx, tmp_path)
     module = trainer.dmp.module
-    before = {k: v.detach().clone() for k, v in module.named_parameters() if not k.startswith("model.ebc")}
+    # Tables are left out: the fused sparse optimizer moves them at train.sparse_lr.
+    before = {k: v.detach().clone() for k, v in module.named_parameters() if not k.startswith(TABLES)}
+    assert before and not any("embedding_bags" in k for k in before)
     owners = [set(o.params) for _, o in trainer.optimizer.optimizers]
     trainer.fit()
     after = dict(module.named_parameters())
@@ -96,6 +113,40 @@ def test_balancer_learns_at_its_own_rate(balance_lr, ctx, tmp_path):
     assert len(balancer_owner) == 1 and len(balancer_owner[0]) == 1
     with pytest.raises(ValueError, match="train.balance.lr"):
         make_optimizer(trainer.dmp, "adam", 0.001, balance_lr=0.0)
+
+
+PLANNER_PLACES_TABLES_DATA_PARALLEL = (
+    "known bug, owned by the speed issue: on one rank TorchRec's planner places the tables data_parallel, so "
+    "the dense optimizer (Adam at train.dense_lr) updates them instead of the fused row-wise Adagrad"
+)
+
+
+@pytest.mark.parametrize("sharding", [
+    "table_wise",
+    pytest.param("planner", marks=pytest.mark.xfail(strict=True, reason=PLANNER_PLACES_TABLES_DATA_PARALLEL)),
+])
+def test_tables_are_updated_by_the_sparse_optimizer_only(sharding, ctx, tmp_path):
+    """Every table belongs to the fused sparse optimizer and to no other, and one step moves each row
+    it touches by train.sparse_lr in root-mean-square (row-wise Adagrad's first step is
+    lr * g / rms(g) over the row)."""
+    cfg = small_config(str(tmp_path), [f"train.sharding={sharding}", "train.max_steps=1",
+                                       "train.sparse_lr=0.05", "train.dense_lr=0.001"])
+    data = load_data(cfg.data)
+    trainer = make_trainer(cfg, data, ctx, tmp_path)
+    tables = {k: v.detach().clone() for k, v in trainer.dmp.module.named_parameters() if k.startswith(TABLES)}
+    fused = set(trainer.dmp.fused_optimizer.params)
+    others = [set(o.params) for _, o in trainer.optimizer.optimizers if o is not trainer.dmp.fused_optimizer]
+    trainer.fit()
+    after = dict(trainer.dmp.module.named_parameters())
+    trainer.close()
+    assert len(tables) == 9 and len(others) == 1
+    owned = {k.split("embedding_bags.")[1] for k in fused}
+    assert owned == {k.split("embedding_bags.")[1] for k in tables}
+    assert not any("embedding_bags" in k for o in others for k in o)
+    row_steps = torch.cat([(after[k].detach() - v).pow(2).mean(dim=1).sqrt() for k, v in tables.items()])
+    moved = row_steps[row_steps > 0]
+    assert len(moved) > 50
+    torch.testing.assert_close(moved, torch.full_like(moved, 0.05), rtol=1e-2, atol=0)
 
 
 def test_base_pipeline_with_diagnostics(ctx, tmp_path):

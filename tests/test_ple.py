@@ -5,7 +5,7 @@ import torch
 
 from mtl_torchrec.config import ConfigError, load_config
 from mtl_torchrec.model.builder import build_backbone
-from mtl_torchrec.modules import MMoE, PLE, SeparateBottoms, SharedBottom
+from mtl_torchrec.modules import PLE, MMoE, SeparateBottoms, SharedBottom
 
 
 def test_ple_shapes_and_gates_sum_to_one():
@@ -92,16 +92,6 @@ def test_shared_bottom_and_separate_bottoms():
     outs[1].sum().backward()
     assert sep.bottoms.weights[0].grad[0].abs().sum() == 0
     assert sep.bottoms.weights[0].grad[1].abs().sum() > 0
-
-
-def test_omoe_shares_one_gate():
-    torch.manual_seed(0)
-    omoe = MMoE(6, num_tasks=3, num_experts=4, expert_layers=[5], single_gate=True)
-    assert len(omoe.gates) == 1
-    outs, gates = omoe.forward_with_gates(torch.randn(4, 6))
-    assert len(outs) == 3 and len(gates) == 3
-    torch.testing.assert_close(outs[0], outs[2])
-    torch.testing.assert_close(gates[1].sum(-1), torch.ones(4))
 
 
 @pytest.mark.parametrize("backbone", ["mmoe", "omoe", "ple", "shared_bottom", "single_task"])

@@ -26,7 +26,6 @@ from mtl_torchrec.model.balancing import BALANCERS, FixedWeights
 from mtl_torchrec.model.builder import build_balancer, build_train_module
 from mtl_torchrec.model.config import model_config_class
 from mtl_torchrec.model.tasks import TASK_LOSSES, TaskSpec
-
 from tests.mtl_helpers import SMALL
 
 # ----------------------------------------------------------------------------- one backbone file

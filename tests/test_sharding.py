@@ -17,10 +17,10 @@ BATCH = 64
 
 def _setup():
     from mtl_torchrec.config import load_config
+    from mtl_torchrec.data.bundle import DataBundle
     from mtl_torchrec.data.synthetic import generate_synthetic
     from mtl_torchrec.model.builder import build_train_module
     from mtl_torchrec.train.trainer import seed_everything
-    from mtl_torchrec.data.bundle import DataBundle
 
     cfg = load_config(
         None,

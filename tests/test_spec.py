@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.eval_fixtures import make_frame, spec_dict, write_case
 from mtl_torchrec.config import ConfigError, DataConfig
 from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary
 from mtl_torchrec.data.schema import DataError, Jagged
@@ -24,6 +23,7 @@ from mtl_torchrec.data.spec.checks import (
     check_split_rule,
 )
 from mtl_torchrec.data.spec.sections import ItemText, LabelColumn, SliceSpec, SparseColumn, SplitRule
+from tests.eval_fixtures import make_frame, spec_dict, write_case
 
 
 def test_spec_builds_schema_and_tables(tmp_path):

@@ -10,17 +10,17 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.config import ConfigError, TextConfig, TextEncoderConfig, load_config
 from mtl_torchrec.data.schema import DataError
-from mtl_torchrec.text.encoder import TextEncoder
 from mtl_torchrec.model.text import build_text_feature
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
 from mtl_torchrec.modules.text_feature import TextFeature, table_width
+from mtl_torchrec.text.encoder import TextEncoder
 from mtl_torchrec.text.items import read_item_texts
 from mtl_torchrec.text.store import INDEX_FILE, VECTORS_FILE, TextStore, build_store
 from tests.distributed import run_ranks
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 WORDS = "the a toy story gold eye four rooms drama comedy action year genres movie love war night day".split()
 
@@ -418,8 +418,8 @@ def test_id_dropouts_on_user_and_item_ids() -> None:
 
     from mtl_torchrec.config import ConfigError, ModelConfig
     from mtl_torchrec.data.schema import Schema, SparseFeature
-    from mtl_torchrec.modules.id_dropout import IdDropouts, UnseenIdDropout
     from mtl_torchrec.model.text import item_id_dropout
+    from mtl_torchrec.modules.id_dropout import IdDropouts, UnseenIdDropout
 
     ebc = EmbeddingBagCollection(tables=[
         EmbeddingBagConfig(name="u", embedding_dim=4, num_embeddings=10, feature_names=["user_id"]),

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Dict
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import make_trainer
-from mtl_torchrec.core.io import write_json
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {"id_only": ["model.text.enabled=false"], "text_id": ["model.text.enabled=true"]}
@@ -50,6 +51,7 @@ def main(argv: Any = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.output or tempfile.mkdtemp(prefix="movielens_"))
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    silence_known_warnings()  # the library notices checked to be harmless, as the commands do
     ctx = init_distributed()
     results: Dict[str, Any] = {}
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -12,17 +12,35 @@ from typing import Any, Iterator, Union
 PathLike = Union[str, Path]
 
 
+def _create_beside(target: Path) -> Path:
+    """Creates a new empty file with a unique hidden name beside ``target`` and returns its path.
+
+    ``O_CREAT | O_EXCL`` with mode 0666 gives the file the permissions a plain ``open(path, "w")``
+    would (0666 minus the process umask), unlike ``tempfile.mkstemp``'s fixed 0600, so the renamed
+    result is as readable to teammates as any other file the user writes; it also never reads or
+    changes the umask, which is process-wide and would race with other threads.
+    """
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{target}: could not create a unique temporary file beside it")
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it over ``path`` only if the block succeeds.
 
-    Readers never see a half-written file: either the old content or the complete new one.
+    Readers never see a half-written file: either the old content or the complete new one. The
+    result has the mode a plain ``open()`` would give it (0666 & ~umask: 0644 under umask 022).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_beside(target)
     try:
         yield tmp_path
         os.replace(tmp_path, target)

@@ -124,7 +124,7 @@ def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
         raise ValueError("data.synthetic.num_brands must be >= data.synthetic.num_categories")
     rng = np.random.default_rng(cfg.seed)
     k = cfg.latent_dim
-    U, I, N = cfg.num_users, cfg.num_items, cfg.num_impressions
+    U, n_items, N = cfg.num_users, cfg.num_items, cfg.num_impressions
 
     # Users: segment centroid + individual offset.
     seg_centroids = rng.normal(0, 1, (NUM_SEGMENTS, k))
@@ -138,22 +138,22 @@ def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
 
     # Items: category centroid + offset; brands nested in categories.
     cat_centroids = rng.normal(0, 1, (cfg.num_categories, k))
-    category = rng.integers(0, cfg.num_categories, I)
+    category = rng.integers(0, cfg.num_categories, n_items)
     brand_category = np.arange(cfg.num_brands) % cfg.num_categories
     brands_of = [np.flatnonzero(brand_category == c) for c in range(cfg.num_categories)]
     brand = np.array([rng.choice(brands_of[c]) for c in category])
     brand_quality = rng.normal(0, 0.7, cfg.num_brands)
-    item_vec = cat_centroids[category] + 0.7 * rng.normal(0, 1, (I, k))
-    quality = brand_quality[brand] + 0.3 * rng.normal(0, 1, I)
-    log_price = 3.0 + 0.6 * quality + 0.4 * rng.normal(0, 1, I) + 0.3 * (category % 5)
+    item_vec = cat_centroids[category] + 0.7 * rng.normal(0, 1, (n_items, k))
+    quality = brand_quality[brand] + 0.3 * rng.normal(0, 1, n_items)
+    log_price = 3.0 + 0.6 * quality + 0.4 * rng.normal(0, 1, n_items) + 0.3 * (category % 5)
     price_bucket = np.clip(np.digitize(log_price, np.quantile(log_price, np.linspace(0.1, 0.9, 9))), 0, 9)
 
     # Tags: each latent direction owns NUM_TAGS/(2k) words for its positive and negative side.
     tags_per_side = NUM_TAGS // (2 * k)
     order = np.argsort(-np.abs(item_vec), axis=1)
-    n_tags = rng.integers(1, 4, I)
+    n_tags = rng.integers(1, 4, n_items)
     tag_lists = []
-    for i in range(I):
+    for i in range(n_items):
         tags = []
         for d in order[i, : n_tags[i]]:
             side = 0 if item_vec[i, d] > 0 else 1
@@ -161,7 +161,7 @@ def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
         tag_lists.append(sorted(set(tags)))
     item_tags_all = Jagged.from_lists(tag_lists)
 
-    popularity = rng.zipf(1.6, I).astype(np.float64)
+    popularity = rng.zipf(1.6, n_items).astype(np.float64)
     popularity = np.minimum(popularity, 1000.0)
     item_popularity_feat = np.log1p(popularity)
 
@@ -171,13 +171,13 @@ def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
     item_text = [
         f"{_QUALITY_WORDS[q_word[i]]} {' '.join(_TAG_WORDS[t] for t in tag_lists[i])} "
         f"{_CATEGORY_NOUNS[category[i]]} by {names[brand[i]]}, {_PRICE_WORDS[p_word[i]]}"
-        for i in range(I)
+        for i in range(n_items)
     ]
 
     # Impressions: active users and popular items are shown more.
     u = rng.choice(U, size=N, p=user_activity / user_activity.sum())
     item_weights = popularity / popularity.sum()
-    it = rng.choice(I, size=N, p=item_weights)
+    it = rng.choice(n_items, size=N, p=item_weights)
     position = rng.integers(1, NUM_POSITIONS + 1, N)
     device = rng.integers(0, NUM_DEVICES, N)
 

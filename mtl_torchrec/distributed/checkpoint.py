@@ -425,7 +425,7 @@ def describe_module(module: nn.Module) -> Dict[str, Any]:
             }
     tasks = []
     for m in module.modules():
-        if hasattr(m, "tasks") and isinstance(getattr(m, "tasks"), list):
+        if hasattr(m, "tasks") and isinstance(m.tasks, list):
             tasks = [{"name": t.name, "type": t.type} for t in m.tasks if hasattr(t, "name")]
             break
     return {"tables": tables, "tasks": tasks, "shapes": global_shapes(module.state_dict())}

@@ -43,13 +43,13 @@ from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.esmm import check_esmm_labels
-from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.model.tasks import (
     TaskSpec,
     conditional_name,
     metric_tasks,
     with_conditional_labels,
 )
+from mtl_torchrec.model.text import text_cache_folder
 
 # torchrec metrics kept per slice; AUC is computed exactly on rank 0 instead (ties count half).
 _SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")

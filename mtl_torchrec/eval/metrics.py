@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import math
-
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np

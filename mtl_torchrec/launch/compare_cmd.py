@@ -17,7 +17,7 @@ per model (``multitask/``, ``single_<task>/``).
 
 Example::
 
-    mtl-torchrec compare-single-task --config configs/default.yaml train.epochs=1
+    mtl-torchrec compare-single-task --config default train.epochs=1
 """
 
 from __future__ import annotations
@@ -26,28 +26,19 @@ import argparse
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
-import torch
-
-from mtl_torchrec.config import (
-    Config,
-    ConfigError,
-    ModelConfig,
-    TaskConfig,
-    load_config,
-)
+from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.core.io import atomic_write_text, write_json
-from mtl_torchrec.data.schema import Schema
-from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.context import (
-    DistContext,
-    close_distributed,
-    init_distributed,
-)
+from mtl_torchrec.launch.args import config_arg, config_help
 from mtl_torchrec.launch.train_cmd import resolve_run_dir, train
-from mtl_torchrec.model.backbones import BACKBONES
-from mtl_torchrec.model.builder import build_model
+
+# torch and the packages that use it are imported inside the functions below, not here: the command
+# line imports this module to build its parser, and `mtl-torchrec --help` must start without torch.
+if TYPE_CHECKING:
+    from mtl_torchrec.config import Config, ModelConfig, TaskConfig
+    from mtl_torchrec.data.schema import Schema
+    from mtl_torchrec.distributed.context import DistContext
 
 # Metrics compared, in order, and whether higher is better.
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "ne": False, "rmse": False, "mae": False}
@@ -61,7 +52,7 @@ def add_parser(sub: Any) -> None:
         "compare-single-task",
         help="train the multi-task model and one single-task model per task on the same data and budget",
     )
-    p.add_argument("--config", type=str, default=None, help="YAML config file")
+    p.add_argument("--config", type=config_arg, default=None, help=config_help())
     p.add_argument(
         "--budget",
         choices=("per_model", "total"),
@@ -74,11 +65,17 @@ def add_parser(sub: Any) -> None:
 
 def dense_parameter_count(cfg: ModelConfig, schema: Schema) -> int:
     """Parameters outside the embedding tables (tables are built on ``meta``, never allocated)."""
+    import torch
+
+    from mtl_torchrec.model.builder import build_model
+
     model = build_model(cfg, schema, device=torch.device("meta"))
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embedding."))
 
 
 def _template_layers(cfg: ModelConfig) -> List[int]:
+    from mtl_torchrec.model.backbones import BACKBONES
+
     backbone = BACKBONES.get(cfg.backbone)
     return list(backbone.template_layers(backbone.options_of(cfg)))
 
@@ -87,6 +84,8 @@ def single_task_model_config(cfg: ModelConfig, task: TaskConfig, layers: List[in
     """``cfg`` with backbone ``single_task`` of ``layers`` and ``task`` as its only task (weight 1, the
     task's tower layers, no ESMM parent: an ESMM task trains on its impression-space label).
     """
+    from mtl_torchrec.config import TaskConfig
+
     out = copy.deepcopy(cfg)
     out.backbone = "single_task"
     out.single_task.layers = list(layers)
@@ -167,6 +166,8 @@ def markdown_rows(rows: List[Dict[str, Any]]) -> str:
 
 def compare(cfg: Config, ctx: DistContext, budget: str = "per_model") -> Dict[str, Any]:
     """Trains the multi-task model and the single-task baselines; returns (and on rank 0 writes) the report."""
+    from mtl_torchrec.data.sources import load_data
+
     if budget not in ("per_model", "total"):
         raise ConfigError(f"--budget: '{budget}' is not one of ['per_model', 'total']")
     root = resolve_run_dir(cfg, ctx)
@@ -224,7 +225,11 @@ def compare(cfg: Config, ctx: DistContext, budget: str = "per_model") -> Dict[st
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``compare-single-task`` and prints the comparison on rank 0; returns 0."""
-    cfg = load_config(args.config, args.overrides)
+    from mtl_torchrec.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # a config error is reported before torch is imported
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+
     ctx = init_distributed()
     try:
         report = compare(cfg, ctx, args.budget)

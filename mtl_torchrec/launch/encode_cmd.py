@@ -17,7 +17,11 @@ import argparse
 import os
 from typing import Any
 
-from mtl_torchrec.config import ConfigError, load_config
+from mtl_torchrec.core.errors import ConfigError
+from mtl_torchrec.launch.args import config_arg, config_help
+
+# torch and the packages that use it are imported inside run(), not here: the command line imports
+# this module to build its parser, and `mtl-torchrec --help` must start without torch.
 
 
 def add_parser(sub: Any) -> None:
@@ -28,7 +32,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--id-column", default="item_id")
     p.add_argument("--text-columns", nargs="+", default=None, help="text column(s) of --input")
     p.add_argument("--template", default=None, help='str.format pattern over the text columns, e.g. "{title}. {genres}"')
-    p.add_argument("--config", default=None, help="YAML config (data and model.text.encoder settings)")
+    p.add_argument("--config", type=config_arg, default=None,
+                   help=config_help("YAML config (data and model.text.encoder settings)"))
     p.add_argument("--model", default=None, help="AutoModel/AutoTokenizer path or hub name (default: packaged MiniLM-L6)")
     p.add_argument("--pooling", choices=("mean", "cls"), default=None)
     p.add_argument("--no-normalize", action="store_true", help="keep raw pooled vectors (default: L2-normalised)")
@@ -46,10 +51,12 @@ def run(args: argparse.Namespace) -> int:
     Returns 0. Raises ConfigError when ``--input`` comes without ``--text-columns`` or the configured
     data has no item text.
     """
+    from mtl_torchrec.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # a config error is reported before torch is imported
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.text.store import build_store
 
-    cfg = load_config(args.config, args.overrides)
     enc = cfg.model.text.encoder
     if args.model is not None:
         enc.model = args.model

@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from mtl_torchrec.core.io import atomic_write_text, write_json
-from mtl_torchrec.distributed.context import close_distributed, init_distributed
-from mtl_torchrec.eval.evaluate import EvalResult, evaluate_run
-from mtl_torchrec.eval.report import compare_table, load_eval, markdown_report
+
+# torch and the packages that use it are imported inside the functions below, not here: the command
+# line imports this module to build its parser, and `mtl-torchrec --help` must start without torch.
+if TYPE_CHECKING:
+    from mtl_torchrec.eval.evaluate import EvalResult
 
 
 def add_parser(sub: Any) -> None:
@@ -47,6 +47,7 @@ def add_parser(sub: Any) -> None:
 def write_outputs(result: EvalResult, out_dir: Path, plots: bool = True) -> Path:
     """eval.json, plots/*.png and report.md (which links the plots) under ``out_dir``."""
     from mtl_torchrec.eval.plots import write_plots
+    from mtl_torchrec.eval.report import markdown_report
 
     out_dir = Path(out_dir)
     paths = write_plots(result.rows, result.tasks, out_dir / "plots", result.summary) if plots else []
@@ -64,11 +65,18 @@ def run(args: argparse.Namespace) -> int:
     :func:`~mtl_torchrec.eval.evaluate.evaluate_run` raises.
     """
     if args.compare:
+        from mtl_torchrec.eval.report import compare_table, load_eval
+
         a, b = args.compare
         print(compare_table(load_eval(a, args.split), load_eval(b, args.split), Path(a).name, Path(b).name))
         return 0
     if not args.run_dir:
         raise FileNotFoundError("--run: give the run directory to evaluate (or --compare RUN_A RUN_B)")
+    import torch
+
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.eval.evaluate import evaluate_run
+
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))

@@ -3,7 +3,7 @@ torchx lists only the components themselves).
 
 Example::
 
-    app = torchrun_job("train", ["train.epochs=1"], "configs/default.yaml", "demo", "1x2", ...)
+    app = torchrun_job("train", ["train.epochs=1"], "default", "demo", "1x2", ...)
     command_line(app)  # ['bash', '-c', 'torchrun', '--max_restarts', '0', ...]
 """
 

@@ -13,33 +13,26 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Sequence
 
-import torch
-import torch.distributed as dist
-
-from mtl_torchrec.config import Config, ConfigError, load_config, save_config
+from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.core.io import write_json
-from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.loader import describe
-from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.context import (
-    DistContext,
-    close_distributed,
-    init_distributed,
-)
-from mtl_torchrec.distributed.run_lock import hold_run_dir
-from mtl_torchrec.eval.evaluate import SplitEvaluator
-from mtl_torchrec.eval.metrics import format_table
-from mtl_torchrec.model.esmm import check_esmm_labels
-from mtl_torchrec.train.callbacks import Callback, default_callbacks
-from mtl_torchrec.train.trainer import Trainer, check_splits
+from mtl_torchrec.launch.args import config_arg, config_help
+
+# torch and the packages that use it are imported inside the functions below, not here: the command
+# line imports this module to build its parser, and `mtl-torchrec --help` must start without torch.
+if TYPE_CHECKING:
+    from mtl_torchrec.config import Config
+    from mtl_torchrec.data.bundle import DataBundle
+    from mtl_torchrec.distributed.context import DistContext
+    from mtl_torchrec.train.callbacks import Callback
+    from mtl_torchrec.train.trainer import Trainer
 
 
 def add_parser(sub: Any) -> None:
-    """Registers ``train`` (``--config``, ``--resume``, overrides)."""
+    """Registers ``train`` (``--config``, ``--resume``, overrides) on ``sub`` (argparse only)."""
     p = sub.add_parser("train", help="train a multi-task model and evaluate it on the test split")
-    p.add_argument("--config", type=str, default=None, help="YAML config file")
+    p.add_argument("--config", type=config_arg, default=None, help=config_help())
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=3 model.backbone=ple")
     p.add_argument(
         "--resume",
@@ -50,7 +43,13 @@ def add_parser(sub: Any) -> None:
 
 
 def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
-    """``cfg.run_dir`` if given, else a new timestamped folder under ``cfg.output_dir`` (rank 0 picks)."""
+    """``cfg.run_dir`` if given, else a new timestamped folder under ``cfg.output_dir`` (rank 0 picks).
+
+    Raises ConfigError naming ``run_dir``/``output_dir`` when the path is (or lies under) a file or
+    cannot be created.
+    """
+    import torch.distributed as dist
+
     if cfg.run_dir:
         path = Path(cfg.run_dir)
     else:
@@ -76,6 +75,9 @@ def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
 def make_trainer(cfg: Config, data: DataBundle, ctx: DistContext, run_dir: Path, **kwargs: Any) -> Trainer:
     """A :class:`Trainer` whose validation and test metrics come from :class:`SplitEvaluator`
     (``data.eval_batch_size``), as ``mtl-torchrec train`` runs it. ``kwargs`` go to the Trainer."""
+    from mtl_torchrec.eval.evaluate import SplitEvaluator
+    from mtl_torchrec.train.trainer import Trainer
+
     evaluator = SplitEvaluator(data, ctx, cfg.data.eval_batch_size, cfg.data.num_workers, cfg.train.progress)
     return Trainer(cfg, data, ctx, run_dir, evaluator=evaluator, **kwargs)
 
@@ -88,6 +90,10 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
     a start that is refused (lock held, ``train.resume``, a damaged or incompatible checkpoint)
     writes nothing into an existing run directory.
     """
+    import torch
+
+    from mtl_torchrec.distributed.run_lock import hold_run_dir
+
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -97,6 +103,13 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
 
 
 def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequence[Callback]) -> Dict[str, Any]:
+    from mtl_torchrec.config import save_config
+    from mtl_torchrec.data.loader import describe
+    from mtl_torchrec.data.sources import load_data
+    from mtl_torchrec.model.esmm import check_esmm_labels
+    from mtl_torchrec.train.callbacks import default_callbacks
+    from mtl_torchrec.train.trainer import check_splits
+
     data = load_data(cfg.data)
     notes = check_splits(data, cfg.data.batch_size, ctx.world_size)
     notes += check_esmm_labels(data, cfg.model.tasks)
@@ -136,8 +149,14 @@ def run(args: argparse.Namespace) -> int:
     """Loads the config (``--resume`` adds ``train.resume=required``), trains and tests; prints the test
     metrics and the run directory on rank 0. Returns 0.
     """
+    from mtl_torchrec.config import load_config
+
     overrides = list(args.overrides) + (["train.resume=required"] if getattr(args, "resume", False) else [])
+    # A config error is reported before torch is imported (seconds earlier).
     cfg = load_config(args.config, overrides)
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.eval.metrics import format_table
+
     ctx = init_distributed()
     try:
         result = train(cfg, ctx)

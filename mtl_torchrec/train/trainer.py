@@ -56,8 +56,8 @@ from mtl_torchrec.distributed.optim import make_optimizer
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.distributed.state import load_text_tables
 from mtl_torchrec.model.builder import build_train_module
-from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.model.tasks import TaskSpec
+from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 
 # ``evaluator(model, tasks, split)`` returns ``{"tasks": {task: metrics}, "slices": {...}}`` (rank 0

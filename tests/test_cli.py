@@ -1,0 +1,58 @@
+"""The command line starts fast: building the parser imports no torch (nor anything else heavy)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Set
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Packages that take seconds to import (torch alone: ~2 s warm, far more on a loaded machine) and
+# that no sub-command needs until it runs.
+HEAVY = {"torch", "torchrec", "fbgemm_gpu", "torchx", "transformers", "numpy", "pandas", "pyarrow", "matplotlib"}
+
+
+def _imported_top_level(importtime_stderr: str) -> Set[str]:
+    """Top-level package names from ``python -X importtime`` output (``import time: self | cum | name``)."""
+    names = set()
+    for line in importtime_stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                names.add(name.split(".")[0])
+    return names
+
+
+def _run(args: List[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-X", "importtime", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"]])
+def test_help_imports_no_heavy_package(argv: List[str]) -> None:
+    proc = _run(["-m", "mtl_torchrec", *argv])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = _imported_top_level(proc.stderr)
+    assert "mtl_torchrec" in imported, "importtime output not understood"
+    assert not imported & HEAVY, f"`mtl-torchrec {' '.join(argv)}` imports {sorted(imported & HEAVY)}"
+    if argv == ["--help"]:
+        for command in ("train", "evaluate", "compare-single-task", "encode-text"):
+            assert command in proc.stdout
+
+
+def test_a_bad_argument_is_reported_without_torch() -> None:
+    proc = _run(["-m", "mtl_torchrec", "train", "--config", "no-such-config"])
+    assert proc.returncode == 2
+    assert "packaged: default, ple_esmm" in proc.stderr
+    assert not _imported_top_level(proc.stderr) & HEAVY
+
+
+def test_the_checker_sees_torch() -> None:
+    proc = _run(["-c", "import torch"])
+    assert proc.returncode == 0
+    assert "torch" in _imported_top_level(proc.stderr)
