@@ -253,3 +253,21 @@ def test_override_problems_are_reported_with_the_rest():
         "override 'epochs' must look like key=value",
         "train.epochs: must be >= 1, got 0",
     ]
+
+
+def test_yaml_files_are_read_strictly(tmp_path):
+    """A key given twice is refused (PyYAML keeps the last silently); bytes that are not UTF-8 and
+    syntax errors name the file and line instead of a traceback."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("data:\n  batch_size: 64\n  batch_size: 128\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml line 3 column 3: invalid YAML: key 'batch_size' given twice "
+                                          r"\(first at line 2\)"):
+        load_config(dup)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"train:\n  epochs: 1\n\xff\xfe data: 1\n")
+    with pytest.raises(ConfigError, match=r"bin.yaml line 3: not valid UTF-8 text \(byte offset 19\)"):
+        load_config(binary)
+    broken = tmp_path / "syntax.yaml"
+    broken.write_text("data:\n  batch_size: [1,\n")
+    with pytest.raises(ConfigError, match=r"syntax.yaml line 3 column 1: invalid YAML"):
+        load_config(broken)

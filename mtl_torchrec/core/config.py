@@ -466,15 +466,50 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently, so a setting the user wrote would be ignored without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen: Dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first at line {seen[key].line + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Union[str, Path]) -> Any:
+    """The YAML document in ``path``, read strictly (safe tags only, no repeated keys).
+
+    Raises ConfigError naming the file and, where YAML knows it, the line and column: for a file
+    that is not UTF-8 text, invalid YAML, or a key given twice.
+    """
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{p} line {line}: not valid UTF-8 text (byte offset {e.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: invalid YAML: {e.problem or e.context}") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+
+
 def read_yaml_mapping(path: Union[str, Path]) -> Dict[str, Any]:
     """A YAML file whose top level is a mapping (an empty file is ``{}``); ConfigError otherwise."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    loaded = read_yaml(p)
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Union
 
-import yaml
-
-from mtl_torchrec.core.config import from_dict
+from mtl_torchrec.core.config import from_dict, read_yaml
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.spec.checks import (
     check_chunk_rows,
@@ -151,10 +149,7 @@ def load_spec(path: Union[str, Path]) -> DataSpec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"data spec not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    raw = read_yaml(p)
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
     raw = dict(raw)
