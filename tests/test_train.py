@@ -135,6 +135,8 @@ def test_train_split_smaller_than_a_global_batch_is_refused(tmp_path):
     argv = ["train", "data.synthetic.num_impressions=1000", "data.batch_size=1024", "train.progress=false",
             f"output_dir={tmp_path}"]
     assert main(argv) == 2
+    # The run folder made for this start is gone again: a refused start writes nothing.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_splits_names_the_sizes_and_notes_empty_evaluation_splits():

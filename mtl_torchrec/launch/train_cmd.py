@@ -97,9 +97,16 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
+    fresh = not (cfg.run_dir and Path(cfg.run_dir).exists())
     run_dir = resolve_run_dir(cfg, ctx)
-    with hold_run_dir(run_dir, ctx):
-        return _train(cfg, ctx, run_dir, extra_callbacks)
+    try:
+        with hold_run_dir(run_dir, ctx):
+            return _train(cfg, ctx, run_dir, extra_callbacks)
+    except BaseException:
+        # A refused start leaves no trace: the folder this call made goes again while still empty.
+        if fresh and ctx.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
 
 
 def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequence[Callback]) -> Dict[str, Any]:
