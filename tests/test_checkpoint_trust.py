@@ -404,7 +404,7 @@ def test_run_option_that_is_not_a_run_directory(trained: Path, tmp_path: Path, c
         assert f"{path}: not a run directory (no config.yaml)" in _evaluate_cli(path, capsys)
     garbled = _copy_run(trained, tmp_path / "garbled")
     (garbled / "config.yaml").write_bytes(b"\xff\xfe\x00 not yaml")
-    assert f"{garbled / 'config.yaml'}: cannot be read as YAML text" in _evaluate_cli(garbled, capsys)
+    assert f"{garbled / 'config.yaml'} line 1: not valid UTF-8 text (byte offset 0)" in _evaluate_cli(garbled, capsys)
     no_ckpt = _copy_run(trained, tmp_path / "no_ckpt")
     shutil.rmtree(no_ckpt / "checkpoints")
     assert "no complete checkpoint here" in _evaluate_cli(no_ckpt, capsys)
@@ -485,6 +485,12 @@ def test_second_training_on_a_run_dir_is_refused(spec: Path, tmp_path: Path,
 
 def test_lock_is_removed_on_exceptions(spec: Path, tmp_path: Path, ctx: Any) -> None:
     run_dir = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(load_config(None, _overrides(spec, run_dir, "train.resume=required")), ctx)
+    # No lock left behind; and the folder this refused start made is gone again (it was empty).
+    assert not (run_dir / LOCK_FILE).exists() and not run_dir.exists()
+    # A run directory that existed before keeps existing, without a lock.
+    run_dir.mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         train(load_config(None, _overrides(spec, run_dir, "train.resume=required")), ctx)
     assert run_dir.is_dir() and not (run_dir / LOCK_FILE).exists()

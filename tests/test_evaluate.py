@@ -22,10 +22,9 @@ from tests.eval_fixtures import TRAIN_CONFIG, int_id_frame, make_frame, spec_dic
 from tests.test_metrics import _gauc_reference
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("evalrun")
-    spec = write_case(tmp / "data", make_frame(n=1000))
+def _train_on(tmp, frame):
+    """Trains a few steps on ``frame`` written as a CSV spec under ``tmp``; returns (run dir, spec)."""
+    spec = write_case(tmp / "data", frame)
     run_dir = tmp / "run"
     cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}"])
     ctx = init_distributed()
@@ -33,7 +32,12 @@ def trained_run(tmp_path_factory):
         train(cfg, ctx)
     finally:
         close_distributed(ctx)
-    return run_dir
+    return run_dir, spec
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    return _train_on(tmp_path_factory.mktemp("evalrun"), make_frame(n=1000))[0]
 
 
 def _evaluate_1rank(run_dir, **kw):
@@ -180,16 +184,7 @@ def test_empty_split_is_an_error_naming_it(trained_run, tmp_path):
 @pytest.fixture(scope="module")
 def int_id_run(tmp_path_factory):
     """A run trained on a CSV whose user and item ids are integers."""
-    tmp = tmp_path_factory.mktemp("intrun")
-    spec = write_case(tmp / "data", int_id_frame(n=1000))
-    run_dir = tmp / "run"
-    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}"])
-    ctx = init_distributed()
-    try:
-        train(cfg, ctx)
-    finally:
-        close_distributed(ctx)
-    return run_dir, spec
+    return _train_on(tmp_path_factory.mktemp("intrun"), int_id_frame(n=1000))
 
 
 def _same(a, b, key=""):
