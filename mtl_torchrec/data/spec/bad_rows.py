@@ -31,15 +31,9 @@ class BadRows:
         with its value (``values[i]``) and the count of such rows in the chunk.
         """
         rows = np.flatnonzero(rows) if rows.dtype == bool else rows
-        if len(rows) == 0:
-            return
-        if not self.skip:
+        if len(rows):
             i = int(rows[0])
-            raise DataError(
-                f"{self.chunk.where(i)} column '{column}': {reason} (value {values[i]!r}); "
-                f"{len(rows)} such row(s) in this chunk. Set on_bad_rows: skip to drop and count them."
-            )
-        self._count(rows, f"{column}: {reason}")
+            self._refuse_or_count(rows, f"column '{column}': {reason} (value {values[i]!r})", f"{column}: {reason}")
 
     def flag_field_counts(self) -> None:
         """Marks CSV records whose field count is not the header's (``chunk.fields`` vs
@@ -51,15 +45,19 @@ class BadRows:
             return
         expected = self.chunk.expected_fields
         rows = np.flatnonzero(fields != expected)
-        if len(rows) == 0:
-            return
+        if len(rows):
+            first = f"{int(fields[int(rows[0])])} fields, expected {expected}"
+            self._refuse_or_count(rows, first, f"row: wrong number of fields (expected {expected})", sep=": ")
+
+    def _refuse_or_count(self, rows: np.ndarray, problem: str, key: str, sep: str = " ") -> None:
+        """Without ``skip``, DataError naming the first row's place and ``problem`` and how many rows
+        of the chunk have it; with ``skip``, the rows are dropped and counted under ``key``."""
         if not self.skip:
-            i = int(rows[0])
             raise DataError(
-                f"{self.chunk.where(i)}: {int(fields[i])} fields, expected {expected}; {len(rows)} such row(s) in "
-                f"this chunk. Set on_bad_rows: skip to drop and count them."
+                f"{self.chunk.where(int(rows[0]))}{sep}{problem}; {len(rows)} such row(s) in this chunk. "
+                f"Set on_bad_rows: skip to drop and count them."
             )
-        self._count(rows, f"row: wrong number of fields (expected {expected})")
+        self._count(rows, key)
 
     def _count(self, rows: np.ndarray, key: str) -> None:
         new = rows[~self.bad[rows]]
