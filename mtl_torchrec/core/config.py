@@ -486,13 +486,17 @@ def read_yaml(path: Union[str, Path]) -> Any:
     """The YAML document in ``path``, read strictly (safe tags only, no repeated keys).
 
     Raises ConfigError naming the file and, where YAML knows it, the line and column: for a file
-    that is not UTF-8 text, invalid YAML, or a key given twice.
+    that cannot be read or is not UTF-8 text, invalid YAML, or a key given twice.
     """
     p = Path(path)
     try:
-        text = p.read_bytes().decode("utf-8")
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(f"{p} line {line}: not valid UTF-8 text (byte offset {e.start})") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)

@@ -85,10 +85,7 @@ def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    try:
-        return load_config(path)
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot be read as YAML text: {e}") from None
+    return load_config(path)
 
 
 def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> DataBundle:
