@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Sequence
@@ -78,6 +79,7 @@ def make_trainer(cfg: Config, data: DataBundle, ctx: DistContext, run_dir: Path,
     from mtl_torchrec.eval.evaluate import SplitEvaluator
     from mtl_torchrec.train.trainer import Trainer
 
+    data = data if cfg.model.text.enabled else data.without_text()
     evaluator = SplitEvaluator(data, ctx, cfg.data.eval_batch_size, cfg.data.num_workers, cfg.train.progress)
     return Trainer(cfg, data, ctx, run_dir, evaluator=evaluator, **kwargs)
 
@@ -125,6 +127,10 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
             print(f"note: {note}")
         for split, table in data.splits.items():
             print(describe(table, data.schema, split))
+        for split, masks in data.slices.items():
+            for name, mask in masks.items():
+                if split == "test" and not mask.any():
+                    print(f"warning: slice '{name}' has no rows in split '{split}'", file=sys.stderr)
     trainer = make_trainer(cfg, data, ctx, run_dir, callbacks=[*default_callbacks(cfg), *extra_callbacks])
     try:
         # Every check that can refuse this start (train.resume, the checkpoint's integrity, the model

@@ -57,7 +57,7 @@ from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.distributed.state import load_text_tables
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec
-from mtl_torchrec.model.text import text_cache_folder
+from mtl_torchrec.model.text import text_cache_root
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 
 # ``evaluator(model, tasks, split)`` returns ``{"tasks": {task: metrics}, "slices": {...}}`` (rank 0
@@ -139,6 +139,8 @@ class Trainer:
         callbacks: Optional[Sequence[Callback]] = None,
     ) -> None:
         self.cfg = cfg
+        # A model without text modules reads no text ids: keep them out of every batch.
+        data = data if cfg.model.text.enabled else data.without_text()
         self.data = data
         self.ctx = ctx
         self.run_dir = Path(run_dir)
@@ -151,7 +153,7 @@ class Trainer:
             cfg.train.loss_balance,
             cfg.train.balance,
             feature_modules,
-            text_cache=text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir),
+            text_cache=text_cache_root(cfg.model.text, cfg.output_dir),
             progress=cfg.train.progress,
         )
         self.tasks: List[TaskSpec] = module.tasks
@@ -165,7 +167,9 @@ class Trainer:
         # Sharding allocates fresh tables; text tables get their vectors back here.
         load_text_tables(self.dmp)
         self.optimizer = make_optimizer(
-            self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr, balance_lr=cfg.train.balance.lr
+            self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr, balance_lr=cfg.train.balance.lr,
+            adapter_lr=cfg.model.text.adapter_lr if cfg.model.text.enabled else None,
+            adapter_weight_decay=cfg.model.text.adapter_weight_decay if cfg.model.text.enabled else 0.0,
         )
         self.state = TrainState()
         self.train_ds = BatchDataset(
