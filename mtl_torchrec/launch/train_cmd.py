@@ -148,7 +148,9 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
         write_json(run_dir / "metrics.json", test)
         if slices:
             write_json(run_dir / "metrics_by_slice.json", slices)
-        write_json(run_dir / "train_summary.json", {**summary, "world_size": ctx.world_size, "history": trainer.history})
+        write_json(run_dir / "train_summary.json", {
+            **summary, "world_size": ctx.world_size, "history": trainer.history, "epoch_losses": trainer.epoch_losses,
+        })
     return {"run_dir": run_dir, "metrics": test, "slices": slices, "summary": summary}
 
 
