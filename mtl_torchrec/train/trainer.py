@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from mtl_torchrec.config import Config, to_dict
 from mtl_torchrec.core.errors import CheckpointError, DataError
+from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
@@ -55,11 +56,15 @@ from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.optim import make_optimizer
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.distributed.state import load_text_tables
+from mtl_torchrec.distributed.warm_start import resolve_init_from, warm_start
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec
 from mtl_torchrec.model.text import text_cache_folder
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 from mtl_torchrec.train.schedule import group_rates, make_scheduler
+
+# What a warm start loaded, grew, re-initialised and ignored (Trainer.warm_start).
+WARM_START_REPORT = "warm_start.json"
 
 # ``evaluator(model, tasks, split)`` returns ``{"tasks": {task: metrics}, "slices": {...}}`` (rank 0
 # gets everything; other ranks what they computed), e.g. :class:`mtl_torchrec.eval.evaluate.SplitEvaluator`.
@@ -371,6 +376,20 @@ class Trainer:
             return None
         self.restore(found)
         return found
+
+    def warm_start(self, init_from: Any) -> Dict[str, Any]:
+        """Starts this (fresh) model from another run's checkpoint where names and shapes match
+        (``train.init_from``: a run directory, ``RUN_DIR/step_N`` or a checkpoint folder), see
+        :mod:`mtl_torchrec.distributed.warm_start`; writes the report to
+        ``run_dir/warm_start.json`` on rank 0 and returns it. Collective: every rank calls it.
+
+        Raises ConfigError naming ``train.init_from`` for a path without a checkpoint,
+        CheckpointError for a damaged one.
+        """
+        report = warm_start(resolve_init_from(init_from), self.dmp)
+        if self.ctx.is_main:
+            write_json(self.run_dir / WARM_START_REPORT, report)
+        return report
 
     # ------------------------------------------------------------------ training
 
