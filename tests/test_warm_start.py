@@ -91,13 +91,17 @@ def _reinitialised(report: Dict[str, Any]) -> Dict[str, str]:
 
 
 def test_plan_sorts_keys_by_shape() -> None:
-    saved = {"a": [2, 3], "t.embedding_bags.x.weight": [4, 8], "gone": [1], "w": [3]}
-    current = {"a": [2, 3], "t.embedding_bags.x.weight": [6, 8], "w": [4], "new": [5]}
+    saved = {"a.w": [2, 3], "t.embedding_bags.x.weight": [4, 8], "gone": [1], "b.w": [3], "b.bias": [1]}
+    current = {"a.w": [2, 3], "t.embedding_bags.x.weight": [6, 8], "b.w": [4], "b.bias": [1], "new": [5]}
     plan = plan_warm_start(saved, current)
-    assert plan["loaded"] == ["a"] and plan["ignored"] == ["gone"]
+    assert plan["loaded"] == ["a.w"] and plan["ignored"] == ["gone"]
     assert plan["grown"] == [{"key": "t.embedding_bags.x.weight", "rows_loaded": 4, "rows": 6}]
-    assert plan["reinitialised"] == [{"key": "new", "reason": "new"},
-                                     {"key": "w", "reason": "shape [3] in the checkpoint, [4] in the model"}]
+    # Module b changed shape: its bias, of the same shape, is not loaded either.
+    assert plan["reinitialised"] == [
+        {"key": "b.bias", "reason": "another tensor of 'b' is new or changed shape"},
+        {"key": "b.w", "reason": "shape [3] in the checkpoint, [4] in the model"},
+        {"key": "new", "reason": "new"},
+    ]
 
 
 @pytest.mark.slow

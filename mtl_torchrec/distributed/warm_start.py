@@ -79,9 +79,17 @@ def _is_table(key: str) -> bool:
     return ".embedding_bags." in key and key.endswith(".weight")
 
 
+def _owner(key: str) -> str:
+    return key.rsplit(".", 1)[0] if "." in key else ""
+
+
 def plan_warm_start(saved: Dict[str, List[int]], current: Dict[str, List[int]]) -> Dict[str, Any]:
     """Sorts state keys by their global shapes (``{key: shape}`` of the checkpoint and of the
-    model) into ``loaded``, ``grown``, ``reinitialised`` and ``ignored`` (see the module docstring)."""
+    model) into ``loaded``, ``grown``, ``reinitialised`` and ``ignored`` (see the module docstring).
+
+    A module is loaded whole or not at all: when one of its tensors is new or changed shape (a
+    tower grown wider), its other tensors (the bias of that layer) stay as initialised too.
+    """
     plan: Dict[str, Any] = {"loaded": [], "grown": [], "reinitialised": [], "ignored": sorted(set(saved) - set(current))}
     for key in sorted(current):
         shape = current[key]
@@ -93,6 +101,13 @@ def plan_warm_start(saved: Dict[str, List[int]], current: Dict[str, List[int]]) 
             plan["grown"].append({"key": key, "rows_loaded": saved[key][0], "rows": shape[0]})
         else:
             plan["reinitialised"].append({"key": key, "reason": f"shape {saved[key]} in the checkpoint, {shape} in the model"})
+    changed = {_owner(r["key"]) for r in plan["reinitialised"]}
+    partial = [k for k in plan["loaded"] if _owner(k) in changed]
+    plan["loaded"] = [k for k in plan["loaded"] if _owner(k) not in changed]
+    plan["reinitialised"] = sorted(
+        plan["reinitialised"] + [{"key": k, "reason": f"another tensor of '{_owner(k)}' is new or changed shape"} for k in partial],
+        key=lambda r: r["key"],
+    )
     return plan
 
 
@@ -113,14 +128,14 @@ def warm_start(checkpoint: Union[str, Path], model: nn.Module) -> Dict[str, Any]
     own = model.state_dict()
     plan = plan_warm_start(saved, global_shapes(own))
     targets: Dict[str, Any] = {k: own[k] for k in plan["loaded"]}
-    # Grown tables come in whole at their saved size (on every rank), then go row by row.
-    old_tables = {g["key"]: torch.empty(saved[g["key"]], dtype=own[g["key"]].dtype) for g in plan["grown"]}
-    targets.update(old_tables)
-    if targets:
-        reader = SafeFileSystemReader(str(path))
-        reader.read_metadata()  # a plain CheckpointError on anything but tensors
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor's deprecation notice
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor's deprecation notice
+        # Grown tables come in whole at their saved size (on every rank), then go row by row.
+        old_tables = {g["key"]: torch.empty(saved[g["key"]], dtype=own[g["key"]].dtype) for g in plan["grown"]}
+        targets.update(old_tables)
+        if targets:
+            reader = SafeFileSystemReader(str(path))
+            reader.read_metadata()  # a plain CheckpointError on anything but tensors
             dcp.load({"model": targets}, checkpoint_id=str(path), storage_reader=reader)
         # DCP filled the state tensors in place; loading them back also covers modules whose
         # state_dict() returns copies.
