@@ -114,6 +114,7 @@ def build_model(
         [t.name for t in tasks],
         backbone.out_features,
         {t.name: (t.tower_layers if t.tower_layers is not None else cfg.tower_layers) for t in cfg.tasks},
+        cfg.tower_mlp.options(),
     )
     return MultiTaskModel(ebc, len(schema.dense), cfg.dense_layers, backbone, towers, feature_modules, id_dropout)
 
