@@ -56,6 +56,8 @@ def main(argv: Any = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--cold-slice", default=None,
                    help="the data's slice of cold items (default: cold_items, or the first '<column>=cold' slice)")
+    p.add_argument("--slice", dest="slices", action="append", default=[],
+                   help="another slice of the data to print a table for (e.g. item_first_rated=test); repeatable")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     out = Path(args.output or tempfile.mkdtemp(prefix="compare_text_"))
@@ -77,7 +79,9 @@ def main(argv: Any = None) -> int:
                         (s for s in test["slices"] if s == "cold_items" or s.endswith("=cold")), None)
                     if args.cold_slice and cold not in test["slices"]:
                         raise SystemExit(f"--cold-slice: {cold!r} is not a slice of the data ({sorted(test['slices'])})")
-                    results[name] = {"test": test["tasks"], "summary": summary}
+                    results[name] = {"test": test["tasks"], "summary": summary,
+                                     "slices": {k: {"rows": v["rows"], "tasks": v["tasks"]}
+                                                for k, v in test["slices"].items()}}
                     if cold is not None:
                         results[name]["test_cold"] = test["slices"][cold]["tasks"]
                         results[name]["cold_slice"] = (cold, int(test["slices"][cold]["rows"]))
@@ -98,6 +102,12 @@ def main(argv: Any = None) -> int:
             name, rows = results["text_id"]["cold_slice"]
             print(f"\ncold items (slice '{name}', items never seen in training; {rows} rows)")
             print(comparison_table(results, "test_cold"))
+        for name in args.slices:
+            if name not in results["text_id"]["slices"]:
+                raise SystemExit(f"--slice: {name!r} is not a slice of the data ({sorted(results['text_id']['slices'])})")
+            rows = results["text_id"]["slices"][name]["rows"]
+            print(f"\nslice '{name}' ({rows} rows)")
+            print(comparison_table({v: {"s": r["slices"][name]["tasks"]} for v, r in results.items()}, "s"))
         print(f"\n{out / 'results.json'}")
     return 0
 

@@ -2,7 +2,8 @@
 
 ``impressions.csv`` holds one row per impression with the raw MovieLens ids (``user_id``,
 ``item_id`` = the movie id), the user's age bucket, gender, occupation and zip digit, the three labels
-and the time split; ``items.csv`` is the item table (``item_id``, ``text``: "Title. Year: 1995.
+and the time split; ``item_first_rated`` (the split of the item's first rating: a column for a report slice, not a
+feature); ``items.csv`` is the item table (``item_id``, ``text``: "Title. Year: 1995.
 Genres: ..."); ``spec.yaml`` reads them with ``vocab: build`` on every id column, the item table as a
 text feature keyed by the raw movie id, and a cold/warm slice of items unseen in training. The
 impressions are exactly those of ``data.source: movielens`` for the same seed (see
@@ -47,7 +48,11 @@ text:
   # the id vocabulary (never seen in training) and still read their own text.
   - {key: item_id, items: {file: items.csv}, columns: [text]}
 slices:
+  # Cold by data: the item's raw key never appears in the training split.
   - {column: item_id, cold_warm: true}
+  # The split in which the item was first rated: "test" is the protocol's cold-start items (first rated
+  # after the test cut), a subset of item_id=cold; "val" items are cold too (unseen in training).
+  - {column: item_first_rated, top: 3}
 """
 
 
@@ -59,6 +64,11 @@ def main(argv: Any = None) -> int:
     args = p.parse_args(argv)
     bundle = load_movielens(MovieLensConfig(path=args.path, seed=args.seed))
     frames = []
+    first_split = np.full(bundle.schema.sparse[1].num_embeddings, "", dtype=object)
+    for split in ("test", "val", "train"):
+        # Positives only: negatives are sampled, not rated.
+        t = bundle.splits[split]
+        first_split[t["item_id"][t["click"] == 1]] = split
     for split in ("train", "val", "test"):
         t = bundle.splits[split]
         frames.append(pd.DataFrame({
@@ -71,6 +81,7 @@ def main(argv: Any = None) -> int:
             "click": t["click"].astype(int),
             "conversion": t["conversion"].astype(int),
             "rating": t["rating"],
+            "item_first_rated": first_split[t["item_id"]],
             "split": split,
         }))
     texts = bundle.texts["item_text"].texts[1:]
