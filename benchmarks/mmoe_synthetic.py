@@ -74,7 +74,10 @@ def build(name: str, num_experts: int, expert_units: int, tower: List[int]) -> n
         return TwoTaskRegressor(PLE(DIM, 2, 2, per_task, shared, [expert_units]), tower)
     if name in ("shared_bottom", "separate"):
         cls = SharedBottom if name == "shared_bottom" else SeparateBottoms
-        width = matched_width(name, count(mmoe), tuple(tower))
+        # The width search builds many models; it must not move the RNG the model's init draws from,
+        # or the first build of a run would start from another state than the later ones.
+        with torch.random.fork_rng(devices=[]):
+            width = matched_width(name, count(mmoe), tuple(tower))
         return TwoTaskRegressor(cls(DIM, 2, [width]), tower)
     raise ValueError(name)
 
