@@ -5,10 +5,13 @@ import pytest
 import torch
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.stats import mean_interval, t_quantile
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.synthetic import generate_synthetic
 from mtl_torchrec.model.builder import build_model, task_specs
 from mtl_torchrec.model.diagnostics import (
+    CONFLICT_COSINE,
+    conflict_over_batches,
     diagnose,
     expert_health,
     flatten_scalars,
@@ -88,8 +91,72 @@ def test_gradient_conflict_signs():
     g = gradient_conflict(losses, shared)
     assert g["cosine"]["a|same"] == pytest.approx(1.0, abs=1e-6)
     assert g["cosine"]["a|opposite"] == pytest.approx(-1.0, abs=1e-6)
-    assert set(g["conflicting"]) == {"a|opposite", "same|opposite"}
+    assert g["cosine"]["same|opposite"] == pytest.approx(-1.0, abs=1e-6)
     assert g["norm"]["same"] == pytest.approx(2 * g["norm"]["a"], rel=1e-6)
+    # One batch is no evidence: its interval is unbounded, so even a cosine of -1 is not flagged ...
+    one = conflict_over_batches([g])
+    assert one["conflicting"] == [] and one["cosine_interval"]["a|opposite"]["high"] == float("inf")
+    # ... while the same opposition on several batches is.
+    shared2 = torch.randn(4, 3, requires_grad=True)
+    sq = ((shared2 - target) ** 2).mean()
+    g2 = gradient_conflict({"a": sq, "same": 2 * sq, "opposite": -sq}, shared2)
+    both = conflict_over_batches([g, g2])
+    assert set(both["conflicting"]) == {"a|opposite", "same|opposite"}
+    assert both["batches"] == 2 and both["threshold"] == CONFLICT_COSINE
+
+
+def test_t_interval_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 5, 7, 9, 30, 200):
+        exact = stats.t.ppf(0.975, df)
+        assert t_quantile(0.975, df) == pytest.approx(exact, rel=1.3e-3 if df >= 3 else 1e-12)
+    x = np.array([-0.31, -0.27, -0.35, -0.22, -0.30, -0.28, -0.33, -0.25])
+    ci = mean_interval(x)
+    low, high = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert (ci.mean, ci.n) == (pytest.approx(x.mean()), 8)
+    assert ci.low == pytest.approx(low, rel=1e-4) and ci.high == pytest.approx(high, rel=1e-4)
+    assert np.isnan(mean_interval([]).mean) and mean_interval([float("nan"), 0.5]).n == 1
+
+
+def _cosines_over_batches(conflict: float, batches: int = 8, dim: int = 64, seed: int = 0):
+    """Per-batch gradient_conflict results of two tasks whose gradients on a shared [16, dim] layer
+    are ``b = conflict * a + noise`` (fresh noise each batch; cosine about ``conflict / sqrt(1 + conflict^2)``)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batches):
+        shared = torch.randn(16, dim, generator=gen, requires_grad=True)
+        ga = torch.randn(16, dim, generator=gen)
+        gb = conflict * ga + torch.randn(16, dim, generator=gen)
+        out.append(gradient_conflict({"a": (shared * ga).sum(), "b": (shared * gb).sum()}, shared))
+    return out
+
+
+def test_noise_around_zero_is_not_flagged():
+    negative = 0
+    for seed in range(20):
+        # Unrelated task gradients: single-batch cosines scatter around 0.
+        per_batch = _cosines_over_batches(0.0, seed=seed)
+        negative += sum(b["cosine"]["a|b"] < 0 for b in per_batch)
+        summary = conflict_over_batches(per_batch)
+        assert summary["conflicting"] == [], (seed, summary["cosine_interval"])
+    # Flagging any negative single-batch cosine would have raised many false alarms.
+    assert negative > 40
+    # The census case: cosines of about -0.003 on every batch are no clear conflict either.
+    rng = np.random.default_rng(0)
+    census = [{"norm": {"a": 1.0, "b": 1.0}, "cosine": {"a|b": float(c)}} for c in rng.normal(-0.003, 0.002, 8)]
+    summary = conflict_over_batches(census)
+    assert summary["cosine"]["a|b"] < 0 and summary["conflicting"] == []
+    assert summary["cosine_interval"]["a|b"]["high"] > CONFLICT_COSINE
+
+
+def test_clearly_conflicting_pair_is_flagged():
+    per_batch = _cosines_over_batches(-0.5)
+    summary = conflict_over_batches(per_batch)
+    ci = summary["cosine_interval"]["a|b"]
+    assert summary["conflicting"] == ["a|b"] and ci["n"] == 8 and ci["high"] < CONFLICT_COSINE
+    assert ci["low"] < summary["cosine"]["a|b"] < ci["high"] < -0.3
+    notes = summarize_findings({"gradients": summary})
+    assert len(notes) == 1 and "95% CI" in notes[0] and "over 8 batches" in notes[0]
 
 
 @pytest.mark.parametrize("backbone", ["mmoe", "ple", "shared_bottom"])
@@ -102,6 +169,12 @@ def test_diagnose_a_plain_model(backbone):
     batch = Batch.from_table(data.splits["val"].take(np.arange(128)), data.schema)
     report = diagnose(model, batch, tasks)
     assert set(report["gradients"]["cosine"]) == {"click|conversion", "click|rating", "conversion|rating"}
+    assert report["gradients"]["batches"] == 1 and report["gradients"]["conflicting"] == []
+    batches = [Batch.from_table(data.splits["val"].take(np.arange(i, i + 64)), data.schema) for i in (0, 64, 128)]
+    several = diagnose(model, batches, tasks)
+    assert several["gradients"]["batches"] == 3
+    ci = several["gradients"]["cosine_interval"]["click|rating"]
+    assert ci["n"] == 3 and ci["low"] <= several["gradients"]["cosine"]["click|rating"] <= ci["high"]
     assert all(p.grad is None for p in model.parameters())
     flat = flatten_scalars(report)
     assert "grad_cosine/click|rating" in flat

@@ -84,6 +84,8 @@ class Batch(Pipelineable):
 
         ``pad_rows`` appends copies of the first row with every mask 0, so that all ranks can run
         the same number of equally shaped evaluation steps without counting the padding.
+        ``weights`` holds the tasks whose label has a weight column (:class:`LabelSpec` ``weight``;
+        0 on padding rows), None when no task has one.
         """
         n = len(table)
         if pad_rows:
@@ -114,6 +116,7 @@ class Batch(Pipelineable):
             dense = torch.zeros(total, 0)
         labels: Dict[str, torch.Tensor] = {}
         masks: Dict[str, torch.Tensor] = {}
+        weights: Dict[str, torch.Tensor] = {}
         valid = np.ones(total, dtype=bool)
         valid[n:] = False
         for lab in schema.labels:
@@ -121,9 +124,12 @@ class Batch(Pipelineable):
             present = ~np.isnan(y) & valid
             labels[lab.task] = torch.from_numpy(np.where(present, y, 0.0).astype(np.float32))
             masks[lab.task] = torch.from_numpy(present.astype(np.float32))
+            if lab.weight:
+                w = np.asarray(table[lab.weight], dtype=np.float32)
+                weights[lab.task] = torch.from_numpy(np.where(valid, w, 0.0).astype(np.float32))
         group = (
             torch.from_numpy(np.asarray(table[schema.group], dtype=np.int64))
             if schema.group
             else torch.zeros(total, dtype=torch.int64)
         )
-        return Batch(sparse=sparse, dense=dense, labels=labels, masks=masks, group=group)
+        return Batch(sparse=sparse, dense=dense, labels=labels, masks=masks, group=group, weights=weights or None)

@@ -6,7 +6,13 @@ Orthogonal unit vectors ``u1, u2`` in ``R^d``; ``w1 = c * u1`` and
     y_k = w_k^T x + sum_{i=1..m} sin(alpha_i * w_k^T x + beta_i) + eps_k,   eps_k ~ N(0, noise_std^2)
 
 ``alpha_i, beta_i ~ N(0, 1)`` are drawn once per data set and shared by both tasks, so the only
-difference between the tasks is the angle between ``w1`` and ``w2``. The paper leaves ``d, c, m``
+difference between the tasks is the angle between ``w1`` and ``w2``.
+
+For paired comparisons the random draws depend on ``seed`` alone, never on ``correlation``: with
+one seed, the data sets at every ``p`` share ``x``, ``u1, u2``, ``alpha, beta`` and the noise, so
+task 1 (``w1 = c * u1``) has identical labels and only task 2 turns with ``p``. A benchmark that
+gives each model the same seed's data at each ``p`` therefore compares models, and correlations,
+on the same task pair (see ``benchmarks/mmoe_synthetic.py``). The paper leaves ``d, c, m``
 and the noise open apart from ``N(0, 0.01)``; the defaults are the usual reading (``d = 100``,
 ``c = 1``, ``m = 10``, noise variance 0.01).
 

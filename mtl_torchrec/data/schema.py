@@ -60,13 +60,18 @@ class DenseFeature:
 
 @dataclass
 class LabelSpec:
-    """A task label. Rows whose label is NaN have no label for that task (masked out)."""
+    """A task label. Rows whose label is NaN have no label for that task (masked out).
+
+    ``weight`` names the table column of per-row sample weights for the task (float, finite,
+    ``>= 0``; weight 2 counts a row twice in the loss and every metric); None: every row weighs 1.
+    """
 
     task: str
     type: Literal["binary", "regression"]
     column: Optional[str] = None
     # If False, a missing (NaN) label is an error rather than a masked row.
     maskable: bool = False
+    weight: Optional[str] = None
 
     @property
     def column_name(self) -> str:
@@ -174,6 +179,7 @@ class Schema:
             ("sparse", [f.name for f in self.sparse]),
             ("dense", [f.name for f in self.dense]),
             ("label", [lab.column_name for lab in self.labels]),
+            ("weight", [lab.weight for lab in self.labels if lab.weight]),
         ):
             for n in names:
                 if n in seen:
@@ -225,6 +231,7 @@ class Schema:
     def validate(self, table: ColumnTable, source: str = "data") -> None:
         """Raises :class:`DataError` at the first problem, naming source, column and row."""
         required = self.sparse_names + self.dense_names + [lab.column_name for lab in self.labels]
+        required += [lab.weight for lab in self.labels if lab.weight]
         if self.group:
             required.append(self.group)
         missing = [c for c in required if c not in table]
@@ -272,7 +279,23 @@ class Schema:
                         f"{source}: label column '{lab.column_name}' row {row}: binary label must be 0 or 1, "
                         f"got {col[row]}"
                     )
+            if lab.weight:
+                self._validate_weights(table, lab, source)
         if self.group:
             col = table[self.group]
             if isinstance(col, Jagged) or not np.issubdtype(col.dtype, np.integer):
                 raise DataError(f"{source}: group column '{self.group}' must hold integer ids")
+
+    @staticmethod
+    def _validate_weights(table: ColumnTable, lab: LabelSpec, source: str) -> None:
+        """DataError unless ``lab``'s weight column is numeric, finite and ``>= 0`` on every row."""
+        col = table[lab.weight]
+        if isinstance(col, Jagged) or not np.issubdtype(col.dtype, np.number):
+            raise DataError(f"{source}: weight column '{lab.weight}' of task '{lab.task}' must be numeric")
+        w = col.astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if len(bad):
+            raise DataError(
+                f"{source}: weight column '{lab.weight}' row {int(bad[0])}: sample weight {col[bad[0]]} of task "
+                f"'{lab.task}' must be a finite number >= 0 ({len(bad)} such rows)"
+            )

@@ -5,7 +5,9 @@ rank count and sharding); data is mapped with the run's saved preprocessing, nev
 Each rank scores a contiguous shard of the rows. Metrics that add up over rows (NE, logloss,
 calibration, positive rate, MSE, MAE) go through ``torchrec.metrics`` across ranks; the scored
 rows are gathered on rank 0 for the ranking metrics (exact AUC with ties, GAUC per group),
-slices and plots.
+slices and plots. A task with sample weights (``labels[i].weight_column`` of a data spec) is
+weighted in every metric: a row of weight 2 counts as two copies of it, one of weight 0 as none
+(``count`` is then the labelled rows of positive weight and ``weight_sum`` their total weight).
 
 Example::
 
@@ -57,12 +59,14 @@ _SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
 
 @dataclass
 class ScoredRows:
-    """Every evaluated row on rank 0: predictions, labels and label masks per task, group ids."""
+    """Every evaluated row on rank 0: predictions, labels, label masks and sample weights per task
+    (``weights[task]``: float64, 1 on every row of an unweighted task), group ids."""
 
     predictions: Dict[str, np.ndarray]
     labels: Dict[str, np.ndarray]
     masks: Dict[str, np.ndarray]
     group: Optional[np.ndarray]
+    weights: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -226,6 +230,8 @@ def score(
                 parts.setdefault(f"p:{t}", []).append(out.predictions[t][:real].float().cpu().numpy())
                 parts.setdefault(f"y:{t}", []).append(batch.labels[t][:real].cpu().numpy())
                 parts.setdefault(f"m:{t}", []).append(batch.masks[t][:real].cpu().numpy())
+                if batch.weights is not None and t in batch.weights:
+                    parts.setdefault(f"w:{t}", []).append(batch.weights[t][:real].cpu().numpy())
             parts.setdefault("group", []).append(batch.group[:real].cpu().numpy())
             pos += real
     bar.close()
@@ -236,11 +242,18 @@ def score(
     return metrics, local
 
 
-def _binary_row_metrics(p: np.ndarray, y: np.ndarray, g: Optional[np.ndarray]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"auc": binary_auc(p, y)}
+def _binary_row_metrics(p: np.ndarray, y: np.ndarray, g: Optional[np.ndarray], w: np.ndarray) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"auc": binary_auc(p, y, w)}
     if g is not None:
-        out.update(grouped_auc(p, y, g))
+        out.update(grouped_auc(p, y, g, w))
     return out
+
+
+def _mean(x: np.ndarray, w: Optional[np.ndarray]) -> float:
+    """The mean of ``x``, weighted by ``w`` when given; NaN without rows."""
+    if len(x) == 0:
+        return float("nan")
+    return float(x.mean()) if w is None else float(np.average(x, weights=w))
 
 
 def split_slices(
@@ -295,27 +308,35 @@ def evaluate_split(
         labels={t: cat[f"y:{t}"] for t in names},
         masks={t: cat[f"m:{t}"] > 0 for t in names},
         group=cat["group"] if bundle.schema.group else None,
+        weights={t: cat[f"w:{t}"].astype(np.float64) if f"w:{t}" in cat else np.ones(len(cat[f"p:{t}"]))
+                 for t in names},
     )
+    weighted = {t for t in names if f"w:{t}" in cat}
 
     def task_block(sel: Optional[np.ndarray], summed: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
         block: Dict[str, Dict[str, Any]] = {}
         for t in tasks:
-            m = rows.masks[t.name] if sel is None else rows.masks[t.name] & sel
+            # A row of weight 0 counts as no row (so weight k is k copies for every k, 0 included).
+            m = rows.masks[t.name] & (rows.weights[t.name] > 0)
+            m = m if sel is None else m & sel
             res: Dict[str, Any] = {"type": t.type, "count": int(m.sum())}
+            w = rows.weights[t.name][m]
+            if t.name in weighted:
+                res["weight_sum"] = float(w.sum())
             s = summed[t.name]
             if t.type == "binary":
                 p, y = rows.predictions[t.name][m], rows.labels[t.name][m]
-                res.update(_binary_row_metrics(p, y, rows.group[m] if rows.group is not None else None))
+                res.update(_binary_row_metrics(p, y, rows.group[m] if rows.group is not None else None, w))
                 res["logloss"] = s["logloss"]
                 # NE divides by the label entropy, which is 0 when only one class is present.
                 res["ne"] = s["ne"] if 0.0 < s["positive_rate"] < 1.0 else float("nan")
                 # From the rows, not torchrec's calibration: that reports 0 when there is no positive,
                 # and mean prediction = calibration x positive rate would then be 0 as well.
-                positives = float(y.sum(dtype=np.float64))
-                predicted = float(p.sum(dtype=np.float64))
+                positives = float((w * y).sum(dtype=np.float64))
+                predicted = float((w * p).sum(dtype=np.float64))
                 res["calibration"] = predicted / positives if positives > 0 else float("nan")
                 res["positive_rate"] = s["positive_rate"]
-                res["mean_prediction"] = predicted / len(p) if len(p) else float("nan")
+                res["mean_prediction"] = predicted / float(w.sum()) if len(p) else float("nan")
                 if t.esmm_parent:
                     res["space"] = f"impression (p({t.esmm_parent}) x p({t.name} | {t.esmm_parent}))"
                 if t.name in conditional:
@@ -325,8 +346,9 @@ def evaluate_split(
                 res["rmse"] = s["mse"] ** 0.5
                 res["mse"] = s["mse"]
                 res["mae"] = s["mae"]
-                res["mean_label"] = float(rows.labels[t.name][m].mean()) if m.any() else float("nan")
-                res["mean_prediction"] = float(rows.predictions[t.name][m].mean()) if m.any() else float("nan")
+                wt = w if t.name in weighted else None
+                res["mean_label"] = _mean(rows.labels[t.name][m], wt)
+                res["mean_prediction"] = _mean(rows.predictions[t.name][m], wt)
             if res["count"] == 0:
                 res = {"type": t.type, "count": 0}
             block[t.name] = res

@@ -2,7 +2,9 @@
 
 Binary tasks: AUC, NE, calibration (mean prediction / observed rate), positive rate, logloss.
 Regression tasks: RMSE, MAE. Rows are weighted by the task's label mask, so masked rows (no
-label) and padding rows never count.
+label) and padding rows never count, times the task's sample weight (``Batch.weights``) where the
+data has one: every metric here, the exact AUC and GAUC included, treats a row of weight 2 exactly
+as two copies of the row.
 
 Example::
 
@@ -80,11 +82,15 @@ class TaskMetrics:
     def update(
         self, predictions: Dict[str, torch.Tensor], batch: Batch, row_weight: Optional[torch.Tensor] = None
     ) -> None:
-        """``row_weight`` (0/1 per row) restricts the update to a slice of the batch."""
+        """Adds a batch: each row weighs its task's label mask times its sample weight
+        (``batch.weights[task]``, when given); ``row_weight`` (0/1 per row) restricts the update to
+        a slice of the batch. ``predictions[task]`` and every per-row tensor are ``[B]``."""
         for t in self.tasks:
             p = predictions[t.name].detach().float()
             y = batch.labels[t.name].float()
             w = batch.masks[t.name].float()
+            if batch.weights is not None and t.name in batch.weights:
+                w = w * batch.weights[t.name].float()
             if row_weight is not None:
                 w = w * row_weight.float()
             for m in self._metrics[t.name].values():
@@ -148,12 +154,19 @@ def binary_auc(pred: np.ndarray, label: np.ndarray, weight: Optional[np.ndarray]
     return float((pos * (neg_below + 0.5 * neg)).sum() / (total_pos * total_neg))
 
 
-def grouped_auc(pred: np.ndarray, label: np.ndarray, group: np.ndarray) -> Dict[str, float]:
+def grouped_auc(
+    pred: np.ndarray, label: np.ndarray, group: np.ndarray, weight: Optional[np.ndarray] = None
+) -> Dict[str, float]:
     """GAUC: the AUC within each group (e.g. user), averaged over groups.
 
     ``gauc`` weights each group by its number of rows, ``gauc_unweighted`` is the plain mean.
     Groups whose rows are all one class have no AUC; they are skipped and counted in
     ``groups_one_class``. Ties count half, as in :func:`binary_auc`.
+
+    With ``weight`` (per row, ``>= 0``), each group's AUC is the weighted AUC (a pair of rows counts
+    ``w_pos * w_neg``, as sklearn's ``sample_weight``) and a group's size is its weight sum, so a row
+    of weight 2 counts exactly as two copies of it. A group whose positives or negatives all weigh
+    0 counts as one-class.
 
     Example::
 
@@ -162,18 +175,19 @@ def grouped_auc(pred: np.ndarray, label: np.ndarray, group: np.ndarray) -> Dict[
     pred = np.asarray(pred, dtype=np.float64)
     label = np.asarray(label, dtype=np.float64)
     group = np.asarray(group)
+    w = np.ones_like(pred) if weight is None else np.asarray(weight, dtype=np.float64)
     empty = {"gauc": float("nan"), "gauc_unweighted": float("nan"), "groups": 0, "groups_used": 0,
              "groups_one_class": 0}
     if len(pred) == 0:
         return empty
     order = np.lexsort((pred, group))
-    g, p, y = group[order], pred[order], label[order]
+    g, p, y, w = group[order], pred[order], label[order], w[order]
     # Runs of equal (group, score): ties share one rank bucket.
     new_pair = np.ones(len(p), dtype=bool)
     new_pair[1:] = (g[1:] != g[:-1]) | (p[1:] != p[:-1])
     pair = np.cumsum(new_pair) - 1
-    pos = np.bincount(pair, weights=y)
-    neg = np.bincount(pair, weights=1.0 - y)
+    pos = np.bincount(pair, weights=w * y)
+    neg = np.bincount(pair, weights=w * (1.0 - y))
     pair_group_start = np.ones(len(pos), dtype=bool)
     first_rows = np.flatnonzero(new_pair)
     pair_group_start[1:] = g[first_rows[1:]] != g[first_rows[:-1]]

@@ -55,10 +55,15 @@ def _task_tables(tasks: Dict[str, Dict[str, Any]]) -> List[str]:
     return out
 
 
-def regression_bins(pred: np.ndarray, label: np.ndarray, bins: int = 5) -> List[List[Any]]:
-    """Rows of (label range, count, mean label, mean prediction, RMSE, MAE) by label quantile."""
+def regression_bins(pred: np.ndarray, label: np.ndarray, bins: int = 5,
+                    weight: Optional[np.ndarray] = None) -> List[List[Any]]:
+    """Rows of (label range, count, mean label, mean prediction, RMSE, MAE) by label quantile.
+
+    With ``weight`` (per row, sample weights), the means and errors are weighted; the bin edges
+    and counts stay those of the rows."""
     if len(label) == 0:
         return []
+    w = np.ones(len(label)) if weight is None else np.asarray(weight, dtype=np.float64)
     edges = np.unique(np.quantile(label, np.linspace(0, 1, bins + 1)))
     if len(edges) < 2:
         edges = np.array([label.min(), label.max()])
@@ -69,9 +74,14 @@ def regression_bins(pred: np.ndarray, label: np.ndarray, bins: int = 5) -> List[
         if not sel.any():
             continue
         err = pred[sel] - label[sel]
+        if weight is None:
+            means = [label[sel].mean(), pred[sel].mean(), np.sqrt((err**2).mean()), np.abs(err).mean()]
+        else:
+            ws = w[sel] if w[sel].sum() > 0 else np.ones(int(sel.sum()))
+            means = [np.average(label[sel], weights=ws), np.average(pred[sel], weights=ws),
+                     np.sqrt(np.average(err**2, weights=ws)), np.average(np.abs(err), weights=ws)]
         rows.append([f"[{edges[b]:.3g}, {edges[b + 1]:.3g}{']' if b == len(edges) - 2 else ')'}", int(sel.sum()),
-                     float(label[sel].mean()), float(pred[sel].mean()), float(np.sqrt((err**2).mean())),
-                     float(np.abs(err).mean())])
+                     *(float(v) for v in means)])
     return rows
 
 
@@ -106,6 +116,9 @@ def markdown_report(summary: Dict[str, Any], plots: Sequence[Path], rows: Any, t
         if "groups" in v:
             notes.append(f"- `{name}` GAUC by `{s['group']}`: {v['groups_used']} of {v['groups']} groups have both "
                          f"classes; {v['groups_one_class']} one-class groups skipped. `gauc` weights groups by rows.")
+        if "weight_sum" in v:
+            notes.append(f"- `{name}` is weighted by its sample weights (total {v['weight_sum']:.6g} over {v['count']} "
+                         f"rows): every metric counts a row of weight k as k copies of it.")
         if "space" in v:
             notes.append(f"- `{name}` is evaluated in the {v['space']} space.")
     parts += notes + ([""] if notes else [])
@@ -116,8 +129,14 @@ def markdown_report(summary: Dict[str, Any], plots: Sequence[Path], rows: Any, t
         parts += ["## Regression by label range", ""]
         for t in reg:
             m = rows.masks[t.name]
+            w = getattr(rows, "weights", {}).get(t.name)
+            if w is not None and s["tasks"].get(t.name, {}).get("weight_sum") is not None:
+                m = m & (w > 0)
+                w = w[m]
+            else:
+                w = None
             table = regression_bins(rows.predictions[t.name][m].astype(np.float64),
-                                    rows.labels[t.name][m].astype(np.float64))
+                                    rows.labels[t.name][m].astype(np.float64), weight=w)
             parts += [f"**{t.name}**", "", md_table(["label range", "count", "mean label", "mean prediction",
                                                        "RMSE", "MAE"], table), ""]
     if s.get("slices"):

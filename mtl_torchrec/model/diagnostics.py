@@ -1,6 +1,7 @@
 """Is multi-task learning helping or hurting? Gate, expert and task-gradient diagnostics.
 
-On one batch, for any :class:`~mtl_torchrec.model.multitask.MultiTaskModel` (sharded or not):
+For any :class:`~mtl_torchrec.model.multitask.MultiTaskModel` (sharded or not), on the first of
+the batches given (gates, experts) or on each of them (task gradients):
 
 * **gates** (MMoE, OMoE, PLE): per gate the mean per-row entropy (normalised to [0, 1]: 1 is a
   uniform mix, 0 a hard choice) and each expert's share of the gate's weight;
@@ -8,13 +9,19 @@ On one batch, for any :class:`~mtl_torchrec.model.multitask.MultiTaskModel` (sha
   ``dead_share`` of a uniform share), ``constant`` experts whose output does not vary over the
   batch, and ``collapsed`` pairs of experts whose outputs are nearly identical (centred cosine
   above ``collapse_cosine``) -- capacity that is spent twice;
-* **task gradients** on the shared representation: norms and pairwise cosines. A negative
-  cosine means the tasks pull the shared features in opposite directions (negative transfer).
+* **task gradients** on the shared representation: norms and pairwise cosines per batch, averaged
+  over the batches with a t confidence interval (:func:`~mtl_torchrec.core.stats.mean_interval`).
+  A negative cosine means the tasks pull the shared features in opposite directions (negative
+  transfer), but one batch's cosine is noisy: a pair is flagged as conflicting only when the
+  whole interval lies below :data:`CONFLICT_COSINE` (-0.05), i.e. the conflict is clear. One
+  batch never flags (its interval is unbounded); a cosine of -0.003 never flags.
 
 Example::
 
-    report = diagnose(model, batch, tasks)
-    report["gradients"]["cosine"]["click|conversion"]
+    report = diagnose(model, [batch1, batch2, batch3], tasks)
+    report["gradients"]["cosine"]["click|conversion"]          # mean over the batches
+    report["gradients"]["cosine_interval"]["click|conversion"]  # {"mean", "sd", "n", "low", "high", ...}
+    report["gradients"]["conflicting"]                          # pairs whose interval is below -0.05
     report["experts"]["dead"], report["experts"]["collapsed"]
     flat = flatten_scalars(report)   # {"gates/click/entropy": ..., ...} for TensorBoard
 """
@@ -23,11 +30,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from mtl_torchrec.core.stats import mean_interval
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.model.multitask import ModelOutput
 from mtl_torchrec.model.tasks import TaskSpec, task_losses
@@ -120,8 +128,19 @@ def expert_health(
     }
 
 
+# A task pair conflicts when the upper bound of its mean gradient cosine's confidence interval is
+# below this: clearly negative, not noise around 0 (census runs showed single-batch cosines of
+# -0.003, which is no conflict at all).
+CONFLICT_COSINE = -0.05
+# Confidence of the interval the conflict flag is decided on.
+CONFLICT_CONFIDENCE = 0.95
+
+
 def gradient_conflict(losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> Dict[str, Any]:
-    """Norms and pairwise cosines of each task loss's gradient on ``shared`` (which must require grad)."""
+    """Norms and pairwise cosines of each task loss's gradient on ``shared`` (which must require
+    grad), on one batch: ``{"norm": {task: float}, "cosine": {"a|b": float}}`` (NaN cosine when a
+    gradient is 0). Whether a pair conflicts is decided over several batches by
+    :func:`conflict_over_batches`."""
     names = list(losses)
     grads: Dict[str, torch.Tensor] = {}
     for t in names:
@@ -133,7 +152,32 @@ def gradient_conflict(losses: Dict[str, torch.Tensor], shared: torch.Tensor) -> 
         for b in names[i + 1:]:
             denom = grads[a].norm() * grads[b].norm()
             cosine[f"{a}|{b}"] = float(grads[a] @ grads[b] / denom) if float(denom) > 0 else float("nan")
-    return {"norm": norms, "cosine": cosine, "conflicting": [k for k, v in cosine.items() if v < 0]}
+    return {"norm": norms, "cosine": cosine}
+
+
+def conflict_over_batches(
+    per_batch: Sequence[Dict[str, Any]],
+    threshold: float = CONFLICT_COSINE,
+    confidence: float = CONFLICT_CONFIDENCE,
+) -> Dict[str, Any]:
+    """Task-gradient statistics over batches from :func:`gradient_conflict` results ``per_batch``.
+
+    Returns ``norm`` and ``cosine`` (means over the batches), ``cosine_interval`` (per pair, the
+    :class:`~mtl_torchrec.core.stats.MeanInterval` as a dict: mean, sd, n, low, high, confidence),
+    ``conflicting`` (pairs whose interval's ``high`` is below ``threshold``), ``batches`` and
+    ``threshold``. Batches with a NaN cosine are left out of that pair's interval.
+    """
+    pairs = list(per_batch[0]["cosine"]) if per_batch else []
+    tasks = list(per_batch[0]["norm"]) if per_batch else []
+    intervals = {p: mean_interval([b["cosine"][p] for b in per_batch], confidence) for p in pairs}
+    return {
+        "norm": {t: float(sum(b["norm"][t] for b in per_batch) / len(per_batch)) for t in tasks},
+        "cosine": {p: ci.mean for p, ci in intervals.items()},
+        "cosine_interval": {p: ci.as_dict() for p, ci in intervals.items()},
+        "conflicting": [p for p, ci in intervals.items() if ci.high < threshold],
+        "batches": len(per_batch),
+        "threshold": threshold,
+    }
 
 
 def _trace(backbone: nn.Module, shared: torch.Tensor) -> ExpertTrace:
@@ -145,30 +189,40 @@ def _trace(backbone: nn.Module, shared: torch.Tensor) -> ExpertTrace:
 
 def diagnose(
     model: nn.Module,
-    batch: Batch,
+    batches: Union[Batch, Sequence[Batch]],
     tasks: List[TaskSpec],
     dead_share: float = 0.05,
     collapse_cosine: float = 0.99,
 ) -> Dict[str, Any]:
-    """All diagnostics of ``model`` (a MultiTaskModel, its embedding possibly sharded) on ``batch``.
+    """All diagnostics of ``model`` (a MultiTaskModel, its embedding possibly sharded) on ``batches``
+    (one Batch or several; ValueError for none).
 
-    The fused features are computed without gradient and then differentiated as a leaf, so the
-    embedding tables (and fused sparse optimizers) are never touched and no parameter receives
-    a gradient.
+    Gate and expert statistics and ``losses`` are of the first batch; task gradients are measured
+    on every batch and summarised by :func:`conflict_over_batches` (several batches are needed to
+    flag a conflict). The fused features are computed without gradient and then differentiated as
+    a leaf, so the embedding tables (and fused sparse optimizers) are never touched and no
+    parameter receives a gradient.
     """
-    with torch.no_grad():
-        shared = model.fuse(batch.sparse, batch.dense)
-    shared = shared.detach().requires_grad_(True)
+    batches = [batches] if isinstance(batches, Batch) else list(batches)
+    if not batches:
+        raise ValueError("diagnose needs at least one batch")
     names = [t.name for t in tasks]
-    with torch.enable_grad():
-        trace = _trace(model.backbone, shared)
-        logits = model.towers(trace.outputs)
-        losses = task_losses(ModelOutput(logits, shared, trace.gates), batch, tasks)
-        gradients = gradient_conflict(losses, shared)
+    per_batch: List[Dict[str, Any]] = []
+    for i, batch in enumerate(batches):
+        with torch.no_grad():
+            shared = model.fuse(batch.sparse, batch.dense)
+        shared = shared.detach().requires_grad_(True)
+        with torch.enable_grad():
+            batch_trace = _trace(model.backbone, shared)
+            logits = model.towers(batch_trace.outputs)
+            batch_losses = task_losses(ModelOutput(logits, shared, batch_trace.gates), batch, tasks)
+            per_batch.append(gradient_conflict(batch_losses, shared))
+        if i == 0:
+            trace, losses = batch_trace, batch_losses
     report: Dict[str, Any] = {
-        "batch_size": batch.batch_size,
+        "batch_size": batches[0].batch_size,
         "losses": {t: float(v.detach()) for t, v in losses.items()},
-        "gradients": gradients,
+        "gradients": conflict_over_batches(per_batch),
     }
     if trace.gate_info:
         report["gates"] = gate_statistics(trace.gates, trace.gate_info, names)
@@ -183,6 +237,9 @@ def flatten_scalars(report: Dict[str, Any]) -> Dict[str, float]:
         out[f"grad_norm/{t}"] = v
     for pair, v in report.get("gradients", {}).get("cosine", {}).items():
         out[f"grad_cosine/{pair}"] = v
+    for pair, ci in report.get("gradients", {}).get("cosine_interval", {}).items():
+        if math.isfinite(ci["high"]):
+            out[f"grad_cosine_ci_high/{pair}"] = ci["high"]
     for gate, stats in report.get("gates", {}).items():
         out[f"gate/{gate}/entropy"] = stats["entropy"]
         out[f"gate/{gate}/usage_entropy"] = stats["usage_entropy"]
@@ -205,7 +262,12 @@ def summarize_findings(report: Dict[str, Any]) -> List[str]:
             notes.append(f"constant experts (output does not vary): {', '.join(experts['constant'])}")
         for pair in experts["collapsed"]:
             notes.append(f"collapsed experts {pair['experts'][0]} ~ {pair['experts'][1]} (cosine {pair['cosine']:.3f})")
-    for pair in report.get("gradients", {}).get("conflicting", []):
-        cos = report["gradients"]["cosine"][pair]
-        notes.append(f"conflicting task gradients {pair.replace('|', ' vs ')} (cosine {cos:.3f}): negative transfer risk")
+    gradients = report.get("gradients", {})
+    for pair in gradients.get("conflicting", []):
+        ci = gradients["cosine_interval"][pair]
+        notes.append(
+            f"conflicting task gradients {pair.replace('|', ' vs ')} (cosine {ci['mean']:.3f}, "
+            f"{ci['confidence']:.0%} CI [{ci['low']:.3f}, {ci['high']:.3f}] over {ci['n']} batches, "
+            f"below {gradients['threshold']}): negative transfer risk"
+        )
     return notes

@@ -20,6 +20,7 @@ Write your own by overriding the hooks you need::
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -166,16 +167,26 @@ class Validation(Callback):
         self._validate(trainer)
 
 
-class Diagnostics(Callback):
-    """Gate, expert and task-gradient diagnostics (:mod:`mtl_torchrec.model.diagnostics`) on a fixed
-    batch of the validation split every ``every`` steps and at the end, to TensorBoard
-    (``diagnostics/*``) and ``run_dir/diagnostics.json`` (last report, findings, history)."""
+# Validation batches the task-gradient cosines are averaged over (fewer when the split is smaller).
+DIAGNOSTIC_BATCHES = 8
 
-    def __init__(self, every: int, batch_size: int) -> None:
+
+class Diagnostics(Callback):
+    """Gate, expert and task-gradient diagnostics (:mod:`mtl_torchrec.model.diagnostics`) on fixed
+    batches of the validation split every ``every`` steps and at the end, to TensorBoard
+    (``diagnostics/*``) and ``run_dir/diagnostics.json`` (last report, findings, history).
+
+    Task-gradient cosines are averaged over the first ``batches`` batches, and a pair is reported
+    as conflicting only when its confidence interval lies below
+    :data:`~mtl_torchrec.model.diagnostics.CONFLICT_COSINE`; gates and experts are read on the
+    first batch."""
+
+    def __init__(self, every: int, batch_size: int, batches: int = DIAGNOSTIC_BATCHES) -> None:
         self.every = every
         self.batch_size = batch_size
+        self.batches = batches
         self.history: List[Dict[str, Any]] = []
-        self._batch: Optional[Batch] = None
+        self._batches: Optional[List[Batch]] = None
 
     def report(self, trainer: Trainer) -> Dict[str, Any]:
         """One diagnostics report of the current model (all ranks take part); ``{}`` for a model
@@ -183,7 +194,7 @@ class Diagnostics(Callback):
         model = getattr(trainer.dmp.module, "model", None)
         if model is None or not hasattr(model, "fuse"):
             return {}
-        if self._batch is None:
+        if self._batches is None:
             val = trainer.data.splits.get("val")
             split = "val" if val is not None and len(val) > 0 else "train"
             ds = BatchDataset(
@@ -194,8 +205,9 @@ class Diagnostics(Callback):
                 rank=trainer.ctx.rank,
                 world_size=trainer.ctx.world_size,
             )
-            self._batch = next(iter(make_loader(ds, num_workers=0)))
-        report = diagnose(model, self._batch.to(trainer.ctx.device), trainer.tasks)
+            # Every rank has the same number of evaluation batches, so all take part in each step.
+            self._batches = list(itertools.islice(make_loader(ds, num_workers=0), self.batches))
+        report = diagnose(model, [b.to(trainer.ctx.device) for b in self._batches], trainer.tasks)
         report["step"] = trainer.state.global_step
         report["loss_weights"] = trainer.loss_weights()
         return report

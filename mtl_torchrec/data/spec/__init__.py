@@ -29,7 +29,7 @@ A spec (paths are relative to the spec file)::
       - {column: price, normalize: log_standard, fill_missing: mean}
     labels:
       - {task: click, column: clicked, type: binary, positive: ["yes", "1"]}
-      - {task: rating, column: stars, type: regression, maskable: true}
+      - {task: rating, column: stars, type: regression, maskable: true, weight_column: w}
     group: user_id
     text:                             # language-model text features (docs/text.md)
       - {key: item_id, items: {file: items.csv}, columns: [title, genres], template: "{title}. {genres}"}
@@ -48,7 +48,7 @@ Example::
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.build import build_bundle
 from mtl_torchrec.data.spec.data_spec import DataSpec, load_spec
-from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for
+from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for, weight_column
 from mtl_torchrec.data.spec.reading import Chunk, iter_chunks, spec_files
 from mtl_torchrec.data.spec.sections import (
     ALL_SPLIT,
@@ -84,4 +84,5 @@ __all__ = [
     "load_spec",
     "schema_for",
     "spec_files",
+    "weight_column",
 ]

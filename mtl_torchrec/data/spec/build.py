@@ -15,7 +15,7 @@ from mtl_torchrec.data.item_table import compose_texts, read_item_table
 from mtl_torchrec.data.preprocessing import Preprocessing, canonical_tokens, stable_hash, value_tokens
 from mtl_torchrec.data.schema import ColumnTable, Jagged, Schema
 from mtl_torchrec.data.spec.data_spec import DataSpec
-from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for
+from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for, weight_column
 from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
 from mtl_torchrec.data.spec.rows import ChunkValues, check_chunk, sparse_tokens
 from mtl_torchrec.data.spec.sections import SPLITS, TextFeatureSpec
@@ -95,6 +95,8 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
             converted[d.feature] = dense[d.feature][keep]
         for task, y in checked.labels.items():
             converted[task] = y[keep]
+        for task, w in checked.weights.items():
+            converted[weight_column(task)] = w[keep]
         if spec.group:
             # Canonical text: the same groups (and GAUC) from a CSV or a Parquet file of int or float keys.
             h = stable_hash(canonical_tokens(frame[spec.group]))
@@ -280,6 +282,8 @@ def empty_table(schema: Schema) -> ColumnTable:
         cols[d.name] = np.zeros(0, dtype=np.float32)
     for lab in schema.labels:
         cols[lab.column_name] = np.zeros(0, dtype=np.float32)
+        if lab.weight:
+            cols[lab.weight] = np.zeros(0, dtype=np.float32)
     if schema.group:
         cols[schema.group] = np.zeros(0, dtype=np.int64)
     return ColumnTable(cols)

@@ -59,11 +59,15 @@ def check_names_unique(names: Sequence[str]) -> None:
 
 
 def check_label_column(label: LabelColumn, key: str) -> None:
-    """``labels[i]`` (``key``): one binary mapping at most, none for regression; raises ConfigError."""
+    """``labels[i]`` (``key``): one binary mapping at most, none for regression, a weight column that
+    is not the label or mask column; raises ConfigError naming the key."""
     if label.type == "binary" and label.positive is not None and label.threshold is not None:
         raise ConfigError(f"{key}: give either positive or threshold, not both")
     if label.type == "regression" and (label.positive or label.negative or label.threshold is not None):
         raise ConfigError(f"{key}: positive/negative/threshold only apply to binary labels")
+    if label.weight_column is not None and label.weight_column in (label.column, label.mask_column):
+        raise ConfigError(f"{key}.weight_column: '{label.weight_column}' is the task's label or mask column; "
+                          f"name a column of per-row weights")
 
 
 def check_files(files: Files, split: Optional[SplitRule]) -> None:

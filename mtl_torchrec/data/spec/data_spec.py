@@ -98,6 +98,8 @@ class DataSpec:
             cols.append(lab.column)
             if lab.mask_column:
                 cols.append(lab.mask_column)
+            if lab.weight_column:
+                cols.append(lab.weight_column)
         if self.group:
             cols.append(self.group)
         if self.split and self.split.column:
@@ -120,6 +122,8 @@ class DataSpec:
             named.append((f"labels[{i}].column", lab.column))
             if lab.mask_column:
                 named.append((f"labels[{i}].mask_column", lab.mask_column))
+            if lab.weight_column:
+                named.append((f"labels[{i}].weight_column", lab.weight_column))
         if self.group:
             named.append(("group", self.group))
         if self.split and self.split.column:

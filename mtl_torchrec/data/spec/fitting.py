@@ -85,8 +85,8 @@ def _vocabulary(spec: DataSpec, column: SparseColumn, counts: Dict[str, pd.Serie
 
 def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
     """The schema of the spec's tables: table sizes from the fitted vocabularies and text rows, a
-    task masked when it is ``maskable`` or has a ``mask_column``. Raises DataError when ``pre``
-    lacks a feature."""
+    task masked when it is ``maskable`` or has a ``mask_column``, weighted (:func:`weight_column`)
+    when it has a ``weight_column``. Raises DataError when ``pre`` lacks a feature."""
     sparse = []
     for s in spec.sparse:
         if s.feature not in pre.vocabs:
@@ -100,7 +100,8 @@ def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
     for d in spec.dense:
         if d.feature not in pre.normalizers:
             raise DataError(f"fitted preprocessing has no normaliser for dense feature '{d.feature}'")
-    labels = [LabelSpec(lab.task, lab.type, maskable=lab.maskable or lab.mask_column is not None) for lab in spec.labels]
+    labels = [LabelSpec(lab.task, lab.type, maskable=lab.maskable or lab.mask_column is not None,
+                        weight=weight_column(lab.task) if lab.weight_column else None) for lab in spec.labels]
     return Schema(
         sparse=sparse, dense=[DenseFeature(d.feature) for d in spec.dense], labels=labels,
         group=group_column(spec.group) if spec.group else None,
@@ -110,3 +111,8 @@ def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
 def group_column(raw: str) -> str:
     """The table column holding group ids (a 63-bit hash of the raw group value)."""
     return f"group:{raw}"
+
+
+def weight_column(task: str) -> str:
+    """The table column holding task ``task``'s sample weights (float32)."""
+    return f"weight:{task}"

@@ -83,6 +83,32 @@ def label_values(spec: DataSpec, chunk: Chunk, bad: BadRows) -> Dict[str, np.nda
     return out
 
 
+# The largest weight float32 holds (weights are float32 in the table and the batch).
+_MAX_WEIGHT = float(np.finfo(np.float32).max)
+
+
+def weight_values(spec: DataSpec, chunk: Chunk, bad: BadRows) -> Dict[str, np.ndarray]:
+    """task -> float32 sample weight per row, for the tasks whose label has a ``weight_column``.
+
+    Flags on ``bad`` (naming the file, line and weight column): a missing weight, one that is not
+    a finite number (text, ``inf``, ``nan``, beyond float32), and a negative one. Weight 0 is allowed
+    (the row then counts for nothing). A weight is read on every row, also where the task's label
+    is masked, so one rule holds for the whole column.
+    """
+    out: Dict[str, np.ndarray] = {}
+    for lab in spec.labels:
+        if lab.weight_column is None:
+            continue
+        num, missing, unparseable = parse_numbers(chunk.frame, lab.weight_column)
+        raw = chunk.frame[lab.weight_column].to_numpy()
+        bad.flag(missing, lab.weight_column, f"missing sample weight of task '{lab.task}'", raw)
+        bad.flag(unparseable | (np.abs(np.nan_to_num(num)) > _MAX_WEIGHT), lab.weight_column,
+                 "sample weight is not a finite number", raw)
+        bad.flag(num < 0, lab.weight_column, "negative sample weight (weights must be >= 0)", raw)
+        out[lab.task] = np.where(np.isfinite(num) & (num >= 0), num, 0.0).astype(np.float32)
+    return out
+
+
 def sparse_tokens(column: SparseColumn, frame: pd.DataFrame) -> Tuple[Any, Optional[np.ndarray]]:
     """The raw tokens of ``column``, for :meth:`Vocabulary.lookup` (which puts them in its token form).
 
@@ -101,18 +127,20 @@ def sparse_tokens(column: SparseColumn, frame: pd.DataFrame) -> Tuple[Any, Optio
 
 
 class ChunkValues(NamedTuple):
-    """What :func:`check_chunk` found in a chunk: its bad rows, each row's split, task -> label and
-    dense feature -> raw float64 values (NaN where missing), all over every row of the chunk."""
+    """What :func:`check_chunk` found in a chunk: its bad rows, each row's split, task -> label,
+    dense feature -> raw float64 values (NaN where missing) and task -> sample weight (float32, only
+    tasks with a ``weight_column``), all over every row of the chunk."""
 
     bad: BadRows
     split: np.ndarray
     labels: Dict[str, np.ndarray]
     dense: Dict[str, np.ndarray]
+    weights: Dict[str, np.ndarray]
 
 
 def check_chunk(spec: DataSpec, chunk: Chunk, skip: bool, counts: Dict[str, int]) -> ChunkValues:
-    """Row checks that do not depend on fitted state, field counts first, then split, labels, dense
-    values (negative ones under ``log_standard`` unless ``clip_negative``), identity ids.
+    """Row checks that do not depend on fitted state, field counts first, then split, labels, sample
+    weights, dense values (negative ones under ``log_standard`` unless ``clip_negative``), identity ids.
 
     Raises DataError at the first bad row unless ``skip``; then bad rows are marked in the result's
     ``bad.bad`` and counted per reason in ``counts``.
@@ -122,6 +150,7 @@ def check_chunk(spec: DataSpec, chunk: Chunk, skip: bool, counts: Dict[str, int]
     bad.flag_field_counts()
     split = assign_splits(spec, chunk, bad)
     labels = label_values(spec, chunk, bad)
+    weights = weight_values(spec, chunk, bad)
     dense: Dict[str, np.ndarray] = {}
     for d in spec.dense:
         num, missing, unparseable = parse_numbers(chunk.frame, d.column)
@@ -138,4 +167,4 @@ def check_chunk(spec: DataSpec, chunk: Chunk, skip: bool, counts: Dict[str, int]
             ids = Vocabulary.identity(s.num_embeddings).lookup(chunk.frame[s.column].to_numpy(dtype=object))
             bad.flag(ids < 0, s.column, f"not an integer id in [0, {s.num_embeddings})",
                      chunk.frame[s.column].to_numpy())
-    return ChunkValues(bad, split, labels, dense)
+    return ChunkValues(bad, split, labels, dense, weights)

@@ -107,6 +107,10 @@ class LabelColumn:
     maskable: bool = False
     # A 0/1 column: rows where it is 0 have no label for this task.
     mask_column: Optional[str] = None
+    # A column of per-row sample weights for this task (finite numbers >= 0): a row of weight 2
+    # counts like two copies of it in the loss and in every metric, weight 0 like no row. A missing,
+    # negative or non-numeric weight is a bad row. Without it every row weighs 1.
+    weight_column: Optional[str] = None
 
 
 @dataclass
