@@ -184,12 +184,13 @@ def test_item_table_file_and_template(tmp_path: Path) -> None:
 
 def test_keyed_store_refuses_keys_it_lacks_and_corruption(tmp_path: Path, tiny_model: str) -> None:
     store, _ = build_store({"7": "toy", "x9": "story", "4": ""}, tmp_path / "s", enc_cfg(tiny_model),
-                           keyed_by="column clothing_id of items.csv")
+                           "clothing_id", "items.csv")
     vectors, has_text = store.lookup([None, "x9", "4", "7"])
     assert vectors.shape == (4, 32) and has_text.tolist() == [False, True, False, True]
     assert torch.equal(vectors[3], store.vectors[0])
     loaded = TextStore.load(tmp_path / "s")
     assert loaded.keys == ["7", "x9", "4"] and loaded.keyed_by == "column clothing_id of items.csv"
+    assert loaded.key_column == "clothing_id"
     # A store keyed by other ids than the data's: an error naming a few keys, never another item's text.
     with pytest.raises(DataError, match=r"2 of 3 item keys of the data are not in the store \(keyed by column "
                                         r"clothing_id of items.csv; e.g. '1', '2'\)"):

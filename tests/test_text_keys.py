@@ -144,29 +144,92 @@ def test_spec_text_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"text\[0\]\.items\.file: .*nowhere.csv not found"):
         build_bundle(load_spec(spec))
     spec = write_data(tmp_path, text="text: [{columns: [click]}]\n")
-    with pytest.raises(ConfigError, match=r"text\[0\]\.columns: 'click' is the label column"):
+    with pytest.raises(ConfigError, match=r"text\[0\]\.columns: 'click' is a label column"):
         load_spec(spec)
 
 
 def test_a_store_keyed_by_other_ids_is_refused(tmp_path: Path, tiny_model: str) -> None:
     enc = TextEncoderConfig(model=tiny_model)
-    # A store keyed by a catalogue's own numbers, while the data uses SKU strings: refused by name.
-    build_store({str(i): t for i, t in enumerate(TITLES)}, tmp_path / "by_number", enc, "column number of c.csv")
-    build_store(dict(zip(ITEMS, TITLES)), tmp_path / "by_sku", enc, "column item_key of items.csv")
+    # Catalogue numbers 0..39 in another order than the data's item ids 0..39: every key is in the
+    # store, so only the key column tells them apart. Refused unless the spec says they are the same ids.
+    order = np.random.default_rng(1).permutation(40)
+    build_store({str(int(order[i])): t for i, t in enumerate(TITLES)}, tmp_path / "by_number", enc, "catalog_no", "c.csv")
+    build_store({str(i): t for i, t in enumerate(TITLES)}, tmp_path / "by_id", enc, "item", "items.csv")
+    build_store(dict(zip(ITEMS, TITLES)), tmp_path / "by_sku", enc, "item", "items.csv")
     cfg = model_cfg(tiny_model, tmp_path / "cache")
-    for store, ok in (("by_number", False), ("by_sku", True)):
-        spec = write_data(tmp_path / store, text=f"text: [{{key: item, store: {tmp_path / store}}}]\n")
-        bundle = build_bundle(load_spec(spec))
-        if not ok:
-            with pytest.raises(DataError, match=r"item keys of the data are not in the store \(keyed by column "
-                                                r"number of c.csv; e.g. 'sku-"):
-                text_feature_modules(cfg.model.text, bundle, tmp_path / "cache")
-            continue
-        feature = text_feature_modules(cfg.model.text, bundle, tmp_path / "cache")["item_text"]
-        table = bundle.texts["item_text"]
-        vectors, _, _ = encode_texts([None] + [TITLES[ITEMS.index(k)] for k in table.keys[1:]], tmp_path / "c2", enc)
-        weights = feature.initial_weights[:, :vectors.shape[1]] / np.sqrt(vectors.shape[1])
-        torch.testing.assert_close(weights, vectors)
+    folder = tmp_path / "numbers"
+    spec = write_data(folder, text=f"text: [{{key: item, store: {tmp_path / 'by_number'}}}]\n")
+    raw = pd.read_csv(folder / "rows.csv")
+    raw["item"] = raw["item"].str[4:].astype(int)
+    raw.to_csv(folder / "rows.csv", index=False)
+    bundle = build_bundle(load_spec(spec))
+    with pytest.raises(DataError, match=r"keyed by column catalog_no of c.csv, the data reads column 'item'; .*"
+                                        r"store_key: catalog_no"):
+        text_feature_modules(cfg.model.text, bundle, tmp_path / "cache")
+    # The same ids, and the store named by its own key column: the data's keys find their own titles.
+    spec.write_text(spec.read_text().replace("by_number}", "by_id}"))
+    table = build_bundle(load_spec(spec)).texts["item_text"]
+    feature = text_feature_modules(cfg.model.text, build_bundle(load_spec(spec)), tmp_path / "cache")["item_text"]
+    vectors, _, _ = encode_texts([None] + [TITLES[int(k)] for k in table.keys[1:]], tmp_path / "c2", enc)
+    torch.testing.assert_close(feature.initial_weights[:, :vectors.shape[1]] / np.sqrt(vectors.shape[1]), vectors)
+    # A store of SKUs read by numeric ids: keys missing from the store, named.
+    spec.write_text(spec.read_text().replace("by_id}", "by_sku}"))
+    with pytest.raises(DataError, match=r"40 of .* item keys of the data are not in the store \(keyed by column "
+                                        r"item of items.csv; e.g. '"):
+        text_feature_modules(cfg.model.text, build_bundle(load_spec(spec)), tmp_path / "cache")
+
+
+def test_item_file_problems_are_one_error_naming_the_file(tmp_path: Path, tiny_model: str) -> None:
+    spec = write_data(tmp_path)
+    for content, message in ((b"", "empty file"), (b"item_key,title\nsku-000,a,b,c\n", "cannot be read as csv"),
+                             (b'item_key,title\nsku-000,"open\n', "cannot be read as csv"),
+                             (b"\x1f\x8b\x08\x00\xff", "compressed files are not read")):
+        (tmp_path / "items.csv").write_bytes(content)
+        with pytest.raises(DataError, match=rf"text\[0\]\.items: .*items.csv.*{message}"):
+            build_bundle(load_spec(spec))
+    # A cache folder that cannot be written is refused before any encoding.
+    (tmp_path / "cache_file").write_text("")
+    with pytest.raises(ConfigError, match=r"model.text.cache_dir \(the encoding cache\): cannot create"):
+        encode_texts(["toy story"], tmp_path / "cache_file", TextEncoderConfig(model=tiny_model))
+
+
+def test_evaluation_data_with_new_or_changed_items(tmp_path: Path) -> None:
+    spec = write_data(tmp_path)
+    fitted = build_bundle(load_spec(spec)).preprocessing
+    pre = Preprocessing.from_json(fitted.to_json())
+    # New data: an item added to the item table since training, and one changed title.
+    items = pd.read_csv(tmp_path / "items.csv")
+    items.loc[0, "title"] = "gold eye"
+    items = pd.concat([items, pd.DataFrame({"item_key": ["sku-new"], "title": ["war night story"]})])
+    items.to_csv(tmp_path / "items.csv", index=False)
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    rows.loc[rows.index[:5], "item"] = "sku-new"
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    bundle = build_bundle(load_spec(spec), pre)
+    assert bundle.preprocessing.stats["text_changed"] == {"item_text": 1}
+    assert (bundle.splits[str(rows.split[0])]["item_text"][:1] == 0).all()
+    oov = bundle.preprocessing.stats["oov"]
+    assert sum(c["item_text"]["unknown"] for c in oov.values()) == 5
+    # An item table feature read as per-row text at evaluation: refused by kind.
+    other = tmp_path / "other.yaml"
+    other.write_text(spec.read_text().replace("- {key: item, items: {file: items.csv, key: item_key}, columns: [title]}",
+                                              "- {columns: [review], name: item_text}"))
+    with pytest.raises(DataError, match=r"the run's text feature 'item_text' is of kind 'item', this spec declares "
+                                        r"kind 'row'"):
+        build_bundle(load_spec(other), pre)
+
+
+def test_encode_text_refuses_options_it_would_ignore(tmp_path: Path) -> None:
+    from mtl_torchrec.launch.cli import main
+
+    for argv in (["--text-columns", "title"], ["--template", "{title}"], ["--id-column", "sku"],
+                 ["--input", "items.csv", "--store", "s", "--text-columns", "t", "--cache-dir", "c"]):
+        assert main(["encode-text", *argv]) == 2
+
+
+def test_numbers_in_exponent_form_are_numbers() -> None:
+    cfg = load_config(None, ["model.text.adapter_lr=1e-4", "train.dense_lr=2E-3"])
+    assert cfg.model.text.adapter_lr == pytest.approx(1e-4) and cfg.train.dense_lr == pytest.approx(2e-3)
 
 
 def test_switching_specs_reencodes_nothing_already_encoded(tmp_path: Path, tiny_model: str) -> None:

@@ -412,7 +412,7 @@ def _set_override(data: Dict[str, Any], dotted_key: str, raw: str) -> None:
     if any(p == "" for p in parts):
         raise ConfigError(f"override '{dotted_key}': empty key part")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{dotted_key}': cannot parse value {raw!r}: {e}") from None
     node: Any = data
@@ -480,6 +480,14 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads "1e-4" as a string (it wants "1.0e-4"); YAML 1.2 and every user mean a number.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def read_yaml(path: Union[str, Path]) -> Any:

@@ -27,8 +27,10 @@ class TextTable:
     # or when a fitted run's table is reused (the checkpoint has the vectors).
     texts: Optional[List[Optional[str]]] = None
     store: Optional[str] = None
-    # Where the keys come from, for messages (e.g. "column item_id").
+    # The row column holding the raw keys (kinds item and key).
     key_column: Optional[str] = None
+    # The key column a keyed store must have been built from (default: ``key_column``).
+    store_key: Optional[str] = None
 
     @property
     def num_rows(self) -> int:
@@ -81,7 +83,7 @@ def item_text_feature(
     is item ``i``'s text): the feature's id is ``item id + 1`` (row 0: no text), so every item, seen
     in training or not, reads its own text. Returns the new schema, splits and ``texts``."""
     table = TextTable(feature=feature, kind="item", keys=[None] + [str(i) for i in range(len(texts))],
-                      texts=[None] + list(texts), key_column=f"column {item_column}")
+                      texts=[None] + list(texts), key_column=item_column)
     sparse = list(schema.sparse) + [SparseFeature(feature, table.num_rows, kind="text")]
     new_splits = {name: ColumnTable({**t.columns, feature: np.asarray(t[item_column], dtype=np.int64) + 1})
                   for name, t in splits.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import string
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -26,17 +27,26 @@ from mtl_torchrec.data.preprocessing import value_tokens
 
 
 def template_fields(template: str, columns: Sequence[str], key: str = "template") -> None:
-    """Raises ConfigError naming ``key`` when ``template`` is not a valid ``str.format`` pattern or
-    uses a field that is not among ``columns``."""
+    """Raises ConfigError naming ``key`` when ``template`` is not a valid ``str.format`` pattern over
+    ``columns``: a field that is not a text column, a positional field, a format spec or conversion
+    that text cannot take, or no text column at all (every row would get the same text)."""
     try:
-        used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as e:
         raise ConfigError(f"{key}: not a valid format pattern ({e})") from None
+    used = {name for _, name, _, _ in parsed if name is not None}
     if "" in used or any(n.isdigit() for n in used):
         raise ConfigError(f"{key}: fields must be named after text columns, e.g. '{{{columns[0]}}}'")
     unknown = sorted(used - set(columns))
     if unknown:
         raise ConfigError(f"{key}: field(s) {unknown} are not among the text columns {list(columns)}")
+    if not used:
+        raise ConfigError(f"{key}: uses none of the text columns {list(columns)}, so every row would get the "
+                          f"same text; name them in braces, e.g. '{{{columns[0]}}}'")
+    try:
+        template.format(**{c: "text" for c in columns})
+    except (ValueError, KeyError, IndexError, AttributeError) as e:
+        raise ConfigError(f"{key}: cannot be applied to text cells ({type(e).__name__}: {e})") from None
 
 
 def compose_texts(
@@ -65,24 +75,39 @@ def compose_texts(
 def read_frame(path: Path) -> pd.DataFrame:
     """A CSV / TSV / JSONL / Parquet file as text cells (missing cells empty).
 
-    Raises FileNotFoundError naming the file, DataError naming the file and line for bytes that are
-    not UTF-8.
+    Raises FileNotFoundError naming the file, DataError naming the file (and line where known) for
+    bytes that are not UTF-8 and for a file that cannot be parsed (empty, ragged, bad JSON, not Parquet).
     """
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: item file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    if suffix in (".jsonl", ".json"):
-        return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False)
-    sep = "\t" if suffix in (".tsv", ".tab") else ","
-    return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            hint = " (compressed files are not read; decompress it first)" if raw[:2] == b"\x1f\x8b" else ""
+            raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start}){hint}") from None
+        if not text.strip():
+            raise DataError(f"{path}: empty file (a header row and one row per item are needed)")
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False)
+        sep = "\t" if suffix in (".tsv", ".tab") else ","
+        with warnings.catch_warnings():
+            # A first row with more fields than the header would silently become the index, or
+            # (index_col=False) lose fields with only a warning: make it the error it is.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
+    except DataError:
+        raise
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.ParserWarning) as e:
+        # pandas / pyarrow parse errors (ragged rows, unclosed quotes, bad JSON, not a Parquet file).
+        raise DataError(f"{path}: cannot be read as {suffix.lstrip('.') or 'csv'}: {str(e).strip()}") from None
 
 
 def read_item_table(
@@ -104,6 +129,8 @@ def read_item_table(
     columns = list(text_columns)
     if not columns:
         raise ConfigError(f"{p}: at least one text column is required")
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"{p}: a text column is given twice in {columns}")
     if template is not None:
         template_fields(template, columns)
     frame = read_frame(p)

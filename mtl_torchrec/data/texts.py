@@ -58,6 +58,9 @@ class TextRows:
     kind: TextKind
     keys: List[str] = field(default_factory=list)
     frozen: bool = False
+    # Item tables: the hash (hex) of each row's text as encoded in training, so that later data
+    # whose item texts changed is told that the run's vectors are used.
+    hashes: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in TEXT_KINDS:
@@ -99,13 +102,17 @@ class TextRows:
 
     def frozen_copy(self) -> "TextRows":
         """The same mapping, frozen (evaluation and serving reuse a training run's rows)."""
-        return TextRows(self.kind, list(self.keys), frozen=True)
+        return TextRows(self.kind, list(self.keys), frozen=True, hashes=list(self.hashes))
 
     def to_json(self) -> Dict[str, Any]:
-        """``{"kind", "keys"}``, saved with the run's fitted preprocessing."""
-        return {"kind": self.kind, "keys": list(self.keys)}
+        """``{"kind", "keys"[, "hashes"]}``, saved with the run's fitted preprocessing."""
+        out: Dict[str, Any] = {"kind": self.kind, "keys": list(self.keys)}
+        if self.hashes:
+            out["hashes"] = list(self.hashes)
+        return out
 
     @staticmethod
     def from_json(d: Dict[str, Any]) -> "TextRows":
         """A frozen mapping from :meth:`to_json`."""
-        return TextRows(d["kind"], [str(k) for k in d["keys"]], frozen=True)
+        return TextRows(d["kind"], [str(k) for k in d["keys"]], frozen=True,
+                        hashes=[str(h) for h in d.get("hashes", [])])

@@ -674,7 +674,15 @@ def load_checkpoint(
     if optimizer is not None:
         opt_state = _merge(tensors.get("optimizer"), non_tensor.get("optimizer")) or {"state": {}}
         opt_state.setdefault("state", {})
-        optimizer.load_state_dict(opt_state)
+        try:
+            optimizer.load_state_dict(opt_state)
+        except ValueError as e:
+            # torch compares parameter groups by count: another grouping than the checkpoint's.
+            raise CheckpointError(
+                f"{path}: the optimizer's parameter groups differ from the checkpoint's ({e}); settings that add or "
+                f"remove a group (model.text.adapter_lr / adapter_weight_decay, train.balance.lr) must be the same "
+                f"as when it was saved (train.init_from starts from its weights with a fresh optimizer)"
+            ) from None
     if restore_rng and meta.get("world_size") == _world():
         state = read_rng_state(path, _rank())
         if state is not None:

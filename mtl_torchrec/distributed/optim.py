@@ -40,7 +40,7 @@ def make_optimizer(
     ``balancer``) get their own optimizer of the same kind at that rate, and the dense optimizer
     leaves them out. With ``adapter_lr`` or ``adapter_weight_decay``, the text features' adapters
     (parameters under ``feature_modules.<name>.adapter``) get their own optimizer of the same kind at
-    that rate (default ``lr``) with decoupled weight decay (AdamW for ``adam``): text vectors have
+    that rate (default ``lr``) with weight decay (decoupled, AdamW, for ``adam``; L2 otherwise): text vectors have
     hundreds of inputs per row and fit the training items faster than the rest of the model. All are
     unnamed in the combination, so optimizer state keys stay the parameters' names either way. Raises ValueError naming ``train.dense_optimizer`` (unknown) or
     ``train.balance.lr`` (not positive).

@@ -438,6 +438,9 @@ def evaluate_run(
     notes = check_esmm_labels(bundle, cfg.model.tasks, [split])
     stats = bundle.preprocessing.stats if bundle.preprocessing is not None else {}
     warnings = oov_warnings(stats, split, [f.name for f in bundle.schema.text_features])
+    warnings += [f"text feature '{name}': {n} item texts differ from those the run encoded in training; the run's "
+                 f"vectors (the checkpoint) are used, not the new texts" for name, n in
+                 (stats.get("text_changed") or {}).items() if n]
     note(f"loaded {sum(len(t) for t in bundle.splits.values())} rows in {time.perf_counter() - t0:.1f} s; "
          f"'{split}' has {len(bundle.splits[split])}")
     if ctx.is_main:

@@ -68,6 +68,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--text-columns: required with --input")
     if args.input is None and args.store:
         raise ConfigError("--store: only with --input; the configured data's texts go to the cache (--cache-dir)")
+    if args.input is None:
+        given = [flag for flag, value in (("--text-columns", args.text_columns), ("--template", args.template),
+                                          ("--id-column", args.id_column != "item_id" or None)) if value]
+        if given:
+            raise ConfigError(f"{given[0]}: only with --input; the configured data's text features say which "
+                              f"columns and templates they use")
+    if args.input is not None and args.cache_dir:
+        raise ConfigError("--cache-dir: only without --input (a keyed store is written to --store)")
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.model.text import text_cache_root
     from mtl_torchrec.text.store import StoreStats, build_store, encode_texts
@@ -111,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         for what, texts in jobs:
             stats: StoreStats
             if args.input is not None:
-                keyed_by = f"column {args.id_column} of {os.path.basename(args.input)}"
-                store, stats = build_store(texts, args.store, enc, keyed_by, progress=progress, source=what)
+                store, stats = build_store(texts, args.store, enc, args.id_column, os.path.basename(args.input),
+                                           progress=progress, source=what)
                 where, dim = args.store, store.dim
             else:
                 vectors, _, stats = encode_texts(texts, cache_root, enc, progress=progress, source=what)

@@ -88,6 +88,14 @@ def table_vectors(
     """
     if table.store is not None:
         store = TextStore.load(table.store)
+        wanted = table.store_key or table.key_column
+        if store.key_column is not None and wanted is not None and store.key_column != wanted:
+            # Two columns of other names may hold other ids that overlap (SKU 5 vs catalogue number 5).
+            raise DataError(
+                f"text feature '{table.feature}': the store {table.store} is keyed by {store.keyed_by}, the data "
+                f"reads column '{table.key_column}'; if that column holds the same ids, say so with "
+                f"store_key: {store.key_column} in the spec's text entry"
+            )
         vectors, has_text = store.lookup(table.keys, source=f"text feature '{table.feature}': store {table.store}")
         return vectors, has_text, bool(store.info.get("normalize", False))
     if table.texts is None:

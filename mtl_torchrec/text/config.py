@@ -38,8 +38,8 @@ class TextConfig:
     enabled: bool = False
     # Adapter MLP from the text vector to the model (at least one layer).
     adapter_layers: Layers = field(default_factory=lambda: [8])
-    # The adapter's own learning rate (None: train.dense_lr) and decoupled weight decay (AdamW-style
-    # for adam): text vectors have many inputs per row and fit the training items quickly.
+    # The adapter's own learning rate (None: train.dense_lr) and weight decay (decoupled, AdamW, for
+    # adam; L2 for adagrad/sgd): text vectors have many inputs per row and fit the training items quickly.
     adapter_lr: Optional[PositiveFloat] = None
     adapter_weight_decay: NonNegativeFloat = 0.0
     # Probability, in training, of serving a row the learned "no text" vector instead of its text, so

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.core.io import PathLike, atomic_write_bytes, write_json
 from mtl_torchrec.data.texts import text_hash
 from mtl_torchrec.text.config import TextEncoderConfig
@@ -110,6 +111,12 @@ class TextStore:
         return int(self.vectors.shape[1])
 
     @property
+    def key_column(self) -> Optional[str]:
+        """The raw key column a keyed store was built from (None for the cache)."""
+        column = self.info.get("key_column")
+        return str(column) if column is not None else None
+
+    @property
     def keyed_by(self) -> str:
         """What the entries are found by: :data:`BY_TEXT`, or the raw key column it was built from."""
         return str(self.info.get("keyed_by", BY_TEXT))
@@ -124,7 +131,7 @@ class TextStore:
         tensors = {
             "vectors": self.vectors.float().contiguous(),
             "has_text": torch.from_numpy(self.has_text.astype(np.uint8)),
-            "text_hash": torch.from_numpy(np.ascontiguousarray(self.hashes, dtype=np.uint8).reshape(-1, 16)),
+            "text_hash": torch.from_numpy(np.array(self.hashes, dtype=np.uint8).reshape(-1, 16)),
         }
         if self.keys is not None:
             encoded = [k.encode("utf-8") for k in self.keys]
@@ -183,7 +190,7 @@ class TextStore:
             off = t["key_offsets"].numpy()
             keys = [raw[off[i]:off[i + 1]].decode("utf-8") for i in range(len(off) - 1)]
         info = {k: v for k, v in index.items()
-                if k in ("model", "revision", "pooling", "normalize", "max_length", "keyed_by")}
+                if k in ("model", "revision", "pooling", "normalize", "max_length", "keyed_by", "key_column")}
         return TextStore(
             vectors=t["vectors"],
             has_text=t["has_text"].numpy().astype(bool),
@@ -234,6 +241,17 @@ def _same_encoder(store: TextStore, cfg: TextEncoderConfig, revision: str) -> bo
         max_length=int(store.info.get("max_length", 1)),
     )
     return settings_key(str(store.info.get("revision")), settings) == settings_key(revision, cfg)
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Creates ``folder`` (and parents) and checks it can be written, before any encoding work;
+    ConfigError naming ``what`` otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot create {folder}: {e.strerror or e}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {folder} is not writable")
 
 
 def _load_if_usable(folder: Path, cfg: TextEncoderConfig, revision: str) -> Optional[TextStore]:
@@ -319,11 +337,13 @@ def encode_texts(
     Only texts the cache lacks are encoded; they are added to it (atomically, by rank 0), so any
     later call, whatever data or spec the texts come from, reuses them. Collective under a process
     group: every rank passes the same texts. Raises DataError naming ``source`` and the entry for
-    text that is not valid UTF-8, ConfigError for an unusable model.
+    text that is not valid UTF-8, ConfigError for an unusable model or a cache folder that cannot be
+    created or written (checked before any encoding).
     """
     clean = [clean_text(t, f"{source} {i}") for i, t in enumerate(texts)]
     model, revision = model_fingerprint(cfg.model, cfg.trust_remote_code)
     folder = cache_folder(cache_root, cfg)
+    _check_writable(folder, "model.text.cache_dir (the encoding cache)")
     cached = _load_if_usable(folder, cfg, revision)
     vectors, has_text, _, stats, new, encoded = _vectors_for(clean, cached, cfg, progress)
     if new:
@@ -349,12 +369,14 @@ def build_store(
     texts: Mapping[str, Any],
     path: PathLike,
     cfg: TextEncoderConfig,
-    keyed_by: str,
+    key_column: str,
+    source_file: str = "",
     progress: bool = False,
     source: str = "item text",
 ) -> Tuple[TextStore, StoreStats]:
-    """Encodes ``{raw item key: text}`` into a store at ``path`` keyed by those keys; ``keyed_by``
-    records where the keys come from (e.g. ``"column item_id of items.csv"``).
+    """Encodes ``{raw item key: text}`` into a store at ``path`` keyed by those keys; ``key_column``
+    (and ``source_file``) record where the keys come from: a data spec reading the store names the
+    same column or says they hold the same ids (``text[i].store_key``).
 
     Re-running reuses the store's own vectors of unchanged texts (by hash, whatever their key) and
     leaves the files untouched when nothing changed; a different model or setting re-encodes all.
@@ -364,9 +386,12 @@ def build_store(
     keys = [str(k) for k in texts]
     clean = [clean_text(t, f"{source} {k!r}") for k, t in texts.items()]
     model, revision = model_fingerprint(cfg.model, cfg.trust_remote_code)
+    _check_writable(folder, "--store (the store's folder)")
     previous = _load_if_usable(folder, cfg, revision)
     vectors, has_text, hashes, stats, new, _ = _vectors_for(clean, previous, cfg, progress)
-    info = {"model": model, "revision": revision, **encoder_settings(cfg), "keyed_by": keyed_by}
+    keyed_by = f"column {key_column}" + (f" of {source_file}" if source_file else "")
+    info = {"model": model, "revision": revision, **encoder_settings(cfg), "keyed_by": keyed_by,
+            "key_column": key_column}
     unchanged = (previous is not None and not new and previous.keys == keys
                  and np.array_equal(previous.hashes, hashes) and previous.keyed_by == keyed_by)
     if unchanged:

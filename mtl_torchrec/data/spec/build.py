@@ -122,6 +122,8 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
         "skipped_by_reason": skipped,
         "oov": oov.stats(),
     })
+    if texts.changed:
+        stats["text_changed"] = texts.changed
     if fitted:
         stats["train_oov"] = {f: c["rate"] for f, c in stats["oov"].get("train", {}).items()}
         pre.stats = stats
@@ -142,6 +144,11 @@ class TextParts:
         self.rows_of: Dict[str, TextRows] = {}
         self.texts_of: Dict[str, Optional[List[Optional[str]]]] = {}
         self.item_files: Dict[str, str] = {}
+        # Keys of each item table as read now (at evaluation: keys the run lacks but the table has
+        # are new items, not errors).
+        self.item_keys: Dict[str, set] = {}
+        # Item-table rows whose text differs from the one the run encoded (evaluation only).
+        self.changed: Dict[str, int] = {}
         for i, t in enumerate(spec.text):
             text_of: Optional[List[Optional[str]]] = None
             if t.kind == "item":
@@ -154,16 +161,24 @@ class TextParts:
                     raise type(e)(f"text[{i}].items: {e}") from None
                 except FileNotFoundError:
                     raise ConfigError(f"text[{i}].items.file: {path} not found") from None
+                self.item_keys[t.feature] = set(keys)
             if not fitted:
-                if t.feature not in pre.texts:
-                    raise DataError(f"fitted preprocessing has no text rows for text feature '{t.feature}' "
-                                    f"(text[{i}])")
-                self.rows_of[t.feature] = pre.texts[t.feature].frozen_copy()
-                if t.kind == "item":
-                    by_key = dict(zip(keys, item_texts))
-                    text_of = [None] + [by_key.get(k) for k in self.rows_of[t.feature].keys]
+                saved = pre.texts.get(t.feature)
+                if saved is None:
+                    raise DataError(f"text[{i}]: the run has no text feature '{t.feature}' (its text features: "
+                                    f"{sorted(pre.texts)})")
+                if saved.kind != t.kind:
+                    raise DataError(f"text[{i}]: the run's text feature '{t.feature}' is of kind '{saved.kind}', this "
+                                    f"spec declares kind '{t.kind}' (item table / row / store)")
+                self.rows_of[t.feature] = saved.frozen_copy()
+                if t.kind == "item" and saved.hashes:
+                    now = {k: text_key(x) or "" for k, x in zip(keys, item_texts)}
+                    self.changed[t.feature] = sum(1 for k, h in zip(saved.keys, saved.hashes)
+                                                  if k in now and now[k] != h)
+                # The run's checkpoint holds the vectors: nothing is encoded again.
             elif t.kind == "item":
-                self.rows_of[t.feature] = TextRows("item", keys, frozen=True)
+                self.rows_of[t.feature] = TextRows("item", keys, frozen=True,
+                                                   hashes=[text_key(x) or "" for x in item_texts])
                 text_of = [None] + item_texts
             else:
                 self.rows_of[t.feature] = TextRows(t.kind)
@@ -189,8 +204,13 @@ class TextParts:
             new = rows >= before
             first = pd.Series(np.flatnonzero(new)).groupby(rows[new]).first()
             text_of.extend(texts[first.to_numpy()])
-        if t.kind == "item" and t.missing == "error" and unknown.any():
-            bad = np.flatnonzero(unknown)
+        not_in_table = unknown
+        if t.kind == "item" and unknown.any():
+            # At evaluation, an item the current table has but the run lacks is a new item: no text.
+            table_keys = self.item_keys[t.feature]
+            not_in_table = unknown & np.array([k not in table_keys for k in keys], dtype=bool)
+        if t.kind == "item" and t.missing == "error" and not_in_table.any():
+            bad = np.flatnonzero(not_in_table)
             raise DataError(
                 f"{chunk.where(int(chunk_rows[bad[0]]))} column '{t.key}' (text[{index}].key): item key "
                 f"{keys[bad[0]]!r} is not in the item table {self.item_files[t.feature]} ({len(bad)} such rows in "
@@ -206,7 +226,7 @@ class TextParts:
             out[t.feature] = TextTable(
                 feature=t.feature, kind=t.kind, keys=[None] + list(rows_of.keys), texts=self.texts_of[t.feature],
                 store=self.spec.resolve(t.store) if t.store else None,
-                key_column=f"column {t.key}" if t.key else None,
+                key_column=t.key, store_key=t.store_key or t.key,
             )
         return out
 

@@ -7,6 +7,7 @@ Types and unknown keys are checked before these run, by ``core.config.from_dict`
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence
 
 from mtl_torchrec.core.errors import ConfigError
@@ -107,6 +108,8 @@ def check_text_feature(text: TextFeatureSpec, key: str, labels: Sequence[LabelCo
     elif not text.key:
         raise ConfigError(f"{key}.key: required with {key}.{'items' if text.kind == 'item' else 'store'} "
                           f"(the row column holding the item key)")
+    if text.store_key is not None and text.kind != "key":
+        raise ConfigError(f"{key}.store_key: only with {key}.store")
     if text.kind == "key":
         if text.columns:
             raise ConfigError(f"{key}.columns: not with {key}.store (the store already holds the vectors)")
@@ -114,13 +117,23 @@ def check_text_feature(text: TextFeatureSpec, key: str, labels: Sequence[LabelCo
             raise ConfigError(f"{key}.missing: only with {key}.items; a store must cover every key")
     elif not text.columns:
         raise ConfigError(f"{key}.columns: at least one text column is required")
+    if len(set(text.columns)) != len(text.columns):
+        raise ConfigError(f"{key}.columns: a column is given twice in {text.columns}")
     if text.template is not None:
         template_fields(text.template, text.columns, f"{key}.template")
-    if text.kind == "row":
-        for i, lab in enumerate(labels):
-            if lab.column in text.columns:
-                raise ConfigError(f"{key}.columns: '{lab.column}' is the label column of labels[{i}].column; "
-                                  f"a label used as text gives the model the answer")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text.feature):
+        raise ConfigError(f"{key}.name: '{text.feature}' must be letters, digits and '_' (it names a module and a "
+                          f"table)" if text.name else f"{key}: the feature name '{text.feature}' made from its "
+                          f"column must be letters, digits and '_'; give {key}.name")
+    for i, lab in enumerate(labels):
+        label_columns = {lab.column} | ({lab.mask_column} if lab.mask_column else set())
+        if text.kind == "row" and label_columns & set(text.columns):
+            column = sorted(label_columns & set(text.columns))[0]
+            raise ConfigError(f"{key}.columns: '{column}' is a label column of labels[{i}]; "
+                              f"a label used as text gives the model the answer")
+        if text.key is not None and text.key in label_columns:
+            raise ConfigError(f"{key}.key: '{text.key}' is a label column of labels[{i}]; keying text by it "
+                              f"gives the model the answer")
 
 
 def check_slice(slice_: SliceSpec, key: str, sparse: Sequence[SparseColumn]) -> None:

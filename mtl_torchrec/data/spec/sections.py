@@ -164,6 +164,9 @@ class TextFeatureSpec:
     key: Optional[str] = None
     items: Optional[ItemTable] = None
     store: Optional[str] = None
+    # The key column the store was built from (``encode-text --id-column``), when it is not named
+    # like ``key``: saying so states that both columns hold the same ids.
+    store_key: Optional[str] = None
     # A str.format pattern over ``columns`` ("{title}. Genres: {genres}."); else non-empty cells
     # joined by ``separator``.
     template: Optional[str] = None
