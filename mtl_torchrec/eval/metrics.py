@@ -148,6 +148,43 @@ def binary_auc(pred: np.ndarray, label: np.ndarray, weight: Optional[np.ndarray]
     return float((pos * (neg_below + 0.5 * neg)).sum() / (total_pos * total_neg))
 
 
+def binary_logloss(pred: np.ndarray, label: np.ndarray) -> float:
+    """Mean binary cross-entropy (natural log) of probabilities ``pred`` clipped into
+    ``[1e-7, 1 - 1e-7]`` (as :class:`TaskMetrics`' ``logloss``); NaN without rows."""
+    if len(pred) == 0:
+        return float("nan")
+    p = np.clip(np.asarray(pred, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(label, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+# Bins of expected_calibration_error.
+ECE_BINS = 20
+
+
+def expected_calibration_error(pred: np.ndarray, label: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error over ``bins`` bins of equal row count: rows sorted by prediction,
+    cut into ``bins`` consecutive groups, and ``sum over groups of (rows / N) x |mean prediction -
+    positive rate|``. Equal-count bins (Nixon et al., "Measuring Calibration in Deep Learning", 2019)
+    rather than equal-width ones, which put nearly all rows of a rare event (a 2 % conversion) into
+    the first bin. 0 is perfectly calibrated; NaN without rows.
+
+    Example::
+
+        expected_calibration_error(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0, 0, 1, 1]), bins=2)  # 0.1
+    """
+    p = np.asarray(pred, dtype=np.float64)
+    y = np.asarray(label, dtype=np.float64)
+    n = len(p)
+    if n == 0:
+        return float("nan")
+    order = np.argsort(p, kind="stable")
+    total = 0.0
+    for idx in np.array_split(order, min(bins, n)):
+        total += len(idx) / n * abs(float(p[idx].mean()) - float(y[idx].mean()))
+    return total
+
+
 def grouped_auc(pred: np.ndarray, label: np.ndarray, group: np.ndarray) -> Dict[str, float]:
     """GAUC: the AUC within each group (e.g. user), averaged over groups.
 
