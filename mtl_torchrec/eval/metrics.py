@@ -163,11 +163,13 @@ ECE_BINS = 20
 
 
 def expected_calibration_error(pred: np.ndarray, label: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error over ``bins`` bins of equal row count: rows sorted by prediction,
-    cut into ``bins`` consecutive groups, and ``sum over groups of (rows / N) x |mean prediction -
-    positive rate|``. Equal-count bins (Nixon et al., "Measuring Calibration in Deep Learning", 2019)
-    rather than equal-width ones, which put nearly all rows of a rare event (a 2 % conversion) into
-    the first bin. 0 is perfectly calibrated; NaN without rows.
+    """Expected calibration error over ``bins`` bins of (about) equal row count: rows sorted by
+    prediction, cut into ``bins`` consecutive groups, and ``sum over groups of (rows / N) x |mean
+    prediction - positive rate|``. Tied predictions always share a bin (a bin starts where its first
+    row's score starts in the sorted order), so bins of tied rows can be larger. Equal-count bins
+    (Nixon et al., "Measuring Calibration in Deep Learning", 2019) rather than equal-width ones, which
+    put nearly all rows of a rare event (a 2 % conversion) into the first bin. 0 is perfectly
+    calibrated; NaN without rows.
 
     Example::
 
@@ -178,11 +180,14 @@ def expected_calibration_error(pred: np.ndarray, label: np.ndarray, bins: int = 
     n = len(p)
     if n == 0:
         return float("nan")
-    order = np.argsort(p, kind="stable")
-    total = 0.0
-    for idx in np.array_split(order, min(bins, n)):
-        total += len(idx) / n * abs(float(p[idx].mean()) - float(y[idx].mean()))
-    return total
+    sorted_p = np.sort(p)
+    # Position of each row's score among the sorted scores (its first occurrence: ties share it).
+    first = np.searchsorted(sorted_p, p, side="left")
+    bin_of = first * bins // n
+    count = np.bincount(bin_of, minlength=bins)
+    gap = np.bincount(bin_of, weights=p, minlength=bins) - np.bincount(bin_of, weights=y, minlength=bins)
+    # sum over bins of (count / n) x |mean p - mean y| = sum |sum p - sum y| / n.
+    return float(np.abs(gap[count > 0]).sum() / n)
 
 
 def grouped_auc(pred: np.ndarray, label: np.ndarray, group: np.ndarray) -> Dict[str, float]:
