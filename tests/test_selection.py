@@ -262,3 +262,26 @@ def test_resume_keeps_selection_state_exact(real_runs):
     assert (json.loads((real_runs / "part" / "calibration.json").read_text())
             == json.loads((real_runs / "full" / "calibration.json").read_text()))
     assert best_checkpoint(real_runs / "part").name == best_checkpoint(real_runs / "full").name
+
+
+def _two_rank_worker(rank: int, world_size: int, run_dir: str) -> Dict[str, Any]:
+    ctx = init_distributed("gloo")
+    try:
+        result = train(load_config(None, [*REAL, "train.sharding=row_wise", f"run_dir={run_dir}"]), ctx)
+    finally:
+        close_distributed(ctx)
+    return {"summary": result["summary"], "best": best_checkpoint(run_dir).name}
+
+
+@pytest.mark.slow
+def test_two_ranks_take_the_same_decisions(tmp_path):
+    """Rank 0 alone has exact AUC; both ranks must stop, save and test alike."""
+    from tests.distributed import run_ranks
+
+    results = run_ranks(_two_rank_worker, 2, str(tmp_path / "run"))
+    assert results[0]["summary"]["selection"] == results[1]["summary"]["selection"]
+    sel = results[0]["summary"]["selection"]
+    assert sel["stopped_early"] and sel["best_value"] == max(c["value"] for c in sel["curve"])
+    assert results[0]["best"] == results[1]["best"] == results[1]["summary"]["tested_checkpoint"]
+    saved = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert saved["checkpoint_step"] == sel["best_step"] and set(saved["tasks"]) == {"click", "conversion"}
