@@ -238,6 +238,8 @@ def test_real_run_stops_early_and_tests_the_best(real_runs):
     try:
         default = evaluate_run(run_dir, ctx)
         latest = evaluate_run(run_dir, ctx, checkpoint="latest")
+        with pytest.raises(FileNotFoundError, match=r"^--checkpoint: .*: no checkpoint 'step_7' \(its checkpoints: "):
+            evaluate_run(run_dir, ctx, checkpoint="step_7")
     finally:
         close_distributed(ctx)
     metrics = json.loads((run_dir / "metrics.json").read_text())

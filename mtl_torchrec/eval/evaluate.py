@@ -43,6 +43,7 @@ from mtl_torchrec.distributed.checkpoint import (
     best_checkpoint,
     choose_checkpoint,
     load_checkpoint,
+    resolve_checkpoint,
 )
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.sharding import shard_module
@@ -475,11 +476,14 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    which = checkpoint or default_checkpoint(cfg, run_dir)
-    try:
-        ckpt = choose_checkpoint(run_dir, which)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"--checkpoint: {e}") from None
+    if checkpoint is None:
+        # The run's latest as before, or its best one when it was trained with train.select_by.
+        ckpt = choose_checkpoint(run_dir, BEST) if default_checkpoint(cfg, run_dir) == BEST else resolve_checkpoint(run_dir)
+    else:
+        try:
+            ckpt = choose_checkpoint(run_dir, checkpoint)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"--checkpoint: {e}") from None
     calibration: Optional[Calibration] = None
     if calibrate and (run_dir / CALIBRATION_FILE).is_file():
         calibration = Calibration.load(run_dir / CALIBRATION_FILE)
