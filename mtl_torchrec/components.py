@@ -123,7 +123,7 @@ def encode_text(
     rdzv_port: int = 29500,
     mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    """Encodes item texts with the language model into a vector store
+    """Encodes texts with the language model into the encoding cache or a store keyed by item
     (``mtl-torchrec encode-text``); ``args`` are that sub-command's arguments.
 
     Args:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Dict, Literal, Optional, Sequence, Tuple, Union
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from mtl_torchrec.core import config as _loader
 from mtl_torchrec.core.config import (
@@ -128,6 +128,33 @@ def parse_select_by(text: str, tasks: Sequence[Any]) -> SelectBy:
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"a task is listed twice in '{listed}'")
     return SelectBy(metric, chosen, higher)
+# What the learning rates do after the warmup (train/schedule.py).
+LR_DECAYS = ("constant", "linear", "cosine", "step")
+
+
+@config_dataclass
+class LRScheduleConfig:
+    """``train.lr_schedule``: a linear warmup over ``warmup_steps`` optimizer steps, then ``decay``:
+
+    - ``constant``: the configured rate;
+    - ``linear`` / ``cosine``: down to ``min_lr_ratio`` x the rate at the run's last step
+      (``train.max_steps``, or all epochs when it is 0 or larger);
+    - ``step``: multiplied by ``gamma`` every ``step_size`` steps after the warmup.
+
+    ``dense`` / ``sparse`` choose which learning rates follow it: the dense optimizer's (with the
+    loss balancer's, ``train.balance.lr``) and the fused embedding-table optimizer's.
+    """
+
+    # Optimizer steps of linear warmup from rate/warmup_steps to the rate (0: no warmup).
+    warmup_steps: NonNegativeInt = 0
+    decay: Literal[LR_DECAYS] = "constant"
+    # linear / cosine: the rate at the last step, as a fraction of the configured one.
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # step: every step_size steps after the warmup the rate is multiplied by gamma.
+    step_size: PositiveInt = 1000
+    gamma: PositiveFloat = 0.1
+    dense: bool = True
+    sparse: bool = True
 
 
 @config_dataclass
@@ -167,6 +194,11 @@ class TrainConfig:
     # auto: continue from run_dir's latest checkpoint if there is one; required: error if none;
     # never: start fresh (error if run_dir already has checkpoints).
     resume: Literal[RESUME_MODES] = "auto"
+    # Warm start: a previous run directory (its latest checkpoint), RUN_DIR/step_N or a checkpoint
+    # folder; tables and dense modules whose names and shapes match are loaded before training.
+    # Ignored when run_dir already has checkpoints (resume wins).
+    init_from: Optional[str] = None
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     progress: bool = True
 
 
@@ -180,6 +212,8 @@ def _check_run(self: Any) -> Any:
             f"got {self.model.tasks[zero[0]].weight} for model.tasks[{zero[0]}]",
             "train", "loss_balance",
         )
+    if self.train.init_from is not None and not self.train.init_from.strip():
+        raise problem("must be a run directory or checkpoint folder, got an empty string", "train", "init_from")
     if self.data.source == "spec" and not self.data.spec:
         raise problem("required with data.source=spec (the path of a YAML data spec)", "data", "spec")
     if self.train.select_by is not None:
@@ -238,9 +272,9 @@ def load_config(
 
 
 __all__ = [
-    "CALIBRATION_METHODS", "DENSE_OPTIMIZERS", "PIPELINES", "RESUME_MODES", "SELECTION_METRICS",
+    "CALIBRATION_METHODS", "DENSE_OPTIMIZERS", "LR_DECAYS", "PIPELINES", "RESUME_MODES", "SELECTION_METRICS",
     "SHARDING_STRATEGIES", "SPARSE_OPTIMIZERS", "SelectBy", "parse_select_by",
-    "BalanceConfig", "Config", "ConfigError", "DataConfig", "MMoEConfig", "ModelConfig", "MovieLensConfig",
+    "BalanceConfig", "Config", "ConfigError", "DataConfig", "LRScheduleConfig", "MMoEConfig", "ModelConfig", "MovieLensConfig",
     "PLEConfig", "SharedBottomConfig", "SingleTaskConfig", "SyntheticConfig", "TaskConfig", "TextConfig",
     "TextEncoderConfig", "TrainConfig", "config_class", "load_config", "save_config", "to_dict",
 ]

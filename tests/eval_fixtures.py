@@ -58,7 +58,7 @@ def spec_dict(files: Any = "data.csv", **overrides: Any) -> Dict[str, Any]:
             {"task": "rating", "column": "rating", "type": "regression", "maskable": True},
         ],
         "group": "user",
-        "item_text": {"item": "item", "columns": ["title"]},
+        "text": [{"columns": ["title"]}],
         "slices": [{"column": "item", "cold_warm": True}],
         "chunk_rows": 128,
     }

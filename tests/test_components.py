@@ -66,8 +66,8 @@ def test_evaluate_and_encode_components_pass_arguments_through() -> None:
     words = command_line(components.evaluate("runs/a", "data.eval_batch_size=512", config="c.yaml"))
     assert words[words.index("-m"):] == ["-m", "mtl_torchrec", "evaluate", "--config", "c.yaml", "runs/a",
                                          "data.eval_batch_size=512"]
-    words = command_line(components.encode_text("model.text.store=/data/text"))
-    assert words[words.index("-m"):] == ["-m", "mtl_torchrec", "encode-text", "model.text.store=/data/text"]
+    words = command_line(components.encode_text("model.text.cache_dir=/data/text"))
+    assert words[words.index("-m"):] == ["-m", "mtl_torchrec", "encode-text", "model.text.cache_dir=/data/text"]
     with pytest.raises(ValueError, match="max_restarts"):
         components.train(max_restarts=-1)
 

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtl_torchrec.config import SyntheticConfig
+from mtl_torchrec.config import DataConfig, SyntheticConfig
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.data.schema import ColumnTable, DataError, DenseFeature, Jagged, LabelSpec, Schema, SparseFeature
+from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.synthetic import generate_synthetic
 
 
@@ -141,5 +142,9 @@ def test_synthetic_is_deterministic_and_valid():
     assert np.all(conv <= click)
     assert np.array_equal(~np.isnan(rating), conv == 1)
     assert len(a.item_text) == 200 and all(a.item_text)
+    # As a data source: a text feature whose rows are item id + 1 (row 0: no text).
+    bundle = load_data(DataConfig(synthetic=cfg))
+    assert bundle.texts["item_text"].texts[1:] == a.item_text
+    np.testing.assert_array_equal(bundle.splits["train"]["item_text"], bundle.splits["train"]["item_id"] + 1)
     other = generate_synthetic(SyntheticConfig(num_users=300, num_items=200, num_impressions=5000, seed=5))
     assert not np.array_equal(other.splits["train"]["item_id"], train["item_id"])

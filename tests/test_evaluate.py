@@ -203,17 +203,21 @@ def test_parquet_ids_of_any_type_evaluate_like_the_training_csv(int_id_run, tmp_
     identical metrics and no OOV warning (float ids used to be "12.0", unknown to the vocabulary)."""
     run_dir, csv_spec = int_id_run
     base = _evaluate_1rank(run_dir, data_spec=str(csv_spec)).summary
-    assert base["warnings"] == [] and base["data"]["oov_rate"]["user"] == base["data"]["train_oov_rate"]["user"] == 0.0
+    # Every test item was seen in training: the cold slice is empty, which is said, never hidden.
+    empty_cold = ["slice 'item=cold' has no rows in split 'test'"]
+    assert base["warnings"] == empty_cold
+    assert base["data"]["oov_rate"]["user"] == base["data"]["train_oov_rate"]["user"] == 0.0
     frame = int_id_frame(n=1000)
     for form in ("int64", "float64", "Int64"):
         other = frame.astype({"user": form, "item": form})
         spec = write_case(tmp_path / form, other, spec_dict("data.parquet"), name="data.parquet")
         got = _evaluate_1rank(run_dir, data_spec=str(spec)).summary
-        assert got["warnings"] == [], form
+        assert got["warnings"] == empty_cold, form
         _same(base["tasks"], got["tasks"], form)
         _same(base["slices"], got["slices"], form)
         assert got["data"]["oov_rate"] == base["data"]["oov_rate"]
-    assert "warning:" not in capsys.readouterr().err
+    assert {line for line in capsys.readouterr().err.splitlines() if "warning:" in line} == {
+        f"warning: {empty_cold[0]}"}
 
 
 def test_ids_in_another_form_warn_and_land_in_eval_json(int_id_run, tmp_path, capsys):
@@ -228,7 +232,8 @@ def test_ids_in_another_form_warn_and_land_in_eval_json(int_id_run, tmp_path, ca
            "vocabulary, against 0.0% in training; check that the ids have the same form as in the training data" in err
     saved = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert saved["data"]["oov_rate"]["user"] == 1.0 and saved["data"]["train_oov_rate"]["user"] == 0.0
-    assert len(saved["warnings"]) == 1 and "sparse feature 'user'" in saved["warnings"][0]
+    assert len(saved["warnings"]) == 2 and "sparse feature 'user'" in saved["warnings"][0]
+    assert saved["warnings"][1] == "slice 'item=cold' has no rows in split 'test'"
     assert "**warning:** sparse feature 'user'" in (tmp_path / "out" / "report.md").read_text()
 
 

@@ -321,7 +321,7 @@ def test_oov_rate_per_split_in_stats(tmp_path):
     assert oov["train"]["item"]["rate"] == 0.0 and bundle.preprocessing.stats["train_oov"]["item"] == 0.0
     assert "tags" not in oov["train"]  # hash vocabularies have no unknown ids
     bundle.preprocessing.save(tmp_path / "run")
-    assert Preprocessing.load(tmp_path / "run").stats["train_oov"] == {"user": 0.0, "item": 0.0}
+    assert Preprocessing.load(tmp_path / "run").stats["train_oov"] == {"user": 0.0, "item": 0.0, "title_text": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------- 4. label as feature

@@ -1,7 +1,19 @@
+import pytest
 import torch
 from torch import nn
 
-from mtl_torchrec.modules import BatchedExperts, MMoE, TaskTowers
+from mtl_torchrec.config import ConfigError, load_config
+from mtl_torchrec.modules import (
+    PLE,
+    BatchedExperts,
+    MLPOptions,
+    MMoE,
+    SeparateBottoms,
+    SharedBottom,
+    TaskTowers,
+    make_mlp,
+)
+from mtl_torchrec.modules.mlp import ExpertBatchNorm, ExpertLayerNorm
 
 
 def test_batched_experts_match_separate_mlps():
@@ -67,3 +79,90 @@ def test_towers_one_scalar_per_task():
     out = towers([torch.randn(3, 8), torch.randn(3, 8)])
     assert set(out) == {"click", "rating"}
     assert out["click"].shape == (3,) and out["rating"].shape == (3,)
+
+
+# ----------------------------------------------------------------------------- MLP options
+
+FANCY = MLPOptions(activation="gelu", dropout=0.2, norm="layer")
+
+
+def test_default_options_keep_torchrec_mlp_and_relu_experts():
+    from torchrec.modules.mlp import MLP
+
+    assert type(make_mlp(4, [8])) is MLP
+    experts = BatchedExperts(4, 2, [8], MLPOptions())
+    assert not list(experts.norms.parameters()) and isinstance(experts.activation, nn.ReLU)
+    assert isinstance(experts.dropout, nn.Identity)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "tanh"])
+def test_every_module_takes_the_options_with_unchanged_shapes(norm, activation):
+    torch.manual_seed(0)
+    opts = MLPOptions(activation=activation, dropout=0.1, norm=norm)
+    x = torch.randn(6, 10)
+    assert BatchedExperts(10, 3, [16, 8], opts)(x).shape == (3, 6, 8)
+    outs, gates = MMoE(10, 2, 3, [8], [5], expert_options=opts, gate_options=opts).forward_with_gates(x)
+    assert [o.shape for o in outs] == [(6, 8)] * 2 and [g.shape for g in gates] == [(6, 3)] * 2
+    assert [o.shape for o in PLE(10, 2, 2, 1, 1, [8], opts)(x)] == [(6, 8)] * 2
+    assert [o.shape for o in SharedBottom(10, 2, [8], opts)(x)] == [(6, 8)] * 2
+    assert [o.shape for o in SeparateBottoms(10, 2, [8], opts)(x)] == [(6, 8)] * 2
+    assert TaskTowers(["a"], 10, {"a": [4]}, opts)([x])["a"].shape == (6,)
+
+
+def test_options_take_effect():
+    torch.manual_seed(0)
+    x = torch.randn(64, 10)
+    relu = BatchedExperts(10, 2, [8])
+    gelu = BatchedExperts(10, 2, [8], MLPOptions(activation="gelu"))
+    gelu.load_state_dict(relu.state_dict())
+    assert (relu(x) >= 0).all() and (gelu(x) < 0).any()
+    # Dropout: random zeros in training, none (and deterministic) in evaluation.
+    drop = BatchedExperts(10, 2, [8], MLPOptions(activation="tanh", dropout=0.5))
+    assert (drop(x) == 0).float().mean() > 0.3
+    drop.eval()
+    assert torch.equal(drop(x), drop(x)) and (drop(x) != 0).all()
+    # Norms are per expert: batch norm over each expert's batch, layer norm over its features.
+    h = torch.randn(3, 64, 8) * torch.tensor([1.0, 5.0, 20.0]).view(3, 1, 1) + 7
+    bn = ExpertBatchNorm(3, 8)(h)
+    torch.testing.assert_close(bn.mean(1), torch.zeros(3, 8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(bn.var(1, unbiased=False), torch.ones(3, 8), atol=1e-3, rtol=0)
+    ln = ExpertLayerNorm(3, 8)(h)
+    torch.testing.assert_close(ln.mean(-1), torch.zeros(3, 64), atol=1e-5, rtol=0)
+    tower = TaskTowers(["a"], 10, {"a": [16]}, MLPOptions(norm="batch"))
+    assert isinstance(tower.towers["a"].mlp[1], nn.BatchNorm1d)
+
+
+def test_modules_with_options_still_trace_and_script():
+    torch.manual_seed(0)
+    x = torch.randn(5, 10)
+    for module in (
+        MMoE(10, 2, 3, [8, 4], [6], expert_options=FANCY, gate_options=FANCY),
+        PLE(10, 2, 2, 1, 1, [8], MLPOptions(norm="batch")),
+        SeparateBottoms(10, 2, [8], FANCY),
+        SharedBottom(10, 2, [8], FANCY),
+    ):
+        module.eval()
+        traced = torch.fx.symbolic_trace(module)
+        for a, b in zip(traced(x), module(x)):
+            torch.testing.assert_close(a, b)
+    # What TorchScript compiled before still compiles.
+    for module in (TaskTowers(["a", "b"], 10, {"a": [4], "b": []}, FANCY), SharedBottom(10, 2, [8], FANCY)):
+        module.eval()
+        scripted = torch.jit.script(module)
+        torch.testing.assert_close(scripted([x, x])["a"] if isinstance(module, TaskTowers) else scripted(x)[0],
+                                   module([x, x])["a"] if isinstance(module, TaskTowers) else module(x)[0])
+
+
+def test_mlp_options_in_the_config():
+    cfg = load_config(None, ["model.tower_mlp.dropout=0.1", "model.mmoe.expert_mlp.norm=layer",
+                             "model.mmoe.gate_mlp.activation=silu", "model.ple.expert_mlp.activation=gelu",
+                             "model.shared_bottom.mlp.norm=batch", "model.single_task.mlp.dropout=0.3"])
+    assert cfg.model.tower_mlp.options() == MLPOptions("relu", 0.1, "none")
+    assert cfg.model.mmoe.expert_mlp.norm == "layer" and cfg.model.mmoe.gate_mlp.activation == "silu"
+    for override, key in (("model.tower_mlp.activation=swish", "model.tower_mlp.activation"),
+                          ("model.mmoe.expert_mlp.dropout=1.0", "model.mmoe.expert_mlp.dropout"),
+                          ("model.ple.expert_mlp.norm=group", "model.ple.expert_mlp.norm")):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [override])
+        assert str(e.value).startswith(key), str(e.value)

@@ -69,7 +69,12 @@ def test_protocol_on_tiny_data(tmp_path: Path) -> None:
     assert set(b.splits["test"]["item_id"][cold]) == {10, 11}
     for name in ("train", "val"):
         assert not np.isin(b.splits[name]["item_id"], [10, 11]).any()
-    assert b.item_text[0] == "Movie 1. Year: 1991. Genres: Action, Children's."
+    # Item text rows are item id + 1 (row 0: no text), so cold items read their own text.
+    text = b.texts["item_text"]
+    assert text.texts[1] == "Movie 1. Year: 1991. Genres: Action, Children's."
+    t = b.splits["test"]
+    assert all(text.texts[r] is not None for r in t["item_text"][cold])
+    np.testing.assert_array_equal(t["item_text"], t["item_id"] + 1)
 
 
 def test_malformed_files_name_file_and_line(tmp_path: Path) -> None:
@@ -109,9 +114,9 @@ def test_ml100k_time_split_and_cold_items() -> None:
     positives = sum(int(t["click"].sum()) for t in b.splits.values())
     assert positives == 100000
     assert len(b.splits["test"]) == pytest.approx(0.2 * 500000, rel=0.01)
-    assert b.schema.sparse[1].num_embeddings == 1682 and len(b.item_text) == 1682
+    assert b.schema.sparse[1].num_embeddings == 1682 and b.texts["item_text"].num_rows == 1683
     cold_ids = np.unique(b.splits["test"]["item_id"][b.slices["test"]["cold_items"]])
     assert len(cold_ids) > 20
     for name in ("train", "val"):
         assert not np.isin(b.splits[name]["item_id"], cold_ids).any()
-    assert sum(t is None for t in b.item_text) == 1  # the one "unknown" title
+    assert sum(t is None for t in b.texts["item_text"].texts[1:]) == 1  # the one "unknown" title

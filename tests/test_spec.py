@@ -16,13 +16,13 @@ from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import build_bundle, load_spec
 from mtl_torchrec.data.spec.checks import (
     check_files,
-    check_item_text,
     check_label_column,
     check_slice,
     check_sparse_column,
     check_split_rule,
+    check_text_feature,
 )
-from mtl_torchrec.data.spec.sections import ItemText, LabelColumn, SliceSpec, SparseColumn, SplitRule
+from mtl_torchrec.data.spec.sections import LabelColumn, SliceSpec, SparseColumn, SplitRule, TextFeatureSpec
 from tests.eval_fixtures import make_frame, spec_dict, write_case
 
 
@@ -31,7 +31,7 @@ def test_spec_builds_schema_and_tables(tmp_path):
     bundle = build_bundle(load_spec(write_case(tmp_path, frame)))
     bundle.validate()
     assert {k: len(v) for k, v in bundle.splits.items()} == {"train": 480, "val": 60, "test": 60}
-    assert bundle.schema.sparse_names == ["user", "item", "tags"]
+    assert bundle.schema.sparse_names == ["user", "item", "tags", "title_text"]
     assert bundle.schema.label("rating").maskable
     tr = bundle.splits["train"]
     raw = frame[frame.split == "train"]
@@ -43,10 +43,11 @@ def test_spec_builds_schema_and_tables(tmp_path):
     g = tr[bundle.schema.group]
     users = raw.user.to_numpy()
     assert len(np.unique(g)) == len(np.unique(users))
-    # Item text indexed by item id.
-    ids = tr["item"]
-    assert bundle.item_text[ids[0]] == raw.title.iloc[0]
-    assert bundle.item_text[0] is None
+    # Each row reads its own text (per-row text feature "title_text"); row 0 of its table is no text.
+    table = bundle.texts["title_text"]
+    assert bundle.schema.text_features[0].name == "title_text" and table.kind == "row"
+    assert [table.texts[r] for r in tr["title_text"][:20]] == [t or None for t in raw.title.iloc[:20]]
+    assert table.texts[0] is None
 
 
 def test_parquet_in_small_chunks_equals_csv(tmp_path):
@@ -197,7 +198,7 @@ def test_bad_rows_skipped_and_counted_when_opted_in(tmp_path):
 def test_label_mapping_threshold_and_missing_label(tmp_path):
     frame = make_frame()
     spec = spec_dict(labels=[{"task": "good", "column": "rating", "type": "binary", "threshold": 4, "maskable": True}],
-                     slices=[], item_text=None)
+                     slices=[], text=[])
     bundle = build_bundle(load_spec(write_case(tmp_path, frame, spec)))
     y = bundle.splits["train"]["good"]
     r = frame[frame.split == "train"].rating.to_numpy()
@@ -284,10 +285,20 @@ def test_spec_checks_name_the_dotted_key():
          r"^files: unknown split\(s\) \['holdout'\]; use \['train', 'val', 'test'\]$"),
         (lambda: check_split_rule(SplitRule(val_fraction=0.6, test_fraction=0.4)),
          r"^split: val_fraction \+ test_fraction must be in \[0, 1\)$"),
-        (lambda: check_item_text(ItemText(item="tags"), [hashed]),
-         r"^item_text\.columns: at least one text column is required$"),
-        (lambda: check_slice(SliceSpec(column="tags", cold_warm=True), "slices[2]", [hashed]),
-         r"^slices\[2\]\.cold_warm: needs vocab build or file for 'tags'$"),
+        (lambda: check_text_feature(TextFeatureSpec(key="item", items={"file": "i.csv"}), "text[0]", []),
+         r"^text\[0\]\.columns: at least one text column is required$"),
+        (lambda: check_text_feature(TextFeatureSpec(columns=["t"], key="item"), "text[1]", []),
+         r"^text\[1\]\.key: only with text\[1\]\.items or text\[1\]\.store"),
+        (lambda: check_text_feature(TextFeatureSpec(store="s"), "text[0]", []),
+         r"^text\[0\]\.key: required with text\[0\]\.store"),
+        (lambda: check_text_feature(TextFeatureSpec(columns=["rating"]), "text[2]",
+                                    [LabelColumn(task="r", column="rating", type="regression")]),
+         r"^text\[2\]\.columns: 'rating' is the label column of labels\[0\]\.column"),
+        (lambda: check_text_feature(TextFeatureSpec(columns=["t"], template="{t} {x}"), "text[0]", []),
+         r"^text\[0\]\.template: field\(s\) \['x'\] are not among the text columns"),
+        (lambda: check_slice(SliceSpec(column="tags", cold_warm=True), "slices[2]",
+                             [SparseColumn(column="tags", vocab="hash", hash_buckets=16, separator="|")]),
+         r"^slices\[2\]\.cold_warm: 'tags' is multi-valued"),
     ]
     for call, message in cases:
         with pytest.raises(ConfigError, match=message):

@@ -7,19 +7,26 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-import numpy as np
 import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.config import ConfigError, TextConfig, TextEncoderConfig, load_config
+from mtl_torchrec.data.item_table import read_item_table
 from mtl_torchrec.data.schema import DataError
 from mtl_torchrec.model.text import build_text_feature
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
 from mtl_torchrec.modules.text_feature import TextFeature, table_width
 from mtl_torchrec.text.encoder import TextEncoder
-from mtl_torchrec.text.items import read_item_texts
-from mtl_torchrec.text.store import INDEX_FILE, VECTORS_FILE, TextStore, build_store
+from mtl_torchrec.text.store import (
+    BY_TEXT,
+    INDEX_FILE,
+    VECTORS_FILE,
+    TextStore,
+    build_store,
+    cache_folder,
+    encode_texts,
+)
 from tests.distributed import run_ranks
 
 WORDS = "the a toy story gold eye four rooms drama comedy action year genres movie love war night day".split()
@@ -114,68 +121,84 @@ def test_remote_code_is_refused_unless_asked_for(tmp_path: Path, tiny_model: str
 # ----------------------------------------------------------------------------- store / cache
 
 
-def test_store_cache_reuse_and_partial_reencode(tmp_path: Path, tiny_model: str) -> None:
+def test_cache_is_content_addressed_and_reused_by_any_caller(tmp_path: Path, tiny_model: str) -> None:
     cfg = enc_cfg(tiny_model)
     texts: List[Any] = list(TEXTS) + [None, ""]
-    store, stats = build_store(texts, tmp_path / "s", cfg)
+    vectors, has_text, stats = encode_texts(texts, tmp_path / "cache", cfg)
     assert (stats.encoded, stats.reused, stats.empty, stats.written) == (6, 0, 2, True)
-    assert store.has_text.tolist() == [True] * 6 + [False, False]
-    assert torch.count_nonzero(store.vectors[6:]) == 0
-    files = {n: (tmp_path / "s" / n).read_bytes() for n in (VECTORS_FILE, INDEX_FILE)}
-    mtimes = {n: os.stat(tmp_path / "s" / n).st_mtime_ns for n in files}
+    assert has_text.tolist() == [True] * 6 + [False, False]
+    assert torch.count_nonzero(vectors[6:]) == 0
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert folder == cache_folder(tmp_path / "cache", cfg)
+    files = {n: (folder / n).read_bytes() for n in (VECTORS_FILE, INDEX_FILE)}
 
-    again, stats = build_store(texts, tmp_path / "s", cfg)
+    # The same texts in another order (another spec, another feature): nothing encoded, nothing written.
+    again, _, stats = encode_texts(list(reversed(texts)), tmp_path / "cache", cfg)
     assert (stats.encoded, stats.reused, stats.written) == (0, 6, False)
-    assert {n: os.stat(tmp_path / "s" / n).st_mtime_ns for n in files} == mtimes
-    torch.testing.assert_close(again.vectors, store.vectors, rtol=0, atol=0)
+    assert {n: (folder / n).read_bytes() for n in files} == files
+    torch.testing.assert_close(again, vectors.flip(0), rtol=0, atol=0)
 
-    texts[2] = "four rooms comedy"
-    changed, stats = build_store(texts, tmp_path / "s", cfg)
-    assert (stats.encoded, stats.reused, stats.written) == (1, 5, True)
-    keep = [0, 1, 3, 4, 5]
-    assert torch.equal(changed.vectors[keep], store.vectors[keep])
-    assert not torch.allclose(changed.vectors[2], store.vectors[2])
-    loaded = TextStore.load(tmp_path / "s")
-    assert torch.equal(loaded.vectors, changed.vectors) and loaded.info["revision"].startswith("sha256:")
+    # One new text: only it is encoded, and it is appended to the cache.
+    changed, _, stats = encode_texts(texts[:2] + ["four rooms comedy"], tmp_path / "cache", cfg)
+    assert (stats.encoded, stats.reused, stats.written) == (1, 2, True)
+    assert torch.equal(changed[:2], vectors[:2]) and not torch.allclose(changed[2], vectors[2])
+    cache = TextStore.load(folder)
+    assert len(cache) == 7 and cache.keyed_by == BY_TEXT and cache.info["revision"].startswith("sha256:")
 
-    # A setting that changes vectors invalidates the whole cache.
-    _, stats = build_store(texts, tmp_path / "s", enc_cfg(tiny_model, max_length=8))
-    assert (stats.encoded, stats.reused) == (6, 0)
+    # A setting that changes vectors is another cache folder.
+    _, _, stats = encode_texts(texts, tmp_path / "cache", enc_cfg(tiny_model, max_length=8))
+    assert (stats.encoded, stats.reused) == (6, 0) and len(list((tmp_path / "cache").iterdir())) == 2
 
 
 def test_bad_text_input(tmp_path: Path, tiny_model: str) -> None:
-    with pytest.raises(DataError, match="item 1: text is not valid UTF-8"):
-        build_store(["ok", b"caf\xe9"], tmp_path / "a", enc_cfg(tiny_model))
-    with pytest.raises(DataError, match="item 0: text is not valid UTF-8"):
-        build_store([b"\xff\xfe".decode("utf-8", "surrogateescape")], tmp_path / "b", enc_cfg(tiny_model))
-    with pytest.raises(DataError, match="item 2: text must be a string"):
-        build_store(["a", "b", 3], tmp_path / "c", enc_cfg(tiny_model))
+    with pytest.raises(DataError, match="text 1: text is not valid UTF-8"):
+        encode_texts(["ok", b"caf\xe9"], tmp_path / "a", enc_cfg(tiny_model))
+    with pytest.raises(DataError, match="text 0: text is not valid UTF-8"):
+        encode_texts([b"\xff\xfe".decode("utf-8", "surrogateescape")], tmp_path / "b", enc_cfg(tiny_model))
+    with pytest.raises(DataError, match="text 2: text must be a string"):
+        encode_texts(["a", "b", 3], tmp_path / "c", enc_cfg(tiny_model))
     assert not (tmp_path / "a").exists()
-    store, stats = build_store(["  ", "", None, "toy"], tmp_path / "d", enc_cfg(tiny_model))
-    assert stats.empty == 3 and store.has_text.tolist() == [False, False, False, True]
+    _, has_text, stats = encode_texts(["  ", "", None, "toy"], tmp_path / "d", enc_cfg(tiny_model))
+    assert stats.empty == 3 and has_text.tolist() == [False, False, False, True]
     bad_csv = tmp_path / "items.csv"
     bad_csv.write_bytes(b"item_id,title\n0,fine\n1,caf\xe9\n")
     with pytest.raises(DataError, match=r"items.csv:3: not valid UTF-8"):
-        read_item_texts(str(bad_csv), "item_id", ["title"])
+        read_item_table(str(bad_csv), "item_id", ["title"])
 
 
 def test_item_table_file_and_template(tmp_path: Path) -> None:
     path = tmp_path / "items.csv"
-    path.write_text("item_id,title,genres\n0,Toy Story,Comedy\n2,,\n1,Heat,\n", encoding="utf-8")
-    texts = read_item_texts(str(path), "item_id", ["title", "genres"], "{title}. Genres: {genres}")
-    assert texts == {0: "Toy Story. Genres: Comedy", 1: "Heat. Genres: ", 2: None}
-    with pytest.raises(DataError, match="template: field"):
-        read_item_texts(str(path), "item_id", ["title"], "{title} {year}")
+    path.write_text("item_id,title,genres\n0,Toy Story,Comedy\n2,,\n1.0,Heat,\n B7 ,Up,Kids\n", encoding="utf-8")
+    keys, texts = read_item_table(str(path), "item_id", ["title", "genres"], "{title}. Genres: {genres}")
+    assert keys == ["0", "2", "1", "B7"]
+    assert texts == ["Toy Story. Genres: Comedy", None, "Heat. Genres:", "Up. Genres: Kids"]
+    assert read_item_table(str(path), "item_id", ["title", "genres"])[1][3] == "Up | Kids"
+    with pytest.raises(ConfigError, match="template: field"):
+        read_item_table(str(path), "item_id", ["title"], "{title} {year}")
     with pytest.raises(DataError, match="missing column"):
-        read_item_texts(str(path), "movie", ["title"])
+        read_item_table(str(path), "movie", ["title"])
+    path.write_text("item_id,title\n3,a\n4,b\n3.0,c\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"items.csv: line 4: column 'item_id': item key '3' given twice"):
+        read_item_table(str(path), "item_id", ["title"])
 
 
-def test_store_errors_name_missing_ids_and_corruption(tmp_path: Path, tiny_model: str) -> None:
-    store, _ = build_store({0: "toy", 1: "story", 4: "drama"}, tmp_path / "s", enc_cfg(tiny_model))
-    with pytest.raises(DataError, match=r"2 of 5 item ids have no vector \(e.g. 2, 3\)"):
-        store.table(5)
-    w, has = store.table(2)
-    assert w.shape == (2, 32) and has.tolist() == [True, True]
+def test_keyed_store_refuses_keys_it_lacks_and_corruption(tmp_path: Path, tiny_model: str) -> None:
+    store, _ = build_store({"7": "toy", "x9": "story", "4": ""}, tmp_path / "s", enc_cfg(tiny_model),
+                           keyed_by="column clothing_id of items.csv")
+    vectors, has_text = store.lookup([None, "x9", "4", "7"])
+    assert vectors.shape == (4, 32) and has_text.tolist() == [False, True, False, True]
+    assert torch.equal(vectors[3], store.vectors[0])
+    loaded = TextStore.load(tmp_path / "s")
+    assert loaded.keys == ["7", "x9", "4"] and loaded.keyed_by == "column clothing_id of items.csv"
+    # A store keyed by other ids than the data's: an error naming a few keys, never another item's text.
+    with pytest.raises(DataError, match=r"2 of 3 item keys of the data are not in the store \(keyed by column "
+                                        r"clothing_id of items.csv; e.g. '1', '2'\)"):
+        loaded.lookup(["1", "2", "7"])
+    # The cache is keyed by text, not by item: it cannot serve item keys.
+    encode_texts(["toy"], tmp_path / "cache", enc_cfg(tiny_model))
+    (folder,) = (tmp_path / "cache").iterdir()
+    with pytest.raises(DataError, match="keyed by text"):
+        TextStore.load(folder).lookup(["7"])
     data = bytearray((tmp_path / "s" / VECTORS_FILE).read_bytes())
     data[-1] ^= 0xFF
     (tmp_path / "s" / VECTORS_FILE).write_bytes(bytes(data))
@@ -183,47 +206,65 @@ def test_store_errors_name_missing_ids_and_corruption(tmp_path: Path, tiny_model
         TextStore.load(tmp_path / "s")
     with pytest.raises(FileNotFoundError, match="index.json not found"):
         TextStore.load(tmp_path / "nothing")
+    # A store of the first format (keyed by id-vocabulary index) is refused, not misread.
+    index = json.loads((tmp_path / "s" / INDEX_FILE).read_text())
+    (tmp_path / "s" / INDEX_FILE).write_text(json.dumps({**index, "format": 1}))
+    with pytest.raises(DataError, match="unsupported text-store format 1"):
+        TextStore.load(tmp_path / "s")
 
 
 # ----------------------------------------------------------------------------- model side
 
 
-def _store_from(vectors: torch.Tensor, has_text: np.ndarray) -> TextStore:
-    n = len(vectors)
-    return TextStore(ids=np.arange(n), vectors=vectors, has_text=has_text, hashes=np.zeros((n, 16), np.uint8),
-                     info={"normalize": True})
-
-
 def test_text_feature_unsharded_frozen_and_no_text_vector() -> None:
     torch.manual_seed(0)
     vecs = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
-    has = np.array([True, True, False, True, True, True])
+    has = torch.tensor([True, True, False, True, True, True])
     vecs[2] = 0
-    feature = build_text_feature(TextConfig(enabled=True, adapter_layers=[16, 4]), _store_from(vecs, has), 6)
+    cfg = TextConfig(enabled=True, adapter_layers=[16, 4], dropout=0.0)
+    feature = build_text_feature(cfg, "item_text", vecs, has, normalized=True)
     assert isinstance(feature.table, FrozenEmbeddingBagCollection) and feature.out_features == 4
     assert table_width(8) == 12
     kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=["user_id", "item_id"], values=torch.tensor([0, 1, 1, 2]), lengths=torch.tensor([1, 1, 1, 1])
+        keys=["user_id", "item_text"], values=torch.tensor([0, 1, 1, 2]), lengths=torch.tensor([1, 1, 1, 1])
     )
     out = feature(kjt)
     assert out.shape == (2, 4)
     out.sum().backward()
-    table_w = feature.table.embedding_bags["text_item_id"].weight
+    table_w = feature.table.embedding_bags["text_item_text"].weight
     assert table_w.grad is None and not table_w.requires_grad
-    # Row 1 uses item 2 (no text): the learned no-text vector (flag-column weights) got a gradient.
+    # Row 1 reads table row 2 (no text): the learned no-text vector (flag-column weights) got a gradient.
     assert feature.adapter[0].weight.grad[:, 8].abs().sum() > 0
-    # Items with text never touch it: with only item 1 in the batch its gradient is zero.
+    # Rows with text never touch it: with only row 1 in the batch its gradient is zero.
     feature.zero_grad()
-    feature(KeyedJaggedTensor.from_lengths_sync(keys=["item_id"], values=torch.tensor([1]),
-                                                lengths=torch.tensor([1]))).sum().backward()
+    one = KeyedJaggedTensor.from_lengths_sync(keys=["item_text"], values=torch.tensor([1]), lengths=torch.tensor([1]))
+    feature(one).sum().backward()
     assert feature.adapter[0].weight.grad[:, 8].abs().sum() == 0
-    trainable = build_text_feature(TextConfig(enabled=True, trainable_table=True), _store_from(vecs, has), 6)
-    assert trainable.table.embedding_bags["text_item_id"].weight.requires_grad
-    with pytest.raises(DataError, match="1 of 7 item ids have no vector"):
-        build_text_feature(TextConfig(enabled=True), _store_from(vecs, has), 7)
+    trainable = build_text_feature(TextConfig(enabled=True, trainable_table=True), "item_text", vecs, has, True)
+    assert trainable.table.embedding_bags["text_item_text"].weight.requires_grad
 
 
-def _train_ranks(rank: int, world: int, store_dir: str, overrides: List[str], run_dir: str) -> Dict[str, Any]:
+def test_text_dropout_trains_the_no_text_vector_in_training_only() -> None:
+    torch.manual_seed(0)
+    vecs = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    feature = build_text_feature(TextConfig(enabled=True, adapter_layers=[4], dropout=0.5), "t", vecs,
+                                 torch.ones(5, dtype=torch.bool), normalized=True)
+    batch = KeyedJaggedTensor.from_lengths_sync(keys=["t"], values=torch.arange(1, 5).repeat(16),
+                                                lengths=torch.ones(64, dtype=torch.int32))
+    # Every row has text: without dropout the no-text vector would never get a gradient.
+    feature(batch).sum().backward()
+    assert feature.adapter[0].weight.grad[:, 8].abs().sum() > 0
+    feature.eval()
+    torch.testing.assert_close(feature(batch), feature(batch))
+    no_drop = build_text_feature(TextConfig(enabled=True, adapter_layers=[4], dropout=0.0), "t", vecs,
+                                 torch.ones(5, dtype=torch.bool), normalized=True)
+    no_drop.load_state_dict(feature.state_dict())
+    torch.testing.assert_close(feature(batch), no_drop(batch), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="model.text.dropout"):
+        TextFeature(feature.table, 8, [4], dropout=1.0)
+
+
+def _train_ranks(rank: int, world: int, model: str, overrides: List[str], run_dir: str) -> Dict[str, Any]:
     """Trains a few steps with text on tiny synthetic data; returns this rank's table shards and adapter."""
     from mtl_torchrec.data.sources import load_data
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
@@ -232,7 +273,8 @@ def _train_ranks(rank: int, world: int, store_dir: str, overrides: List[str], ru
     cfg = load_config(None, [
         "data.synthetic.num_impressions=6000", "data.synthetic.num_items=300", "data.synthetic.num_users=400",
         "data.batch_size=128", "train.epochs=1", "train.progress=false", "model.text.enabled=true",
-        f"model.text.store={store_dir}", "model.text.adapter_layers=[8]",
+        f"model.text.encoder.model={model}", f"model.text.cache_dir={Path(run_dir) / 'cache'}",
+        "model.text.adapter_layers=[8]",
     ] + overrides)
     ctx = init_distributed()
     trainer = make_trainer(cfg, load_data(cfg.data), ctx, Path(run_dir) / str(rank))
@@ -240,7 +282,7 @@ def _train_ranks(rank: int, world: int, store_dir: str, overrides: List[str], ru
     def snapshot() -> Dict[str, Any]:
         out = {}
         for k, v in trainer.dmp.state_dict().items():
-            if "feature_modules.text" not in k:
+            if "feature_modules.item_text" not in k:
                 continue
             if hasattr(v, "local_shards"):
                 out[k] = [(list(s.metadata.shard_offsets), s.tensor.detach().clone()) for s in v.local_shards()]
@@ -257,26 +299,13 @@ def _train_ranks(rank: int, world: int, store_dir: str, overrides: List[str], ru
     return {"before": before, "after": after, "initial": feature.initial_weights, "steps": summary["steps"]}
 
 
-def _tiny_synthetic_store(tmp_path: Path, tiny_model: str) -> str:
-    from mtl_torchrec.config import SyntheticConfig
-    from mtl_torchrec.data.synthetic import generate_synthetic
-
-    data = generate_synthetic(SyntheticConfig(num_impressions=6000, num_items=300, num_users=400))
-    texts: List[Any] = list(data.item_text)
-    # The most shown item has no text, so training must use (and move) the learned no-text vector.
-    texts[int(np.bincount(data.splits["train"]["item_id"]).argmax())] = None
-    build_store(texts, tmp_path / "store", enc_cfg(tiny_model))
-    return str(tmp_path / "store")
-
-
 def _table_key(state: Dict[str, Any]) -> str:
     return next(k for k in state if "embedding_bags" in k)
 
 
 @pytest.mark.slow
 def test_two_rank_training_keeps_frozen_table_and_moves_adapter(tmp_path: Path, tiny_model: str) -> None:
-    store = _tiny_synthetic_store(tmp_path, tiny_model)
-    results = run_ranks(_train_ranks, 2, store, ["train.sharding=row_wise"], str(tmp_path / "runs"))
+    results = run_ranks(_train_ranks, 2, tiny_model, ["train.sharding=row_wise"], str(tmp_path / "runs"))
     for res in results:
         assert res["steps"] > 10
         key = _table_key(res["before"])
@@ -288,15 +317,15 @@ def test_two_rank_training_keeps_frozen_table_and_moves_adapter(tmp_path: Path, 
             assert torch.equal(b, res["initial"][rows, cols])
         adapter = next(k for k in res["before"] if k.endswith("adapter.0.weight"))
         assert not torch.equal(res["before"][adapter], res["after"][adapter]), "the adapter did not train"
-        # The flag column (index text_dim = 32 for the tiny model) holds the learned no-text vector.
+        # The flag column (index text_dim = 32 for the tiny model) holds the learned no-text vector;
+        # every synthetic item has text, so only text dropout (model.text.dropout) trains it.
         assert not torch.equal(res["before"][adapter][:, 32], res["after"][adapter][:, 32]), "no-text vector did not train"
     assert sum(len(r["before"][_table_key(r["before"])]) for r in results) >= 1
 
 
 @pytest.mark.slow
 def test_trainable_table_mode_fine_tunes_the_vectors(tmp_path: Path, tiny_model: str) -> None:
-    store = _tiny_synthetic_store(tmp_path, tiny_model)
-    results = run_ranks(_train_ranks, 1, store, ["train.sharding=table_wise", "model.text.trainable_table=true"],
+    results = run_ranks(_train_ranks, 1, tiny_model, ["train.sharding=table_wise", "model.text.trainable_table=true"],
                         str(tmp_path / "runs"))
     changed = 0
     for res in results:
@@ -309,9 +338,9 @@ def _encode_rank(rank: int, world: int, texts: List[Any], model: str, out: str) 
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
 
     ctx = init_distributed()
-    store, stats = build_store(texts, out, enc_cfg(model) if model else TextEncoderConfig())
+    vectors, _, _ = encode_texts(texts, out, enc_cfg(model) if model else TextEncoderConfig())
     close_distributed(ctx)
-    return store.vectors.tolist()
+    return vectors.tolist()
 
 
 @pytest.mark.slow
@@ -320,11 +349,12 @@ def test_minilm_two_rank_encoding_equals_one_rank_and_cache_is_byte_identical(tm
 
     texts = [f"{w} {v}. Year: {1990 + i % 9}." for i, (w, v) in enumerate(zip(WORDS, reversed(WORDS)))]
     texts[3] = ""
-    one, _ = build_store(texts, tmp_path / "one", TextEncoderConfig())
-    assert one.dim == 384 and one.info["model"].startswith("all-MiniLM-L6-v2")
+    one, _, _ = encode_texts(texts, tmp_path / "one", TextEncoderConfig())
+    (folder,) = (tmp_path / "one").iterdir()
+    assert one.shape[1] == 384 and TextStore.load(folder).info["model"].startswith("all-MiniLM-L6-v2")
     two = run_ranks(_encode_rank, 2, texts, "", str(tmp_path / "two"))
     assert two[0] == two[1]
-    torch.testing.assert_close(torch.tensor(two[0]), one.vectors, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(two[0]), one, atol=2e-5, rtol=1e-4)
 
     items = tmp_path / "items.csv"
     items.write_text("item_id,title\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
@@ -380,36 +410,14 @@ def test_train_command_encodes_into_the_cache_once(tmp_path: Path, tiny_model: s
             f"model.text.encoder.model={tiny_model}", f"output_dir={tmp_path / 'runs'}"]
     assert main(argv) == 0
     (folder,) = (tmp_path / "cache").iterdir()
-    assert folder.name.startswith("synthetic-")
+    assert folder == cache_folder(tmp_path / "cache", TextEncoderConfig(model=tiny_model))
     index = folder / INDEX_FILE
     stamp = os.stat(index).st_mtime_ns
-    assert json.loads(index.read_text())["num_items"] == 200
+    assert json.loads(index.read_text())["entries"] == 200
     assert main(argv) == 0
     assert os.stat(index).st_mtime_ns == stamp
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
-
-
-def test_text_cache_folder_is_keyed_by_the_data_config(tmp_path: Path) -> None:
-    from mtl_torchrec.model.text import text_cache_folder
-
-    def folder(*overrides: str) -> Path:
-        cfg = load_config(None, list(overrides))
-        return text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir)
-
-    base = folder()
-    assert base.parent == Path("runs") / "text_cache" and base.name.startswith("synthetic-")
-    # Batching does not change which rows exist; the data's size or seed does.
-    assert folder("data.batch_size=64", "data.eval_batch_size=128") == base
-    assert folder("data.synthetic.num_items=100") != base
-    assert folder("data.synthetic.seed=1") != base
-    assert folder(f"model.text.cache_dir={tmp_path}").parent == tmp_path
-    # A spec's content is part of the key, not only its path.
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("files: a.csv\n")
-    first = folder("data.source=spec", f"data.spec={spec}")
-    spec.write_text("files: b.csv\n")
-    assert folder("data.source=spec", f"data.spec={spec}") != first
 
 
 def test_id_dropouts_on_user_and_item_ids() -> None:

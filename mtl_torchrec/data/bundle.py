@@ -1,27 +1,53 @@
-"""What every data source produces: a schema, its splits, item texts, slices and fitted preprocessing."""
+"""What every data source produces: a schema, its splits, text tables, slices and fitted preprocessing."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mtl_torchrec.data.schema import ColumnTable, Schema
+from mtl_torchrec.data.schema import ColumnTable, Schema, SparseFeature
+
+
+@dataclass
+class TextTable:
+    """The frozen table behind one text feature: row ``r`` holds ``texts[r]`` (row 0: no text).
+
+    ``kind`` is ``item`` (an item table), ``row`` (each data row's own text) or ``key`` (vectors from
+    the keyed store ``store``, looked up by ``keys``); see :mod:`mtl_torchrec.data.texts`.
+    """
+
+    feature: str
+    kind: str
+    # Raw item key (or text hash) of each row; None for row 0.
+    keys: List[Optional[str]]
+    # Text of each row (None: no text); None altogether for a keyed store (``store`` has the vectors)
+    # or when a fitted run's table is reused (the checkpoint has the vectors).
+    texts: Optional[List[Optional[str]]] = None
+    store: Optional[str] = None
+    # Where the keys come from, for messages (e.g. "column item_id").
+    key_column: Optional[str] = None
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the table, row 0 included."""
+        return len(self.keys)
 
 
 @dataclass
 class DataBundle:
-    """A loaded data set: ``schema``, ``splits`` (name -> :class:`ColumnTable`), optional item texts
-    (index = item id), named row masks per split, and the fitted preprocessing (``source: spec``).
+    """A loaded data set: ``schema``, ``splits`` (name -> :class:`ColumnTable`), the table of each
+    text feature, named row masks per split, and the fitted preprocessing (``source: spec``).
 
     ``validate()`` raises :class:`DataError` naming the split, column and first bad row.
     """
 
     schema: Schema
     splits: Dict[str, ColumnTable]
-    # Text per item id (index = id) for text features; None where the data has no item text.
-    item_text: Optional[List[Optional[str]]] = None
+    # Text feature name -> its table rows (the feature's ids index them); empty without text features.
+    texts: Dict[str, TextTable] = field(default_factory=dict)
     # Named boolean row masks per split for sliced reports, e.g. {"test": {"cold_items": mask}}.
     slices: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
     # Fitted preprocessing (vocabularies, normalisers) with save(dir) / load(dir); None when the
@@ -31,7 +57,32 @@ class DataBundle:
     # where unknown); set by sources that read files (data specs), which may read them again to answer.
     row_origin: Optional[Callable[[str, Sequence[int]], List[Optional[str]]]] = None
 
+    def without_text(self) -> "DataBundle":
+        """The same data without its text features (schema, columns and tables), for models that do
+        not read them: batches then carry no unused text ids."""
+        if not self.texts:
+            return self
+        names = set(self.texts)
+        schema = dataclasses.replace(self.schema, sparse=[f for f in self.schema.sparse if f.name not in names])
+        splits = {k: ColumnTable({c: v for c, v in t.columns.items() if c not in names}) for k, t in self.splits.items()}
+        return dataclasses.replace(self, schema=schema, splits=splits, texts={})
+
     def validate(self) -> None:
         """Checks every split against the schema; DataError naming the split, column and first bad row."""
         for name, table in self.splits.items():
             self.schema.validate(table, source=f"{name} split")
+
+
+def item_text_feature(
+    schema: Schema, splits: Dict[str, ColumnTable], item_column: str, texts: Sequence[Optional[str]],
+    feature: str = "item_text",
+) -> Tuple[Schema, Dict[str, ColumnTable], Dict[str, TextTable]]:
+    """Adds a text feature for sources whose item ids index their item texts directly (``texts[i]``
+    is item ``i``'s text): the feature's id is ``item id + 1`` (row 0: no text), so every item, seen
+    in training or not, reads its own text. Returns the new schema, splits and ``texts``."""
+    table = TextTable(feature=feature, kind="item", keys=[None] + [str(i) for i in range(len(texts))],
+                      texts=[None] + list(texts), key_column=f"column {item_column}")
+    sparse = list(schema.sparse) + [SparseFeature(feature, table.num_rows, kind="text")]
+    new_splits = {name: ColumnTable({**t.columns, feature: np.asarray(t[item_column], dtype=np.int64) + 1})
+                  for name, t in splits.items()}
+    return dataclasses.replace(schema, sparse=sparse), new_splits, {feature: table}

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from mtl_torchrec.data.bundle import DataBundle
+from mtl_torchrec.data.bundle import DataBundle, item_text_feature
 from mtl_torchrec.data.config import MovieLensConfig
 from mtl_torchrec.data.schema import (
     ColumnTable,
@@ -176,7 +176,6 @@ def movielens_schema(num_users: int, num_items: int, num_occupations: int) -> Sc
         dense=[],
         labels=impression_labels(),
         group="user_id",
-        text_item="item_id",
     )
 
 
@@ -278,5 +277,7 @@ def load_movielens(cfg: MovieLensConfig) -> DataBundle:
             }
         )
         slices[name] = {"cold_items": cold[items_all]}
-    schema = movielens_schema(num_users, num_items, len(occupations))
-    return DataBundle(schema=schema, splits=splits, item_text=item_texts(items, genres, num_items), slices=slices)
+    schema, splits, texts = item_text_feature(
+        movielens_schema(num_users, num_items, len(occupations)), splits, "item_id", item_texts(items, genres, num_items)
+    )
+    return DataBundle(schema=schema, splits=splits, texts=texts, slices=slices)

@@ -40,6 +40,7 @@ import pandas as pd
 
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.core.io import write_json
+from mtl_torchrec.data.texts import TextRows
 
 FORMAT_VERSION = 1
 FILE_NAME = "preprocessing.json"
@@ -423,6 +424,11 @@ class Preprocessing:
     vocabs: Dict[str, Vocabulary] = field(default_factory=dict)
     normalizers: Dict[str, Normalizer] = field(default_factory=dict)
     stats: Dict[str, Any] = field(default_factory=dict)
+    # Text features' table rows by raw key or text hash (see data/texts.py), frozen once saved.
+    texts: Dict[str, TextRows] = field(default_factory=dict)
+    # Raw keys (canonical tokens) of the training split, per cold/warm slice column: "cold" means not
+    # among them, whatever the column's vocabulary mode.
+    seen: Dict[str, List[str]] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         """The JSON form saved in ``preprocessing.json``, with its ``format_version``."""
@@ -430,6 +436,8 @@ class Preprocessing:
             "format_version": FORMAT_VERSION,
             "vocabs": {k: v.to_json() for k, v in self.vocabs.items()},
             "normalizers": {k: n.to_json() for k, n in self.normalizers.items()},
+            "texts": {k: t.to_json() for k, t in self.texts.items()},
+            "seen": {k: sorted(v) for k, v in self.seen.items()},
             "stats": self.stats,
         }
 
@@ -442,6 +450,8 @@ class Preprocessing:
             vocabs={k: Vocabulary.from_json(v) for k, v in d["vocabs"].items()},
             normalizers={k: Normalizer.from_json(v) for k, v in d["normalizers"].items()},
             stats=dict(d.get("stats", {})),
+            texts={k: TextRows.from_json(v) for k, v in d.get("texts", {}).items()},
+            seen={k: [str(x) for x in v] for k, v in d.get("seen", {}).items()},
         )
 
     def save(self, directory: Union[str, Path]) -> Path:

@@ -41,6 +41,9 @@ class SparseFeature:
     # Several features may share one table (e.g. item_id and clicked_items).
     table: Optional[str] = None
     pooling: Literal["sum", "mean"] = "sum"
+    # "text": ids are rows of a frozen text table (data/texts.py), served by a text feature module,
+    # not an id embedding.
+    kind: Literal["id", "text"] = "id"
 
     @property
     def table_name(self) -> str:
@@ -154,7 +157,7 @@ class ColumnTable:
 @dataclass
 class Schema:
     """The role of every column: sparse id features, dense features, task labels, and the optional
-    group column (e.g. the user, for GAUC) and item-text id column.
+    group column (e.g. the user, for GAUC). Text features are sparse features of ``kind="text"``.
 
     Raises DataError when a column has two roles, two labels share a task name, a sparse feature has
     ``num_embeddings <= 0``, or features sharing a table disagree on its size.
@@ -164,8 +167,6 @@ class Schema:
     dense: List[DenseFeature]
     labels: List[LabelSpec]
     group: Optional[str] = None
-    # Column holding the item id that indexes item text (text features), if any.
-    text_item: Optional[str] = None
 
     def __post_init__(self) -> None:
         seen: Dict[str, str] = {}
@@ -193,6 +194,16 @@ class Schema:
     def sparse_names(self) -> List[str]:
         """Names of the sparse features, in order."""
         return [f.name for f in self.sparse]
+
+    @property
+    def id_features(self) -> List[SparseFeature]:
+        """The sparse features with id embeddings (``kind="id"``), in order."""
+        return [f for f in self.sparse if f.kind == "id"]
+
+    @property
+    def text_features(self) -> List[SparseFeature]:
+        """The text features (``kind="text"``), in order."""
+        return [f for f in self.sparse if f.kind == "text"]
 
     @property
     def dense_names(self) -> List[str]:

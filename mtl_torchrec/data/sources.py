@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from mtl_torchrec.core.errors import ConfigError
-from mtl_torchrec.data.bundle import DataBundle
+from mtl_torchrec.data.bundle import DataBundle, item_text_feature
 from mtl_torchrec.data.config import DataConfig
 from mtl_torchrec.data.movielens import load_movielens
 from mtl_torchrec.data.spec import build_bundle, load_spec
@@ -18,7 +18,8 @@ def load_data(cfg: DataConfig, preprocessing: Optional[Any] = None) -> DataBundl
     ``preprocessing``: a run's fitted preprocessing to reuse instead of fitting (``source: spec``)."""
     if cfg.source == "synthetic":
         syn = generate_synthetic(cfg.synthetic)
-        bundle = DataBundle(schema=syn.schema, splits=syn.splits, item_text=list(syn.item_text))
+        schema, splits, texts = item_text_feature(syn.schema, syn.splits, "item_id", syn.item_text)
+        bundle = DataBundle(schema=schema, splits=splits, texts=texts)
     elif cfg.source == "spec":
         if not cfg.spec:
             raise ConfigError("data.spec: required when data.source is 'spec' (path to a YAML data spec)")

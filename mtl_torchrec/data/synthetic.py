@@ -96,7 +96,6 @@ def synthetic_schema(cfg: SyntheticConfig) -> Schema:
         dense=[DenseFeature("position"), DenseFeature("log_price"), DenseFeature("item_popularity")],
         labels=impression_labels(),
         group="user_id",
-        text_item="item_id",
     )
 
 

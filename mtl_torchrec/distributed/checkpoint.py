@@ -346,7 +346,7 @@ def _broadcast_error(error: Optional[str]) -> Optional[str]:
     return error
 
 
-def _verify_collective(path: Path) -> None:
+def verify_collective(path: Path) -> None:
     """Rank 0 verifies ``path`` against its manifest and every rank raises the same
     :class:`CheckpointError` if it fails (so files are hashed once, not once per rank)."""
     error: Optional[str] = None
@@ -656,7 +656,7 @@ def load_checkpoint(
     same world size.
     """
     path = resolve_checkpoint(path)
-    _verify_collective(path)
+    verify_collective(path)
     meta = _read_meta_file(path)
     if check:
         saved = meta.get("model")

@@ -9,7 +9,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -59,6 +59,32 @@ def copy_unsharded_state(dmp: nn.Module, state: Dict[str, torch.Tensor]) -> None
                 local.copy_(full[idx])
             else:
                 target.copy_(src)
+
+
+def _local_blocks(target: Any) -> List[Tuple[torch.Tensor, List[int]]]:
+    """``(local tensor, global offsets)`` of each block of ``target`` this rank holds."""
+    if isinstance(target, ShardedTensor):
+        return [(s.tensor, list(s.metadata.shard_offsets)) for s in target.local_shards()]
+    if isinstance(target, DTensor):
+        _, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
+        return [(target.to_local(), list(offset))]
+    return [(target, [0] * target.dim())]
+
+
+def copy_leading_rows(target: Any, src: torch.Tensor) -> int:
+    """Copies the plain 2-D ``src`` into the first ``src.shape[0]`` rows of ``target`` (a plain
+    tensor, ShardedTensor or DTensor of the same width and at least as many rows), into whatever
+    part of them this rank holds; the other rows are left as they are. Returns how many elements
+    this rank wrote."""
+    written = 0
+    with torch.no_grad():
+        for local, (row0, col0) in _local_blocks(target):
+            rows = min(local.shape[0], src.shape[0] - row0)
+            if rows <= 0:
+                continue
+            local[:rows].copy_(src[row0: row0 + rows, col0: col0 + local.shape[1]])
+            written += rows * local.shape[1]
+    return written
 
 
 def load_text_tables(module: nn.Module) -> int:

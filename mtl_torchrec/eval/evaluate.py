@@ -57,7 +57,7 @@ from mtl_torchrec.model.tasks import (
     metric_tasks,
     with_conditional_labels,
 )
-from mtl_torchrec.model.text import text_cache_folder
+from mtl_torchrec.model.text import text_cache_root
 
 # torchrec metrics kept per slice; AUC is computed exactly on rank 0 instead (ties count half).
 _SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
@@ -127,14 +127,21 @@ OOV_FACTOR = 2.0
 OOV_MARGIN = 0.2
 
 
-def oov_warnings(stats: Dict[str, Any], split: str) -> List[str]:
+def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str] = ()) -> List[str]:
     """One warning per sparse feature whose share of unknown ids (``stats["oov"][split]``) is far
     above the training split's (``stats["train_oov"]``): above ``max(2 x train, train + 0.2)``. Ids in
     another form than in training (``"u12"`` vs ``"12"``) all fall in the out-of-vocabulary row
-    without a word otherwise. Features without a reference rate (runs saved before it) are skipped."""
+    without a word otherwise. Features without a reference rate (runs saved before it) are skipped.
+    For ``text_features`` any unknown key or text is a warning: such rows read the "no text" vector
+    (the run's text table was encoded from the training run's data)."""
     reference = stats.get("train_oov") or {}
     out: List[str] = []
     for feature, c in (stats.get("oov") or {}).get(split, {}).items():
+        if feature in text_features:
+            if c.get("unknown"):
+                out.append(f"text feature '{feature}': {c['unknown']} of {c['tokens']} rows in split '{split}' have a "
+                           f"text or key the run did not encode in training; they read the \"no text\" vector")
+            continue
         base, rate = reference.get(feature), c.get("rate")
         if base is None or rate is None or rate <= max(OOV_FACTOR * base, base + OOV_MARGIN):
             continue
@@ -490,10 +497,11 @@ def evaluate_run(
     t0 = time.perf_counter()
     note(f"loading data ({cfg.data.source if data_spec is None else data_spec}) ...")
     bundle = load_eval_data(cfg, run_dir, data_spec)
+    bundle = bundle if cfg.model.text.enabled else bundle.without_text()
     split = resolve_split(bundle, split)
     notes = check_esmm_labels(bundle, cfg.model.tasks, [split])
     stats = bundle.preprocessing.stats if bundle.preprocessing is not None else {}
-    warnings = oov_warnings(stats, split)
+    warnings = oov_warnings(stats, split, [f.name for f in bundle.schema.text_features])
     note(f"loaded {sum(len(t) for t in bundle.splits.values())} rows in {time.perf_counter() - t0:.1f} s; "
          f"'{split}' has {len(bundle.splits[split])}")
     if ctx.is_main:
@@ -502,6 +510,11 @@ def evaluate_run(
         for message in warnings:
             print(f"warning: {message}", file=sys.stderr, flush=True)
     slices = split_slices(bundle, split, slice_columns, slice_top)
+    empty = [name for name, mask in slices.items() if not mask.any()]
+    warnings += [f"slice '{name}' has no rows in split '{split}'" for name in empty]
+    if ctx.is_main:
+        for name in empty:
+            print(f"warning: slice '{name}' has no rows in split '{split}'", file=sys.stderr, flush=True)
     load_s = time.perf_counter() - t0
 
     module = build_train_module(
@@ -509,7 +522,7 @@ def evaluate_run(
         bundle,
         cfg.train.loss_balance,
         cfg.train.balance,
-        text_cache=text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir),
+        text_cache=text_cache_root(cfg.model.text, cfg.output_dir),
         progress=cfg.train.progress,
     )
     dmp = shard_module(module, ctx, strategy=cfg.train.sharding, sparse_optimizer=cfg.train.sparse_optimizer,

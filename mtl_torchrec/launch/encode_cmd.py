@@ -1,11 +1,17 @@
-"""``mtl-torchrec encode-text``: encode every item's text into a vector store (and cache).
+"""``mtl-torchrec encode-text``: encode texts once, ahead of training.
 
-Texts come from a table file (``--input`` with ``--id-column``, ``--text-columns`` and an optional
-``--template``) or from the configured data's item texts (``--config``/overrides, e.g.
-``data.source=movielens``). Under ``torchrun`` every rank encodes a slice. Re-running with
-unchanged texts does no model work; a changed text re-encodes only that item.
+Two uses:
 
-    mtl-torchrec encode-text --store stores/movielens data.source=movielens
+* the configured data's text features (``--config``/overrides, e.g. ``data.spec=my.yaml``) into the
+  encoding cache (``model.text.cache_dir``, default ``<output_dir>/text_cache``; ``--cache-dir``), so
+  that training finds every vector there (the cache is found by the text itself, any spec reuses it);
+* an item file (``--input`` with ``--id-column``, ``--text-columns`` and an optional ``--template``)
+  into a store keyed by the raw item key (``--store``), which a data spec names with
+  ``text: [{key: item_id, store: ...}]``; the store records the column it is keyed by.
+
+Under ``torchrun`` every rank encodes a slice. Re-running with unchanged texts does no model work.
+
+    mtl-torchrec encode-text data.source=spec data.spec=examples/reviews/spec.yaml
     mtl-torchrec encode-text --store stores/items --input items.csv --id-column item_id \\
         --text-columns title genres --template "{title}. Genres: {genres}."
     torchrun --nproc_per_node 2 -m mtl_torchrec encode-text --store ... --input ...
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, List, Tuple
 
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.launch.args import config_arg, config_help
@@ -26,10 +32,11 @@ from mtl_torchrec.launch.args import config_arg, config_help
 
 def add_parser(sub: Any) -> None:
     """Registers ``encode-text`` and its options."""
-    p = sub.add_parser("encode-text", help="encode item texts with a language model into a vector store")
-    p.add_argument("--store", required=True, help="output folder (also the cache: unchanged items are reused)")
+    p = sub.add_parser("encode-text", help="encode texts with a language model into the cache or a keyed store")
+    p.add_argument("--store", default=None, help="with --input: output folder of a store keyed by --id-column")
     p.add_argument("--input", default=None, help="CSV/TSV/JSONL/Parquet file of items (default: the configured data)")
-    p.add_argument("--id-column", default="item_id")
+    p.add_argument("--id-column", default="item_id", help="the raw item key column of --input")
+    p.add_argument("--cache-dir", default=None, help="without --input: the cache root (default: model.text.cache_dir)")
     p.add_argument("--text-columns", nargs="+", default=None, help="text column(s) of --input")
     p.add_argument("--template", default=None, help='str.format pattern over the text columns, e.g. "{title}. {genres}"')
     p.add_argument("--config", type=config_arg, default=None,
@@ -46,16 +53,24 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Encodes the texts of ``--input`` (or of the configured data) into ``--store`` and prints the counts.
+    """Encodes ``--input`` into the keyed store ``--store``, or the configured data's text features into
+    the cache, and prints the counts.
 
-    Returns 0. Raises ConfigError when ``--input`` comes without ``--text-columns`` or the configured
-    data has no item text.
+    Returns 0. Raises ConfigError when ``--input`` comes without ``--store`` or ``--text-columns``,
+    ``--store`` without ``--input``, or the configured data has no text feature.
     """
     from mtl_torchrec.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # a config error is reported before torch is imported
+    if args.input is not None and not args.store:
+        raise ConfigError("--store: required with --input (the folder of the store keyed by --id-column)")
+    if args.input is not None and not args.text_columns:
+        raise ConfigError("--text-columns: required with --input")
+    if args.input is None and args.store:
+        raise ConfigError("--store: only with --input; the configured data's texts go to the cache (--cache-dir)")
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.text.store import build_store
+    from mtl_torchrec.model.text import text_cache_root
+    from mtl_torchrec.text.store import StoreStats, build_store, encode_texts
 
     enc = cfg.model.text.encoder
     if args.model is not None:
@@ -70,36 +85,46 @@ def run(args: argparse.Namespace) -> int:
         enc.batch_size = args.batch_size
     if args.trust_remote_code:
         enc.trust_remote_code = True
+    jobs: List[Tuple[str, Any]] = []
     if args.input is not None:
-        from mtl_torchrec.text.items import read_item_texts
+        from mtl_torchrec.data.item_table import read_item_table
 
-        if not args.text_columns:
-            raise ConfigError("--text-columns: required with --input")
-        texts: Any = read_item_texts(args.input, args.id_column, args.text_columns, args.template)
-        source = args.input
+        keys, item_texts = read_item_table(args.input, args.id_column, args.text_columns, args.template)
+        jobs.append((args.input, dict(zip(keys, item_texts))))
     else:
         from mtl_torchrec.data.sources import load_data
 
         data = load_data(cfg.data)
-        if data.item_text is None:
-            raise ConfigError(f"data.source: '{cfg.data.source}' has no item text; pass --input")
-        texts, source = data.item_text, f"data.source={cfg.data.source}"
+        tables = [t for t in data.texts.values() if t.texts is not None]
+        if not tables:
+            raise ConfigError(f"data.source: '{cfg.data.source}' has no text feature to encode; pass --input")
+        jobs += [(f"text feature '{t.feature}'", t.texts) for t in tables]
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
     ctx = init_distributed() if "RANK" in os.environ else None
+    progress = not args.no_progress
+    cache_root = args.cache_dir or text_cache_root(cfg.model.text, cfg.output_dir)
     try:
-        store, stats = build_store(texts, args.store, enc, progress=not args.no_progress, source=source)
+        for what, texts in jobs:
+            stats: StoreStats
+            if args.input is not None:
+                keyed_by = f"column {args.id_column} of {os.path.basename(args.input)}"
+                store, stats = build_store(texts, args.store, enc, keyed_by, progress=progress, source=what)
+                where, dim = args.store, store.dim
+            else:
+                vectors, _, stats = encode_texts(texts, cache_root, enc, progress=progress, source=what)
+                where, dim = str(cache_root), int(vectors.shape[1])
+            if ctx is None or ctx.is_main:
+                print(
+                    f"{what}: {stats.items} entries ({stats.with_text} with text, {stats.empty} without): "
+                    f"{stats.encoded} encoded, {stats.reused} reused, {stats.truncated} truncated "
+                    f"to {enc.max_length} tokens; dim {dim}; "
+                    + (f"written to {where}" if stats.written else f"{where} unchanged")
+                )
     finally:
         if ctx is not None:
             close_distributed(ctx)
-    if ctx is None or ctx.is_main:
-        print(
-            f"{stats.items} items ({stats.with_text} with text, {stats.empty} without): "
-            f"{stats.encoded} encoded, {stats.reused} reused from cache, {stats.truncated} truncated "
-            f"to {enc.max_length} tokens; dim {store.dim}; "
-            + (f"written to {args.store}" if stats.written else f"{args.store} unchanged")
-        )
     return 0

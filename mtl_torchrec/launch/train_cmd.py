@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Sequence
@@ -81,6 +82,7 @@ def make_trainer(cfg: Config, data: DataBundle, ctx: DistContext, run_dir: Path,
     from mtl_torchrec.eval.evaluate import SplitEvaluator
     from mtl_torchrec.train.trainer import Trainer
 
+    data = data if cfg.model.text.enabled else data.without_text()
     evaluator = SplitEvaluator(data, ctx, cfg.data.eval_batch_size, cfg.data.num_workers, cfg.train.progress)
     return Trainer(cfg, data, ctx, run_dir, evaluator=evaluator, **kwargs)
 
@@ -91,11 +93,16 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
     ``extra_callbacks`` run after the default ones (:func:`~mtl_torchrec.train.callbacks.default_callbacks`).
     One training at a time per run directory (:func:`~mtl_torchrec.distributed.run_lock.hold_run_dir`);
     a start that is refused (lock held, ``train.resume``, a damaged or incompatible checkpoint)
-    writes nothing into an existing run directory.
+    writes nothing into an existing run directory. ``train.init_from`` warm-starts a fresh run;
+    a run directory that already has checkpoints resumes instead (resume wins).
     """
     import torch
 
     from mtl_torchrec.distributed.run_lock import hold_run_dir
+    from mtl_torchrec.distributed.warm_start import resolve_init_from
+
+    if cfg.train.init_from is not None:
+        resolve_init_from(cfg.train.init_from)  # a ConfigError before any folder is made
 
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
@@ -128,17 +135,30 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
             print(f"note: {note}")
         for split, table in data.splits.items():
             print(describe(table, data.schema, split))
+        for split, masks in data.slices.items():
+            for name, mask in masks.items():
+                if split == "test" and not mask.any():
+                    print(f"warning: slice '{name}' has no rows in split '{split}'", file=sys.stderr)
     trainer = make_trainer(cfg, data, ctx, run_dir, callbacks=[*default_callbacks(cfg), *extra_callbacks])
     try:
         # Every check that can refuse this start (train.resume, the checkpoint's integrity, the model
         # against the checkpoint) runs in resume(), before config.yaml and preprocessing are written.
         resumed = trainer.resume(cfg.train.resume)
+        warm = None
+        if resumed is None and cfg.train.init_from is not None:
+            warm = trainer.warm_start(cfg.train.init_from)
         if ctx.is_main:
             save_config(cfg, run_dir / "config.yaml")
             if data.preprocessing is not None:
                 data.preprocessing.save(run_dir / "preprocessing")
         if resumed is not None and ctx.is_main:
             print(f"resuming from {resumed} (step {trainer.state.global_step})")
+            if cfg.train.init_from is not None:
+                print(f"note: train.init_from={cfg.train.init_from} not used: the run resumes from its own checkpoint")
+        if warm is not None and ctx.is_main:
+            from mtl_torchrec.distributed.warm_start import format_report
+
+            print(format_report(warm))
         summary = trainer.fit()
         summary["tested_checkpoint"] = _select_tested_model(trainer, run_dir, ctx)
         if trainer.selection is not None:
@@ -158,7 +178,9 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
             write_json(run_dir / "metrics_by_slice.json", slices)
         if "calibration" in result:
             summary["calibration"]["test"] = result["calibration"]["tasks"]
-        write_json(run_dir / "train_summary.json", {**summary, "world_size": ctx.world_size, "history": trainer.history})
+        write_json(run_dir / "train_summary.json", {
+            **summary, "world_size": ctx.world_size, "history": trainer.history, "epoch_losses": trainer.epoch_losses,
+        })
     return {"run_dir": run_dir, "metrics": test, "slices": slices, "summary": summary,
             "calibration": result.get("calibration")}
 

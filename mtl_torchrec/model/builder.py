@@ -24,9 +24,10 @@ from mtl_torchrec.modules.towers import TaskTowers
 
 
 def embedding_configs(schema: Schema, embedding_dim: int) -> List[EmbeddingBagConfig]:
-    """One table per distinct ``table_name``; features naming the same table share it."""
+    """One table per distinct ``table_name`` of the id features; features naming the same table share
+    it. Text features have their own frozen tables (:mod:`mtl_torchrec.model.text`)."""
     tables: Dict[str, EmbeddingBagConfig] = {}
-    for f in schema.sparse:
+    for f in schema.id_features:
         name = f"t_{f.table_name}"
         if name in tables:
             tables[name].feature_names.append(f.name)
@@ -113,6 +114,7 @@ def build_model(
         [t.name for t in tasks],
         backbone.out_features,
         {t.name: (t.tower_layers if t.tower_layers is not None else cfg.tower_layers) for t in cfg.tasks},
+        cfg.tower_mlp.options(),
     )
     return MultiTaskModel(ebc, len(schema.dense), cfg.dense_layers, backbone, towers, feature_modules, id_dropout)
 
@@ -127,8 +129,8 @@ def build_train_module(
     progress: bool = False,
 ) -> TrainModule:
     """Model (``model.*``), tasks and loss balancer (``train.loss_balance``, ``train.balance``),
-    sized for the data's schema. ``text_cache`` is the folder text vectors are encoded into when
-    ``model.text`` names no store (:func:`~mtl_torchrec.model.text.text_cache_folder`). Raises
+    sized for the data's schema. ``text_cache`` is the encoding cache's root
+    (:func:`~mtl_torchrec.model.text.text_cache_root`). Raises
     ConfigError naming the key.
 
     Regression heads start at the training labels' mean: started at 0, a rating task's squared

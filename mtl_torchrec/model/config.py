@@ -25,6 +25,7 @@ from mtl_torchrec.core.config import (
 )
 from mtl_torchrec.model.backbones import (
     BACKBONES,
+    MLPConfig,
     MMoEConfig,
     PLEConfig,
     SharedBottomConfig,
@@ -96,6 +97,8 @@ _LEADING: List[Tuple[str, Any, Callable[[], Any]]] = [
 _TRAILING: List[Tuple[str, Any, Callable[[], Any]]] = [
     # Tower MLP of every task without its own ``tower_layers``; empty: the head alone.
     ("tower_layers", Widths, lambda: [64]),
+    # Activation, norm and dropout of every tower MLP layer.
+    ("tower_mlp", MLPConfig, MLPConfig),
     ("text", TextConfig, TextConfig),
     ("tasks", Annotated[List[TaskConfig], Field(min_length=1)], _default_tasks),
 ]
@@ -138,6 +141,7 @@ ModelConfig = model_config_class()
 
 __all__ = [
     "BalanceConfig",
+    "MLPConfig",
     "MMoEConfig",
     "ModelConfig",
     "PLEConfig",

@@ -1,68 +1,64 @@
-"""Builds text feature modules from the config: the store's vectors in a frozen table + adapter.
+"""Builds text feature modules from the config and the data's text tables: frozen vectors + adapter.
 
-The language model never runs here: vectors come from a :class:`~mtl_torchrec.text.store.TextStore`
-(given, or encoded once into the cache), and :class:`~mtl_torchrec.modules.text_feature.TextFeature`
-serves them. Id dropout for cold start (:class:`~mtl_torchrec.modules.id_dropout.UnseenIdDropout`)
-is built here too.
+The language model never runs in a training step: each text feature's table rows
+(:class:`~mtl_torchrec.data.bundle.TextTable`, keyed by raw item key or by the text itself, never by
+an id vocabulary) get their vectors from the content-addressed encoding cache
+(:func:`~mtl_torchrec.text.store.encode_texts`) or a store keyed by raw item key, and
+:class:`~mtl_torchrec.modules.text_feature.TextFeature` serves them. Id dropout for cold start
+(:class:`~mtl_torchrec.modules.id_dropout.UnseenIdDropout`) is built here too.
 
 Example::
 
-    feature = build_text_feature(TextConfig(enabled=True, adapter_layers=[32]), store, num_items=1682)
-    model = build_model(cfg.model, schema, feature_modules={"text": feature})
+    modules = text_feature_modules(cfg.model.text, bundle, text_cache_root(cfg.model.text, "runs"))
+    model = build_model(cfg.model, bundle.schema, feature_modules=modules)
     dmp = shard_module(TrainModule(model, ...), ctx)    # make_sharders includes the frozen sharder
     load_text_tables(dmp)                                # copy the vectors into their shards
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from mtl_torchrec.core.errors import ConfigError
-from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.config import DataConfig
+from mtl_torchrec.core.errors import ConfigError, DataError
+from mtl_torchrec.data.bundle import DataBundle, TextTable
 from mtl_torchrec.data.schema import Schema
 from mtl_torchrec.model.config import ModelConfig
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
 from mtl_torchrec.modules.id_dropout import IdDropouts, UnseenIdDropout
 from mtl_torchrec.modules.text_feature import TextFeature, table_weights
 from mtl_torchrec.text.config import TextConfig
-from mtl_torchrec.text.store import TextStore, build_store
-
-# Settings that change how data is batched, not which rows exist: left out of the cache key.
-_NOT_DATA_IDENTITY = ("batch_size", "eval_batch_size", "num_workers")
+from mtl_torchrec.text.store import TextStore, encode_texts, model_dim
 
 
 def build_text_feature(
     cfg: TextConfig,
-    store: TextStore,
-    num_items: int,
+    feature: str,
+    vectors: torch.Tensor,
+    has_text: torch.Tensor,
+    normalized: bool,
     device: Optional[torch.device] = None,
-    source: str = "text store",
 ) -> TextFeature:
-    """A :class:`TextFeature` over ``cfg.item_feature`` holding the store's vectors for ids ``[0, num_items)``.
+    """A :class:`TextFeature` over the text feature ``feature`` whose table row ``r`` holds
+    ``vectors[r]`` (``has_text[r]`` False: the learned "no text" vector).
 
-    L2-normalised vectors are scaled by ``sqrt(dim)`` first; the module outputs ``[B, adapter_layers[-1]]``.
+    L2-normalised vectors (``normalized``) are scaled by ``sqrt(dim)`` first, so their entries have
+    unit scale like the other inputs; the module outputs ``[B, cfg.adapter_layers[-1]]``.
     """
-    vectors, has_text = store.table(num_items, source=source)
-    if store.info.get("normalize", False):
-        # Unit-norm vectors have entries of about 1/sqrt(d); give them unit scale like other inputs.
-        vectors = vectors * math.sqrt(store.dim)
+    if normalized:
+        vectors = vectors * math.sqrt(vectors.shape[1])
     weights = table_weights(vectors, has_text)
     table_cfg = EmbeddingBagConfig(
-        name=f"text_{cfg.item_feature}",
+        name=f"text_{feature}",
         embedding_dim=weights.shape[1],
-        num_embeddings=num_items,
-        feature_names=[cfg.item_feature],
+        num_embeddings=weights.shape[0],
+        feature_names=[feature],
         pooling=PoolingType.SUM,
     )
     cls = EmbeddingBagCollection if cfg.trainable_table else FrozenEmbeddingBagCollection
@@ -70,67 +66,62 @@ def build_text_feature(
     with torch.no_grad():
         if device is None or torch.device(device).type != "meta":
             table.embedding_bags[table_cfg.name].weight.copy_(weights)
-    return TextFeature(table, store.dim, cfg.adapter_layers, initial_weights=weights)
+    return TextFeature(table, vectors.shape[1], cfg.adapter_layers, initial_weights=weights, dropout=cfg.dropout)
 
 
-def text_cache_folder(text: TextConfig, data: DataConfig, output_dir: str) -> Path:
-    """Where the data's item texts are encoded when ``model.text.store`` is not given:
-    ``<model.text.cache_dir or output_dir/text_cache>/<data.source>-<hash>``.
+def text_cache_root(text: TextConfig, output_dir: str) -> Path:
+    """The encoding cache's root: ``model.text.cache_dir``, else ``<output_dir>/text_cache``. Inside,
+    one folder per encoder identity holds the vectors of every text encoded so far, found by the
+    text itself (:func:`~mtl_torchrec.text.store.cache_folder`), so any data or spec reuses them."""
+    return Path(text.cache_dir) if text.cache_dir else Path(output_dir) / "text_cache"
 
-    The hash covers every ``data.*`` setting that decides the rows (not batch sizes or workers) and,
-    for ``data.source: spec``, the spec file's bytes, so two data configs never share a folder
-    (a shared folder would be re-encoded on every switch) and the same data always finds its cache.
+
+def table_vectors(
+    cfg: TextConfig, table: TextTable, cache_root: Optional[Path], progress: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(vectors [rows, dim], has_text [rows], normalized)`` for the rows of ``table``.
+
+    Texts are encoded through the cache under ``cache_root`` (collective under a process group); a
+    keyed store is looked up by the rows' raw keys (DataError naming a few keys it lacks); a table
+    without texts (a training run's rows reused at evaluation) gets zeros, which the checkpoint
+    replaces. Raises ConfigError when texts must be encoded but there is no cache root.
     """
-    settings = {k: v for k, v in dataclasses.asdict(data).items() if k not in _NOT_DATA_IDENTITY}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
-    if data.source == "spec" and data.spec and Path(data.spec).is_file():
-        digest.update(Path(data.spec).read_bytes())
-    root = Path(text.cache_dir) if text.cache_dir else Path(output_dir) / "text_cache"
-    return root / f"{data.source}-{digest.hexdigest()[:12]}"
-
-
-def resolve_store(
-    cfg: TextConfig, item_text: Optional[List[Optional[str]]], cache_folder: Optional[Path], progress: bool = False
-) -> TextStore:
-    """The store named by ``cfg.store``, or the data's item texts encoded into ``cache_folder``
-    (see :func:`text_cache_folder`). Raises ConfigError when neither is possible.
-
-    Collective under a process group when it has to encode (every rank takes a slice).
-    """
-    if cfg.store:
-        return TextStore.load(cfg.store)
-    if item_text is None:
-        raise ConfigError(
-            "model.text.store: the data has no item text, so a store must be given (mtl-torchrec encode-text)"
-        )
-    if cache_folder is None:
-        raise ConfigError("model.text.store: not given, and no cache folder to encode the data's item texts into")
-    store, _ = build_store(item_text, cache_folder, cfg.encoder, progress=progress)
-    return store
+    if table.store is not None:
+        store = TextStore.load(table.store)
+        vectors, has_text = store.lookup(table.keys, source=f"text feature '{table.feature}': store {table.store}")
+        return vectors, has_text, bool(store.info.get("normalize", False))
+    if table.texts is None:
+        dim = model_dim(cfg.encoder)
+        return torch.zeros(table.num_rows, dim), torch.zeros(table.num_rows, dtype=torch.bool), cfg.encoder.normalize
+    if cache_root is None:
+        raise ConfigError("model.text.cache_dir: no cache folder to encode the data's texts into")
+    vectors, has_text, _ = encode_texts(table.texts, cache_root, cfg.encoder, progress=progress,
+                                        source=f"text feature '{table.feature}' row")
+    return vectors, has_text, cfg.encoder.normalize
 
 
 def text_feature_modules(
-    text: TextConfig, data: DataBundle, cache_folder: Optional[Path] = None, progress: bool = False
+    text: TextConfig, data: DataBundle, cache_root: Optional[Path] = None, progress: bool = False
 ) -> Dict[str, nn.Module]:
-    """``{"text": TextFeature}`` for ``text`` (``model.text``) and the data's schema (empty when disabled).
+    """``{feature name: TextFeature}`` for each of the data's text features (empty when
+    ``text.enabled`` is false).
 
-    ``cache_folder`` is where the data's item texts are encoded when ``text.store`` is not given
-    (:func:`text_cache_folder`). Raises ConfigError naming ``model.text.*`` when the item feature is
-    missing or multi-valued, or when there is neither a store nor item text.
+    ``cache_root`` is where texts are encoded (:func:`text_cache_root`). Raises ConfigError naming
+    ``model.text.enabled`` when the data has no text feature, and what :func:`table_vectors` raises.
     """
     if not text.enabled:
         return {}
-    feature = next((f for f in data.schema.sparse if f.name == text.item_feature), None)
-    if feature is None:
-        raise ConfigError(
-            f"model.text.item_feature: '{text.item_feature}' is not a sparse feature of the data "
-            f"({[f.name for f in data.schema.sparse]})"
-        )
-    if feature.multi_valued:
-        raise ConfigError(f"model.text.item_feature: '{text.item_feature}' must be single-valued")
-    store = resolve_store(text, data.item_text, cache_folder, progress=progress)
-    source = text.store or str(cache_folder)
-    return {"text": build_text_feature(text, store, feature.num_embeddings, source=f"text store {source}")}
+    if not data.texts:
+        raise ConfigError("model.text.enabled: the data has no text feature (a data spec declares them under "
+                          "`text:`, see docs/text.md)")
+    modules: Dict[str, nn.Module] = {}
+    for name, table in data.texts.items():
+        feature = next((f for f in data.schema.text_features if f.name == name), None)
+        if feature is None or feature.num_embeddings != table.num_rows:
+            raise DataError(f"text feature '{name}': the schema and its text table disagree")
+        vectors, has_text, normalized = table_vectors(text, table, cache_root, progress)
+        modules[name] = build_text_feature(text, name, vectors, has_text, normalized)
+    return modules
 
 
 def item_id_dropout(cfg: ModelConfig, schema: Schema) -> nn.Module:
@@ -147,7 +138,7 @@ def item_id_dropout(cfg: ModelConfig, schema: Schema) -> nn.Module:
     names = list(cfg.text.id_dropout_features) or [cfg.text.item_feature]
     drops = []
     for name in names:
-        feature = next((f for f in schema.sparse if f.name == name), None)
+        feature = next((f for f in schema.id_features if f.name == name), None)
         if feature is None or feature.multi_valued:
             raise ConfigError(f"{key}: '{name}' must be a single-valued sparse feature")
         drops.append(UnseenIdDropout(feature.name, feature.num_embeddings, cfg.embedding_dim, cfg.text.id_dropout))

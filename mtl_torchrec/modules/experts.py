@@ -12,6 +12,8 @@ from typing import Dict, List, NamedTuple, Optional
 import torch
 from torch import nn
 
+from mtl_torchrec.modules.mlp import PLAIN, MLPOptions, activation, dropout, expert_norm
+
 
 class BatchedExperts(nn.Module):
     """``num_experts`` MLPs with the same layer sizes, reading one shared input or one input each.
@@ -19,9 +21,11 @@ class BatchedExperts(nn.Module):
     Args:
         in_features: input width.
         num_experts: number of experts ``E``.
-        layer_sizes: output width of each layer; ReLU after every layer.
+        layer_sizes: output width of each layer.
+        options: how each layer is finished (:class:`~mtl_torchrec.modules.mlp.MLPOptions`:
+            per-expert norm, then activation, then dropout); default ReLU only.
 
-    ValueError when ``num_experts < 1`` or ``layer_sizes`` is empty.
+    ValueError when ``num_experts < 1`` or ``layer_sizes`` is empty, or for bad ``options``.
 
     Example::
 
@@ -30,8 +34,11 @@ class BatchedExperts(nn.Module):
         out = experts.forward_each(torch.randn(4, 8, 32))   # one input per expert: [4, 8, 16]
     """
 
-    def __init__(self, in_features: int, num_experts: int, layer_sizes: List[int]) -> None:
+    def __init__(
+        self, in_features: int, num_experts: int, layer_sizes: List[int], options: Optional[MLPOptions] = None
+    ) -> None:
         super().__init__()
+        options = (options or PLAIN).check()
         if num_experts <= 0 or not layer_sizes:
             raise ValueError("BatchedExperts needs num_experts > 0 and at least one layer")
         self.in_features = in_features
@@ -44,6 +51,10 @@ class BatchedExperts(nn.Module):
             self.weights.append(nn.Parameter(torch.empty(num_experts, prev, size)))
             self.biases.append(nn.Parameter(torch.empty(num_experts, 1, size)))
             prev = size
+        # No parameters with the default options, so the state and initialisation stay as they were.
+        self.norms = nn.ModuleList(expert_norm(options, num_experts, size) for size in layer_sizes)
+        self.activation = activation(options)
+        self.dropout = dropout(options)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -59,17 +70,20 @@ class BatchedExperts(nn.Module):
         # The first layer of all experts is one matmul: [B, in] x [in, E*out].
         w0, b0 = self.weights[0], self.biases[0]
         e, i, o = w0.shape
-        h = torch.relu((x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + b0)
-        return self._rest(h)
+        h = (x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + b0
+        return self._rest(self._finish(h, self.norms[0]))
 
     def forward_each(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[E, B, in]``, one input per expert; returns ``[E, B, out]``."""
-        h = torch.relu(torch.baddbmm(self.biases[0], x, self.weights[0]))
-        return self._rest(h)
+        h = torch.baddbmm(self.biases[0], x, self.weights[0])
+        return self._rest(self._finish(h, self.norms[0]))
+
+    def _finish(self, h: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        return self.dropout(self.activation(norm(h)))
 
     def _rest(self, h: torch.Tensor) -> torch.Tensor:
-        for w, b in zip(self.weights[1:], self.biases[1:]):
-            h = torch.relu(torch.baddbmm(b, h, w))
+        for w, b, norm in zip(self.weights[1:], self.biases[1:], self.norms[1:]):
+            h = self._finish(torch.baddbmm(b, h, w), norm)
         return h
 
 

@@ -10,9 +10,9 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
-from torchrec.modules.mlp import MLP
 
 from mtl_torchrec.modules.experts import BatchedExperts, ExpertTrace, GateInfo
+from mtl_torchrec.modules.mlp import MLPOptions, make_mlp
 
 
 class MMoE(nn.Module):
@@ -26,6 +26,8 @@ class MMoE(nn.Module):
         gate_layers: hidden layers of each gate before its softmax (empty: linear gate, as in
             the paper).
         single_gate: one gate shared by all tasks (OMoE, the paper's one-gate baseline).
+        expert_options / gate_options: activation, norm and dropout of the expert layers and of
+            the gates' hidden layers (:class:`~mtl_torchrec.modules.mlp.MLPOptions`; default ReLU).
 
     Example::
 
@@ -42,18 +44,20 @@ class MMoE(nn.Module):
         expert_layers: List[int],
         gate_layers: Optional[List[int]] = None,
         single_gate: bool = False,
+        expert_options: Optional[MLPOptions] = None,
+        gate_options: Optional[MLPOptions] = None,
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         self.num_experts = num_experts
         self.single_gate = single_gate
         self.out_features = expert_layers[-1]
-        self.experts = BatchedExperts(in_features, num_experts, expert_layers)
+        self.experts = BatchedExperts(in_features, num_experts, expert_layers, expert_options)
         gate_layers = list(gate_layers or [])
         num_gates = 1 if single_gate else num_tasks
         self.gates = nn.ModuleList()
         for _ in range(num_gates):
-            hidden = MLP(in_features, gate_layers) if gate_layers else nn.Identity()
+            hidden = make_mlp(in_features, gate_layers, gate_options) if gate_layers else nn.Identity()
             width = gate_layers[-1] if gate_layers else in_features
             self.gates.append(nn.Sequential(hidden, nn.Linear(width, num_experts)))
 

@@ -12,12 +12,13 @@ share the input, later each expert gets its group's input stacked along the expe
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from mtl_torchrec.modules.experts import BatchedExperts, ExpertTrace, GateInfo
+from mtl_torchrec.modules.mlp import MLPOptions
 
 
 class CGCLevel(nn.Module):
@@ -31,6 +32,7 @@ class CGCLevel(nn.Module):
         expert_layers: layer sizes of each expert MLP.
         shared_gate: whether to compute the shared gate (all levels but the last).
         level: index of the level, used in expert names.
+        expert_options: activation, norm and dropout of the expert layers (default ReLU).
 
     Example::
 
@@ -49,6 +51,7 @@ class CGCLevel(nn.Module):
         expert_layers: List[int],
         shared_gate: bool,
         level: int = 0,
+        expert_options: Optional[MLPOptions] = None,
     ) -> None:
         super().__init__()
         if num_task_experts < 0 or num_shared_experts < 0 or num_task_experts + num_shared_experts == 0:
@@ -61,7 +64,7 @@ class CGCLevel(nn.Module):
         self.out_features = expert_layers[-1]
         n_task = num_tasks * num_task_experts
         self.num_experts = n_task + num_shared_experts
-        self.experts = BatchedExperts(in_features, self.num_experts, expert_layers)
+        self.experts = BatchedExperts(in_features, self.num_experts, expert_layers, expert_options)
         # Expert order in the bank: task 0's experts, task 1's, ..., then the shared ones.
         shared_idx = list(range(n_task, self.num_experts))
         self._gate_index: List[List[int]] = [
@@ -121,6 +124,7 @@ class PLE(nn.Module):
         num_task_experts: experts owned by each task, per level.
         num_shared_experts: shared experts per level.
         expert_layers: layer sizes of each expert MLP (every level).
+        expert_options: activation, norm and dropout of the expert layers (default ReLU).
 
     Example::
 
@@ -137,6 +141,7 @@ class PLE(nn.Module):
         num_task_experts: int,
         num_shared_experts: int,
         expert_layers: List[int],
+        expert_options: Optional[MLPOptions] = None,
     ) -> None:
         super().__init__()
         if num_levels < 1:
@@ -152,6 +157,7 @@ class PLE(nn.Module):
                 expert_layers,
                 shared_gate=lvl < num_levels - 1,
                 level=lvl,
+                expert_options=expert_options,
             )
             for lvl in range(num_levels)
         )

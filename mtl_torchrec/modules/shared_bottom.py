@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
-from torchrec.modules.mlp import MLP
 
 from mtl_torchrec.modules.experts import BatchedExperts
+from mtl_torchrec.modules.mlp import MLPOptions, make_mlp
 
 
 class SharedBottom(nn.Module):
@@ -17,7 +17,8 @@ class SharedBottom(nn.Module):
     Args:
         in_features: width of the shared input.
         num_tasks: number of tasks (outputs).
-        layers: layer sizes of the MLP, ReLU after each; ValueError when empty.
+        layers: layer sizes of the MLP; ValueError when empty.
+        options: activation, norm and dropout of its layers (default ReLU).
 
     Example::
 
@@ -25,13 +26,15 @@ class SharedBottom(nn.Module):
         outs, gates = bottom.forward_with_gates(torch.randn(8, 32))   # 3 x [8, 16], []
     """
 
-    def __init__(self, in_features: int, num_tasks: int, layers: List[int]) -> None:
+    def __init__(
+        self, in_features: int, num_tasks: int, layers: List[int], options: Optional[MLPOptions] = None
+    ) -> None:
         super().__init__()
         if not layers:
             raise ValueError("SharedBottom needs at least one layer")
         self.num_tasks = num_tasks
         self.out_features = layers[-1]
-        self.mlp = MLP(in_features, layers)
+        self.mlp = make_mlp(in_features, layers, options)
 
     def forward_with_gates(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """The shared MLP's output for every task, and no gates.
@@ -60,7 +63,8 @@ class SeparateBottoms(nn.Module):
     Args:
         in_features: width of the shared input.
         num_tasks: number of tasks (MLPs).
-        layers: layer sizes of each MLP, ReLU after each; ValueError when empty.
+        layers: layer sizes of each MLP; ValueError when empty.
+        options: activation, norm and dropout of their layers (default ReLU).
 
     Example::
 
@@ -68,13 +72,15 @@ class SeparateBottoms(nn.Module):
         outs = bottoms(torch.randn(8, 32))   # 2 x [8, 16], each from its own MLP
     """
 
-    def __init__(self, in_features: int, num_tasks: int, layers: List[int]) -> None:
+    def __init__(
+        self, in_features: int, num_tasks: int, layers: List[int], options: Optional[MLPOptions] = None
+    ) -> None:
         super().__init__()
         if not layers:
             raise ValueError("SeparateBottoms needs at least one layer")
         self.num_tasks = num_tasks
         self.out_features = layers[-1]
-        self.bottoms = BatchedExperts(in_features, num_tasks, layers)
+        self.bottoms = BatchedExperts(in_features, num_tasks, layers, options)
 
     def forward_with_gates(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Each task's own MLP output, and no gates.

@@ -50,6 +50,9 @@ class TextFeature(nn.Module):
         adapter_layers: widths of the adapter; ReLU between layers, none after the last.
         initial_weights: the table content to copy in after sharding (see
             :func:`~mtl_torchrec.distributed.state.load_text_tables`).
+        dropout: probability, in training only, of serving a row the "no text" row (zero vector, flag
+            1) instead of its own, so that the learned "no text" vector is trained although every
+            training row may have text.
 
     Raises ConfigError (``model.text.adapter_layers``) when ``adapter_layers`` is empty, and
     ValueError when ``table`` is not one table of width ``table_width(text_dim)``.
@@ -66,8 +69,11 @@ class TextFeature(nn.Module):
         text_dim: int,
         adapter_layers: List[int],
         initial_weights: Optional[torch.Tensor] = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.text.dropout: must be in [0, 1), got {dropout}")
         if not adapter_layers:
             raise ConfigError("model.text.adapter_layers: at least one layer is required")
         configs = table.embedding_bag_configs()
@@ -88,6 +94,11 @@ class TextFeature(nn.Module):
             # The padding columns are always zero; keep their weights at zero too (no effect, tidy).
             self.adapter[0].weight[:, text_dim + 1 :] = 0.0
         self.out_features = width
+        self.dropout = float(dropout)
+        no_text = torch.zeros(configs[0].embedding_dim)
+        no_text[text_dim] = 1.0
+        # What a row without text reads; not saved (it follows from text_dim).
+        self.register_buffer("no_text_row", no_text, persistent=False)
         # Not a buffer: the weights live in the (sharded) table; this is only the initial copy.
         self.initial_weights = initial_weights
 
@@ -105,4 +116,9 @@ class TextFeature(nn.Module):
         Returns:
             torch.Tensor: adapter output ``[B, out_features]``.
         """
-        return self.adapter(self.table(features).values())
+        rows = self.table(features).values()
+        if self.training and self.dropout > 0.0:
+            # rand_like keeps the module fx-traceable (TrainPipelineSparseDist traces the model).
+            drop = torch.rand_like(rows[:, :1]) < self.dropout
+            rows = torch.where(drop, self.no_text_row, rows)
+        return self.adapter(rows)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
-from torchrec.modules.mlp import MLP
+
+from mtl_torchrec.modules.mlp import MLPOptions, make_mlp
 
 
 class TaskTower(nn.Module):
@@ -14,7 +15,8 @@ class TaskTower(nn.Module):
 
     Args:
         in_features: input width.
-        layer_sizes: hidden widths of the MLP, ReLU after each; empty: the head reads the input.
+        layer_sizes: hidden widths of the MLP; empty: the head reads the input.
+        options: activation, norm and dropout of the MLP's layers (default ReLU).
 
     Example::
 
@@ -22,9 +24,9 @@ class TaskTower(nn.Module):
         tower(torch.randn(8, 16)).shape   # torch.Size([8])
     """
 
-    def __init__(self, in_features: int, layer_sizes: List[int]) -> None:
+    def __init__(self, in_features: int, layer_sizes: List[int], options: Optional[MLPOptions] = None) -> None:
         super().__init__()
-        self.mlp = MLP(in_features, layer_sizes) if layer_sizes else nn.Identity()
+        self.mlp = make_mlp(in_features, layer_sizes, options) if layer_sizes else nn.Identity()
         self.head = nn.Linear(layer_sizes[-1] if layer_sizes else in_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,7 @@ class TaskTowers(nn.Module):
         tasks: task names, in the order of the inputs.
         in_features: width of every task's input.
         layer_sizes: hidden widths of each task's tower MLP, by task name.
+        options: activation, norm and dropout of every tower's MLP layers (default ReLU).
 
     Example::
 
@@ -53,10 +56,16 @@ class TaskTowers(nn.Module):
         towers([torch.randn(8, 16), torch.randn(8, 16)])["rating"].shape   # torch.Size([8])
     """
 
-    def __init__(self, tasks: List[str], in_features: int, layer_sizes: Dict[str, List[int]]) -> None:
+    def __init__(
+        self,
+        tasks: List[str],
+        in_features: int,
+        layer_sizes: Dict[str, List[int]],
+        options: Optional[MLPOptions] = None,
+    ) -> None:
         super().__init__()
         self.tasks = list(tasks)
-        self.towers = nn.ModuleDict({t: TaskTower(in_features, layer_sizes[t]) for t in self.tasks})
+        self.towers = nn.ModuleDict({t: TaskTower(in_features, layer_sizes[t], options) for t in self.tasks})
 
     def forward(self, inputs: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Each task's tower on that task's input.

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -79,6 +81,11 @@ def model_fingerprint(name: Optional[str], trust_remote_code: bool = False) -> T
     return (path, str(getattr(config, "_commit_hash", None) or "unknown"))
 
 
+# Encodes of at least this many texts print a progress line every LOG_EVERY_S seconds when no bar is shown.
+LOG_MIN_TEXTS = 512
+LOG_EVERY_S = 15.0
+
+
 @dataclass
 class EncodeStats:
     """What one :meth:`TextEncoder.encode` call did."""
@@ -140,6 +147,11 @@ class TextEncoder:
         stats.truncated = sum(n > self.cfg.max_length for n in lengths)
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
         bs = self.cfg.batch_size
+        # Without a bar, long encodes still say where they are (a line every LOG_EVERY_S seconds).
+        log = not progress and len(texts) >= LOG_MIN_TEXTS
+        start_t = last = time.monotonic()
+        if log:
+            print(f"{desc}: {len(texts)} texts with {self.path} ...", file=sys.stderr, flush=True)
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), bs), desc=desc, disable=not progress, leave=False):
                 idx = order[start : start + bs]
@@ -159,6 +171,12 @@ class TextEncoder:
                 if self.cfg.normalize:
                     pooled = torch.nn.functional.normalize(pooled, dim=1)
                 out[torch.tensor(idx)] = pooled.float().cpu()
+                now = time.monotonic()
+                if log and now - last >= LOG_EVERY_S:
+                    done = start + len(idx)
+                    print(f"{desc}: {done}/{len(texts)} ({100 * done / len(texts):.0f}%), "
+                          f"{done / (now - start_t):.0f} texts/s", file=sys.stderr, flush=True)
+                    last = now
         stats.encoded = len(texts)
         return out, stats
 

@@ -66,25 +66,66 @@ def due(every: int, step: int) -> bool:
 
 
 class LossLogging(Callback):
-    """Total and per-task training loss, and the balancer's task weights, every ``every`` steps: to
-    TensorBoard (``train/loss/*``, ``train/loss_weight/*``), the progress bar and
-    ``trainer.history`` (written to ``train_summary.json``)."""
+    """The training loss curve.
+
+    At step 1, every ``every`` steps and at the last step (none of these when ``every`` is 0):
+    total and per-task loss of the step's batch, the balancer's task weights and the learning
+    rates the step used, to TensorBoard (``train/loss/*``, ``train/loss_weight/*``,
+    ``train/lr/{dense,sparse}``), the progress bar and ``trainer.history`` (written to
+    ``train_summary.json``). At the end of each epoch: the mean loss over the epoch's steps
+    (rank 0's batches; after a resume, the steps since it) to ``train/epoch_loss/*`` at that
+    epoch's last step and ``trainer.epoch_losses``.
+    """
 
     def __init__(self, every: int) -> None:
         self.every = every
+        self._last: Optional[TrainOutput] = None
+        self._logged_step = -1
+        # Detached running sums of the epoch's losses: no host sync per step.
+        self._sums: Dict[str, torch.Tensor] = {}
+        self._steps = 0
 
-    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
-        """Logs the step's losses and loss weights when the step is due."""
+    def _log_step(self, trainer: Trainer, out: TrainOutput) -> None:
         step = trainer.state.global_step
-        if not due(self.every, step):
-            return
         running = {k: float(v) for k, v in out.task_losses.items()}
         running["total"] = float(out.loss)
         trainer.set_progress_postfix({k: f"{v:.4f}" for k, v in running.items()})
         trainer.log_scalars("train/loss", running, step)
         weights = trainer.loss_weights()
         trainer.log_scalars("train/loss_weight", weights, step)
-        trainer.history.append({"step": step, **running, "loss_weights": weights})
+        trainer.log_scalars("train/lr", trainer.last_lr, step)
+        trainer.history.append({"step": step, **running, "loss_weights": weights, "lr": dict(trainer.last_lr)})
+        self._logged_step = step
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Starts the epoch sums afresh."""
+        self._sums, self._steps, self._last = {}, 0, None
+
+    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+        """Adds the step's losses to the epoch sums; logs them when the step is due (or step 1)."""
+        losses = {"total": out.loss, **out.task_losses}
+        for k, v in losses.items():
+            v = v.detach()
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self._steps += 1
+        self._last = out
+        step = trainer.state.global_step
+        if self.every and (step == 1 or due(self.every, step)):
+            self._log_step(trainer, out)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        """Logs the mean loss of the epoch's steps and starts the next epoch's sums."""
+        if self._steps:
+            means = {k: float(v) / self._steps for k, v in self._sums.items()}
+            step = trainer.state.global_step
+            trainer.log_scalars("train/epoch_loss", means, step)
+            trainer.epoch_losses.append({"epoch": trainer.state.epoch, "step": step, "steps": self._steps, **means})
+        self._sums, self._steps = {}, 0
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Logs the last step unless it was logged already."""
+        if self.every and self._last is not None and self._logged_step != trainer.state.global_step:
+            self._log_step(trainer, self._last)
 
 
 class PeriodicCheckpoint(Callback):

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from mtl_torchrec.config import Config, parse_select_by, to_dict
 from mtl_torchrec.core.errors import CheckpointError, DataError
+from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
@@ -59,11 +60,16 @@ from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.optim import make_optimizer
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.distributed.state import load_text_tables
+from mtl_torchrec.distributed.warm_start import resolve_init_from, warm_start
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec
-from mtl_torchrec.model.text import text_cache_folder
+from mtl_torchrec.model.text import text_cache_root
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
+from mtl_torchrec.train.schedule import group_rates, make_scheduler
 from mtl_torchrec.train.selection import ModelSelection
+
+# What a warm start loaded, grew, re-initialised and ignored (Trainer.warm_start).
+WARM_START_REPORT = "warm_start.json"
 
 # ``evaluator(model, tasks, split)`` returns ``{"tasks": {task: metrics}, "slices": {...}}`` (rank 0
 # gets everything; other ranks what they computed), e.g. :class:`mtl_torchrec.eval.evaluate.SplitEvaluator`.
@@ -144,6 +150,8 @@ class Trainer:
         callbacks: Optional[Sequence[Callback]] = None,
     ) -> None:
         self.cfg = cfg
+        # A model without text modules reads no text ids: keep them out of every batch.
+        data = data if cfg.model.text.enabled else data.without_text()
         self.data = data
         self.ctx = ctx
         self.run_dir = Path(run_dir)
@@ -156,7 +164,7 @@ class Trainer:
             cfg.train.loss_balance,
             cfg.train.balance,
             feature_modules,
-            text_cache=text_cache_folder(cfg.model.text, cfg.data, cfg.output_dir),
+            text_cache=text_cache_root(cfg.model.text, cfg.output_dir),
             progress=cfg.train.progress,
         )
         self.tasks: List[TaskSpec] = module.tasks
@@ -170,7 +178,9 @@ class Trainer:
         # Sharding allocates fresh tables; text tables get their vectors back here.
         load_text_tables(self.dmp)
         self.optimizer = make_optimizer(
-            self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr, balance_lr=cfg.train.balance.lr
+            self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr, balance_lr=cfg.train.balance.lr,
+            adapter_lr=cfg.model.text.adapter_lr if cfg.model.text.enabled else None,
+            adapter_weight_decay=cfg.model.text.adapter_weight_decay if cfg.model.text.enabled else 0.0,
         )
         self.state = TrainState()
         self.train_ds = BatchDataset(
@@ -182,6 +192,13 @@ class Trainer:
             rank=ctx.rank,
             world_size=ctx.world_size,
         )
+        # train.lr_schedule over every parameter group (fused sparse and dense); stepped after
+        # each optimizer step, rebuilt at the checkpoint's position by restore().
+        self.scheduler = make_scheduler(
+            self.optimizer, self.dmp.fused_optimizer, cfg.train.lr_schedule, self.total_steps()
+        )
+        # The rates the latest step trained with ({"dense": ..., "sparse": ...}).
+        self.last_lr: Dict[str, float] = self.learning_rates()
         self.callbacks: List[Callback] = list(callbacks if callbacks is not None else default_callbacks(cfg))
         # train.select_by: the validation curve, the best step and early stopping (train/selection.py),
         # updated by the Validation callback and saved in every checkpoint.
@@ -195,6 +212,9 @@ class Trainer:
         # directory (a start that resume() refuses leaves an existing run untouched).
         self._writer: Optional[Any] = None
         self.history: List[Dict[str, Any]] = []
+        # Mean training loss of each completed epoch (LossLogging): {"epoch" (1-based), "step", "steps",
+        # "total", <task>...}.
+        self.epoch_losses: List[Dict[str, Any]] = []
         # RNG states read from a checkpoint; applied once the next epoch's DataLoader iterator
         # exists, because creating that iterator draws from torch's global generator.
         self._pending_rng: Optional[Dict[str, Any]] = None
@@ -278,6 +298,17 @@ class Trainer:
         if self._bar is not None:
             self._bar.set_postfix(values)
 
+    def total_steps(self) -> int:
+        """The step training ends at: ``train.max_steps`` if set and reached before the last
+        epoch ends, else ``train.epochs`` x batches per epoch (on this world size)."""
+        full = self.cfg.train.epochs * self.train_ds.num_batches()
+        return min(self.cfg.train.max_steps, full) if self.cfg.train.max_steps else full
+
+    def learning_rates(self) -> Dict[str, float]:
+        """The rates the next step trains with: ``{"dense": ..., "sparse": ...}`` (first dense and
+        first fused parameter group)."""
+        return group_rates(self.optimizer, self.dmp.fused_optimizer)
+
     def loss_weights(self) -> Dict[str, float]:
         """The balancer's current task weights (empty for a train module without a balancer)."""
         balancer = getattr(self.dmp.module, "balancer", None)
@@ -296,6 +327,12 @@ class Trainer:
             "global_step": self.state.global_step,
             "batch_size": self.cfg.data.batch_size,
             "config": to_dict(self.cfg),
+            # The schedule's position (restore() rebuilds it there) and its rates, for reference.
+            "lr_scheduler": {
+                "last_epoch": self.scheduler.last_epoch,
+                "base_lrs": [float(x) for x in self.scheduler.base_lrs],
+                "last_lr": [float(x) for x in self.scheduler.get_last_lr()],
+            },
         }
         if self.selection is not None:
             meta["selection"] = self.selection.state_dict()
@@ -347,6 +384,15 @@ class Trainer:
             self._pending_rng = read_rng_state(path, self.ctx.rank)
         self.state = TrainState(epoch=epoch, batch_in_epoch=in_epoch, global_step=count("global_step"))
         self._saved_step = self.state.global_step
+        # The schedule continues where it was (checkpoints from before schedules: at global_step);
+        # its base rates come from this run's config.
+        sched = meta.get("lr_scheduler")
+        steps = sched.get("last_epoch") if isinstance(sched, dict) else self.state.global_step
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise CheckpointError(f"{Path(path) / META}: 'lr_scheduler.last_epoch' must be a count, got {steps!r}")
+        self.scheduler = make_scheduler(
+            self.optimizer, self.dmp.fused_optimizer, self.cfg.train.lr_schedule, self.total_steps(), steps
+        )
         self._restore_selection(path, meta)
         return meta
 
@@ -397,6 +443,20 @@ class Trainer:
             return None
         self.restore(found)
         return found
+
+    def warm_start(self, init_from: Any) -> Dict[str, Any]:
+        """Starts this (fresh) model from another run's checkpoint where names and shapes match
+        (``train.init_from``: a run directory, ``RUN_DIR/step_N`` or a checkpoint folder), see
+        :mod:`mtl_torchrec.distributed.warm_start`; writes the report to
+        ``run_dir/warm_start.json`` on rank 0 and returns it. Collective: every rank calls it.
+
+        Raises ConfigError naming ``train.init_from`` for a path without a checkpoint,
+        CheckpointError for a damaged one.
+        """
+        report = warm_start(resolve_init_from(init_from), self.dmp)
+        if self.ctx.is_main:
+            write_json(self.run_dir / WARM_START_REPORT, report)
+        return report
 
     # ------------------------------------------------------------------ training
 
@@ -460,6 +520,9 @@ class Trainer:
                 # batch's optimizer step: the position counts completed steps only.
                 self.state.batch_in_epoch += 1
                 self.state.global_step += 1
+                # The fused optimizers pass the new rate to their kernels on the next zero_grad().
+                self.last_lr = self.learning_rates()
+                self.scheduler.step()
                 samples += self.cfg.data.batch_size * self.ctx.world_size
                 self._bar.update(1)
                 for cb in self.callbacks:

@@ -31,7 +31,9 @@ A spec (paths are relative to the spec file)::
       - {task: click, column: clicked, type: binary, positive: ["yes", "1"]}
       - {task: rating, column: stars, type: regression, maskable: true}
     group: user_id
-    item_text: {item: item_id, columns: [title, description]}
+    text:                             # language-model text features (docs/text.md)
+      - {key: item_id, items: {file: items.csv}, columns: [title, genres], template: "{title}. {genres}"}
+      - {columns: [review]}           # each row's own text
     slices: [{column: item_id, cold_warm: true}, {column: device, top: 5}]
     on_bad_rows: error                # or skip: bad rows are dropped and counted
 
@@ -53,11 +55,12 @@ from mtl_torchrec.data.spec.sections import (
     SPLITS,
     CsvOptions,
     DenseColumn,
-    ItemText,
+    ItemTable,
     LabelColumn,
     SliceSpec,
     SparseColumn,
     SplitRule,
+    TextFeatureSpec,
 )
 
 __all__ = [
@@ -68,11 +71,12 @@ __all__ = [
     "CsvOptions",
     "DataSpec",
     "DenseColumn",
-    "ItemText",
+    "ItemTable",
     "LabelColumn",
     "SliceSpec",
     "SparseColumn",
     "SplitRule",
+    "TextFeatureSpec",
     "build_bundle",
     "fit_preprocessing",
     "group_column",

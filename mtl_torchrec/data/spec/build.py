@@ -9,15 +9,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from mtl_torchrec.core.errors import DataError
-from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.preprocessing import Preprocessing, canonical_tokens, stable_hash
+from mtl_torchrec.core.errors import ConfigError, DataError
+from mtl_torchrec.data.bundle import DataBundle, TextTable
+from mtl_torchrec.data.item_table import compose_texts, read_item_table
+from mtl_torchrec.data.preprocessing import Preprocessing, canonical_tokens, stable_hash, value_tokens
 from mtl_torchrec.data.schema import ColumnTable, Jagged, Schema
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for
 from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
 from mtl_torchrec.data.spec.rows import ChunkValues, check_chunk, sparse_tokens
-from mtl_torchrec.data.spec.sections import SPLITS, ItemText
+from mtl_torchrec.data.spec.sections import SPLITS, TextFeatureSpec
+from mtl_torchrec.data.texts import TextRows, text_key
 
 
 class SplitParts:
@@ -53,19 +55,19 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     :data:`ALL_SPLIT`. ``stats["oov"][split][feature]`` counts the tokens of each build/file
     vocabulary feature and those unknown to it (``rate``: their share); a fit also keeps the train
     split's rates as ``stats["train_oov"]``, the reference later data is compared with. The
-    bundle's ``row_origin`` names the file line of a split's row. Raises what
-    :func:`fit_preprocessing` and :func:`iter_chunks` raise, and DataError for a bad row (without
-    skip; a normalised dense value beyond float32 included) or a multi-valued ``item_text.item``.
+    bundle's ``row_origin`` names the file line of a split's row; its ``texts`` hold each text
+    feature's table (``stats["oov"]`` counts text keys unknown to a fitted run's rows too). Raises
+    what :func:`fit_preprocessing` and :func:`iter_chunks` raise, ConfigError or DataError for an
+    unusable item table (``text[i].items``), and DataError for a bad row (without skip; a normalised
+    dense value beyond float32 included) or an item key missing from its item table.
     """
     fitted = preprocessing is None
     pre = fit_preprocessing(spec) if fitted else preprocessing
-    schema = schema_for(spec, pre)
+    texts = TextParts(spec, pre, fitted)
     skip = spec.on_bad_rows == "skip"
     skipped: Dict[str, int] = {}
     builders: Dict[str, SplitParts] = {}
     oov = OovCounts()
-    item_vocab = pre.vocabs[spec.item_text.item] if spec.item_text else None
-    item_text: Optional[List[Optional[str]]] = [None] * item_vocab.num_embeddings if item_vocab else None
     total_rows = 0
     for chunk in iter_chunks(spec):
         total_rows += len(chunk.frame)
@@ -85,6 +87,10 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
             else:
                 ids = vocab.lookup(tokens)
             converted[s.feature] = ids if lengths is None else Jagged(ids, lengths)
+        for i, t in enumerate(spec.text):
+            keys, rows, unknown = texts.rows(i, t, frame, chunk, np.flatnonzero(keep))
+            oov.add(t.feature, split_rows, keys, np.where(unknown, 0, 1), None)
+            converted[t.feature] = rows
         for d in spec.dense:
             converted[d.feature] = dense[d.feature][keep]
         for task, y in checked.labels.items():
@@ -93,20 +99,19 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
             # Canonical text: the same groups (and GAUC) from a CSV or a Parquet file of int or float keys.
             h = stable_hash(canonical_tokens(frame[spec.group]))
             converted[group_column(spec.group)] = (h >> np.uint64(1)).astype(np.int64)
-        raw_slices = {sl.column: canonical_tokens(frame[spec.raw_column_of(sl.column)])
-                      for sl in spec.slices if not sl.cold_warm}
-        if item_text is not None:
-            fill_item_text(item_text, converted[spec.item_text.item], frame, spec.item_text)
+        raw_slices = {sl.column: canonical_tokens(frame[spec.raw_column_of(sl.column)]) for sl in spec.slices}
         for name, rows in split_rows.items():
             b = builders.setdefault(name, SplitParts())
             for col, v in converted.items():
                 b.add(col, v.take(rows) if isinstance(v, Jagged) else v[rows])
             for col, raw in raw_slices.items():
                 b.slice_raw.setdefault(col, []).append(raw[rows])
+    pre.texts = {t.feature: texts.rows_of[t.feature] for t in spec.text} if fitted else pre.texts
+    schema = schema_for(spec, pre)
     splits = {name: b.table(spec) for name, b in builders.items()}
     for name in SPLITS if (spec.split is not None or isinstance(spec.files, dict)) else ():
         splits.setdefault(name, empty_table(schema))
-    slices = {name: split_slices(spec, splits[name], b) for name, b in builders.items()}
+    slices = {name: split_slices(spec, pre, splits[name], b) for name, b in builders.items()}
     stats = dict(pre.stats)
     stats.update({
         "rows_read": total_rows,
@@ -118,9 +123,90 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     if fitted:
         stats["train_oov"] = {f: c["rate"] for f, c in stats["oov"].get("train", {}).items()}
         pre.stats = stats
-    out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats)
-    return DataBundle(schema=schema, splits=splits, item_text=item_text, slices=slices, preprocessing=out_pre,
+    out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats, texts=pre.texts, seen=pre.seen)
+    return DataBundle(schema=schema, splits=splits, texts=texts.tables(), slices=slices, preprocessing=out_pre,
                       row_origin=functools.partial(locate_rows, spec, pre))
+
+
+class TextParts:
+    """The rows of every text feature while a spec's chunks are read (see :mod:`mtl_torchrec.data.texts`).
+
+    Fitting (a training run), item tables are read once and the other kinds grow a row per new text
+    or key; with a run's fitted preprocessing every mapping is frozen (unknown -> row 0, no text).
+    """
+
+    def __init__(self, spec: DataSpec, pre: Preprocessing, fitted: bool) -> None:
+        self.spec = spec
+        self.rows_of: Dict[str, TextRows] = {}
+        self.texts_of: Dict[str, Optional[List[Optional[str]]]] = {}
+        self.item_files: Dict[str, str] = {}
+        for i, t in enumerate(spec.text):
+            text_of: Optional[List[Optional[str]]] = None
+            if t.kind == "item":
+                assert t.items is not None and t.key is not None
+                path = spec.resolve(t.items.file)
+                self.item_files[t.feature] = path
+                try:
+                    keys, item_texts = read_item_table(path, t.items.key or t.key, t.columns, t.template, t.separator)
+                except (ConfigError, DataError) as e:
+                    raise type(e)(f"text[{i}].items: {e}") from None
+                except FileNotFoundError:
+                    raise ConfigError(f"text[{i}].items.file: {path} not found") from None
+            if not fitted:
+                if t.feature not in pre.texts:
+                    raise DataError(f"fitted preprocessing has no text rows for text feature '{t.feature}' "
+                                    f"(text[{i}])")
+                self.rows_of[t.feature] = pre.texts[t.feature].frozen_copy()
+                if t.kind == "item":
+                    by_key = dict(zip(keys, item_texts))
+                    text_of = [None] + [by_key.get(k) for k in self.rows_of[t.feature].keys]
+            elif t.kind == "item":
+                self.rows_of[t.feature] = TextRows("item", keys, frozen=True)
+                text_of = [None] + item_texts
+            else:
+                self.rows_of[t.feature] = TextRows(t.kind)
+                text_of = [None] if t.kind == "row" else None
+            self.texts_of[t.feature] = text_of
+
+    def rows(self, index: int, t: TextFeatureSpec, frame: pd.DataFrame, chunk: Chunk,
+             chunk_rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(keys, rows, unknown)`` of the chunk's good rows ``frame`` (``chunk_rows``: their
+        positions in the chunk, for messages). Raises DataError naming the file line of the first
+        row whose item key is missing from the item table (unless ``missing: no_text``)."""
+        rows_of = self.rows_of[t.feature]
+        if t.kind == "row":
+            texts = compose_texts(frame, t.columns, t.template, t.separator)
+            keys = np.array([text_key(x) for x in texts], dtype=object)
+        else:
+            assert t.key is not None
+            keys = value_tokens(frame[t.key])
+        before = rows_of.num_rows
+        rows, unknown = rows_of.lookup(keys)
+        text_of = self.texts_of[t.feature]
+        if t.kind == "row" and text_of is not None and rows_of.num_rows > before:
+            new = rows >= before
+            first = pd.Series(np.flatnonzero(new)).groupby(rows[new]).first()
+            text_of.extend(texts[first.to_numpy()])
+        if t.kind == "item" and t.missing == "error" and unknown.any():
+            bad = np.flatnonzero(unknown)
+            raise DataError(
+                f"{chunk.where(int(chunk_rows[bad[0]]))} column '{t.key}' (text[{index}].key): item key "
+                f"{keys[bad[0]]!r} is not in the item table {self.item_files[t.feature]} ({len(bad)} such rows in "
+                f"this chunk); add it, or set text[{index}].missing: no_text to serve such rows the no-text vector"
+            )
+        return keys, rows, unknown
+
+    def tables(self) -> Dict[str, TextTable]:
+        """The :class:`TextTable` of each text feature, for the model's text modules."""
+        out: Dict[str, TextTable] = {}
+        for t in self.spec.text:
+            rows_of = self.rows_of[t.feature]
+            out[t.feature] = TextTable(
+                feature=t.feature, kind=t.kind, keys=[None] + list(rows_of.keys), texts=self.texts_of[t.feature],
+                store=self.spec.resolve(t.store) if t.store else None,
+                key_column=f"column {t.key}" if t.key else None,
+            )
+        return out
 
 
 def checked_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, skip: bool,
@@ -199,35 +285,22 @@ def empty_table(schema: Schema) -> ColumnTable:
     return ColumnTable(cols)
 
 
-def fill_item_text(item_text: List[Optional[str]], ids: Any, frame: pd.DataFrame, spec: ItemText) -> None:
-    """Sets ``item_text[id]`` for ids of ``frame`` that have no text yet: its ``spec.columns``
-    joined with ``spec.separator``. The first text seen for an id wins; id 0 (OOV / missing) has no
-    single item, so it gets none. Raises DataError when ``ids`` is multi-valued (:class:`Jagged`)."""
-    if isinstance(ids, Jagged):
-        raise DataError(f"item_text.item: '{spec.item}' must be a single-valued feature")
-    parts = [frame[c].fillna("").astype(str).str.strip() for c in spec.columns]
-    text = parts[0]
-    for p in parts[1:]:
-        text = text.str.cat(p, sep=spec.separator)
-    first = pd.Series(np.arange(len(ids))).groupby(ids).first()
-    values = text.to_numpy(dtype=object)
-    for item, row in first.items():
-        if item != 0 and item_text[item] is None:
-            item_text[item] = values[row]
-
-
-def split_slices(spec: DataSpec, table: ColumnTable, parts: SplitParts) -> Dict[str, np.ndarray]:
-    """Named row masks of one split: ``<feature>=cold`` / ``=warm`` (id 0, i.e. unseen in training,
-    or not) and ``<column>=<value>`` for the ``top`` most frequent raw values of a column."""
+def split_slices(spec: DataSpec, pre: Preprocessing, table: ColumnTable, parts: SplitParts) -> Dict[str, np.ndarray]:
+    """Named row masks of one split: ``<feature>=cold`` / ``=warm`` (its raw key never seen in the
+    training split, or seen) and ``<column>=<value>`` for the ``top`` most frequent raw values of a
+    column."""
     out: Dict[str, np.ndarray] = {}
     for sl in spec.slices:
+        raw = np.concatenate(parts.slice_raw[sl.column]) if parts.slice_raw.get(sl.column) else np.zeros(0, dtype=object)
         if sl.cold_warm:
-            ids = table[sl.column]
-            cold = ids == 0
+            if sl.column in pre.seen:
+                cold = ~pd.Series(raw, dtype=object).isin(pre.seen[sl.column]).to_numpy(dtype=bool)
+            else:
+                # A run saved before cold/warm keys were kept: OOV of a fitted vocabulary is the best guess.
+                cold = np.asarray(table[sl.column]) == 0
             out[f"{sl.column}=cold"] = cold
             out[f"{sl.column}=warm"] = ~cold
             continue
-        raw = np.concatenate(parts.slice_raw[sl.column]) if parts.slice_raw.get(sl.column) else np.zeros(0, dtype=object)
         top = pd.Series(raw).value_counts().index[: sl.top]
         for v in top:
             out[f"{sl.column}={v}"] = raw == v

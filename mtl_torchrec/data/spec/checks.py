@@ -10,16 +10,17 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from mtl_torchrec.core.errors import ConfigError
+from mtl_torchrec.data.item_table import template_fields
 from mtl_torchrec.data.spec.sections import (
     SPLITS,
     CsvOptions,
     DenseColumn,
     Files,
-    ItemText,
     LabelColumn,
     SliceSpec,
     SparseColumn,
     SplitRule,
+    TextFeatureSpec,
 )
 
 
@@ -87,24 +88,47 @@ def check_split_rule(split: SplitRule) -> None:
         raise ConfigError("split: val_fraction + test_fraction must be in [0, 1)")
 
 
-def check_item_text(item_text: ItemText, sparse: Sequence[SparseColumn]) -> None:
-    """``item_text``: its item is a sparse feature and it names at least one text column; raises ConfigError."""
-    if item_text.item not in {s.feature for s in sparse}:
-        raise ConfigError(f"item_text.item: '{item_text.item}' is not a sparse feature")
-    if not item_text.columns:
-        raise ConfigError("item_text.columns: at least one text column is required")
+def check_text_feature(text: TextFeatureSpec, key: str, labels: Sequence[LabelColumn]) -> None:
+    """``text[i]`` (``key``): one of item table + key + columns, store + key, or columns alone;
+    a valid template; no label column among its columns (the text would give the model the
+    answer). Raises ConfigError naming the dotted key."""
+    if text.items is not None and text.store is not None:
+        raise ConfigError(f"{key}: give either items (an item table) or store (an encoded store), not both")
+    if text.kind == "row":
+        if text.key is not None:
+            raise ConfigError(f"{key}.key: only with {key}.items or {key}.store; without them each row's own "
+                              f"text columns are used")
+        if text.missing != "error":
+            raise ConfigError(f"{key}.missing: only with {key}.items (a key missing from the item table)")
+    elif not text.key:
+        raise ConfigError(f"{key}.key: required with {key}.{'items' if text.kind == 'item' else 'store'} "
+                          f"(the row column holding the item key)")
+    if text.kind == "key":
+        if text.columns:
+            raise ConfigError(f"{key}.columns: not with {key}.store (the store already holds the vectors)")
+        if text.missing != "error":
+            raise ConfigError(f"{key}.missing: only with {key}.items; a store must cover every key")
+    elif not text.columns:
+        raise ConfigError(f"{key}.columns: at least one text column is required")
+    if text.template is not None:
+        template_fields(text.template, text.columns, f"{key}.template")
+    if text.kind == "row":
+        for i, lab in enumerate(labels):
+            if lab.column in text.columns:
+                raise ConfigError(f"{key}.columns: '{lab.column}' is the label column of labels[{i}].column; "
+                                  f"a label used as text gives the model the answer")
 
 
 def check_slice(slice_: SliceSpec, key: str, sparse: Sequence[SparseColumn]) -> None:
-    """``slices[i]`` (``key``): a cold/warm slice needs a sparse feature with a fitted vocabulary
-    (build or file), where OOV means unseen in training; raises ConfigError."""
+    """``slices[i]`` (``key``): a cold/warm slice needs a single-valued sparse feature (cold = its raw
+    key never seen in the training split, in every vocabulary mode); raises ConfigError."""
     if not slice_.cold_warm:
         return
     by_feature = {s.feature: s for s in sparse}
     if slice_.column not in by_feature:
         raise ConfigError(f"{key}.cold_warm: '{slice_.column}' is not a sparse feature")
-    if by_feature[slice_.column].vocab not in ("build", "file"):
-        raise ConfigError(f"{key}.cold_warm: needs vocab build or file for '{slice_.column}'")
+    if by_feature[slice_.column].separator is not None:
+        raise ConfigError(f"{key}.cold_warm: '{slice_.column}' is multi-valued; cold/warm needs one key per row")
 
 
 def check_csv_options(options: CsvOptions) -> None:

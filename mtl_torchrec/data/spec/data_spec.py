@@ -12,7 +12,6 @@ from mtl_torchrec.data.spec.checks import (
     check_chunk_rows,
     check_csv_options,
     check_files,
-    check_item_text,
     check_label_column,
     check_label_not_feature,
     check_labels_given,
@@ -20,16 +19,17 @@ from mtl_torchrec.data.spec.checks import (
     check_slice,
     check_sparse_column,
     check_split_rule,
+    check_text_feature,
 )
 from mtl_torchrec.data.spec.sections import (
     CsvOptions,
     DenseColumn,
     Files,
-    ItemText,
     LabelColumn,
     SliceSpec,
     SparseColumn,
     SplitRule,
+    TextFeatureSpec,
 )
 
 
@@ -50,7 +50,9 @@ class DataSpec:
     chunk_rows: int = 200000
     split: Optional[SplitRule] = None
     group: Optional[str] = None
-    item_text: Optional[ItemText] = None
+    text: List[TextFeatureSpec] = field(default_factory=list)
+    # Replaced by ``text``; kept only to say so.
+    item_text: Optional[Dict[str, object]] = None
     slices: List[SliceSpec] = field(default_factory=list)
     on_bad_rows: Literal["error", "skip"] = "error"
     # Directory that relative paths are resolved against (set by load_spec).
@@ -72,13 +74,18 @@ class DataSpec:
         if self.split is not None:
             check_split_rule(self.split)
         if self.item_text is not None:
-            check_item_text(self.item_text, self.sparse)
+            raise ConfigError("item_text: replaced by `text:` (docs/text.md). The same texts, each row reading its "
+                              "own: text: [{columns: [...]}]; or an item table: text: [{key: <item column>, "
+                              "items: {file: items.csv}, columns: [...]}]")
+        for i, t in enumerate(self.text):
+            check_text_feature(t, f"text[{i}]", self.labels)
         for i, sl in enumerate(self.slices):
             check_slice(sl, f"slices[{i}]", self.sparse)
 
     def feature_names(self) -> List[str]:
         """Sparse and dense feature names, then label tasks, in spec order (duplicates kept)."""
-        return [s.feature for s in self.sparse] + [d.feature for d in self.dense] + [lab.task for lab in self.labels]
+        return ([s.feature for s in self.sparse] + [d.feature for d in self.dense] + [t.feature for t in self.text]
+                + [lab.task for lab in self.labels])
 
     def sparse_by_feature(self, name: str) -> SparseColumn:
         """The sparse column whose feature name is ``name``; raises StopIteration when there is none."""
@@ -97,11 +104,10 @@ class DataSpec:
             cols.append(self.split.column)
         if self.split and self.split.by:
             cols.append(self.split.by)
-        if self.item_text:
-            cols += self.item_text.columns
+        for t in self.text:
+            cols += ([t.key] if t.key else []) + (t.columns if t.kind == "row" else [])
         for sl in self.slices:
-            if not sl.cold_warm:
-                cols.append(self.raw_column_of(sl.column))
+            cols.append(self.raw_column_of(sl.column))
         return list(dict.fromkeys(cols))
 
     def column_keys(self) -> Dict[str, str]:
@@ -120,13 +126,17 @@ class DataSpec:
             named.append(("split.column", self.split.column))
         if self.split and self.split.by:
             named.append(("split.by", self.split.by))
-        if self.item_text:
-            named += [(f"item_text.columns[{i}]", c) for i, c in enumerate(self.item_text.columns)]
-        named += [(f"slices[{i}].column", self.raw_column_of(sl.column))
-                  for i, sl in enumerate(self.slices) if not sl.cold_warm]
+        for i, t in enumerate(self.text):
+            named += [(f"text[{i}].key", t.key)] if t.key else []
+            named += [(f"text[{i}].columns[{j}]", c) for j, c in enumerate(t.columns)] if t.kind == "row" else []
+        named += [(f"slices[{i}].column", self.raw_column_of(sl.column)) for i, sl in enumerate(self.slices)]
         for key, column in named:
             keys.setdefault(column, key)
         return keys
+
+    def resolve(self, path: str) -> str:
+        """``path`` as given when absolute, else taken from the spec's folder (``base_dir``)."""
+        return path if Path(path).is_absolute() else str(Path(self.base_dir) / path)
 
     def raw_column_of(self, name: str) -> str:
         """The file column behind feature ``name``; any other name is taken as a file column itself."""

@@ -3,7 +3,6 @@ good rows only, and the :class:`Schema` they imply."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict
 
 import numpy as np
@@ -20,7 +19,9 @@ from mtl_torchrec.data.spec.sections import SparseColumn
 
 def fit_preprocessing(spec: DataSpec) -> Preprocessing:
     """Reads every file once and fits vocabularies (``build``: token counts of training rows) and
-    normalisers on the training split's good rows; ``stats["fit_train_rows"]`` counts those rows.
+    normalisers on the training split's good rows, and collects the raw keys of cold/warm slice
+    columns seen in training; ``stats["fit_train_rows"]`` counts those rows. Text features' rows
+    are found while the bundle is built (:func:`~mtl_torchrec.data.spec.build.build_bundle`).
 
     Raises ConfigError when the spec has no training split (no split rule and no per-split files),
     DataError when the training split is empty or (without ``on_bad_rows: skip``) at a bad row,
@@ -28,6 +29,7 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
     """
     counts: Dict[str, pd.Series] = {s.feature: pd.Series(dtype=np.int64) for s in spec.sparse if s.vocab == "build"}
     norms = {d.feature: Normalizer(d.normalize, d.fill_missing) for d in spec.dense}
+    seen: Dict[str, set] = {sl.column: set() for sl in spec.slices if sl.cold_warm}
     skipped: Dict[str, int] = {}
     train_rows = 0
     if spec.split is None and not isinstance(spec.files, dict):
@@ -46,12 +48,16 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
             tokens = tokens[~pd.isna(tokens)]
             vc = pd.Series(tokens, dtype=object).value_counts()
             counts[s.feature] = counts[s.feature].add(vc, fill_value=0)
+        for column, keys in seen.items():
+            tokens = canonical_tokens(frame[spec.raw_column_of(column)])
+            keys.update(t for t in tokens if t is not None)
         for i, d in enumerate(spec.dense):
             _fit_dense(norms[d.feature], checked.dense[d.feature], keep, chunk, f"dense[{i}]", d.column)
     if train_rows == 0:
         raise DataError("data spec: the training split has no rows (check files and split rule)")
     vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse}
-    return Preprocessing(vocabs=vocabs, normalizers=norms, stats={"fit_train_rows": train_rows})
+    return Preprocessing(vocabs=vocabs, normalizers=norms, stats={"fit_train_rows": train_rows},
+                         seen={c: sorted(k) for c, k in seen.items()})
 
 
 def _fit_dense(norm: Normalizer, values: np.ndarray, keep: np.ndarray, chunk: Chunk, key: str, column: str) -> None:
@@ -70,7 +76,7 @@ def _vocabulary(spec: DataSpec, column: SparseColumn, counts: Dict[str, pd.Serie
     if column.vocab == "build":
         return Vocabulary.build({str(k): int(v) for k, v in counts[column.feature].items()}, column.min_count)
     if column.vocab == "file":
-        vf = column.vocab_file if Path(column.vocab_file).is_absolute() else str(Path(spec.base_dir) / column.vocab_file)
+        vf = spec.resolve(column.vocab_file)
         return Vocabulary.from_file(vf)
     if column.vocab == "hash":
         return Vocabulary.hashed(column.hash_buckets)
@@ -78,14 +84,19 @@ def _vocabulary(spec: DataSpec, column: SparseColumn, counts: Dict[str, pd.Serie
 
 
 def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
-    """The schema of the spec's tables: table sizes from the fitted vocabularies, a task masked when
-    it is ``maskable`` or has a ``mask_column``. Raises DataError when ``pre`` lacks a feature."""
+    """The schema of the spec's tables: table sizes from the fitted vocabularies and text rows, a
+    task masked when it is ``maskable`` or has a ``mask_column``. Raises DataError when ``pre``
+    lacks a feature."""
     sparse = []
     for s in spec.sparse:
         if s.feature not in pre.vocabs:
             raise DataError(f"fitted preprocessing has no vocabulary for sparse feature '{s.feature}'")
         sparse.append(SparseFeature(s.feature, pre.vocabs[s.feature].num_embeddings, multi_valued=s.separator is not None,
                                     table=s.table, pooling=s.pooling))
+    for t in spec.text:
+        if t.feature not in pre.texts:
+            raise DataError(f"fitted preprocessing has no text rows for text feature '{t.feature}'")
+        sparse.append(SparseFeature(t.feature, pre.texts[t.feature].num_rows, kind="text"))
     for d in spec.dense:
         if d.feature not in pre.normalizers:
             raise DataError(f"fitted preprocessing has no normaliser for dense feature '{d.feature}'")
@@ -93,7 +104,6 @@ def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
     return Schema(
         sparse=sparse, dense=[DenseFeature(d.feature) for d in spec.dense], labels=labels,
         group=group_column(spec.group) if spec.group else None,
-        text_item=spec.item_text.item if spec.item_text else None,
     )
 
 

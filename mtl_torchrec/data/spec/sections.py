@@ -1,4 +1,4 @@
-"""The sections of a YAML data spec (``csv``, ``sparse``, ``dense``, ``labels``, ``split``, ``item_text``,
+"""The sections of a YAML data spec (``csv``, ``sparse``, ``dense``, ``labels``, ``split``, ``text``,
 ``slices``) as plain dataclasses, and the split names.
 
 Field names are the YAML keys; ``core.config.from_dict`` type-checks a mapping into them and names
@@ -130,13 +130,54 @@ class SplitRule:
 
 
 @dataclass
-class ItemText:
-    """``item_text:`` the text of each item, joined from ``columns`` with ``separator``."""
+class ItemTable:
+    """``text[i].items:`` an item table file: one row per item, its key and its text columns."""
 
-    # The sparse feature whose ids index the text (its vocabulary maps raw item -> id).
-    item: str
+    # CSV, TSV, JSONL or Parquet (by suffix); relative to the spec's folder.
+    file: str
+    # The key column of the item file (default: the row column ``text[i].key``).
+    key: Optional[str] = None
+
+
+@dataclass
+class TextFeatureSpec:
+    """``text[i]``: a language-model text feature, read through a frozen table keyed by raw keys.
+
+    One of three sources (see :mod:`mtl_torchrec.data.texts`):
+
+    * ``items`` + ``key`` + ``columns``: the item table's text of each row's raw item key (items
+      unseen in training keep their text; a key missing from the table is an error unless
+      ``missing: no_text``);
+    * ``columns`` alone: each row's own text (a review, a query, or an item text repeated on every
+      impression: each row reads its own, so a later text never leaks into earlier rows);
+    * ``store`` + ``key``: a store encoded by ``mtl-torchrec encode-text --id-column``, keyed by raw
+      item key (a key the store lacks is an error naming a few).
+    """
+
     columns: List[str] = field(default_factory=list)
+    # Feature name in the model (default: ``<key>_text``, or ``<columns[0]>_text`` for per-row text).
+    name: Optional[str] = None
+    key: Optional[str] = None
+    items: Optional[ItemTable] = None
+    store: Optional[str] = None
+    # A str.format pattern over ``columns`` ("{title}. Genres: {genres}."); else non-empty cells
+    # joined by ``separator``.
+    template: Optional[str] = None
     separator: str = " | "
+    # A row whose key is not in the item table: an error naming the row, or the "no text" vector.
+    missing: Literal["error", "no_text"] = "error"
+
+    @property
+    def kind(self) -> str:
+        """``item``, ``key`` or ``row`` (see the class docstring)."""
+        return "item" if self.items is not None else "key" if self.store is not None else "row"
+
+    @property
+    def feature(self) -> str:
+        """The feature name in the schema and model."""
+        if self.name:
+            return self.name
+        return f"{self.key}_text" if self.key else f"{self.columns[0] if self.columns else 'row'}_text"
 
 
 @dataclass
@@ -146,5 +187,6 @@ class SliceSpec:
     column: str
     # One slice per most frequent raw value (up to ``top``) of a single-valued column ...
     top: int = 10
-    # ... or (for a sparse feature) cold = id unseen in training (OOV), warm = the rest.
+    # ... or (for a single-valued column) cold = raw key never seen in the training split, warm =
+    # the rest, whatever the column's vocabulary mode.
     cold_warm: bool = False

@@ -5,7 +5,7 @@ builder and its template layers. Adding a backbone is one new file plus one impo
 ``ModelConfig`` gets its options section from the registry.
 """
 
-from mtl_torchrec.model.backbones.base import BACKBONES, Backbone, option_sections
+from mtl_torchrec.model.backbones.base import BACKBONES, Backbone, MLPConfig, option_sections
 
 # One line per backbone file: importing it registers its backbones.
 from mtl_torchrec.model.backbones.mmoe import MMoEBackbone, MMoEConfig, OMoEBackbone
@@ -16,6 +16,7 @@ from mtl_torchrec.model.backbones.single_task import SingleTaskBackbone, SingleT
 __all__ = [
     "BACKBONES",
     "Backbone",
+    "MLPConfig",
     "MMoEBackbone",
     "MMoEConfig",
     "OMoEBackbone",

@@ -7,11 +7,41 @@ add ``forward_with_experts(x) -> ExpertTrace`` for diagnostics (see ``modules/``
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Type
+from typing import Annotated, Any, ClassVar, Dict, List, Literal, Type
 
 from torch import nn
 
+from mtl_torchrec.core.config import Fraction, config_dataclass, one_of
 from mtl_torchrec.core.registry import Registry
+from mtl_torchrec.modules.mlp import ACTIVATIONS, NORMS, MLPOptions
+
+
+class _Names:
+    """``one_of`` source for a fixed set of names."""
+
+    def __init__(self, names: Any) -> None:
+        self._names = sorted(names)
+
+    def names(self) -> List[str]:
+        """The allowed names."""
+        return self._names
+
+
+@config_dataclass
+class MLPConfig:
+    """How each hidden layer of an MLP (experts, gates, bottoms, towers) is finished:
+    ``Linear -> norm -> activation -> dropout``. The defaults (ReLU, no norm, no dropout) build
+    exactly the model of earlier versions."""
+
+    activation: Annotated[str, one_of(_Names(ACTIVATIONS))] = "relu"
+    # Probability of zeroing a unit during training (0: no dropout layer).
+    dropout: Fraction = 0.0
+    # none | batch (BatchNorm1d) | layer (LayerNorm); per expert in expert banks.
+    norm: Literal[NORMS] = "none"
+
+    def options(self) -> MLPOptions:
+        """These settings as the modules' :class:`~mtl_torchrec.modules.mlp.MLPOptions`."""
+        return MLPOptions(self.activation, self.dropout, self.norm)
 
 
 class Backbone:

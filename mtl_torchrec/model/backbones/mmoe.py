@@ -9,7 +9,7 @@ from typing import List
 from torch import nn
 
 from mtl_torchrec.core.config import Layers, PositiveInt, Widths, config_dataclass
-from mtl_torchrec.model.backbones.base import BACKBONES, Backbone
+from mtl_torchrec.model.backbones.base import BACKBONES, Backbone, MLPConfig
 from mtl_torchrec.modules.mmoe import MMoE
 
 
@@ -22,6 +22,9 @@ class MMoEConfig:
     expert_layers: Layers = field(default_factory=lambda: [256, 128])
     # Hidden layers of each gate before its softmax; empty: a linear gate, as in the paper.
     gate_layers: Widths = field(default_factory=list)
+    # Activation, norm and dropout of the expert layers and of the gates' hidden layers.
+    expert_mlp: MLPConfig = field(default_factory=MLPConfig)
+    gate_mlp: MLPConfig = field(default_factory=MLPConfig)
 
 
 @BACKBONES.register("mmoe")
@@ -42,6 +45,8 @@ class MMoEBackbone(Backbone):
             options.expert_layers,
             options.gate_layers,
             single_gate=cls.single_gate,
+            expert_options=options.expert_mlp.options(),
+            gate_options=options.gate_mlp.options(),
         )
 
     @staticmethod

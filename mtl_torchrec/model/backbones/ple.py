@@ -9,7 +9,7 @@ from pydantic import model_validator
 from torch import nn
 
 from mtl_torchrec.core.config import Layers, NonNegativeInt, PositiveInt, config_dataclass, problem
-from mtl_torchrec.model.backbones.base import BACKBONES, Backbone
+from mtl_torchrec.model.backbones.base import BACKBONES, Backbone, MLPConfig
 from mtl_torchrec.modules.ple import PLE
 
 
@@ -24,6 +24,8 @@ class PLEConfig:
     num_task_experts: NonNegativeInt = 2
     num_shared_experts: NonNegativeInt = 2
     expert_layers: Layers = field(default_factory=lambda: [256, 128])
+    # Activation, norm and dropout of the expert layers (the gates are linear).
+    expert_mlp: MLPConfig = field(default_factory=MLPConfig)
 
     @model_validator(mode="after")
     def _some_expert_per_gate(self) -> "PLEConfig":
@@ -53,6 +55,7 @@ class PLEBackbone(Backbone):
             options.num_task_experts,
             options.num_shared_experts,
             options.expert_layers,
+            options.expert_mlp.options(),
         )
 
     @staticmethod

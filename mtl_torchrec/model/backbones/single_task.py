@@ -9,7 +9,7 @@ from typing import List
 from torch import nn
 
 from mtl_torchrec.core.config import Layers, config_dataclass
-from mtl_torchrec.model.backbones.base import BACKBONES, Backbone
+from mtl_torchrec.model.backbones.base import BACKBONES, Backbone, MLPConfig
 from mtl_torchrec.modules.shared_bottom import SeparateBottoms
 
 
@@ -18,6 +18,8 @@ class SingleTaskConfig:
     """``model.single_task``: the widths of each task's own bottom MLP (at least one layer)."""
 
     layers: Layers = field(default_factory=lambda: [256, 128])
+    # Activation, norm and dropout of its layers.
+    mlp: MLPConfig = field(default_factory=MLPConfig)
 
 
 @BACKBONES.register("single_task")
@@ -30,7 +32,7 @@ class SingleTaskBackbone(Backbone):
     @staticmethod
     def build(options: SingleTaskConfig, in_features: int, num_tasks: int) -> nn.Module:
         """A :class:`~mtl_torchrec.modules.shared_bottom.SeparateBottoms` with ``model.single_task.layers``."""
-        return SeparateBottoms(in_features, num_tasks, options.layers)
+        return SeparateBottoms(in_features, num_tasks, options.layers, options.mlp.options())
 
     @staticmethod
     def template_layers(options: SingleTaskConfig) -> List[int]:
