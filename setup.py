@@ -29,8 +29,10 @@ setup(
         "pyarrow",
         "matplotlib",
         "tensorboard",
+        # IsotonicRegression for train.calibration=isotonic (eval/calibration.py).
+        "scikit-learn",
     ],
-    extras_require={"dev": ["pytest", "scikit-learn", "ruff==0.17.6"]},
+    extras_require={"dev": ["pytest", "ruff==0.17.6"]},
     entry_points={
         "console_scripts": ["mtl-torchrec=mtl_torchrec.launch.cli:main"],
         "torchx.components": [

@@ -20,9 +20,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Dict, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, Literal, Optional, Sequence, Tuple, Union
 
 from pydantic import Field, model_validator
 
@@ -50,6 +50,7 @@ from mtl_torchrec.model.config import (
     TaskConfig,
     model_config_class,
 )
+from mtl_torchrec.model.tasks import conditional_name
 from mtl_torchrec.text.config import TextConfig, TextEncoderConfig
 
 # planner: TorchRec's planner chooses; otherwise one plan for every table (distributed/sharding.py).
@@ -63,6 +64,70 @@ DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
 # TorchRec train pipelines: TrainPipelineSparseDist or TrainPipelineBase.
 PIPELINES = ("sparse_dist", "base")
 RESUME_MODES = ("auto", "required", "never")
+# Post-hoc calibration of binary tasks, fitted on the validation split after training (eval/calibration.py).
+CALIBRATION_METHODS = ("none", "temperature", "platt", "isotonic")
+# Validation metrics ``train.select_by`` may name: (True when higher is better, the task type they exist for).
+SELECTION_METRICS: Dict[str, Tuple[bool, str]] = {
+    "auc": (True, "binary"),
+    "gauc": (True, "binary"),
+    "gauc_unweighted": (True, "binary"),
+    "logloss": (False, "binary"),
+    "ne": (False, "binary"),
+    "ece": (False, "binary"),
+    "rmse": (False, "regression"),
+    "mse": (False, "regression"),
+    "mae": (False, "regression"),
+}
+
+
+@dataclass(frozen=True)
+class SelectBy:
+    """A parsed ``train.select_by``: the mean of ``metric`` over ``tasks`` on the validation split,
+    better when higher if ``higher_is_better`` (see :func:`parse_select_by`)."""
+
+    metric: str
+    tasks: Tuple[str, ...]
+    higher_is_better: bool
+
+    def __str__(self) -> str:
+        return f"{self.metric}:{','.join(self.tasks)}"
+
+
+def parse_select_by(text: str, tasks: Sequence[Any]) -> SelectBy:
+    """Parses ``METRIC`` or ``METRIC:TASK[,TASK...]`` against the run's tasks.
+
+    ``METRIC`` is a key of :data:`SELECTION_METRICS` (``auc``, ``gauc``, ``gauc_unweighted`` higher is
+    better; ``logloss``, ``ne``, ``ece``, ``rmse``, ``mse``, ``mae`` lower is better). Without tasks,
+    every task of the metric's type (``model.tasks`` only); an ESMM task's conditional entry
+    (``conversion_given_click``) may be named. ``tasks`` are TaskConfigs (``name``, ``type``,
+    ``esmm_parent``). Raises ValueError with the message for ``train.select_by``.
+
+    Example::
+
+        parse_select_by("auc:click,conversion", cfg.model.tasks)  # SelectBy("auc", ("click", "conversion"), True)
+    """
+    form = "the form is METRIC or METRIC:TASK,TASK (e.g. 'auc:click,conversion')"
+    metric, sep, listed = text.strip().partition(":")
+    metric = metric.strip()
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"metric '{metric}' is not one of {sorted(SELECTION_METRICS)}; {form}")
+    higher, kind = SELECTION_METRICS[metric]
+    types = {t.name: t.type for t in tasks}
+    types.update({conditional_name(t): "binary" for t in tasks if t.esmm_parent is not None})
+    if not sep:
+        chosen = tuple(t.name for t in tasks if t.type == kind)
+        if not chosen:
+            raise ValueError(f"'{metric}' is a metric of {kind} tasks and the run has none; {form}")
+        return SelectBy(metric, chosen, higher)
+    chosen = tuple(name.strip() for name in listed.split(","))
+    for name in chosen:
+        if name not in types:
+            raise ValueError(f"'{name}' is not a task (tasks: {sorted(types)}); {form}")
+        if types[name] != kind:
+            raise ValueError(f"'{metric}' is a metric of {kind} tasks; '{name}' is {types[name]}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"a task is listed twice in '{listed}'")
+    return SelectBy(metric, chosen, higher)
 # What the learning rates do after the warmup (train/schedule.py).
 LR_DECAYS = ("constant", "linear", "cosine", "step")
 
@@ -114,7 +179,16 @@ class TrainConfig:
     # Gate/expert/gradient diagnostics on a held-out batch every N steps (0: only at the end).
     diagnostics_every: NonNegativeInt = 500
     log_every: NonNegativeInt = 50
+    # Validation every N steps (0: only at the end of each epoch, which always validates).
     eval_every: NonNegativeInt = 0
+    # Best-checkpoint selection by a validation metric, "METRIC" or "METRIC:TASK,TASK" (parse_select_by),
+    # e.g. "auc:click,conversion": the mean validation AUC of both. None: off (the final state is used).
+    select_by: Optional[str] = None
+    # Validations in a row without improvement of select_by before training stops (0: never early).
+    patience: NonNegativeInt = 0
+    # Post-hoc calibration of each binary task's probability, fitted on the validation split after
+    # training: none | temperature | platt | isotonic (eval/calibration.py).
+    calibration: Literal[CALIBRATION_METHODS] = "none"
     checkpoint_every: NonNegativeInt = 0
     keep_checkpoints: NonNegativeInt = 3
     # auto: continue from run_dir's latest checkpoint if there is one; required: error if none;
@@ -142,6 +216,16 @@ def _check_run(self: Any) -> Any:
         raise problem("must be a run directory or checkpoint folder, got an empty string", "train", "init_from")
     if self.data.source == "spec" and not self.data.spec:
         raise problem("required with data.source=spec (the path of a YAML data spec)", "data", "spec")
+    if self.train.select_by is not None:
+        try:
+            parse_select_by(self.train.select_by, self.model.tasks)
+        except ValueError as e:
+            raise problem(str(e), "train", "select_by") from None
+    elif self.train.patience > 0:
+        raise problem("needs train.select_by (the validation metric that decides what improves)", "train", "patience")
+    if self.train.calibration != "none" and not any(t.type == "binary" for t in self.model.tasks):
+        raise problem(f"'{self.train.calibration}' calibrates binary tasks and model.tasks has none",
+                      "train", "calibration")
     return self
 
 
@@ -188,7 +272,8 @@ def load_config(
 
 
 __all__ = [
-    "DENSE_OPTIMIZERS", "LR_DECAYS", "PIPELINES", "RESUME_MODES", "SHARDING_STRATEGIES", "SPARSE_OPTIMIZERS",
+    "CALIBRATION_METHODS", "DENSE_OPTIMIZERS", "LR_DECAYS", "PIPELINES", "RESUME_MODES", "SELECTION_METRICS",
+    "SHARDING_STRATEGIES", "SPARSE_OPTIMIZERS", "SelectBy", "parse_select_by",
     "BalanceConfig", "Config", "ConfigError", "DataConfig", "LRScheduleConfig", "MMoEConfig", "ModelConfig", "MovieLensConfig",
     "PLEConfig", "SharedBottomConfig", "SingleTaskConfig", "SyntheticConfig", "TaskConfig", "TextConfig",
     "TextEncoderConfig", "TrainConfig", "config_class", "load_config", "save_config", "to_dict",

@@ -178,7 +178,9 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert lines[0] == "data.batch_size: must be >= 1, got 0"
     assert lines[1] == "model.embedding_dim: must be >= 1, got 0"
     assert lines[2] == "train.loss_balance: 'gradnrm' is not one of ['fixed', 'gradnorm', 'mgda_ub', 'uncertainty']"
-    assert lines[3].startswith("unknown config key 'train.epoch' (known here: ['balance', 'checkpoint_every', ")
+    assert lines[3].startswith(
+        "unknown config key 'train.epoch' (known here: ['balance', 'calibration', 'checkpoint_every', "
+    )
     assert "'epochs'" in lines[3] and len(lines) == 4
 
 

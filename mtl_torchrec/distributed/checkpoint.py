@@ -12,6 +12,7 @@ Layout of a run directory::
       config.yaml
       checkpoints/
         latest                  # text file: "step_000120" (replaced atomically)
+        best                    # the same for the best validated checkpoint (train.select_by only)
         step_000100/            # one complete checkpoint
           .metadata, __0_0.distcp, ...   # DCP: model (incl. sharded tables) + optimizer tensors
           meta.json             # train state, world size, tables/tasks/shapes, non-tensor state
@@ -26,7 +27,7 @@ gathers the hashes, writes ``meta.json`` and then ``manifest.json``, renames the
 complete checkpoint, and every complete checkpoint has a manifest. Loading verifies the manifest
 first (rank 0 hashes, every rank gets the verdict) and names any damaged or missing file; a
 checkpoint written before manifests existed loads with a one-line warning. The newest ``keep``
-checkpoints are kept.
+checkpoints are kept, and the one ``best`` names is never deleted by that rotation.
 
 Example::
 
@@ -73,6 +74,7 @@ from mtl_torchrec.core.io import atomic_write_text, write_json
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"
 META = "meta.json"
 MANIFEST = "manifest.json"
 # The file DCP's coordinator (rank 0) writes its pickled Metadata to.
@@ -750,6 +752,50 @@ def latest_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def best_checkpoint(run_dir: Union[str, Path]) -> Optional[Path]:
+    """The checkpoint that ``run_dir/checkpoints/best`` names (a run trained with
+    ``train.select_by``), or None when there is no such pointer or it names a checkpoint that is
+    gone. A garbled pointer is a :class:`CheckpointError` naming it."""
+    pointer = Path(run_dir) / CHECKPOINTS / BEST
+    if not (pointer.exists() or pointer.is_symlink()):
+        return None
+    named = pointer.parent / _read_pointer(pointer)
+    return named if is_checkpoint(named) else None
+
+
+def set_best_checkpoint(run_dir: Union[str, Path], step: int) -> None:
+    """Points ``run_dir/checkpoints/best`` at ``step_<step>`` (atomically; rank 0 only, no collective)."""
+    atomic_write_text(Path(run_dir) / CHECKPOINTS / BEST, step_name(step) + "\n")
+
+
+def choose_checkpoint(run_dir: Union[str, Path], which: str) -> Path:
+    """The checkpoint of a run that ``which`` names: ``latest``, ``best``, or a step (``step_120``,
+    ``step_000120`` or ``120``).
+
+    Raises FileNotFoundError naming ``which`` and the run's checkpoints when there is none such,
+    :class:`CheckpointError` for a garbled pointer.
+    """
+    run_dir = Path(run_dir)
+    available = [p.name for p in list_checkpoints(run_dir)]
+    found: Optional[Path]
+    if which == LATEST:
+        found = latest_checkpoint(run_dir)
+    elif which == BEST:
+        found = best_checkpoint(run_dir)
+        if found is None:
+            raise FileNotFoundError(f"{run_dir}: has no best checkpoint (trained without train.select_by); "
+                                    f"its checkpoints: {available}")
+    else:
+        digits = which[len("step_"):] if which.startswith("step_") else which
+        if not digits.isdigit():
+            raise FileNotFoundError(f"'{which}' is not latest, best or step_N; {run_dir} has {available}")
+        found = run_dir / CHECKPOINTS / step_name(int(digits))
+        found = found if is_checkpoint(found) else None
+    if found is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint '{which}' (its checkpoints: {available})")
+    return found
+
+
 def save_run_checkpoint(
     run_dir: Union[str, Path],
     step: int,
@@ -758,10 +804,12 @@ def save_run_checkpoint(
     meta: Dict[str, Any],
     keep: int = 3,
     after_shards: Optional[Callable[[Path], None]] = None,
+    best: bool = False,
 ) -> Path:
     """Atomically adds ``run_dir/checkpoints/step_<step>`` (with its manifest) and moves
-    ``latest`` to it; keeps the newest ``keep`` checkpoints (0 keeps all). Collective: every rank
-    calls it. ``after_shards``: see :func:`_write`."""
+    ``latest`` to it (and ``best`` too when ``best``); keeps the newest ``keep`` checkpoints
+    (0 keeps all) and always the one ``best`` names. Collective: every rank calls it.
+    ``after_shards``: see :func:`_write`."""
     root = Path(run_dir) / CHECKPOINTS
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}"
@@ -777,9 +825,12 @@ def save_run_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         atomic_write_text(root / LATEST, final.name + "\n")
+        if best:
+            set_best_checkpoint(run_dir, step)
         if keep > 0:
+            kept = {final, best_checkpoint(run_dir)}
             for old in list_checkpoints(run_dir)[:-keep]:
-                if old != final:
+                if old not in kept:
                     shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final

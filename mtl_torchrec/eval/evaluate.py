@@ -39,10 +39,18 @@ from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.schema import ColumnTable, Jagged
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import ALL_SPLIT
-from mtl_torchrec.distributed.checkpoint import load_checkpoint, resolve_checkpoint
+from mtl_torchrec.distributed.checkpoint import (
+    BEST,
+    LATEST,
+    best_checkpoint,
+    choose_checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.sharding import shard_module
-from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
+from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration, before_after, fit_calibration
+from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, expected_calibration_error, grouped_auc
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.esmm import check_esmm_labels
 from mtl_torchrec.model.tasks import (
@@ -59,14 +67,17 @@ _SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
 
 @dataclass
 class ScoredRows:
-    """Every evaluated row on rank 0: predictions, labels, label masks and sample weights per task
-    (``weights[task]``: float64, 1 on every row of an unweighted task), group ids."""
+    """Every evaluated row on rank 0: predictions (calibrated when evaluation applies a
+    calibration), labels, label masks and sample weights per task (``weights[task]``: float64, 1 on
+    every row of an unweighted task), group ids; ``raw_predictions`` are the model's own when a
+    calibration was applied (else None)."""
 
     predictions: Dict[str, np.ndarray]
     labels: Dict[str, np.ndarray]
     masks: Dict[str, np.ndarray]
     group: Optional[np.ndarray]
     weights: Dict[str, np.ndarray] = field(default_factory=dict)
+    raw_predictions: Optional[Dict[str, np.ndarray]] = None
 
 
 @dataclass
@@ -195,11 +206,13 @@ def score(
     slices: Dict[str, np.ndarray],
     num_workers: int = 0,
     progress: bool = False,
+    calibration: Optional[Calibration] = None,
 ) -> tuple:
     """Runs the model over this rank's shard; returns (per-slice TaskMetrics, this rank's rows).
 
     ``tasks`` are the train module's tasks; metrics cover :func:`metric_tasks` of them. With
-    ``progress``, rank 0 shows a progress bar over its batches (on stderr).
+    ``progress``, rank 0 shows a progress bar over its batches (on stderr). With ``calibration``
+    the metrics and rows hold calibrated predictions, and the rows also the raw ones (``r:<task>``).
     """
     train_tasks, tasks = tasks, metric_tasks(tasks)
     ds = BatchDataset(table, schema, batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
@@ -217,17 +230,20 @@ def score(
             bar.update(1)
             batch = with_conditional_labels(batch.to(ctx.device), train_tasks)
             _, out = module(batch)
+            preds = calibration.apply(out.predictions) if calibration is not None else out.predictions
             real = max(0, min(batch.batch_size, stop - pos))
             rows = np.arange(pos, pos + real)
             for name, m in metrics.items():
                 if name == "all":
-                    m.update(out.predictions, batch)
+                    m.update(preds, batch)
                     continue
                 w = np.zeros(batch.batch_size, dtype=np.float32)
                 w[:real] = slices[name][rows]
-                m.update(out.predictions, batch, row_weight=torch.from_numpy(w).to(ctx.device))
+                m.update(preds, batch, row_weight=torch.from_numpy(w).to(ctx.device))
             for t in names:
-                parts.setdefault(f"p:{t}", []).append(out.predictions[t][:real].float().cpu().numpy())
+                parts.setdefault(f"p:{t}", []).append(preds[t][:real].float().cpu().numpy())
+                if calibration is not None:
+                    parts.setdefault(f"r:{t}", []).append(out.predictions[t][:real].float().cpu().numpy())
                 parts.setdefault(f"y:{t}", []).append(batch.labels[t][:real].cpu().numpy())
                 parts.setdefault(f"m:{t}", []).append(batch.masks[t][:real].cpu().numpy())
                 if batch.weights is not None and t in batch.weights:
@@ -280,18 +296,22 @@ def evaluate_split(
     slices: Dict[str, np.ndarray],
     num_workers: int = 0,
     progress: bool = False,
+    calibration: Optional[Calibration] = None,
 ) -> EvalResult:
     """Scores ``split`` with a (sharded or plain) train module and computes every metric.
 
     All ranks call it; rank 0 gets ``summary`` with ``tasks`` and ``slices`` blocks and the scored
-    rows, the other ranks the cross-rank torchrec metrics only. Raises DataError for a split
-    without rows (there is nothing to measure).
+    rows, the other ranks the cross-rank torchrec metrics only. With ``calibration`` every metric is
+    of the calibrated predictions and ``summary["calibration"]`` adds each binary entry's
+    calibration, ECE, logloss and AUC before and after it. Raises DataError for a split without
+    rows (there is nothing to measure).
     """
     table = bundle.splits[split]
     if len(table) == 0:
         raise DataError(f"split '{split}' has no rows: nothing to evaluate")
     t1 = time.perf_counter()
-    metrics, local = score(module, tasks, table, bundle.schema, ctx, batch_size, slices, num_workers, progress)
+    metrics, local = score(module, tasks, table, bundle.schema, ctx, batch_size, slices, num_workers, progress,
+                           calibration)
     # Every task in impression space, plus <task>_given_<parent> on the parent's positives for ESMM tasks.
     conditional = {conditional_name(t): t for t in tasks if t.esmm_parent}
     tasks = metric_tasks(tasks)
@@ -310,6 +330,7 @@ def evaluate_split(
         group=cat["group"] if bundle.schema.group else None,
         weights={t: cat[f"w:{t}"].astype(np.float64) if f"w:{t}" in cat else np.ones(len(cat[f"p:{t}"]))
                  for t in names},
+        raw_predictions={t: cat[f"r:{t}"] for t in names} if calibration is not None else None,
     )
     weighted = {t for t in names if f"w:{t}" in cat}
 
@@ -337,6 +358,7 @@ def evaluate_split(
                 res["calibration"] = predicted / positives if positives > 0 else float("nan")
                 res["positive_rate"] = s["positive_rate"]
                 res["mean_prediction"] = predicted / float(w.sum()) if len(p) else float("nan")
+                res["ece"] = expected_calibration_error(p, y, weight=w)
                 if t.esmm_parent:
                     res["space"] = f"impression (p({t.esmm_parent}) x p({t.name} | {t.esmm_parent}))"
                 if t.name in conditional:
@@ -365,6 +387,13 @@ def evaluate_split(
             for name, mask in slices.items()
         },
     }
+    if calibration is not None and rows.raw_predictions is not None:
+        summary["calibration"] = {
+            "method": calibration.method,
+            "fitted_on": calibration.fitted_on,
+            "checkpoint_step": calibration.checkpoint_step,
+            "tasks": before_after(tasks, rows.raw_predictions, rows.predictions, rows.labels, rows.masks),
+        }
     rank0_s = time.perf_counter() - t1 - score_s
     # rows_per_s: scoring plus the cross-rank metric reduction and gather; exact ranking metrics
     # and slices on rank 0 are timed separately.
@@ -391,15 +420,54 @@ class SplitEvaluator:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
+        # Applied to every evaluation once set (after training, by `mtl-torchrec train`).
+        self.calibration: Optional[Calibration] = None
 
     def __call__(self, model: torch.nn.Module, tasks: List[TaskSpec], split: str) -> Dict[str, Any]:
         """``{"tasks": ..., "slices": ...}`` of ``split`` on rank 0 (exact AUC/GAUC on the gathered
-        rows); other ranks get the cross-rank metrics only. All ranks call it."""
+        rows; ``"calibration"`` too when :attr:`calibration` is set); other ranks get the cross-rank
+        metrics only. All ranks call it."""
         result = evaluate_split(
             model, tasks, self.data, split, self.ctx, self.batch_size, split_slices(self.data, split), self.num_workers,
-            self.progress,
+            self.progress, self.calibration,
         )
         return result.summary
+
+
+def calibrate_on_split(
+    module: torch.nn.Module,
+    tasks: List[TaskSpec],
+    bundle: DataBundle,
+    split: str,
+    ctx: DistContext,
+    batch_size: int,
+    method: str,
+    checkpoint_step: Optional[int] = None,
+    num_workers: int = 0,
+) -> Calibration:
+    """Scores ``split`` (normally ``val``) with the model and fits ``method`` for every binary task
+    on rank 0 (:func:`~mtl_torchrec.eval.calibration.fit_calibration`); every rank gets the same
+    fitted calibration. Collective. DataError when a task's labelled rows hold one class only."""
+    result = evaluate_split(module, tasks, bundle, split, ctx, batch_size, {}, num_workers)
+    fitted: List[Any] = [None]
+    if ctx.is_main:
+        rows = result.rows
+        assert rows is not None
+        try:
+            fitted[0] = fit_calibration(method, tasks, rows.predictions, rows.labels, rows.masks, checkpoint_step,
+                                        split).to_json()
+        except DataError as e:  # every rank raises it, none waits for a broadcast that never comes
+            fitted[0] = {"error": str(e)}
+    if dist.is_initialized() and ctx.world_size > 1:
+        dist.broadcast_object_list(fitted, src=0)
+    if "error" in fitted[0]:
+        raise DataError(fitted[0]["error"])
+    return Calibration.from_json(fitted[0])
+
+
+def default_checkpoint(cfg: Config, run_dir: Path) -> str:
+    """``best`` for a run trained with ``train.select_by`` that has a best checkpoint, else ``latest``."""
+    return BEST if cfg.train.select_by is not None and best_checkpoint(run_dir) is not None else LATEST
 
 
 def evaluate_run(
@@ -411,6 +479,8 @@ def evaluate_run(
     slice_columns: Sequence[str] = (),
     slice_top: int = 10,
     progress: bool = False,
+    checkpoint: Optional[str] = None,
+    calibrate: bool = True,
 ) -> EvalResult:
     """Loads the run's model and data, scores ``split`` and computes all metrics (see module doc).
 
@@ -418,9 +488,15 @@ def evaluate_run(
     each of ``slice_columns``. With ``progress``, rank 0 reports each stage and a scoring bar on
     stderr. All ranks call it; only rank 0's result has the full summary and the scored rows.
 
-    Raises FileNotFoundError when ``run_dir`` has no ``config.yaml`` or no checkpoint, ConfigError
-    for a bad config, ``--split``, ``--slice`` or ``--data``, DataError for bad data or an empty
-    split, and CheckpointError when the checkpoint is damaged or does not match the model.
+    ``checkpoint``: ``latest``, ``best`` or ``step_N`` (default :func:`default_checkpoint`: the best
+    one of a run trained with ``train.select_by``). With ``calibrate`` the run's ``calibration.json``
+    is applied when it was fitted for the evaluated checkpoint (a note says when it is not), and
+    ``summary["calibration"]`` reports before and after.
+
+    Raises FileNotFoundError when ``run_dir`` has no ``config.yaml`` or no such checkpoint, ConfigError
+    for a bad config, ``--split``, ``--slice`` or ``--data``, DataError for bad data, an empty
+    split or an unreadable ``calibration.json``, and CheckpointError when the checkpoint is damaged
+    or does not match the model.
     """
 
     def note(message: str) -> None:
@@ -429,7 +505,17 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    ckpt = resolve_checkpoint(run_dir)
+    if checkpoint is None:
+        # The run's latest as before, or its best one when it was trained with train.select_by.
+        ckpt = choose_checkpoint(run_dir, BEST) if default_checkpoint(cfg, run_dir) == BEST else resolve_checkpoint(run_dir)
+    else:
+        try:
+            ckpt = choose_checkpoint(run_dir, checkpoint)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"--checkpoint: {e}") from None
+    calibration: Optional[Calibration] = None
+    if calibrate and (run_dir / CALIBRATION_FILE).is_file():
+        calibration = Calibration.load(run_dir / CALIBRATION_FILE)
     t0 = time.perf_counter()
     note(f"loading data ({cfg.data.source if data_spec is None else data_spec}) ...")
     bundle = load_eval_data(cfg, run_dir, data_spec)
@@ -468,15 +554,22 @@ def evaluate_run(
                        sparse_lr=cfg.train.sparse_lr)
     note(f"loading checkpoint {ckpt} ...")
     meta = load_checkpoint(ckpt, dmp)
+    if calibration is not None and calibration.checkpoint_step != meta.get("global_step"):
+        notes.append(f"{CALIBRATION_FILE} was fitted for step {calibration.checkpoint_step}, not for the evaluated "
+                     f"{ckpt.name}: predictions are not calibrated")
+        if ctx.is_main:
+            print(f"note: {notes[-1]}", file=sys.stderr, flush=True)
+        calibration = None
     result = evaluate_split(
         dmp, module.tasks, bundle, split, ctx, batch_size or cfg.data.eval_batch_size, slices, cfg.data.num_workers,
-        progress,
+        progress, calibration,
     )
     if not ctx.is_main:
         return result
     summary = {
         "run": str(run_dir),
         "checkpoint": str(ckpt),
+        "checkpoint_name": ckpt.name,
         "checkpoint_step": meta.get("global_step"),
         "data": {"source": cfg.data.source, "spec": cfg.data.spec},
         **result.summary,

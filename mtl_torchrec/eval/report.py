@@ -15,11 +15,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-BINARY_COLUMNS = ("count", "auc", "gauc", "gauc_unweighted", "logloss", "ne", "calibration", "mean_prediction",
+BINARY_COLUMNS = ("count", "auc", "gauc", "gauc_unweighted", "logloss", "ne", "calibration", "ece", "mean_prediction",
                   "positive_rate")
+# The before / after columns of a calibrated evaluation.
+CALIBRATION_COLUMNS = ("calibration", "ece", "logloss", "auc")
 REGRESSION_COLUMNS = ("count", "rmse", "mae", "mean_prediction", "mean_label")
 # For --compare: higher is better (+), lower is better (-), calibration is best at 1.
-_DIRECTION = {"auc": 1, "gauc": 1, "gauc_unweighted": 1, "logloss": -1, "ne": -1, "rmse": -1, "mae": -1, "mse": -1}
+_DIRECTION = {"auc": 1, "gauc": 1, "gauc_unweighted": 1, "logloss": -1, "ne": -1, "ece": -1, "rmse": -1, "mae": -1,
+              "mse": -1}
 
 
 def _fmt(v: Any) -> str:
@@ -85,6 +88,15 @@ def regression_bins(pred: np.ndarray, label: np.ndarray, bins: int = 5,
     return rows
 
 
+def calibration_table(block: Dict[str, Any]) -> str:
+    """A Markdown table of an evaluation's ``calibration`` block: per binary entry, calibration,
+    ECE, logloss and AUC before and after."""
+    header = ["task", *(f"{c} {when}" for c in CALIBRATION_COLUMNS for when in ("before", "after"))]
+    body = [[task, *(v[when].get(c) for c in CALIBRATION_COLUMNS for when in ("before", "after"))]
+            for task, v in block["tasks"].items()]
+    return md_table(header, body)
+
+
 def markdown_report(summary: Dict[str, Any], plots: Sequence[Path], rows: Any, tasks: Sequence[Any],
                     out_dir: Optional[Path] = None) -> str:
     """The ``report.md`` text of an :func:`~mtl_torchrec.eval.evaluate.evaluate_run` summary: run and
@@ -123,7 +135,14 @@ def markdown_report(summary: Dict[str, Any], plots: Sequence[Path], rows: Any, t
             notes.append(f"- `{name}` is evaluated in the {v['space']} space.")
     parts += notes + ([""] if notes else [])
     parts.append("AUC counts tied scores as half. NE is logloss divided by the entropy of the observed positive "
-                 "rate; calibration is mean prediction / observed rate (1 is calibrated).\n")
+                 "rate; calibration is mean prediction / observed rate (1 is calibrated); ECE averages "
+                 "|mean prediction - positive rate| over 20 bins of equal row count.\n")
+    if s.get("calibration"):
+        c = s["calibration"]
+        parts += ["## Calibration", "",
+                  f"Predictions above are calibrated by `{c['method']}`, fitted on split `{c['fitted_on']}` for step "
+                  f"{c['checkpoint_step']} (`calibration.json`); the model's own predictions before:", "",
+                  calibration_table(c), ""]
     reg = [t for t in tasks if t.type == "regression"]
     if reg and rows is not None:
         parts += ["## Regression by label range", ""]

@@ -6,6 +6,7 @@ by side instead.
 
     mtl-torchrec evaluate --run runs/census
     mtl-torchrec evaluate --run runs/census --data other.yaml --split all
+    mtl-torchrec evaluate --run runs/census --checkpoint latest --no-calibration
     torchrun --nproc_per_node 2 -m mtl_torchrec evaluate --run-dir runs/census
     mtl-torchrec evaluate --compare runs/a runs/b
 """
@@ -37,6 +38,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--slice", dest="slices", action="append", default=[], metavar="COLUMN",
                    help="also report per value of this categorical column (repeatable; top --slice-top values)")
     p.add_argument("--slice-top", type=int, default=10, help="values per --slice column (default: 10)")
+    p.add_argument("--checkpoint", type=str, default=None, metavar="latest|best|step_N",
+                   help="checkpoint to evaluate (default: best for a run trained with train.select_by, else latest)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="report the model's own predictions, without the run's calibration.json")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no stage messages or progress bar on stderr")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_distributed()
     try:
         result = evaluate_run(Path(args.run_dir), ctx, data_spec=args.data, split=args.split, batch_size=args.batch_size,
-                              slice_columns=args.slices, slice_top=args.slice_top, progress=not args.no_progress)
+                              slice_columns=args.slices, slice_top=args.slice_top, progress=not args.no_progress,
+                              checkpoint=args.checkpoint, calibrate=not args.no_calibration)
         out: Optional[Path] = None
         if ctx.is_main:
             out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / result.summary["split"]
@@ -95,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
         s = result.summary
         print(f"evaluated {s['rows']} rows of '{s['split']}' on {s['world_size']} rank(s) "
-              f"({s['timing']['rows_per_s']:.0f} rows/s)")
+              f"({s['timing']['rows_per_s']:.0f} rows/s), checkpoint {s['checkpoint_name']}"
+              + (f", calibrated by {s['calibration']['method']}" if s.get("calibration") else ""))
         print(format_table(s["tasks"]))
         print(out / "report.md")
     return 0

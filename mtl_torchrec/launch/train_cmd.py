@@ -3,6 +3,9 @@
 A run directory holds ``config.yaml`` (the resolved config), ``checkpoints/`` (DCP, see
 :mod:`mtl_torchrec.distributed.checkpoint`),
 ``metrics.json`` (test metrics per task), ``train_summary.json`` and ``tensorboard/``.
+With ``train.select_by`` the test metrics are those of the best validated checkpoint
+(``checkpoints/best``); with ``train.calibration`` a calibration is fitted on the validation split
+for the tested checkpoint, saved as ``calibration.json`` and applied to the test metrics.
 Works in one process or under ``torchrun`` (one run directory chosen by rank 0).
 """
 
@@ -160,6 +163,11 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
 
             print(format_report(warm))
         summary = trainer.fit()
+        summary["tested_checkpoint"] = _select_tested_model(trainer, run_dir, ctx)
+        if trainer.selection is not None:
+            summary["selection"] = trainer.selection.summary()
+        if cfg.train.calibration != "none":
+            summary["calibration"] = _calibrate(trainer, cfg, data, ctx, run_dir, summary["tested_checkpoint"])
         # The same exact metrics (AUC, GAUC, ...) and slices as `mtl-torchrec evaluate`.
         has_test = len(data.splits.get("test", ())) > 0
         result = trainer.evaluate("test") if has_test else {"tasks": {}, "slices": {}}
@@ -171,10 +179,55 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
         write_json(run_dir / "metrics.json", test)
         if slices:
             write_json(run_dir / "metrics_by_slice.json", slices)
+        if "calibration" in result:
+            summary["calibration"]["test"] = result["calibration"]["tasks"]
         write_json(run_dir / "train_summary.json", {
             **summary, "world_size": ctx.world_size, "history": trainer.history, "epoch_losses": trainer.epoch_losses,
         })
-    return {"run_dir": run_dir, "metrics": test, "slices": slices, "summary": summary}
+    return {"run_dir": run_dir, "metrics": test, "slices": slices, "summary": summary,
+            "calibration": result.get("calibration")}
+
+
+def _select_tested_model(trainer: Trainer, run_dir: Path, ctx: DistContext) -> str:
+    """With ``train.select_by``, loads the best checkpoint into the trainer's model (unless the
+    final state is the best); returns the name of the checkpoint the model now holds."""
+    from mtl_torchrec.distributed.checkpoint import best_checkpoint, step_name
+
+    final = step_name(trainer.state.global_step)
+    if trainer.selection is None:
+        return final
+    best = best_checkpoint(run_dir) if ctx.is_main else None
+    best_name = trainer.broadcast(best.name if best is not None else None)
+    if best_name is None:
+        if ctx.is_main:
+            print(f"note: train.select_by: no validation gave a value, so the final state ({final}) is tested")
+        return final
+    if best_name != final:
+        trainer.load_model(run_dir / "checkpoints" / best_name)
+    return best_name
+
+
+def _calibrate(trainer: Trainer, cfg: Config, data: DataBundle, ctx: DistContext, run_dir: Path,
+               checkpoint: str) -> Dict[str, Any]:
+    """Fits ``train.calibration`` on the validation split for the tested model, writes
+    ``calibration.json`` and sets it on the trainer's evaluator; returns what train_summary.json
+    records about it."""
+    from mtl_torchrec.eval.calibration import CALIBRATION_FILE
+    from mtl_torchrec.eval.evaluate import calibrate_on_split
+
+    if len(data.splits.get("val", ())) == 0:
+        if ctx.is_main:
+            print("note: train.calibration: the data has no validation rows, so nothing is calibrated")
+        return {"method": cfg.train.calibration, "fitted": False}
+    step = int(checkpoint.split("_", 1)[1])
+    with trainer.paused():
+        calibration = calibrate_on_split(trainer.dmp, trainer.tasks, data, "val", ctx, cfg.data.eval_batch_size,
+                                         cfg.train.calibration, step, cfg.data.num_workers)
+    if ctx.is_main:
+        calibration.save(run_dir / CALIBRATION_FILE)
+    trainer.evaluator.calibration = calibration
+    return {"method": cfg.train.calibration, "fitted": True, "fitted_on": "val", "checkpoint": checkpoint,
+            "file": CALIBRATION_FILE}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -197,8 +250,19 @@ def run(args: argparse.Namespace) -> int:
     if ctx.is_main:
         s = result["summary"]
         print(f"trained {s['steps']} steps, {s['samples_per_s']:.0f} samples/s on {ctx.world_size} rank(s)")
-        print("test metrics:")
+        if "selection" in s:
+            sel = s["selection"]
+            stop = f", stopped early at step {sel['stopped_at_step']}" if sel["stopped_early"] else ""
+            print(f"best validation {sel['select_by']} = {sel['best_value']} at step {sel['best_step']} of "
+                  f"{len(sel['curve'])} validations{stop}")
+        print(f"test metrics ({s['tested_checkpoint']}" + (f", calibrated by {cfg.train.calibration}"
+                                                          if result.get("calibration") else "") + "):")
         print(format_table(result["metrics"]))
+        if result.get("calibration"):
+            from mtl_torchrec.eval.report import calibration_table
+
+            print("test calibration before / after:")
+            print(calibration_table(result["calibration"]))
         for name, block in result["slices"].items():
             print(f"test metrics on slice '{name}' ({block['rows']} rows):")
             print(format_table(block["tasks"]))

@@ -130,32 +130,53 @@ class LossLogging(Callback):
 
 
 class PeriodicCheckpoint(Callback):
-    """Saves a run checkpoint every ``every`` steps (the final one is always saved by the trainer)."""
+    """Saves a run checkpoint every ``every`` steps (the final one is always saved by the trainer),
+    unless this step is already saved (e.g. as the new best by :class:`Validation`)."""
 
     def __init__(self, every: int) -> None:
         self.every = every
 
     def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
         """Saves a run checkpoint (collective) when the step is due."""
-        if due(self.every, trainer.state.global_step):
+        if due(self.every, trainer.state.global_step) and trainer.saved_step != trainer.state.global_step:
             with trainer.paused():
                 trainer.save()
 
 
 class Validation(Callback):
     """Validation metrics to TensorBoard (``val/<task>/<metric>``) every ``every`` steps and at the
-    end of each epoch. Needs a trainer with an evaluator."""
+    end of each epoch (once per step when both fall on it). Needs a trainer with an evaluator.
+
+    With ``train.select_by`` (``trainer.selection``) each validation is also a candidate: rank 0
+    measures the selection value and every rank gets it; a new best is checkpointed at once and
+    ``checkpoints/best`` moved to it; after ``train.patience`` validations without improvement
+    training stops (:meth:`Trainer.request_stop`). TensorBoard: ``val/select_by``.
+    """
 
     def __init__(self, every: int, split: str = "val") -> None:
         self.every = every
         self.split = split
+        self._last_step = -1
 
     def _validate(self, trainer: Trainer) -> None:
         table = trainer.data.splits.get(self.split)
-        if trainer.evaluator is None or table is None or len(table) == 0:
+        step = trainer.state.global_step
+        if trainer.evaluator is None or table is None or len(table) == 0 or step == self._last_step:
             return
+        self._last_step = step
         with trainer.paused():
-            trainer.log_scalars("val", trainer.evaluate(self.split)["tasks"], trainer.state.global_step)
+            tasks = trainer.evaluate(self.split)["tasks"]
+            trainer.log_scalars("val", tasks, step)
+            selection = trainer.selection
+            if selection is None:
+                return
+            # Exact AUC/GAUC exist on rank 0 only; every rank must take the same decision.
+            value, per_task = trainer.broadcast(selection.measure(tasks) if trainer.ctx.is_main else None)
+            trainer.log_scalars("val", {"select_by": value}, step)
+            if selection.record(step, trainer.state.epoch, value, per_task):
+                trainer.save(best=True)
+            if selection.should_stop:
+                trainer.request_stop()
 
     def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
         """Validates when the step is due."""
@@ -239,13 +260,15 @@ class Diagnostics(Callback):
 
 def default_callbacks(cfg: Config) -> List[Callback]:
     """The callbacks ``mtl-torchrec train`` runs, in the order they run after a step: loss
-    logging, checkpoint, validation, diagnostics (``train.log_every``, ``train.checkpoint_every``,
-    ``train.eval_every``, ``train.diagnostics_every``)."""
+    logging, validation, checkpoint, diagnostics (``train.log_every``, ``train.eval_every``,
+    ``train.checkpoint_every``, ``train.diagnostics_every``). Validation comes before the
+    checkpoint so that a checkpoint of step N holds the selection state after N's validation
+    (a run resumed from it does not validate N again)."""
     t = cfg.train
     return [
         LossLogging(t.log_every),
-        PeriodicCheckpoint(t.checkpoint_every),
         Validation(t.eval_every),
+        PeriodicCheckpoint(t.checkpoint_every),
         Diagnostics(t.diagnostics_every, cfg.data.batch_size),
     ]
 

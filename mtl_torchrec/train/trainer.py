@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.train_pipeline import (
     TrainPipelineBase,
@@ -35,7 +36,7 @@ from torchrec.distributed.train_pipeline import (
 )
 from tqdm import tqdm
 
-from mtl_torchrec.config import Config, to_dict
+from mtl_torchrec.config import Config, parse_select_by, to_dict
 from mtl_torchrec.core.errors import CheckpointError, DataError
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.batch import Batch
@@ -43,6 +44,7 @@ from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.distributed.checkpoint import (
     META,
+    best_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -50,7 +52,9 @@ from mtl_torchrec.distributed.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     save_run_checkpoint,
+    set_best_checkpoint,
     set_rng_state,
+    step_name,
 )
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.optim import make_optimizer
@@ -62,6 +66,7 @@ from mtl_torchrec.model.tasks import TaskSpec
 from mtl_torchrec.model.text import text_cache_root
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 from mtl_torchrec.train.schedule import group_rates, make_scheduler
+from mtl_torchrec.train.selection import ModelSelection
 
 # What a warm start loaded, grew, re-initialised and ignored (Trainer.warm_start).
 WARM_START_REPORT = "warm_start.json"
@@ -195,6 +200,14 @@ class Trainer:
         # The rates the latest step trained with ({"dense": ..., "sparse": ...}).
         self.last_lr: Dict[str, float] = self.learning_rates()
         self.callbacks: List[Callback] = list(callbacks if callbacks is not None else default_callbacks(cfg))
+        # train.select_by: the validation curve, the best step and early stopping (train/selection.py),
+        # updated by the Validation callback and saved in every checkpoint.
+        self.selection: Optional[ModelSelection] = (
+            ModelSelection(parse_select_by(cfg.train.select_by, cfg.model.tasks), cfg.train.patience)
+            if cfg.train.select_by is not None
+            else None
+        )
+        self._stop = False
         # Created on the first scalar, so that building a trainer writes nothing into the run
         # directory (a start that resume() refuses leaves an existing run untouched).
         self._writer: Optional[Any] = None
@@ -261,6 +274,25 @@ class Trainer:
             elif isinstance(v, (int, float)):
                 self.writer.add_scalar(f"{prefix}/{task}", v, step)
 
+    def request_stop(self) -> None:
+        """Ends :meth:`fit` after the current step (or epoch end), e.g. for early stopping; the
+        final state is checkpointed as usual."""
+        self._stop = True
+
+    @property
+    def saved_step(self) -> int:
+        """The step of the last run checkpoint this trainer saved or resumed from (-1: none)."""
+        return self._saved_step
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (itself without a process group): for decisions that
+        every rank must take alike from what only rank 0 computed (e.g. exact AUC)."""
+        if not dist.is_initialized() or self.ctx.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def set_progress_postfix(self, values: Dict[str, str]) -> None:
         """Shows ``values`` beside the running epoch's progress bar (nothing outside an epoch)."""
         if self._bar is not None:
@@ -284,10 +316,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, name: Optional[str] = None) -> Path:
+    def save(self, name: Optional[str] = None, best: bool = False) -> Path:
         """Checkpoints everything needed to resume: with no ``name``, atomically as
-        ``run_dir/checkpoints/step_<global_step>`` (keeping ``train.keep_checkpoints``); with a
-        ``name``, as the plain folder ``run_dir/<name>``. Collective: every rank calls it."""
+        ``run_dir/checkpoints/step_<global_step>`` (keeping ``train.keep_checkpoints``, and moving
+        ``checkpoints/best`` to it when ``best``); with a ``name``, as the plain folder
+        ``run_dir/<name>``. Collective: every rank calls it."""
         meta = {
             "epoch": self.state.epoch,
             "batch_in_epoch": self.state.batch_in_epoch,
@@ -301,6 +334,8 @@ class Trainer:
                 "last_lr": [float(x) for x in self.scheduler.get_last_lr()],
             },
         }
+        if self.selection is not None:
+            meta["selection"] = self.selection.state_dict()
         if name is not None:
             path = self.run_dir / name
             save_checkpoint(path, self.dmp, self.optimizer, meta)
@@ -318,6 +353,7 @@ class Trainer:
             meta,
             keep=self.cfg.train.keep_checkpoints,
             after_shards=after_shards,
+            best=best,
         )
         self._saved_step = self.state.global_step
         return path
@@ -357,7 +393,34 @@ class Trainer:
         self.scheduler = make_scheduler(
             self.optimizer, self.dmp.fused_optimizer, self.cfg.train.lr_schedule, self.total_steps(), steps
         )
+        self._restore_selection(path, meta)
         return meta
+
+    def _restore_selection(self, path: Path, meta: Dict[str, Any]) -> None:
+        """Takes the selection state of the checkpoint's ``meta.json`` and makes ``checkpoints/best``
+        agree with it (a crash between moving ``latest`` and ``best`` leaves them apart)."""
+        if self.selection is None or "selection" not in meta:
+            return
+        try:
+            same_rule = self.selection.load_state_dict(meta["selection"])
+        except ValueError as e:
+            raise CheckpointError(f"{Path(path) / META}: 'selection': {e}") from None
+        if not same_rule:
+            if self.ctx.is_main:
+                print(f"note: {Path(path) / META} selected by '{meta['selection'].get('select_by')}', this run by "
+                      f"'{self.selection.select_by}': model selection starts afresh")
+            return
+        step = self.selection.best_step
+        if self.ctx.is_main and step is not None and self.run_dir.resolve() == Path(path).resolve().parent.parent:
+            current = best_checkpoint(self.run_dir)
+            if (Path(path).parent / step_name(step)).is_dir() and (current is None or current.name != step_name(step)):
+                set_best_checkpoint(self.run_dir, step)
+
+    def load_model(self, path: Path) -> Dict[str, Any]:
+        """Loads only the model state of a checkpoint (e.g. the best one, to test it after
+        :meth:`fit`); the optimizer and the training position stay as they are, so the trainer
+        should not train on afterwards. Collective. Returns the checkpoint's ``meta.json``."""
+        return load_checkpoint(resolve_checkpoint(path), self.dmp)
 
     def resume(self, mode: str = "auto") -> Optional[Path]:
         """``auto``: continue from the run's latest checkpoint if it has one; ``required``: the
@@ -419,7 +482,8 @@ class Trainer:
             self._clock = None
 
     def fit(self) -> Dict[str, Any]:
-        """Trains until ``train.epochs`` or ``train.max_steps``; saves the final state; returns
+        """Trains until ``train.epochs`` or ``train.max_steps``, or until a callback calls
+        :meth:`request_stop` (early stopping by ``train.patience``); saves the final state; returns
         ``{"steps", "samples", "train_seconds", "samples_per_s"}``: samples in rows, over all ranks;
         ``train_seconds`` in seconds of training steps only (without evaluation and checkpointing);
         ``samples_per_s`` in rows/s. Collective: every rank calls it."""
@@ -429,10 +493,13 @@ class Trainer:
         samples = 0
         self._train_seconds = 0.0
         self.writer  # noqa: B018 - opens run_dir/tensorboard now that training starts
+        self._stop = False
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        if self.selection is not None and self.selection.should_stop:
+            self._stop = True  # resumed from a run that had already stopped early
         # A resumed run may already be at max_steps.
-        done = max_steps is not None and self.state.global_step >= max_steps
+        done = (max_steps is not None and self.state.global_step >= max_steps) or self._stop
         while self.state.epoch < cfg.epochs and not done:
             self._pipeline = self._make_pipeline()
             self._attached = True
@@ -460,7 +527,7 @@ class Trainer:
                 self._bar.update(1)
                 for cb in self.callbacks:
                     cb.on_step_end(self, out)
-                if max_steps is not None and self.state.global_step >= max_steps:
+                if self._stop or (max_steps is not None and self.state.global_step >= max_steps):
                     done = True
                     break
             self._stop_clock()
@@ -474,6 +541,7 @@ class Trainer:
                 self.state.batch_in_epoch = 0
                 for cb in self.callbacks:
                     cb.on_epoch_end(self)
+                done = self._stop
         for cb in self.callbacks:
             cb.on_fit_end(self)
         # The final state is always checkpointed (also what evaluation loads).
