@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         tables = [t for t in data.texts.values() if t.texts is not None]
         if not tables:
             raise ConfigError(f"data.source: '{cfg.data.source}' has no text feature to encode; pass --input")
-        jobs += [(f"text feature '{t.feature}'", t.texts) for t in tables]
+        # Row 0 of every text table is the reserved "no text" row, not data.
+        jobs += [(f"text feature '{t.feature}'", t.texts[1:]) for t in tables]
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         import torch
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             if ctx is None or ctx.is_main:
                 print(
                     f"{what}: {stats.items} entries ({stats.with_text} with text, {stats.empty} without): "
-                    f"{stats.encoded} encoded, {stats.reused} reused, {stats.truncated} truncated "
+                    f"{stats.encoded} distinct texts encoded, {stats.reused} reused, {stats.truncated} truncated "
                     f"to {enc.max_length} tokens; dim {dim}; "
                     + (f"written to {where}" if stats.written else f"{where} unchanged")
                 )

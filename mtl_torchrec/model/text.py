@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -103,8 +104,11 @@ def table_vectors(
         return torch.zeros(table.num_rows, dim), torch.zeros(table.num_rows, dtype=torch.bool), cfg.encoder.normalize
     if cache_root is None:
         raise ConfigError("model.text.cache_dir: no cache folder to encode the data's texts into")
-    vectors, has_text, _ = encode_texts(table.texts, cache_root, cfg.encoder, progress=progress,
-                                        source=f"text feature '{table.feature}' row")
+    vectors, has_text, stats = encode_texts(table.texts, cache_root, cfg.encoder, progress=progress,
+                                            source=f"text feature '{table.feature}' row")
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"text feature '{table.feature}': {table.num_rows - 1} rows, {stats.encoded} distinct texts encoded, "
+              f"{stats.reused} from the cache {cache_root}", flush=True)
     return vectors, has_text, cfg.encoder.normalize
 
 

@@ -124,6 +124,10 @@ class TextEncoder:
         if cfg.model is None:
             # The packaged weights are local; never let a loader try the hub for them.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # transformers' own "Loading weights" bar would print on every load, whatever train.progress says.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 self.path, trust_remote_code=cfg.trust_remote_code, local_files_only=local
@@ -177,6 +181,9 @@ class TextEncoder:
                     print(f"{desc}: {done}/{len(texts)} ({100 * done / len(texts):.0f}%), "
                           f"{done / (now - start_t):.0f} texts/s", file=sys.stderr, flush=True)
                     last = now
+        if log:
+            print(f"{desc}: {len(texts)}/{len(texts)} (100%), {len(texts) / max(time.monotonic() - start_t, 1e-9):.0f} "
+                  f"texts/s", file=sys.stderr, flush=True)
         stats.encoded = len(texts)
         return out, stats
 

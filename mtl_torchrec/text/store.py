@@ -77,8 +77,8 @@ def clean_text(text: Any, source: str) -> Optional[str]:
 
 @dataclass
 class StoreStats:
-    """What one encoding call did: entries, those with and without text, vectors encoded or reused
-    from the cache, texts truncated at ``max_length``, and whether a file was written."""
+    """What one encoding call did: entries, those with and without text, distinct texts encoded or
+    reused from the cache, texts truncated at ``max_length``, and whether a file was written."""
 
     items: int = 0
     with_text: int = 0
@@ -323,7 +323,8 @@ def _vectors_for(
         hb = bytes(h)
         vectors[i] = encoded[new[hb]] if hb in new else previous.vectors[known[hb]]  # type: ignore[union-attr]
     stats.encoded = len(todo)
-    stats.reused = stats.with_text - sum(1 for t, h in zip(texts, hashes) if t is not None and bytes(h) in new)
+    # Distinct texts: a text repeated on many entries is encoded (or reused) once.
+    stats.reused = len({bytes(h) for t, h in zip(texts, hashes) if t is not None}) - len(todo)
     return vectors, has_text, hashes, stats, new, encoded
 
 
