@@ -25,10 +25,9 @@ from typing import Any, Dict
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.core.io import write_json
-from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.launch.quiet import silence_known_warnings
-from mtl_torchrec.launch.train_cmd import make_trainer
+from mtl_torchrec.launch.train_cmd import train
 
 VARIANTS = {"id_only": ["model.text.enabled=false"], "text_id": ["model.text.enabled=true"]}
 
@@ -67,27 +66,21 @@ def main(argv: Any = None) -> int:
     results: Dict[str, Any] = {}
     try:
         for name, extra in ((n, VARIANTS[n]) for n in args.variants):
-            cfg = load_config(args.config, list(args.overrides) + extra)
-            data = load_data(cfg.data)
-            trainer = make_trainer(cfg, data, ctx, out / name)
-            try:
-                summary = trainer.fit()
-                # The data's slices (cold_items) are evaluated with the split.
-                test = trainer.evaluate("test")
-                if ctx.is_main:
-                    cold = args.cold_slice or next(
-                        (s for s in test["slices"] if s == "cold_items" or s.endswith("=cold")), None)
-                    if args.cold_slice and cold not in test["slices"]:
-                        raise SystemExit(f"--cold-slice: {cold!r} is not a slice of the data ({sorted(test['slices'])})")
-                    results[name] = {"test": test["tasks"], "summary": summary,
-                                     "slices": {k: {"rows": v["rows"], "tasks": v["tasks"]}
-                                                for k, v in test["slices"].items()}}
-                    if cold is not None:
-                        results[name]["test_cold"] = test["slices"][cold]["tasks"]
-                        results[name]["cold_slice"] = (cold, int(test["slices"][cold]["rows"]))
-            finally:
-                trainer.close()
+            # The train command's own path: best-checkpoint selection and calibration apply when configured,
+            # and each variant is a run folder that `mtl-torchrec evaluate --run` reads.
+            cfg = load_config(args.config, list(args.overrides) + extra + [f"run_dir={out / name}"])
+            res = train(cfg, ctx)
+            summary = res["summary"]
             if ctx.is_main:
+                slices = res["slices"]
+                cold = args.cold_slice or next((s for s in slices if s == "cold_items" or s.endswith("=cold")), None)
+                if args.cold_slice and cold not in slices:
+                    raise SystemExit(f"--cold-slice: {cold!r} is not a slice of the data ({sorted(slices)})")
+                results[name] = {"test": res["metrics"], "summary": summary,
+                                 "slices": {k: {"rows": v["rows"], "tasks": v["tasks"]} for k, v in slices.items()}}
+                if cold is not None:
+                    results[name]["test_cold"] = slices[cold]["tasks"]
+                    results[name]["cold_slice"] = (cold, int(slices[cold]["rows"]))
                 print(f"{name}: {summary['steps']} steps, {summary['samples_per_s']:.0f} samples/s", flush=True)
     finally:
         close_distributed(ctx)

@@ -95,3 +95,15 @@ TRAIN_CONFIG = [
     "train.progress=false",
     "train.log_every=2",
 ]
+
+
+def evaluate_1rank(run_dir: Path, **kw: Any) -> Any:
+    """``evaluate_run`` of ``run_dir`` in a one-process group (``kw``: its options)."""
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.eval.evaluate import evaluate_run
+
+    ctx = init_distributed()
+    try:
+        return evaluate_run(run_dir, ctx, **kw)
+    finally:
+        close_distributed(ctx)

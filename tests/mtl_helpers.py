@@ -40,3 +40,18 @@ def small_config(run_dir: str, overrides: Sequence[str] = ()) -> Config:
 def esmm_tasks() -> List[str]:
     """Overrides making conversion an ESMM task under click."""
     return ["model.tasks=[{name: click}, {name: conversion, esmm_parent: click}, {name: rating, type: regression}]"]
+
+
+# A small synthetic data set and model: a run of it takes seconds.
+SMALL_SYNTHETIC = [
+    "data.synthetic.num_impressions=20000",
+    "data.synthetic.num_users=2000",
+    "data.synthetic.num_items=500",
+    "data.batch_size=256",
+    "data.eval_batch_size=1024",
+    "model.embedding_dim=8",
+    "model.dense_layers=[16]",
+    "model.mmoe.num_experts=4",
+    "model.mmoe.expert_layers=[32]",
+    "model.tower_layers=[16]",
+]

@@ -39,20 +39,12 @@ from mtl_torchrec.distributed.run_lock import LOCK_FILE
 from mtl_torchrec.launch.train_cmd import make_trainer
 from mtl_torchrec.model.builder import build_train_module
 from tests.distributed import run_ranks
+from tests.mtl_helpers import SMALL_SYNTHETIC
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = [
-    "data.synthetic.num_impressions=20000",
-    "data.synthetic.num_users=2000",
-    "data.synthetic.num_items=500",
-    "data.batch_size=256",
-    "data.eval_batch_size=1024",
-    "model.embedding_dim=8",
-    "model.dense_layers=[16]",
-    "model.mmoe.num_experts=4",
-    "model.mmoe.expert_layers=[32]",
-    "model.tower_layers=[16]",
+    *SMALL_SYNTHETIC,
     "train.epochs=1",
     "train.sharding=table_wise",
     "train.checkpoint_every=10",

@@ -18,7 +18,7 @@ from mtl_torchrec.launch.cli import main as cli_main
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
 from mtl_torchrec.launch.train_cmd import train
 from tests.distributed import run_ranks
-from tests.eval_fixtures import TRAIN_CONFIG, int_id_frame, make_frame, spec_dict, write_case
+from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, int_id_frame, make_frame, spec_dict, write_case
 from tests.test_metrics import _gauc_reference
 
 
@@ -40,17 +40,9 @@ def trained_run(tmp_path_factory):
     return _train_on(tmp_path_factory.mktemp("evalrun"), make_frame(n=1000))[0]
 
 
-def _evaluate_1rank(run_dir, **kw):
-    ctx = init_distributed()
-    try:
-        return evaluate_run(run_dir, ctx, **kw)
-    finally:
-        close_distributed(ctx)
-
-
 def test_evaluate_metrics_match_exact_computation(trained_run, tmp_path):
     assert (trained_run / "preprocessing" / "preprocessing.json").is_file()
-    result = _evaluate_1rank(trained_run)
+    result = evaluate_1rank(trained_run)
     s = result.summary
     assert s["split"] == "test" and s["rows"] == 100
     rows = result.rows
@@ -116,13 +108,13 @@ def test_evaluate_on_other_data_spec_uses_saved_preprocessing(trained_run, tmp_p
     spec = spec_dict("fresh.csv")
     del spec["split"]
     path = write_case(tmp_path, make_frame(n=300, seed=11), spec, name="fresh.csv", spec_name="fresh.yaml")
-    result = _evaluate_1rank(trained_run, data_spec=str(path))
+    result = evaluate_1rank(trained_run, data_spec=str(path))
     assert result.summary["split"] == "all" and result.summary["rows"] == 300
     # Fresh rows of the same users and items: scored through the saved vocabularies, the model
     # ranks them as well as its own test split (about 0.73); a constant predictor has AUC 0.5.
     assert result.summary["tasks"]["click"]["auc"] > 0.65
     with pytest.raises(ConfigError, match="--split"):
-        _evaluate_1rank(trained_run, split="nope")
+        evaluate_1rank(trained_run, split="nope")
 
 
 def _rank_main(rank: int, world: int, run_dir: str) -> dict:
@@ -135,7 +127,7 @@ def _rank_main(rank: int, world: int, run_dir: str) -> dict:
 
 @pytest.mark.slow
 def test_two_rank_evaluate_equals_one_rank(trained_run, tmp_path):
-    one = _evaluate_1rank(trained_run).summary
+    one = evaluate_1rank(trained_run).summary
     two = run_ranks(_rank_main, 2, str(trained_run))[0]
     assert two["world_size"] == 2 and two["rows"] == one["rows"]
 
@@ -161,7 +153,7 @@ def test_no_positives_gives_true_mean_prediction_and_no_calibration(trained_run,
     frame["click"] = "no"
     frame["rating"] = np.nan
     spec = write_case(tmp_path / "data", frame)
-    result = _evaluate_1rank(trained_run, data_spec=str(spec))
+    result = evaluate_1rank(trained_run, data_spec=str(spec))
     click = result.summary["tasks"]["click"]
     p = result.rows.predictions["click"][result.rows.masks["click"]].astype(np.float64)
     assert click["positive_rate"] == 0.0
@@ -178,7 +170,7 @@ def test_empty_split_is_an_error_naming_it(trained_run, tmp_path):
     frame = frame[frame["split"] != "test"]
     spec = write_case(tmp_path / "data", frame)
     with pytest.raises((DataError, ConfigError), match="test"):
-        _evaluate_1rank(trained_run, data_spec=str(spec))
+        evaluate_1rank(trained_run, data_spec=str(spec))
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +194,7 @@ def test_parquet_ids_of_any_type_evaluate_like_the_training_csv(int_id_run, tmp_
     """Train on CSV, evaluate the same rows as Parquet with int, float and nullable-int ids:
     identical metrics and no OOV warning (float ids used to be "12.0", unknown to the vocabulary)."""
     run_dir, csv_spec = int_id_run
-    base = _evaluate_1rank(run_dir, data_spec=str(csv_spec)).summary
+    base = evaluate_1rank(run_dir, data_spec=str(csv_spec)).summary
     # Every test item was seen in training: the cold slice is empty, which is said, never hidden.
     empty_cold = ["slice 'item=cold' has no rows in split 'test'"]
     assert base["warnings"] == empty_cold
@@ -211,7 +203,7 @@ def test_parquet_ids_of_any_type_evaluate_like_the_training_csv(int_id_run, tmp_
     for form in ("int64", "float64", "Int64"):
         other = frame.astype({"user": form, "item": form})
         spec = write_case(tmp_path / form, other, spec_dict("data.parquet"), name="data.parquet")
-        got = _evaluate_1rank(run_dir, data_spec=str(spec)).summary
+        got = evaluate_1rank(run_dir, data_spec=str(spec)).summary
         assert got["warnings"] == empty_cold, form
         _same(base["tasks"], got["tasks"], form)
         _same(base["slices"], got["slices"], form)

@@ -25,18 +25,10 @@ from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.train.selection import ModelSelection
 from mtl_torchrec.train.trainer import Trainer
+from tests.mtl_helpers import SMALL_SYNTHETIC
 
 TINY = [
-    "data.synthetic.num_impressions=20000",
-    "data.synthetic.num_users=2000",
-    "data.synthetic.num_items=500",
-    "data.batch_size=256",
-    "data.eval_batch_size=1024",
-    "model.embedding_dim=8",
-    "model.dense_layers=[16]",
-    "model.mmoe.num_experts=4",
-    "model.mmoe.expert_layers=[32]",
-    "model.tower_layers=[16]",
+    *SMALL_SYNTHETIC,
     "train.sharding=table_wise",
     "train.log_every=0",
     "train.diagnostics_every=0",

@@ -17,13 +17,12 @@ from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.data.schema import ColumnTable, DataError, LabelSpec, Schema, SparseFeature
 from mtl_torchrec.data.spec import build_bundle, load_spec, weight_column
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
-from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
 from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec, task_losses
-from tests.eval_fixtures import TRAIN_CONFIG, make_frame, spec_dict, write_case
+from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, make_frame, spec_dict, write_case
 from tests.test_metrics import _batch
 
 # Metrics that must agree between a weighted evaluation and one of duplicated rows.
@@ -232,18 +231,10 @@ def weighted_run(tmp_path_factory):
     return run_dir, spec, dup_spec
 
 
-def _evaluate(run_dir, **kw):
-    ctx = init_distributed()
-    try:
-        return evaluate_run(run_dir, ctx, **kw)
-    finally:
-        close_distributed(ctx)
-
-
 def test_weighted_run_trains_and_every_metric_equals_duplicated_rows(weighted_run, tmp_path):
     run_dir, spec, dup_spec = weighted_run
-    a = _evaluate(run_dir, data_spec=str(spec))
-    b = _evaluate(run_dir, data_spec=str(dup_spec))
+    a = evaluate_1rank(run_dir, data_spec=str(spec))
+    b = evaluate_1rank(run_dir, data_spec=str(dup_spec))
     for task, ta in a.summary["tasks"].items():
         tb = b.summary["tasks"][task]
         assert ta["weight_sum"] == tb["count"] > ta["count"], task
