@@ -107,3 +107,18 @@ def evaluate_1rank(run_dir: Path, **kw: Any) -> Any:
         return evaluate_run(run_dir, ctx, **kw)
     finally:
         close_distributed(ctx)
+
+
+def train_spec_run(spec: Path, run_dir: Path) -> Path:
+    """Trains :data:`TRAIN_CONFIG` on the data spec ``spec`` into ``run_dir`` (one process); returns ``run_dir``."""
+    from mtl_torchrec.config import load_config
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
+
+    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}"])
+    ctx = init_distributed()
+    try:
+        train(cfg, ctx)
+    finally:
+        close_distributed(ctx)
+    return run_dir

@@ -10,29 +10,28 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
 
-from mtl_torchrec.config import ConfigError, load_config
+from mtl_torchrec.config import ConfigError
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.eval.report import load_eval
 from mtl_torchrec.launch.cli import main as cli_main
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
-from mtl_torchrec.launch.train_cmd import train
 from tests.distributed import run_ranks
-from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, int_id_frame, make_frame, spec_dict, write_case
+from tests.eval_fixtures import (
+    evaluate_1rank,
+    int_id_frame,
+    make_frame,
+    spec_dict,
+    train_spec_run,
+    write_case,
+)
 from tests.test_metrics import _gauc_reference
 
 
 def _train_on(tmp, frame):
     """Trains a few steps on ``frame`` written as a CSV spec under ``tmp``; returns (run dir, spec)."""
     spec = write_case(tmp / "data", frame)
-    run_dir = tmp / "run"
-    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}"])
-    ctx = init_distributed()
-    try:
-        train(cfg, ctx)
-    finally:
-        close_distributed(ctx)
-    return run_dir, spec
+    return train_spec_run(spec, tmp / "run"), spec
 
 
 @pytest.fixture(scope="module")

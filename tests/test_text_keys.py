@@ -219,12 +219,19 @@ def test_evaluation_data_with_new_or_changed_items(tmp_path: Path) -> None:
         build_bundle(load_spec(other), pre)
 
 
-def test_encode_text_refuses_options_it_would_ignore(tmp_path: Path) -> None:
+def test_encode_text_refuses_options_it_would_ignore(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from mtl_torchrec.launch.cli import main
 
-    for argv in (["--text-columns", "title"], ["--template", "{title}"], ["--id-column", "sku"],
-                 ["--input", "items.csv", "--store", "s", "--text-columns", "t", "--cache-dir", "c"]):
+    monkeypatch.chdir(tmp_path)
+    for argv, flag in ((["--text-columns", "title"], "--text-columns: only with --input"),
+                       (["--template", "{title}"], "--template: only with --input"),
+                       (["--id-column", "sku"], "--id-column: only with --input"),
+                       (["--input", "items.csv", "--store", "s", "--text-columns", "t", "--cache-dir", "c"],
+                        "--cache-dir: only without --input")):
         assert main(["encode-text", *argv]) == 2
+        assert flag in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
 
 
 def test_numbers_in_exponent_form_are_numbers() -> None:

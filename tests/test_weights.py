@@ -16,13 +16,11 @@ from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.data.schema import ColumnTable, DataError, LabelSpec, Schema, SparseFeature
 from mtl_torchrec.data.spec import build_bundle, load_spec, weight_column
-from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
-from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec, task_losses
-from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, make_frame, spec_dict, write_case
+from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, make_frame, spec_dict, train_spec_run, write_case
 from tests.test_metrics import _batch
 
 # Metrics that must agree between a weighted evaluation and one of duplicated rows.
@@ -221,14 +219,7 @@ def weighted_run(tmp_path_factory):
     spec = write_case(tmp / "data", frame, _weighted_spec())
     dup = pd.concat([frame[frame.split != "test"], _duplicated(frame[frame.split == "test"])], ignore_index=True)
     dup_spec = write_case(tmp / "dup", dup, _weighted_spec())
-    run_dir = tmp / "run"
-    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}"])
-    ctx = init_distributed()
-    try:
-        train(cfg, ctx)
-    finally:
-        close_distributed(ctx)
-    return run_dir, spec, dup_spec
+    return train_spec_run(spec, tmp / "run"), spec, dup_spec
 
 
 def test_weighted_run_trains_and_every_metric_equals_duplicated_rows(weighted_run, tmp_path):
