@@ -115,34 +115,31 @@ def test_balancer_learns_at_its_own_rate(balance_lr, ctx, tmp_path):
         make_optimizer(trainer.dmp, "adam", 0.001, balance_lr=0.0)
 
 
-PLANNER_PLACES_TABLES_DATA_PARALLEL = (
-    "known bug, owned by the speed issue: on one rank TorchRec's planner places the tables data_parallel, so "
-    "the dense optimizer (Adam at train.dense_lr) updates them instead of the fused row-wise Adagrad"
-)
-
-
-@pytest.mark.parametrize("sharding", [
-    "table_wise",
-    pytest.param("planner", marks=pytest.mark.xfail(strict=True, reason=PLANNER_PLACES_TABLES_DATA_PARALLEL)),
-])
+@pytest.mark.parametrize("sharding", ["table_wise", "planner", "data_parallel", "row_wise"])
 def test_tables_are_updated_by_the_sparse_optimizer_only(sharding, ctx, tmp_path):
-    """Every table belongs to the fused sparse optimizer and to no other, and one step moves each row
+    """Every table belongs to an optimizer of train.sparse_optimizer (DMP's fused one, or for tables
+    the plan replicates the ReplicatedTableOptimizer) and to no other, and one step moves each row
     it touches by train.sparse_lr in root-mean-square (row-wise Adagrad's first step is
-    lr * g / rms(g) over the row)."""
+    lr * g / rms(g) over the row). On one rank the planner replicates most tables (data_parallel),
+    so ``planner`` covers the mixed case."""
+    from mtl_torchrec.distributed.optim import ReplicatedTableOptimizer
+
     cfg = small_config(str(tmp_path), [f"train.sharding={sharding}", "train.max_steps=1",
                                        "train.sparse_lr=0.05", "train.dense_lr=0.001"])
     data = load_data(cfg.data)
     trainer = make_trainer(cfg, data, ctx, tmp_path)
     tables = {k: v.detach().clone() for k, v in trainer.dmp.module.named_parameters() if k.startswith(TABLES)}
-    fused = set(trainer.dmp.fused_optimizer.params)
-    others = [set(o.params) for _, o in trainer.optimizer.optimizers if o is not trainer.dmp.fused_optimizer]
+    sparse = [o for o in trainer.sparse_optimizers]
+    dense = [o for _, o in trainer.optimizer.optimizers if all(o is not s for s in sparse)]
+    replicated = [o for o in sparse if isinstance(o, ReplicatedTableOptimizer)]
     trainer.fit()
     after = dict(trainer.dmp.module.named_parameters())
     trainer.close()
-    assert len(tables) == 9 and len(others) == 1
-    owned = {k.split("embedding_bags.")[1] for k in fused}
-    assert owned == {k.split("embedding_bags.")[1] for k in tables}
-    assert not any("embedding_bags" in k for o in others for k in o)
+    assert len(tables) == 9 and len(dense) == 1
+    assert bool(replicated) == (sharding in ("planner", "data_parallel"))
+    owned = [k.split("embedding_bags.")[1] for o in sparse for k in o.params]
+    assert sorted(owned) == sorted(k.split("embedding_bags.")[1] for k in tables)
+    assert not any("embedding_bags" in k for o in dense for k in o.params)
     row_steps = torch.cat([(after[k].detach() - v).pow(2).mean(dim=1).sqrt() for k, v in tables.items()])
     moved = row_steps[row_steps > 0]
     assert len(moved) > 50

@@ -7,16 +7,19 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
+from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from mtl_torchrec.config import DENSE_OPTIMIZERS
+from mtl_torchrec.config import DENSE_OPTIMIZERS, SPARSE_OPTIMIZERS
 from mtl_torchrec.distributed.state import plain_key
+from mtl_torchrec.modules.frozen_ebc import ShardedFrozenEmbeddingBagCollection
 
 # The torch optimizer for each name of DENSE_OPTIMIZERS (train.dense_optimizer).
 TORCH_OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -24,6 +27,45 @@ TORCH_OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
     "sgd": torch.optim.SGD,
 }
+
+# The same update as each fused TBE optimizer (train.sparse_optimizer), for tables that a plan
+# replicates (data_parallel): their dense kernel has no fused optimizer, and DDP averages their
+# gradients before the step, so every replica takes the same step.
+REPLICATED_TABLE_OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "rowwise_adagrad": lambda params, lr: RowWiseAdagrad(params, lr=lr, eps=1e-8),
+    "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr, eps=1e-8),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+}
+
+
+class ReplicatedTableOptimizer(KeyedOptimizerWrapper):
+    """The sparse optimizer (``train.sparse_optimizer`` at ``train.sparse_lr``) of the embedding
+    tables that a plan replicates instead of fusing (``data_parallel``, which TorchRec's planner
+    picks for small tables): without it the dense optimizer would train them at ``dense_lr``."""
+
+
+def replicated_tables(dmp: DistributedModelParallel) -> Dict[str, nn.Parameter]:
+    """The trainable embedding tables of ``dmp`` that no fused optimizer updates, by parameter name.
+
+    These are the ``data_parallel`` tables of every sharded EBC (their weights are ordinary
+    parameters of the dense kernel); frozen (text) tables are left out.
+    """
+    table_ids = set()
+    for module in dmp.modules():
+        if isinstance(module, ShardedEmbeddingBagCollection) and not isinstance(
+            module, ShardedFrozenEmbeddingBagCollection
+        ):
+            table_ids.update(id(p) for p in module.embedding_bags.parameters())
+    return {k: p for k, p in in_backward_optimizer_filter(dmp.named_parameters()) if id(p) in table_ids}
+
+
+def sparse_parts(dmp: DistributedModelParallel, optimizer: CombinedOptimizer) -> List[KeyedOptimizer]:
+    """The parts of ``optimizer`` (from :func:`make_optimizer`) that train embedding tables: DMP's
+    fused optimizer and the :class:`ReplicatedTableOptimizer`, if any; ``train.lr_schedule.sparse``
+    applies to their parameter groups."""
+    parts: List[KeyedOptimizer] = [dmp.fused_optimizer]
+    parts += [o for _, o in optimizer.optimizers if isinstance(o, ReplicatedTableOptimizer)]
+    return parts
 
 
 def make_optimizer(
@@ -33,8 +75,15 @@ def make_optimizer(
     balance_lr: Optional[float] = None,
     adapter_lr: Optional[float] = None,
     adapter_weight_decay: float = 0.0,
+    sparse_optimizer: str = "rowwise_adagrad",
+    sparse_lr: float = 0.05,
 ) -> CombinedOptimizer:
     """The fused sparse optimizer (already inside DMP) combined with a dense one for the rest.
+
+    ``sparse_optimizer`` and ``sparse_lr`` must be those the model was sharded with
+    (:func:`~mtl_torchrec.distributed.sharding.shard_module`): tables that the plan replicates
+    (:func:`replicated_tables`) get that optimizer here as a :class:`ReplicatedTableOptimizer`, so
+    every table is trained by the sparse optimizer whatever the plan.
 
     With ``balance_lr``, the loss balancer's parameters (those under the train module's
     ``balancer``) get their own optimizer of the same kind at that rate, and the dense optimizer
@@ -51,8 +100,11 @@ def make_optimizer(
     """
     if name not in TORCH_OPTIMIZERS:
         raise ValueError(f"train.dense_optimizer: unknown '{name}' (known: {list(DENSE_OPTIMIZERS)})")
+    if sparse_optimizer not in REPLICATED_TABLE_OPTIMIZERS:
+        raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(SPARSE_OPTIMIZERS)})")
     make = TORCH_OPTIMIZERS[name]
-    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    tables = replicated_tables(dmp)
+    dense_params = {k: p for k, p in in_backward_optimizer_filter(dmp.named_parameters()) if k not in tables}
     balance_params: Dict[str, nn.Parameter] = {}
     if balance_lr is not None:
         if not balance_lr > 0:
@@ -63,7 +115,11 @@ def make_optimizer(
     if adapter_lr is not None or adapter_weight_decay:
         adapter_params = {k: p for k, p in dense_params.items() if _is_adapter(plain_key(k))}
         dense_params = {k: p for k, p in dense_params.items() if k not in adapter_params}
-    parts = [dmp.fused_optimizer, KeyedOptimizerWrapper(dense_params, lambda params: make(params, lr=lr))]
+    parts: List[KeyedOptimizer] = [dmp.fused_optimizer]
+    if tables:
+        make_table = REPLICATED_TABLE_OPTIMIZERS[sparse_optimizer]
+        parts.append(ReplicatedTableOptimizer(tables, lambda params: make_table(params, sparse_lr)))
+    parts.append(KeyedOptimizerWrapper(dense_params, lambda params: make(params, lr=lr)))
     if adapter_params:
         a_lr = adapter_lr if adapter_lr is not None else lr
         a_make = torch.optim.AdamW if name == "adam" else make

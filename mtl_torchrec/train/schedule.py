@@ -19,7 +19,7 @@ The multiplier for the step that follows ``s`` completed steps (so the first ste
 
 Example::
 
-    scheduler = make_scheduler(optimizer, dmp.fused_optimizer, cfg.train.lr_schedule, total_steps=500)
+    scheduler = make_scheduler(optimizer, sparse_parts(dmp, optimizer), cfg.train.lr_schedule, total_steps=500)
     ...  # after each optimizer step:
     scheduler.step()
 """
@@ -27,7 +27,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Sequence
 
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -74,7 +74,7 @@ def _constant(step: int) -> float:
 
 def make_scheduler(
     optimizer: Any,
-    sparse_optimizer: Optional[Any],
+    sparse_optimizers: Sequence[Any],
     cfg: LRScheduleConfig,
     total_steps: int,
     completed_steps: int = 0,
@@ -83,14 +83,14 @@ def make_scheduler(
     optimizer), positioned after ``completed_steps`` optimizer steps: the groups' ``lr`` is set
     for the next step at once.
 
-    Groups that are ``sparse_optimizer``'s (DMP's ``fused_optimizer``; matched by identity)
-    follow the schedule when ``cfg.sparse``, the others (dense, balancer, any added later) when
+    Groups of ``sparse_optimizers`` (those that train tables:
+    :func:`~mtl_torchrec.distributed.optim.sparse_parts`; matched by identity) follow the schedule when ``cfg.sparse``, the others (dense, balancer, any added later) when
     ``cfg.dense``; the rest keep their rate. The base rates are the groups' ``initial_lr`` when a
     scheduler was made on them before (so rebuilding at another position is exact), else their
     current ``lr``. Call ``step()`` after each optimizer step.
     """
     schedule = lr_multiplier(cfg, total_steps)
-    sparse_ids = {id(g) for g in (sparse_optimizer.param_groups if sparse_optimizer is not None else [])}
+    sparse_ids = {id(g) for o in sparse_optimizers for g in o.param_groups}
     lambdas: List[Multiplier] = []
     for group in optimizer.param_groups:
         scheduled = cfg.sparse if id(group) in sparse_ids else cfg.dense
@@ -101,10 +101,10 @@ def make_scheduler(
     return LambdaLR(optimizer, lambdas, last_epoch=completed_steps - 1)
 
 
-def group_rates(optimizer: Any, sparse_optimizer: Optional[Any]) -> Dict[str, float]:
-    """The current ``lr`` of the first sparse (fused) and the first other parameter group, as
+def group_rates(optimizer: Any, sparse_optimizers: Sequence[Any]) -> Dict[str, float]:
+    """The current ``lr`` of the first sparse (table) and the first other parameter group, as
     ``{"sparse": ..., "dense": ...}`` (a key is left out when there is no such group)."""
-    sparse_ids = {id(g) for g in (sparse_optimizer.param_groups if sparse_optimizer is not None else [])}
+    sparse_ids = {id(g) for o in sparse_optimizers for g in o.param_groups}
     out: Dict[str, float] = {}
     for g in optimizer.param_groups:
         out.setdefault("sparse" if id(g) in sparse_ids else "dense", float(g["lr"]))

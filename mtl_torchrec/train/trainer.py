@@ -57,7 +57,7 @@ from mtl_torchrec.distributed.checkpoint import (
     step_name,
 )
 from mtl_torchrec.distributed.context import DistContext
-from mtl_torchrec.distributed.optim import make_optimizer
+from mtl_torchrec.distributed.optim import make_optimizer, sparse_parts
 from mtl_torchrec.distributed.sharding import shard_module
 from mtl_torchrec.distributed.state import load_text_tables
 from mtl_torchrec.distributed.warm_start import resolve_init_from, warm_start
@@ -181,7 +181,11 @@ class Trainer:
             self.dmp, cfg.train.dense_optimizer, cfg.train.dense_lr, balance_lr=cfg.train.balance.lr,
             adapter_lr=cfg.model.text.adapter_lr if cfg.model.text.enabled else None,
             adapter_weight_decay=cfg.model.text.adapter_weight_decay if cfg.model.text.enabled else 0.0,
+            sparse_optimizer=cfg.train.sparse_optimizer,
+            sparse_lr=cfg.train.sparse_lr,
         )
+        # The optimizers that train the tables (fused, and replicated under data_parallel plans).
+        self.sparse_optimizers = sparse_parts(self.dmp, self.optimizer)
         self.state = TrainState()
         self.train_ds = BatchDataset(
             data.splits["train"],
@@ -195,7 +199,7 @@ class Trainer:
         # train.lr_schedule over every parameter group (fused sparse and dense); stepped after
         # each optimizer step, rebuilt at the checkpoint's position by restore().
         self.scheduler = make_scheduler(
-            self.optimizer, self.dmp.fused_optimizer, cfg.train.lr_schedule, self.total_steps()
+            self.optimizer, self.sparse_optimizers, cfg.train.lr_schedule, self.total_steps()
         )
         # The rates the latest step trained with ({"dense": ..., "sparse": ...}).
         self.last_lr: Dict[str, float] = self.learning_rates()
@@ -307,7 +311,7 @@ class Trainer:
     def learning_rates(self) -> Dict[str, float]:
         """The rates the next step trains with: ``{"dense": ..., "sparse": ...}`` (first dense and
         first fused parameter group)."""
-        return group_rates(self.optimizer, self.dmp.fused_optimizer)
+        return group_rates(self.optimizer, self.sparse_optimizers)
 
     def loss_weights(self) -> Dict[str, float]:
         """The balancer's current task weights (empty for a train module without a balancer)."""
@@ -391,7 +395,7 @@ class Trainer:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise CheckpointError(f"{Path(path) / META}: 'lr_scheduler.last_epoch' must be a count, got {steps!r}")
         self.scheduler = make_scheduler(
-            self.optimizer, self.dmp.fused_optimizer, self.cfg.train.lr_schedule, self.total_steps(), steps
+            self.optimizer, self.sparse_optimizers, self.cfg.train.lr_schedule, self.total_steps(), steps
         )
         self._restore_selection(path, meta)
         return meta
