@@ -112,7 +112,7 @@ def test_balancer_learns_at_its_own_rate(balance_lr, ctx, tmp_path):
     balancer_owner = [o for o in owners if any(k.endswith("balancer.log_var") for k in o)]
     assert len(balancer_owner) == 1 and len(balancer_owner[0]) == 1
     with pytest.raises(ValueError, match="train.balance.lr"):
-        make_optimizer(trainer.dmp, "adam", 0.001, balance_lr=0.0)
+        make_optimizer(trainer.dmp, "adam", 0.001, sparse_optimizer="rowwise_adagrad", sparse_lr=0.05, balance_lr=0.0)
 
 
 @pytest.mark.parametrize("sharding", ["table_wise", "planner", "data_parallel", "row_wise"])

@@ -1,4 +1,4 @@
-"""Sharded (2 gloo ranks) vs unsharded: same forward, same one-step update, for TW, CW, RW and TWRW plans."""
+"""Sharded (2 gloo ranks) vs unsharded: same forward, same one-step update, for TW, CW, RW, TWRW and DP plans."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from tests.distributed import run_ranks
 
-STRATEGIES = ["table_wise", "column_wise", "row_wise", "table_row_wise"]
+STRATEGIES = ["table_wise", "column_wise", "row_wise", "table_row_wise", "data_parallel"]
 LR = 0.1
 BATCH = 64
 
@@ -89,7 +89,7 @@ def _one_plan(rank: int, ctx, strategy: str):
     logits = {k: v.clone() for k, v in out.model_output.logits.items()}
 
     dmp.train()
-    opt = make_optimizer(dmp, "sgd", LR)
+    opt = make_optimizer(dmp, "sgd", LR, sparse_optimizer="sgd", sparse_lr=LR)
     opt.zero_grad()
     loss, _ = dmp(batch)
     loss.backward()

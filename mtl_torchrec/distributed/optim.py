@@ -2,7 +2,7 @@
 
 Example::
 
-    opt = make_optimizer(dmp, "adam", 1e-3, balance_lr=0.025)
+    opt = make_optimizer(dmp, "adam", 1e-3, sparse_optimizer="rowwise_adagrad", sparse_lr=0.05, balance_lr=0.025)
 """
 
 from __future__ import annotations
@@ -72,11 +72,12 @@ def make_optimizer(
     dmp: DistributedModelParallel,
     name: str,
     lr: float,
+    *,
+    sparse_optimizer: str,
+    sparse_lr: float,
     balance_lr: Optional[float] = None,
     adapter_lr: Optional[float] = None,
     adapter_weight_decay: float = 0.0,
-    sparse_optimizer: str = "rowwise_adagrad",
-    sparse_lr: float = 0.05,
 ) -> CombinedOptimizer:
     """The fused sparse optimizer (already inside DMP) combined with a dense one for the rest.
 
@@ -96,7 +97,7 @@ def make_optimizer(
 
     Example::
 
-        opt = make_optimizer(dmp, "adam", 1e-3, balance_lr=0.025)
+        opt = make_optimizer(dmp, "adam", 1e-3, sparse_optimizer="rowwise_adagrad", sparse_lr=0.05, balance_lr=0.025)
     """
     if name not in TORCH_OPTIMIZERS:
         raise ValueError(f"train.dense_optimizer: unknown '{name}' (known: {list(DENSE_OPTIMIZERS)})")
