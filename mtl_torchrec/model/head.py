@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from pydantic import ValidationError
 from torch import nn
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from mtl_torchrec.model.backbones import BACKBONES
@@ -246,7 +247,8 @@ def param_groups(
     (also when it is a submodule of ``model``) at ``balance_lr`` (default ``train.balance.lr``).
 
     This is the split the trainer makes (:func:`~mtl_torchrec.distributed.optim.make_optimizer`).
-    With a DMP-wrapped model pass only the dense parameters' owner, or filter fused ones first.
+    ``model`` may be a ``DistributedModelParallel``: parameters that a fused (in-backward)
+    optimizer already updates, e.g. sharded embedding tables, are left out.
 
     Example::
 
@@ -254,7 +256,8 @@ def param_groups(
     """
     own = {id(p) for p in balancer.parameters()} if balancer is not None else set()
     groups: List[Dict[str, Any]] = [
-        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own], "lr": lr}
+        {"params": [p for _, p in in_backward_optimizer_filter(model.named_parameters())
+                    if p.requires_grad and id(p) not in own], "lr": lr}
     ]
     if balancer is not None:
         groups += balancer.parameter_groups(balance_lr)
