@@ -86,6 +86,7 @@ class MultiTaskDLRM(nn.Module):
         self.balancer = GradNorm({t.name: 1.0 for t in TASKS})
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Tuple[Dict[str, torch.Tensor], ...]]:
+        """(balanced loss, (detached per-task losses, predictions [B] per task)), as the pipeline wants."""
         x = self.dlrm.inter_arch(self.dlrm.dense_arch(batch.dense_features),
                                  self.dlrm.sparse_arch(batch.sparse_features))
         logits = self.dlrm.over_arch(x)
@@ -99,6 +100,7 @@ class MultiTaskDLRM(nn.Module):
 
 
 def train(rank: int, world_size: int, port: int, steps: int) -> None:
+    """One gloo rank: shard with the stock planner, train ``steps`` batches, score held-out rows."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
