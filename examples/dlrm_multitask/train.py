@@ -122,7 +122,7 @@ def train(rank: int, world_size: int, port: int, steps: int) -> None:
     pipeline = TrainPipelineSparseDist(dmp, optimizer, device)
     it = batches(data, 0, train_rows)
     first = last = None
-    for step in range(steps):
+    for _ in range(steps):
         losses, _ = pipeline.progress(it)
         first = first or {k: float(v) for k, v in losses.items()}
         last = {k: float(v) for k, v in losses.items()}
@@ -147,8 +147,8 @@ def report(rank, world_size, labels, preds, first, last, weights) -> None:
         return
     y = torch.cat(every).numpy().astype(np.float64)
     click, purchase, rating, p = y[:, 0], y[:, 1], y[:, 2], y[:, 3:]
-    print(f"loss first -> last: " + ", ".join(f"{k} {first[k]:.4f} -> {last[k]:.4f}" for k in first))
-    print(f"GradNorm weights: " + ", ".join(f"{k} {v:.3f}" for k, v in weights.items()))
+    print("loss first -> last: " + ", ".join(f"{k} {first[k]:.4f} -> {last[k]:.4f}" for k in first))
+    print("GradNorm weights: " + ", ".join(f"{k} {v:.3f}" for k, v in weights.items()))
     print(f"auc click {binary_auc(p[:, 0], click):.4f}")
     print(f"auc purchase {binary_auc(p[:, 1], purchase):.4f}")
     print(f"rmse rating {np.sqrt(np.mean((p[click > 0.5, 2] - rating[click > 0.5]) ** 2)):.4f}")

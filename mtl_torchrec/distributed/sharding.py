@@ -30,9 +30,9 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.utils import sharder_name
 from torchrec.distributed.sharding_plan import (
     column_wise,
-    get_default_sharders,
     construct_module_sharding_plan,
     data_parallel,
+    get_default_sharders,
     row_wise,
     table_row_wise,
     table_wise,
