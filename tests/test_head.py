@@ -128,6 +128,8 @@ def test_bad_input_is_one_value_error_naming_it() -> None:
         MultiTaskHead(12, [TaskSpec("buy", "binary", esmm_parent="click")], "shared_bottom")
     with pytest.raises(ValueError, match=r"backbone_options of 'mmoe'.*num_experts"):
         MultiTaskHead(12, TASKS, "mmoe", {"num_experts": 0})
+    with pytest.raises(ValueError, match=r"tower_layers: task 'rating'"):
+        MultiTaskHead(12, TASKS, "shared_bottom", tower_layers={"click": [4], "buy": [4]})
     with pytest.raises(ValueError, match=r"backbone: .*'mmeo'"):
         MultiTaskHead(12, TASKS, "mmeo")
 

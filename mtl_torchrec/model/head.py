@@ -146,7 +146,10 @@ class MultiTaskHead(nn.Module):
                 raise ValueError("backbone_options: only for a backbone given by name")
             self.backbone = backbone
         if isinstance(tower_layers, dict):
-            check_label_dicts(tower_layers, None, tasks)  # type: ignore[arg-type]
+            for name in [*self.task_names, *tower_layers]:
+                if name not in self.task_names or name not in tower_layers:
+                    raise ValueError(f"tower_layers: task '{name}' is not in both the tasks {self.task_names} "
+                                     f"and tower_layers {sorted(tower_layers)}")
             layers = {t: list(tower_layers[t]) for t in self.task_names}
         else:
             layers = {t: list(tower_layers) for t in self.task_names}
