@@ -4,6 +4,11 @@
 strategy is built by hand with ``construct_module_sharding_plan``; ``planner`` asks
 ``EmbeddingShardingPlanner`` to choose.
 
+Models built elsewhere (their own EBCs, planner and DMP call) that hold a
+:class:`~mtl_torchrec.modules.frozen_ebc.FrozenEmbeddingBagCollection` shard with
+:func:`default_sharders` (TorchRec's defaults plus the frozen-table sharder) and may check a
+sharder list with :func:`check_sharders`.
+
 Example::
 
     ctx = init_distributed()                      # torchrun env, or a 1-process group
@@ -22,10 +27,12 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.utils import sharder_name
 from torchrec.distributed.sharding_plan import (
     column_wise,
     construct_module_sharding_plan,
     data_parallel,
+    get_default_sharders,
     row_wise,
     table_row_wise,
     table_wise,
@@ -58,6 +65,43 @@ def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[
         "eps": 1e-8,
     }
     return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused)]
+
+
+def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder]:
+    """TorchRec's ``get_default_sharders()`` plus :class:`FrozenEmbeddingBagCollectionSharder`, for
+    ``DistributedModelParallel(..., sharders=default_sharders())`` and the planner.
+
+    DMP picks a sharder by the module's exact type, so without ours a frozen (text) table is not
+    sharded at all: it stays a plain module, replicated on every rank and trained by DDP's
+    optimizer path. ``fused_params`` (e.g. ``{"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    "learning_rate": 0.05}``) configure the plain ``EmbeddingBagCollection`` sharder's fused
+    optimizer; the frozen sharder always keeps its learning rate 0.
+
+    Example::
+
+        dmp = DistributedModelParallel(model, device=device, sharders=default_sharders())
+    """
+    stock = list(get_default_sharders())
+    if fused_params is not None:
+        stock = [s for s in stock if type(s) is not EmbeddingBagCollectionSharder]
+        stock.insert(0, EmbeddingBagCollectionSharder(fused_params=dict(fused_params)))
+    return [FrozenEmbeddingBagCollectionSharder(), *stock]
+
+
+def check_sharders(module: nn.Module, sharders: List[ModuleSharder]) -> None:
+    """Raises ValueError naming the first :class:`FrozenEmbeddingBagCollection` in ``module``
+    (by its path, e.g. ``model.feature_modules.title.table``) when ``sharders`` has no sharder for
+    it: TorchRec's DMP would silently leave that table unsharded and copied on every rank.
+    Call it before wrapping a model in DMP, or pass :func:`default_sharders`."""
+    covered = {sharder_name(s.module_type) for s in sharders}
+    for path, m in module.named_modules():
+        if isinstance(m, FrozenEmbeddingBagCollection) and sharder_name(type(m)) not in covered:
+            raise ValueError(
+                f"{path or '<root module>'}: a {type(m).__name__} but no sharder for it among the sharders "
+                f"({sorted(covered)}); DistributedModelParallel would leave this frozen table unsharded and "
+                "copied on every rank. Pass mtl_torchrec.distributed.sharding.default_sharders(), or add "
+                "mtl_torchrec.modules.frozen_ebc.FrozenEmbeddingBagCollectionSharder() to the list"
+            )
 
 
 def _ebc_paths(module: nn.Module) -> Dict[str, EmbeddingBagCollection]:
@@ -143,6 +187,7 @@ def shard_module(
     strategy, or a table width that column-wise sharding cannot split.
     """
     sharders = make_sharders(sparse_optimizer, sparse_lr, extra_sharders)
+    check_sharders(module, sharders)
     pg = dist.GroupMember.WORLD
     if strategy == "planner":
         topology = Topology(

@@ -17,6 +17,7 @@ from mtl_torchrec.data.schema import Schema
 from mtl_torchrec.model.backbones import BACKBONES
 from mtl_torchrec.model.balancing import BALANCERS
 from mtl_torchrec.model.config import BalanceConfig, ModelConfig
+from mtl_torchrec.model.head import init_towers_from_labels, make_backbone
 from mtl_torchrec.model.multitask import MultiTaskModel
 from mtl_torchrec.model.tasks import TaskSpec, TrainModule, check_tasks
 from mtl_torchrec.model.text import item_id_dropout, text_feature_modules
@@ -75,7 +76,7 @@ def build_backbone(cfg: ModelConfig, in_features: int, num_tasks: int) -> nn.Mod
     """
     backbone = BACKBONES.get(cfg.backbone)
     try:
-        return backbone.build(backbone.options_of(cfg), in_features, num_tasks)
+        return make_backbone(cfg.backbone, backbone.options_of(cfg), in_features, num_tasks)
     except ValueError as e:
         raise ConfigError(f"model.{backbone.section}: {e}") from None
 
@@ -146,11 +147,11 @@ def build_train_module(
     model = build_model(cfg, data.schema, feature_modules=feature_modules, id_dropout=id_dropout)
     train = data.splits.get("train")
     if train is not None:
-        for t in tasks:
-            if t.type == "regression":
-                y = np.asarray(train[data.schema.label(t.name).column_name], dtype=np.float64)
-                y = y[~np.isnan(y)]
-                if len(y):
-                    with torch.no_grad():
-                        model.towers.towers[t.name].head.bias.fill_(float(y.mean()))
+        labels = {
+            t.name: torch.from_numpy(np.asarray(train[data.schema.label(t.name).column_name], dtype=np.float64))
+            for t in tasks
+        }
+        # The head's own initialisation (MultiTaskHead.init_from_labels), regression heads only:
+        # binary heads keep their default start.
+        init_towers_from_labels(model.towers, tasks, labels, binary=False)
     return TrainModule(model, tasks, build_balancer(loss_balance, tasks, balance))

@@ -164,21 +164,86 @@ def _masked_mean(per_row: torch.Tensor, mask: torch.Tensor, weight: Optional[tor
     return (per_row * w).sum() / w.sum().clamp_min(_MIN_WEIGHT_SUM)
 
 
+def check_label_dicts(
+    labels: Dict[str, torch.Tensor],
+    masks: Optional[Dict[str, torch.Tensor]],
+    tasks: Sequence[TaskSpec],
+    allow_extra: bool = False,
+) -> None:
+    """Checks that ``labels`` (and ``masks``, when given) hold an entry for every task of ``tasks``.
+
+    Raises ValueError naming the first missing task (``labels: no entry for task 'rating' ...``)
+    or, unless ``allow_extra``, an entry for a task not in ``tasks`` (``labels: unknown task ...``).
+    """
+    names = [t.name for t in tasks]
+    for what, given in (("labels", labels), ("masks", masks)):
+        if given is None:
+            continue
+        for name in names:
+            if name not in given:
+                raise ValueError(f"{what}: no entry for task '{name}' (tasks: {names}, given: {sorted(given)})")
+        if not allow_extra:
+            for key in given:
+                if key not in names:
+                    raise ValueError(f"{what}: unknown task '{key}' (tasks: {names})")
+
+
+def multitask_loss(
+    logits: Dict[str, torch.Tensor],
+    labels: Dict[str, torch.Tensor],
+    masks: Optional[Dict[str, torch.Tensor]],
+    tasks: Sequence[TaskSpec],
+    weights: Optional[Dict[str, torch.Tensor]] = None,
+    allow_extra: bool = False,
+) -> Dict[str, torch.Tensor]:
+    """Masked, optionally row-weighted mean loss per task over plain tensors (no ``Batch``).
+
+    Each task's per-row loss comes from :data:`TASK_LOSSES` by its type: BCE on the logit for
+    binary tasks, BCE on ``pCTR * pCVR`` against ``parent AND task`` for an ESMM task
+    (``esmm_parent``), squared error for regression. The mean is ``sum(w m l) / sum(w m)``.
+
+    Args:
+        logits: raw tower outputs ``[B]`` per task (e.g. a :class:`~mtl_torchrec.model.head.MultiTaskHead`'s output).
+        labels: ``[B]`` float labels per task (binary in {0, 1}; ESMM: ``parent AND task``).
+        masks: ``[B]`` 0/1 per task, 1 where the row has a label; None: every row is labelled.
+        tasks: the tasks, in order; the loop runs over this list, never over a dict, so the
+            function runs inside code that TorchRec's pipeline fx-traces.
+        weights: optional ``[B]`` row weights per task (weight 2 counts a row twice).
+        allow_extra: accept label/mask entries for tasks not in ``tasks``.
+
+    Returns:
+        Dict[str, torch.Tensor]: a scalar loss per task (0 for a task without a labelled row).
+
+    Raises ValueError (see :func:`check_label_dicts`) when ``labels`` or ``masks`` lacks a task
+    or, unless ``allow_extra``, names an unknown one; checked only on real dicts (not on the
+    proxies of a traced call).
+
+    Example::
+
+        tasks = [TaskSpec("click", "binary"), TaskSpec("rating", "regression")]
+        losses = multitask_loss(head(x), {"click": y1, "rating": y2}, None, tasks)
+        total = sum(losses.values())
+    """
+    if isinstance(labels, dict):
+        check_label_dicts(labels, masks if isinstance(masks, dict) else None, tasks, allow_extra)
+    losses: Dict[str, torch.Tensor] = {}
+    for t in tasks:
+        label = labels[t.name]
+        per_row = TASK_LOSSES.get(t.type)(logits, label, t)
+        # No truth test of weights: TorchRec's pipeline fx-traces this with proxies.
+        w = weights.get(t.name) if weights is not None else None
+        mask = masks[t.name] if masks is not None else torch.ones_like(label)
+        losses[t.name] = _masked_mean(per_row, mask, w)
+    return losses
+
+
 def task_losses(out: ModelOutput, batch: Batch, tasks: List[TaskSpec]) -> Dict[str, torch.Tensor]:
-    """Masked, optionally row-weighted mean loss per task, each task's per-row loss from
-    :data:`TASK_LOSSES` by its type (BCE for binary, ESMM on the product; MSE for regression).
+    """:func:`multitask_loss` of a :class:`ModelOutput` and a :class:`Batch` (whose labels may hold
+    tasks beyond ``tasks``): a scalar loss per task.
 
     ``batch.weights[task]`` (``[B]``, when given) weights rows: weight 2 counts a row twice.
-    Returns a scalar loss per task (0 for a task without a labelled row).
     """
-    losses: Dict[str, torch.Tensor] = {}
-    # No truth test of batch.weights: TorchRec's pipeline fx-traces this with a proxy batch.
-    weights = batch.weights
-    for t in tasks:
-        per_row = TASK_LOSSES.get(t.type)(out.logits, batch.labels[t.name], t)
-        w = weights.get(t.name) if weights is not None else None
-        losses[t.name] = _masked_mean(per_row, batch.masks[t.name], w)
-    return losses
+    return multitask_loss(out.logits, batch.labels, batch.masks, tasks, batch.weights, allow_extra=True)
 
 
 class TrainOutput(NamedTuple):
