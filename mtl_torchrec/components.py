@@ -7,18 +7,23 @@ gives every job a fixed run directory (``runs/<app id>`` unless ``run_dir=`` is 
 overrides), so a restarted or retried job finds its latest checkpoint there and resumes
 (``train.resume=auto``); on several nodes that directory must be on a shared filesystem.
 
-Examples::
+The job's ``PATH`` starts with the ``bin/`` folder of the environment that runs torchx, so a local
+job finds that environment's ``torchrun`` without activating it; in a container that folder does
+not exist and the image's ``torchrun`` runs. The default image is ``mtl-torchrec:0.1.0-cpu``, or
+``mtl-torchrec:0.1.0-cuda`` when the job asks for GPUs: both are built from ``packaging/Dockerfile``
+(docs/jobs.md, "Images"); push them to your registry and pass ``--image``.
 
-    torchx run -s local_cwd mtl_torchrec/components.py:train -j 1x2 --config default -- train.epochs=1
-    torchx run -s kubernetes --dryrun mtl_torchrec.train -j 2x8 --gpu 8 --image my/image:tag \\
-        --config default --max_restarts 3 -- run_dir=/mnt/runs/exp1
-    torchx run -s local_cwd mtl_torchrec/components.py:evaluate -j 1x1 -- runs/exp1
+Examples (from the repository root; every one is run by tests/test_components.py)::
+
+    .venv/bin/torchx run -s local_cwd mtl_torchrec/components.py:train -j 1x2 --config default -- train.epochs=1
+    .venv/bin/torchx run -s kubernetes --dryrun -cfg queue=default --workspace "" mtl_torchrec.train -j 2x8 \\
+        --gpu 8 --image my/image:tag --config default --max_restarts 3 -- run_dir=/mnt/runs/exp1
+    .venv/bin/torchx run -s local_cwd mtl_torchrec/components.py:evaluate --run_dir runs/exp1
 """
 
 # No `from __future__ import annotations` here: torchx decodes CLI arguments from the real types.
 from typing import Dict, List, Optional
 
-import torchx
 import torchx.specs as specs
 
 from mtl_torchrec.launch.jobs import torchrun_job
@@ -31,7 +36,7 @@ def train(
     config: Optional[str] = None,
     name: str = "mtl-torchrec-train",
     j: str = "1x2",
-    image: str = torchx.IMAGE,
+    image: Optional[str] = None,
     h: Optional[str] = None,
     cpu: int = 2,
     gpu: int = 0,
@@ -49,7 +54,8 @@ def train(
         config: YAML config file (as the job sees it) or a packaged config's name (``default``)
         name: job name, ``{experiment}/{run}`` or ``{run}``
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
-        image: image (docker) or working directory (local_cwd) to run in
+        image: container image (default: mtl-torchrec:0.1.0-cpu, or mtl-torchrec:0.1.0-cuda with gpu > 0);
+            local_cwd runs in the current directory instead
         h: named resource (takes precedence over cpu, gpu, memMB)
         cpu: cpus per node
         gpu: gpus per node
@@ -70,10 +76,10 @@ def train(
 
 def evaluate(
     *args: str,
-    config: Optional[str] = None,
+    run_dir: Optional[str] = None,
     name: str = "mtl-torchrec-evaluate",
     j: str = "1x1",
-    image: str = torchx.IMAGE,
+    image: Optional[str] = None,
     h: Optional[str] = None,
     cpu: int = 2,
     gpu: int = 0,
@@ -84,15 +90,19 @@ def evaluate(
     rdzv_port: int = 29500,
     mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    """Evaluates a trained run (``mtl-torchrec evaluate``); ``args`` are that sub-command's
-    arguments (run directory, overrides).
+    """Evaluates a trained run (``mtl-torchrec evaluate --run-dir RUN_DIR``); ``args`` (after
+    ``--``) are further options of that sub-command, e.g. ``--split val --slice user``.
+
+    Raises ValueError when no run is named (neither ``run_dir`` nor ``--run-dir`` / ``--compare``
+    among ``args``), before anything is submitted.
 
     Args:
-        args: arguments of ``mtl-torchrec evaluate``
-        config: YAML config file or a packaged config's name, passed as ``--config``
+        args: further options of ``mtl-torchrec evaluate``
+        run_dir: the run directory to evaluate (as the job sees it)
         name: job name, ``{experiment}/{run}`` or ``{run}``
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
-        image: image (docker) or working directory (local_cwd) to run in
+        image: container image (default: mtl-torchrec:0.1.0-cpu, or mtl-torchrec:0.1.0-cuda with gpu > 0);
+            local_cwd runs in the current directory instead
         h: named resource (takes precedence over cpu, gpu, memMB)
         cpu: cpus per node
         gpu: gpus per node
@@ -103,8 +113,13 @@ def evaluate(
         rdzv_port: c10d rendezvous port on node 0 (multi-node)
         mounts: mounts, e.g. ``type=bind,src=/data,dst=/data``
     """
-    return torchrun_job("evaluate", list(args), config, name, j, image, h, cpu, gpu, memMB, env, max_retries,
-                max_restarts, rdzv_port, mounts)
+    named = {a.split("=", 1)[0] for a in args} & {"--run", "--run-dir", "--compare"}
+    if run_dir is None and not named:
+        raise ValueError("evaluate: name the run to evaluate with --run_dir RUN_DIR")
+    # --run-dir, not --run: under torchrun, torchrun's own parser would take "--run" for its --run-path.
+    full = (["--run-dir", run_dir] if run_dir is not None else []) + list(args)
+    return torchrun_job("evaluate", full, None, name, j, image, h, cpu, gpu, memMB, env, max_retries,
+                        max_restarts, rdzv_port, mounts)
 
 
 def encode_text(
@@ -112,7 +127,7 @@ def encode_text(
     config: Optional[str] = None,
     name: str = "mtl-torchrec-encode-text",
     j: str = "1x1",
-    image: str = torchx.IMAGE,
+    image: Optional[str] = None,
     h: Optional[str] = None,
     cpu: int = 2,
     gpu: int = 0,
@@ -131,7 +146,8 @@ def encode_text(
         config: YAML config file or a packaged config's name, passed as ``--config``
         name: job name, ``{experiment}/{run}`` or ``{run}``
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
-        image: image (docker) or working directory (local_cwd) to run in
+        image: container image (default: mtl-torchrec:0.1.0-cpu, or mtl-torchrec:0.1.0-cuda with gpu > 0);
+            local_cwd runs in the current directory instead
         h: named resource (takes precedence over cpu, gpu, memMB)
         cpu: cpus per node
         gpu: gpus per node

@@ -1,19 +1,29 @@
 """torchx components: command lines, the entry point group, dry runs against Kubernetes and
-Slurm, and a real 2-process ``local_cwd`` training job."""
+Slurm, every torchx command of README.md, docs/jobs.md and the components' docstring as written,
+and a real 2-process ``local_cwd`` training job followed by an evaluation job.
+
+Every torchx process runs with a ``PATH`` that does not hold the virtual environment (as from a
+fresh clone whose ``.venv`` was never activated): the components must find ``torchrun`` themselves.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import List, Sequence
 
 import pytest
 import yaml
 
 from mtl_torchrec import components
-from mtl_torchrec.launch.jobs import command_line
+from mtl_torchrec.launch import jobs
+from mtl_torchrec.launch.jobs import CPU_IMAGE, CUDA_IMAGE, command_line, launcher_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -36,20 +46,101 @@ SMALL = [
 ]
 
 
+# A PATH without the virtual environment (and without any other torchrun).
+BARE_PATH = os.pathsep.join(p for p in ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin")
+                            if Path(p).is_dir() and not (Path(p) / "torchrun").exists())
+DOCS = ("README.md", "docs/jobs.md", "mtl_torchrec/components.py")
+
+
 def _env() -> dict:
-    # torchx's ddp runs `torchrun` from PATH; the package comes from this checkout.
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT)}
+    # The package comes from this checkout; the venv is not on PATH and not activated.
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    return {**env, "PATH": BARE_PATH, "PYTHONPATH": str(ROOT)}
 
 
 def _torchx(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "torchx"), *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return _run([str(BIN / "torchx"), *args], timeout)
+
+
+def _run(words: List[str], timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(words, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def documented_commands(docs: Sequence[str] = DOCS) -> List[List[str]]:
+    """Every ``.venv/bin/torchx ...`` command of :data:`DOCS` (continuation lines joined, comments
+    dropped), split into words as a shell would, with ``.venv/bin/torchx`` resolved to this checkout's
+    venv (or, where the checkout has none, the one running the tests)."""
+    found = []
+    for doc in docs:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        if doc.endswith(".py"):
+            text = ast.get_docstring(ast.parse(text)) or ""
+        for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+            line = line.strip()
+            if line.startswith(".venv/bin/torchx "):
+                words = shlex.split(line, comments=True)
+                exe = ROOT / ".venv" / "bin" / "torchx"
+                found.append([str(exe if exe.exists() else BIN / "torchx"), *words[1:]])
+    return found
+
+
+def _dry(words: List[str]) -> List[str]:
+    """``words`` with ``--dryrun`` after ``run`` (unless there already)."""
+    if words[1] != "run" or "--dryrun" in words:
+        return words
+    return [words[0], "run", "--dryrun", *words[2:]]
+
+
+def _option(words: List[str], name: str):
+    return words[words.index(name) + 1] if name in words else None
+
+
+def test_documented_commands_are_found() -> None:
+    commands = [" ".join(w[1:]) for w in documented_commands()]
+    assert len(documented_commands(["README.md"])) == 2
+    assert any(c.startswith("run -s local_cwd mtl_torchrec/components.py:train") for c in commands)
+    assert any(c.startswith("run -s local_cwd mtl_torchrec/components.py:evaluate --run_dir") for c in commands)
+    assert any(c.startswith("run -s kubernetes --dryrun") for c in commands)
+    assert any(c.startswith("run -s slurm") for c in commands) and any(c == "builtins" for c in commands)
+    assert len(commands) >= 8
+
+
+@pytest.mark.parametrize("words", documented_commands(), ids=lambda w: f"{' '.join(w[1:4])}")
+def test_documented_command_works_as_written(words: List[str]) -> None:
+    """Each documented command, as a dry run where it would submit (no cluster here), from the
+    repository root without the venv on PATH and without a Docker daemon."""
+    proc = _run(_dry(words), timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = proc.stdout
+    if words[1] == "builtins":
+        for name in ("mtl_torchrec.train", "mtl_torchrec.evaluate", "mtl_torchrec.encode_text", "dist.ddp"):
+            assert name in out, name
+        return
+    scheduler = _option(words, "-s")
+    assert "=== SCHEDULER REQUEST ===" in out
+    if scheduler == "local_cwd":
+        # The venv's torchrun, though the venv is not on PATH.
+        request = ast.literal_eval(out.split("=== SCHEDULER REQUEST ===", 1)[1].strip())
+        (replica,) = request["role_params"]["mtl_torchrec"]
+        assert replica["args"][:2] == ["bash", "-c"]
+        prefix = re.match(r'PATH=(\S+):"\$PATH" torchrun --max_restarts ', replica["args"][2])
+        assert prefix and (Path(prefix.group(1)) / "torchrun").is_file(), replica["args"]
+    if scheduler == "kubernetes":
+        gpu = int(_option(words, "--gpu") or 0)
+        image = _option(words, "--image") or (CUDA_IMAGE if gpu else CPU_IMAGE)
+        job = yaml.safe_load(out[out.index("apiVersion:"):])
+        for task in job["spec"]["tasks"]:
+            container = task["template"]["spec"]["containers"][0]
+            assert container["image"] == image
+            assert "torchrun --max_restarts" in " ".join(container["command"])
+    if scheduler == "slurm":
+        assert "#SBATCH" in out and "torchrun --max_restarts" in out
 
 
 def test_train_component_command_line() -> None:
     app = components.train("train.epochs=3", config="default", j="2x4", max_restarts=3, gpu=4)
     words = command_line(app)
-    assert words[:3] == ["bash", "-c", "torchrun"]
+    assert words[:4] == ["bash", "-c", f"PATH={launcher_dir()}:$PATH", "torchrun"]
     assert words[words.index("--max_restarts") + 1] == "3"
     assert words[words.index("--nnodes") + 1] == "2" and words[words.index("--nproc_per_node") + 1] == "4"
     tail = words[words.index("-m"):]
@@ -63,13 +154,50 @@ def test_train_component_command_line() -> None:
 
 
 def test_evaluate_and_encode_components_pass_arguments_through() -> None:
-    words = command_line(components.evaluate("runs/a", "data.eval_batch_size=512", config="c.yaml"))
-    assert words[words.index("-m"):] == ["-m", "mtl_torchrec", "evaluate", "--config", "c.yaml", "runs/a",
-                                         "data.eval_batch_size=512"]
+    words = command_line(components.evaluate("--split", "val", "--batch-size", "512", run_dir="runs/a"))
+    assert words[words.index("-m"):] == ["-m", "mtl_torchrec", "evaluate", "--run-dir", "runs/a", "--split", "val",
+                                         "--batch-size", "512"]
+    words = command_line(components.evaluate("--compare", "runs/a", "runs/b"))
+    assert words[words.index("-m"):] == ["-m", "mtl_torchrec", "evaluate", "--compare", "runs/a", "runs/b"]
+    # The run directory was once passed positionally, which `mtl-torchrec evaluate` refuses.
+    with pytest.raises(ValueError, match="--run_dir RUN_DIR"):
+        components.evaluate("runs/a")
     words = command_line(components.encode_text("model.text.cache_dir=/data/text"))
     assert words[words.index("-m"):] == ["-m", "mtl_torchrec", "encode-text", "model.text.cache_dir=/data/text"]
     with pytest.raises(ValueError, match="max_restarts"):
         components.train(max_restarts=-1)
+
+
+def test_job_finds_the_submitting_environments_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's shell resolves ``torchrun`` to this venv's with a PATH that lacks it; where the venv's
+    folder does not exist (a container), the image's PATH is searched; without a torchrun beside the
+    interpreter the command is ddp's own."""
+    assert launcher_dir() == BIN
+    cmd = components.train().roles[0].args[1]
+    prefix = cmd[:cmd.index("torchrun ")]
+    found = subprocess.run(["bash", "-c", prefix + "command -v torchrun"], env={"PATH": BARE_PATH},
+                           capture_output=True, text=True, timeout=30)
+    assert found.stdout.strip() == str(BIN / "torchrun")
+    in_container = subprocess.run(["bash", "-c", prefix.replace(str(BIN), "/nonexistent/bin") + "command -v bash"],
+                                  env={"PATH": BARE_PATH}, capture_output=True, text=True, timeout=30)
+    assert in_container.returncode == 0 and in_container.stdout.strip().endswith("/bash")
+    monkeypatch.setattr(jobs.sys, "executable", "/nonexistent/bin/python")
+    assert launcher_dir() is None
+    assert components.train().roles[0].args[1].startswith("torchrun --max_restarts 0 ")
+
+
+def test_default_image_is_the_packaged_one() -> None:
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert CPU_IMAGE == f"mtl-torchrec:{version}-cpu" and CUDA_IMAGE == f"mtl-torchrec:{version}-cuda"
+    for component in (components.train, components.evaluate, components.encode_text):
+        args = ("--run-dir", "r") if component is components.evaluate else ()
+        assert component(*args).roles[0].image == CPU_IMAGE
+        assert component(*args, gpu=1).roles[0].image == CUDA_IMAGE
+        assert component(*args, image="registry/mtl:1").roles[0].image == "registry/mtl:1"
+    # packaging/Dockerfile documents building exactly these tags.
+    dockerfile = (ROOT / "packaging" / "Dockerfile").read_text()
+    assert f"docker build -f packaging/Dockerfile -t {CPU_IMAGE} ." in dockerfile
+    assert f"docker build -f packaging/Dockerfile --build-arg VARIANT=cuda -t {CUDA_IMAGE} ." in dockerfile
 
 
 def test_entry_point_lists_ours_and_torchx_builtins() -> None:
@@ -119,10 +247,12 @@ def test_slurm_dryrun_prints_a_multi_node_job() -> None:
 
 
 @pytest.mark.slow
-def test_local_cwd_two_process_training(tmp_path: Path) -> None:
+def test_local_cwd_two_process_training_and_evaluation_as_documented(tmp_path: Path) -> None:
+    """The README's local training command as written, with a small config and a run directory
+    appended, then the documented evaluation command on that run; the venv is not on PATH."""
+    train = next(w for w in documented_commands(["README.md"]) if "mtl_torchrec/components.py:train" in w)
     run_dir = tmp_path / "run"
-    proc = _torchx("run", "-s", "local_cwd", "--wait", "--log", "mtl_torchrec/components.py:train", "-j", "1x2",
-                   "--", *SMALL, f"run_dir={run_dir}", timeout=600)
+    proc = _run([*train, *SMALL, f"run_dir={run_dir}"], timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"click", "conversion", "rating"}
@@ -131,3 +261,12 @@ def test_local_cwd_two_process_training(tmp_path: Path) -> None:
     meta = json.loads((run_dir / "checkpoints" / "step_000031" / "meta.json").read_text())
     assert meta["world_size"] == 2
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000031"
+
+    evaluate = next(w for w in documented_commands() if "mtl_torchrec/components.py:evaluate" in w)
+    evaluate = [str(run_dir) if w == "runs/exp1" else w for w in evaluate]
+    proc = _run([*evaluate, "--", "--no-progress"], timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    report = (run_dir / "eval" / "test" / "report.md").read_text()
+    assert "(plots/regression_rating.png)" in report and "(plots/calibration.png)" in report
+    evaluated = json.loads((run_dir / "eval" / "test" / "eval.json").read_text())
+    assert evaluated["tasks"]["click"]["auc"] == pytest.approx(metrics["click"]["auc"], abs=1e-6)

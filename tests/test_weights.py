@@ -16,7 +16,9 @@ from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.data.schema import ColumnTable, DataError, LabelSpec, Schema, SparseFeature
 from mtl_torchrec.data.spec import build_bundle, load_spec, weight_column
+from mtl_torchrec.eval import plots
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
+from mtl_torchrec.eval.plots import residual_bins
 from mtl_torchrec.launch.evaluate_cmd import write_outputs
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec, task_losses
@@ -209,6 +211,31 @@ def test_weighted_auc_and_gauc_equal_duplicated_rows_and_brute_force(seed):
     assert got["gauc_unweighted"] == pytest.approx(np.mean(aucs), abs=1e-12)
 
 
+def test_regression_residual_bins_weighted_equal_duplicated_rows_and_brute_force():
+    rng = np.random.default_rng(3)
+    n = 900
+    pred = np.round(rng.uniform(1, 5, n), 1)  # ties across bucket edges
+    label = np.clip(np.round(pred + rng.normal(0, 0.8, n)), 1, 5)
+    w = rng.choice([1, 2, 3], n).astype(float)
+    rep = np.repeat(np.arange(n), w.astype(int))
+    got, want = residual_bins(pred, label, w), residual_bins(pred[rep], label[rep])
+    np.testing.assert_array_equal(got["weight"], want["count"])
+    for key in ("mean_prediction", "mean_residual", "sd_residual"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, err_msg=key)
+    assert got["count"].sum() == n and len(got["count"]) > 5
+    # Brute force on the duplicated rows: buckets are contiguous ranges of the prediction.
+    order = np.sort(pred[rep])
+    start = 0
+    for k, c in enumerate(want["count"].astype(int)):
+        p = order[start:start + c]
+        sel = (pred[rep] >= p[0]) & (pred[rep] <= p[-1])
+        res = label[rep][sel] - pred[rep][sel]
+        assert sel.sum() == c
+        assert want["mean_residual"][k] == pytest.approx(res.mean(), abs=1e-12)
+        assert want["sd_residual"][k] == pytest.approx(res.std(), abs=1e-12)
+        start += c
+
+
 # ---------------------------------------------------------------------------------------------- a weighted run
 
 
@@ -222,7 +249,7 @@ def weighted_run(tmp_path_factory):
     return train_spec_run(spec, tmp / "run"), spec, dup_spec
 
 
-def test_weighted_run_trains_and_every_metric_equals_duplicated_rows(weighted_run, tmp_path):
+def test_weighted_run_trains_and_every_metric_equals_duplicated_rows(weighted_run, tmp_path, monkeypatch):
     run_dir, spec, dup_spec = weighted_run
     a = evaluate_1rank(run_dir, data_spec=str(spec))
     b = evaluate_1rank(run_dir, data_spec=str(dup_spec))
@@ -245,7 +272,22 @@ def test_weighted_run_trains_and_every_metric_equals_duplicated_rows(weighted_ru
     click = a.summary["tasks"]["click"]
     assert click["auc"] == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-12)
     assert click["logloss"] == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), sample_weight=w), rel=1e-4)
+    # The regression plot is weighted: its residual buckets equal those of the duplicated rows.
+    drawn = {}
+    real = plots.plot_regression
+
+    def spy(pred, label, task, path, weight=None, bins=10):
+        drawn[path.parents[1].name] = (weight is not None, residual_bins(pred, label, weight, bins))
+        return real(pred, label, task, path, weight, bins)
+
+    monkeypatch.setattr(plots, "plot_regression", spy)
     out = write_outputs(a, tmp_path / "out")
+    write_outputs(b, tmp_path / "dup")
     report = (out / "report.md").read_text()
     assert "weighted by its sample weights" in report
+    assert (out / "plots" / "regression_rating.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(plots/regression_rating.png)" in report
+    assert drawn["out"][0] and drawn["out"][1]["weight"].sum() == a.summary["tasks"]["rating"]["weight_sum"]
+    for key in ("mean_prediction", "mean_residual", "sd_residual", "weight"):
+        np.testing.assert_allclose(drawn["out"][1][key], drawn["dup"][1][key], rtol=1e-6, err_msg=key)
     assert json.loads((out / "eval.json").read_text())["tasks"]["click"]["weight_sum"] == click["weight_sum"]
