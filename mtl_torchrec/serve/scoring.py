@@ -15,7 +15,7 @@ Example::
     out = torch.jit.script(scoring)(values, lengths, dense)    # {"click": [B], ...}
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: TorchScript reads the class-level annotations below as types.
 
 from typing import Dict, List, Tuple
 
@@ -42,23 +42,33 @@ class ScoringModel(nn.Module):
     (exactly the same output, see there).
     """
 
+    # Class-level annotations: TorchScript cannot infer the type of an empty list attribute.
+    keys: List[str]
+    embedding_names: List[str]
+    task_names: List[str]
+    binary: List[str]
+    regression: List[str]
+    esmm: List[str]
+    esmm_parents: List[str]
+    esmm_outputs: List[str]
+
     def __init__(self, model: MultiTaskModel, tasks: List[TaskSpec], keys: List[str]) -> None:
         super().__init__()
-        self.keys: List[str] = list(keys)
+        self.keys = list(keys)
         self.embedding = model.embedding
-        self.embedding_names: List[str] = list(model.embedding_names)
+        self.embedding_names = list(model.embedding_names)
         self.num_dense = int(model.num_dense)
         self.dense_arch = model.dense_arch
         self.feature_modules = model.feature_modules
         self.backbone = model.backbone
         self.towers = model.towers
-        self.task_names: List[str] = [t.name for t in tasks]
+        self.task_names = [t.name for t in tasks]
         # Plain tasks, then ESMM tasks with their parents (TorchScript needs typed lists, not TaskSpecs).
-        self.binary: List[str] = [t.name for t in tasks if t.type == "binary" and t.esmm_parent is None]
-        self.regression: List[str] = [t.name for t in tasks if t.type == "regression"]
-        self.esmm: List[str] = [t.name for t in tasks if t.esmm_parent is not None]
-        self.esmm_parents: List[str] = [str(t.esmm_parent) for t in tasks if t.esmm_parent is not None]
-        self.esmm_outputs: List[str] = [conditional_name(t) for t in tasks if t.esmm_parent is not None]
+        self.binary = [t.name for t in tasks if t.type == "binary" and t.esmm_parent is None]
+        self.regression = [t.name for t in tasks if t.type == "regression"]
+        self.esmm = [t.name for t in tasks if t.esmm_parent is not None]
+        self.esmm_parents = [str(t.esmm_parent) for t in tasks if t.esmm_parent is not None]
+        self.esmm_outputs = [conditional_name(t) for t in tasks if t.esmm_parent is not None]
 
     @staticmethod
     def from_model(model: MultiTaskModel, tasks: List[TaskSpec], keys: List[str]) -> "ScoringModel":

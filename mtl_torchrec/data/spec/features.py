@@ -35,6 +35,7 @@ from mtl_torchrec.data.spec.build import TextParts, convert_chunk
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.fitting import schema_for
 from mtl_torchrec.data.spec.reading import Chunk, file_format, iter_chunks, read_header, spec_files
+from mtl_torchrec.data.spec.sections import LabelColumn
 
 
 def feature_columns(spec: DataSpec) -> Dict[str, str]:
@@ -69,8 +70,8 @@ def feature_spec(spec: DataSpec, columns: Sequence[str], text: bool = True, wher
         raise DataError(f"{where}: missing feature column(s) {[c for c, _ in missing]}: {named}; "
                         f"it has {sorted(have)}")
 
-    def present(lab: object) -> bool:
-        cols = [getattr(lab, "column"), getattr(lab, "mask_column"), getattr(lab, "weight_column")]
+    def present(lab: LabelColumn) -> bool:
+        cols = [lab.column, lab.mask_column, lab.weight_column]
         return all(c is None or c in have for c in cols)
 
     return dataclasses.replace(
