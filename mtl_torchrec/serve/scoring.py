@@ -21,11 +21,13 @@ from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.model.multitask import MultiTaskModel
 from mtl_torchrec.model.tasks import TaskSpec, conditional_name
+from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
 
 
 class ScoringModel(nn.Module):
@@ -81,6 +83,7 @@ class ScoringModel(nn.Module):
             drops = [model.id_dropout]
         for drop in drops or []:
             fold_unseen_rows(model, drop.feature, drop.seen, drop.unseen)
+        plain_text_tables(model)
         return ScoringModel(model, tasks, keys).eval()
 
     def forward(self, values: torch.Tensor, lengths: torch.Tensor, dense: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -131,6 +134,22 @@ def fold_unseen_rows(model: MultiTaskModel, feature: str, seen: torch.Tensor, un
                 weight.weight[rows] = unseen.to(weight.weight.dtype)
             return int(rows.sum())
     raise ValueError(f"id dropout feature '{feature}' has no table")
+
+
+def plain_text_tables(model: MultiTaskModel) -> int:
+    """Replaces each feature module's :class:`FrozenEmbeddingBagCollection` by a plain
+    ``EmbeddingBagCollection`` with the same tables and weights (in place; returns how many). Frozen
+    only means "no gradient", which inference never asks for, and TorchScript cannot compile the
+    frozen class's ``super().forward`` call."""
+    count = 0
+    for module in model.feature_modules.values():
+        table = getattr(module, "table", None)
+        if isinstance(table, FrozenEmbeddingBagCollection):
+            plain = EmbeddingBagCollection(tables=table.embedding_bag_configs(), device=torch.device("meta"))
+            plain.load_state_dict(table.state_dict(), assign=True)
+            module.table = plain
+            count += 1
+    return count
 
 
 def scoring_inputs(batch: Batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
