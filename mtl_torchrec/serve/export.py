@@ -189,7 +189,8 @@ class Artifact:
                 out = self.model(*scoring_inputs(Batch.from_table(part.table.take(idx), rows.schema)))
                 for name, value in out.items():
                     parts.setdefault(name, []).append(value.double().numpy())
-        raw = {k: np.concatenate(v) for k, v in parts.items()}
+        # In the artifact's output order (the scripted model's dict has its own order).
+        raw = {k: np.concatenate(parts[k]) if k in parts else np.zeros(0) for k in self.info["outputs"]}
         scores = dict(raw)
         if self.calibration is not None:
             scores = self.calibration.apply_numpy(raw)
