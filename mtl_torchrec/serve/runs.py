@@ -24,7 +24,7 @@ from mtl_torchrec.data.spec import DataSpec, load_spec, schema_for
 from mtl_torchrec.data.spec.build import TextParts
 from mtl_torchrec.distributed.checkpoint import BEST, choose_checkpoint, load_checkpoint, resolve_checkpoint
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
-from mtl_torchrec.eval.evaluate import default_checkpoint, load_run_config
+from mtl_torchrec.eval.evaluate import default_checkpoint, load_eval_data, load_run_config
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec, TrainModule
 from mtl_torchrec.model.text import text_cache_root
@@ -115,3 +115,22 @@ def load_run(run_dir: Path, checkpoint: Optional[str] = None, calibrate: bool = 
         if calibration.checkpoint_step != step:
             calibration = None
     return LoadedRun(run_dir, cfg, spec, pre, module, ckpt, step, calibration)
+
+
+def load_run_with_data(run_dir: Path, checkpoint: Optional[str] = None) -> tuple:
+    """``(config, bundle, module)`` of any run, built-in sources included: the run's data as
+    evaluation loads it (already mapped to ids; no raw-row preprocessing needed) and the train module
+    restored unsharded from the checkpoint (evaluation mode). For benchmarks and quality checks of
+    the scoring forms on a run's splits; raises what :func:`load_run` raises."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if checkpoint is None:
+        ckpt = choose_checkpoint(run_dir, BEST) if default_checkpoint(cfg, run_dir) == BEST else resolve_checkpoint(run_dir)
+    else:
+        ckpt = choose_checkpoint(run_dir, checkpoint)
+    bundle = load_eval_data(cfg, run_dir, None)
+    bundle = bundle if cfg.model.text.enabled else bundle.without_text()
+    module = build_train_module(cfg.model, bundle, cfg.train.loss_balance, cfg.train.balance,
+                                text_cache=text_cache_root(cfg.model.text, cfg.output_dir))
+    load_checkpoint(ckpt, module)
+    return cfg, bundle, module.eval()
