@@ -14,7 +14,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.model.multitask import MultiTaskModel
 from mtl_torchrec.model.tasks import TaskSpec, predictions
-from mtl_torchrec.modules import MMoE, PLE, BatchedExperts, SeparateBottoms, SharedBottom, TaskTowers
+from mtl_torchrec.modules import PLE, BatchedExperts, MMoE, SeparateBottoms, SharedBottom, TaskTowers
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
 from mtl_torchrec.modules.id_dropout import UnseenIdDropout
 from mtl_torchrec.modules.mlp import MLPOptions

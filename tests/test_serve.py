@@ -150,7 +150,8 @@ def test_predict_two_ranks_equals_one(run: Path, tmp_path: Path) -> None:
 # Runs in a fresh interpreter: torch and fbgemm_gpu only, never mtl_torchrec (nor torchrec).
 _LOADER = """
 import sys, torch, fbgemm_gpu
-model = torch.jit.load(sys.argv[1])
+path = sys.argv[1]
+model = torch.export.load(path).module() if path.endswith(".pt2") else torch.jit.load(path)
 inputs = torch.load(sys.argv[2])
 with torch.no_grad():
     out = model(inputs["values"], inputs["lengths"], inputs["dense"])
@@ -159,10 +160,11 @@ assert not [m for m in sys.modules if m.startswith(("mtl_torchrec", "torchrec"))
 """
 
 
-def _fresh_process_outputs(artifact: Path, inputs: Dict[str, torch.Tensor], tmp: Path) -> Dict[str, Any]:
+def _fresh_process_outputs(artifact: Path, inputs: Dict[str, torch.Tensor], tmp: Path,
+                           model_file: str = "model.pt") -> Dict[str, Any]:
     torch.save(inputs, tmp / "inputs.pt")
     (tmp / "loader.py").write_text(_LOADER, encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(tmp / "loader.py"), str(artifact / "model.pt"), str(tmp / "inputs.pt"),
+    proc = subprocess.run([sys.executable, str(tmp / "loader.py"), str(artifact / model_file), str(tmp / "inputs.pt"),
                            str(tmp / "outputs.pt")], capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -198,6 +200,22 @@ def test_fp32_export_equals_the_model_in_a_fresh_process(run: Path, tmp_path: Pa
     assert_scores_close(scores, expected, run, atol=1e-5)
     with pytest.raises(ConfigError, match="exists"):
         export_run(run, out)
+
+
+@pytest.mark.slow
+def test_torch_export_program_has_a_dynamic_batch(run: Path, tmp_path: Path) -> None:
+    """``--format export``: a torch.export program, loaded in a fresh process, equals the model at
+    the test split's 60 rows and at 7 rows (the batch size is not baked in)."""
+    out = export_run(run, tmp_path / "program", fmt="export")
+    assert (out / "model.pt2").is_file() and not (out / "model.pt").exists()
+    loaded, eager, inputs = _eager_and_inputs(run)
+    got = _fresh_process_outputs(out, inputs, tmp_path, "model.pt2")
+    for task in ("click", "rating"):
+        torch.testing.assert_close(got[task], eager[task], rtol=0, atol=1e-5)
+    assert_scores_close(load_artifact(out).predict(_test_rows().iloc[:7]),
+                        predict_frame(loaded, _test_rows().iloc[:7]), run, atol=1e-5)
+    with pytest.raises(ConfigError, match="--int8"):
+        export_run(run, tmp_path / "never", int8=True, fmt="export")
 
 
 @pytest.mark.slow

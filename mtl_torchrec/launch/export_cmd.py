@@ -18,8 +18,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--run", "--run-dir", dest="run_dir", required=True, help="run directory (trained on a data spec)")
     p.add_argument("--out", required=True, help="artifact folder to write (written under a temporary name, then renamed)")
     p.add_argument("--int8", action="store_true", help="quantise the embedding tables to int8 (row-wise)")
-    p.add_argument("--format", dest="fmt", default="torchscript", choices=["torchscript"],
-                   help="model format (default: torchscript)")
+    p.add_argument("--format", dest="fmt", default="torchscript", choices=["torchscript", "export"],
+                   help="torchscript (model.pt, torch.jit.load) or export (model.pt2: torch.export with a "
+                   "dynamic batch dimension, fp32 only)")
     p.add_argument("--checkpoint", default=None, metavar="latest|best|step_N",
                    help="checkpoint to export (default: best for a run trained with train.select_by, else latest)")
     p.add_argument("--no-calibration", action="store_true", help="leave the run's calibration.json out")

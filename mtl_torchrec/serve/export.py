@@ -59,10 +59,12 @@ from mtl_torchrec.serve.scoring import ScoringModel, scoring_inputs
 
 ARTIFACT_FILE = "artifact.json"
 MODEL_FILE = "model.pt"
+# torch.export program (``--format export``), loaded with ``torch.export.load(...).module()``.
+PROGRAM_FILE = "model.pt2"
 ARTIFACT_FORMAT = "mtl_torchrec-artifact"
 ARTIFACT_VERSION = 1
 PRECISIONS = ("fp32", "int8")
-FORMATS = ("torchscript",)
+FORMATS = ("torchscript", "export")
 
 
 def package_version() -> str:
@@ -106,6 +108,18 @@ def script_module(scoring: torch.nn.Module, int8: bool) -> torch.jit.ScriptModul
     return torch.jit.script(torchrec.fx.symbolic_trace(scoring))
 
 
+def export_program(scoring: torch.nn.Module, num_keys: int, num_dense: int) -> Any:
+    """``torch.export`` of the (fp32) scoring module with a dynamic batch dimension: ``dense`` is
+    ``[B, num_dense]``, ``lengths`` ``[num_keys * B]`` and ``values`` of any length. Traced non-strict
+    (TorchRec's KJT is not strict-exportable) on a batch of 2 rows of id 0."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    ids = torch.export.Dim("ids", min=1, max=1 << 30)
+    example = (torch.zeros(num_keys * 2, dtype=torch.int64), torch.ones(num_keys * 2, dtype=torch.int32),
+               torch.zeros(2, num_dense))
+    shapes = ({0: ids}, {0: num_keys * batch}, {0: batch})
+    return torch.export.export(scoring, example, dynamic_shapes=shapes, strict=False)
+
+
 def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchscript",
                checkpoint: Optional[str] = None, calibrate: bool = True, overwrite: bool = False) -> Path:
     """Writes the artifact of ``run_dir`` (see the module docstring) to ``out``; returns ``out``.
@@ -116,12 +130,16 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format: '{fmt}' is not available (choose from {list(FORMATS)})")
+    if fmt == "export" and int8:
+        raise ConfigError("--int8: INT8 tables are exported as TorchScript only (use --format torchscript)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"--out: {out} exists (remove it or pass --overwrite)")
     run = load_run(Path(run_dir), checkpoint, calibrate=calibrate)
     scoring = scoring_module(run, int8)
-    scripted = script_module(scoring, int8)
+    keys = model_schema_sparse(run)
+    model: Any = (script_module(scoring, int8) if fmt == "torchscript"
+                  else export_program(scoring, len(keys), len(run.spec.dense)))
     info = {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,
@@ -129,11 +147,12 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
         "torch_version": torch.__version__,
         "torchrec_version": getattr(torchrec, "__version__", "unknown"),
         "model_format": fmt,
+        "model_file": MODEL_FILE if fmt == "torchscript" else PROGRAM_FILE,
         "precision": "int8" if int8 else "fp32",
         "run": str(Path(run_dir).resolve()),
         "checkpoint": run.checkpoint.name,
         "checkpoint_step": run.step,
-        "inputs": {"sparse": [f.name for f in model_schema_sparse(run)],
+        "inputs": {"sparse": [f.name for f in keys],
                    "dense": [d.feature for d in run.spec.dense]},
         "outputs": output_names(run),
         "tasks": [{"name": t.name, "type": t.type, "esmm_parent": t.esmm_parent} for t in run.tasks],
@@ -146,7 +165,10 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        scripted.save(str(tmp / MODEL_FILE))
+        if fmt == "torchscript":
+            model.save(str(tmp / MODEL_FILE))
+        else:
+            torch.export.save(model, str(tmp / PROGRAM_FILE))
         run.preprocessing.save(tmp)
         if run.calibration is not None:
             run.calibration.save(tmp / CALIBRATION_FILE)
@@ -162,11 +184,11 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
 
 @dataclass
 class Artifact:
-    """A loaded artifact: the TorchScript ``model``, its ``info`` (``artifact.json``), the data spec
+    """A loaded artifact: the ``model`` (TorchScript, or the ``torch.export`` program's module), its ``info`` (``artifact.json``), the data spec
     and fitted preprocessing, and the calibration (None without one)."""
 
     path: Path
-    model: torch.jit.ScriptModule
+    model: Any
     info: Dict[str, Any]
     spec: DataSpec
     preprocessing: Preprocessing
@@ -233,5 +255,10 @@ def load_artifact(path: Union[str, Path]) -> Artifact:
     if info.get("precision") == "int8":
         import fbgemm_gpu  # noqa: F401  (registers the int8 table kernels the scripted model calls)
     spec = from_dict(DataSpec, info["spec"])
-    model = torch.jit.load(str(path / MODEL_FILE), map_location="cpu")
+    if info.get("model_format") == "export":
+        import fbgemm_gpu  # noqa: F401,F811  (the program calls fbgemm's table kernels)
+
+        model = torch.export.load(str(path / PROGRAM_FILE)).module()
+    else:
+        model = torch.jit.load(str(path / MODEL_FILE), map_location="cpu")
     return Artifact(path, model, info, spec, pre, calibration)
