@@ -10,7 +10,7 @@ pCTCVR under its name plus pCVR under ``<task>_given_<parent>``.
 
 Example::
 
-    scoring = ScoringModel.from_model(train_module.model, train_module.tasks).eval()
+    scoring = ScoringModel.from_model(train_module.model, train_module.tasks, keys=batch.sparse.keys())
     values, lengths, dense = scoring_inputs(batch)
     out = torch.jit.script(scoring)(values, lengths, dense)    # {"click": [B], ...}
 """
