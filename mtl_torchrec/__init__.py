@@ -3,6 +3,6 @@ DCP checkpoints).
 
 Packages, lowest layer first: ``core`` (errors, config loading, registries, file I/O), ``data``,
 ``text``, ``modules`` (plain-tensor building blocks), ``model``, ``config`` (the run config),
-``distributed``, ``train`` / ``eval``, ``launch`` (the ``mtl-torchrec`` command) and
+``distributed``, ``train`` / ``eval``, ``serve`` (predict and export), ``launch`` (the ``mtl-torchrec`` command) and
 ``components`` (torchx jobs).
 """

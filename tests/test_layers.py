@@ -24,10 +24,11 @@ LAYERS: Dict[str, int] = {
     "distributed": 6,
     "train": 7,
     "eval": 7,
-    "launch": 8,
-    "components": 9,
-    "__main__": 9,
-    "__init__": 9,
+    "serve": 8,
+    "launch": 9,
+    "components": 10,
+    "__main__": 10,
+    "__init__": 10,
 }
 # Only the command line imports inside functions, so that `mtl-torchrec --help` starts without torch.
 LAZY_IMPORTS_ALLOWED = {"launch"}

@@ -23,6 +23,8 @@ COMMANDS = (
     "mtl_torchrec.launch.evaluate_cmd",
     "mtl_torchrec.launch.compare_cmd",
     "mtl_torchrec.launch.encode_cmd",
+    "mtl_torchrec.launch.predict_cmd",
+    "mtl_torchrec.launch.export_cmd",
 )
 
 

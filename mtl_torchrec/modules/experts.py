@@ -71,19 +71,22 @@ class BatchedExperts(nn.Module):
         w0, b0 = self.weights[0], self.biases[0]
         e, i, o = w0.shape
         h = (x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + b0
-        return self._rest(self._finish(h, self.norms[0]))
+        return self._layers(h)
 
     def forward_each(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[E, B, in]``, one input per expert; returns ``[E, B, out]``."""
-        h = torch.baddbmm(self.biases[0], x, self.weights[0])
-        return self._rest(self._finish(h, self.norms[0]))
+        return self._layers(torch.baddbmm(self.biases[0], x, self.weights[0]))
 
-    def _finish(self, h: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        return self.dropout(self.activation(norm(h)))
-
-    def _rest(self, h: torch.Tensor) -> torch.Tensor:
-        for w, b, norm in zip(self.weights[1:], self.biases[1:], self.norms[1:]):
-            h = self._finish(torch.baddbmm(b, h, w), norm)
+    def _layers(self, h: torch.Tensor) -> torch.Tensor:
+        """Finishes the first layer's pre-activation ``h`` (norm, activation, dropout) and runs the
+        other layers. A counter instead of slicing the lists: TorchScript iterates a ParameterList
+        whole (zipped with the others) but cannot slice one, and plain ``torch.jit.script`` must work."""
+        layer = 0
+        for w, b, norm in zip(self.weights, self.biases, self.norms):
+            if layer > 0:
+                h = torch.baddbmm(b, h, w)
+            h = self.dropout(self.activation(norm(h)))
+            layer += 1
         return h
 
 

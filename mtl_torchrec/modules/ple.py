@@ -72,8 +72,13 @@ class CGCLevel(nn.Module):
         ]
         if shared_gate:
             self._gate_index.append(list(range(self.num_experts)))
-        for i, idx in enumerate(self._gate_index):
-            self.register_buffer(f"gate_index_{i}", torch.tensor(idx, dtype=torch.long), persistent=False)
+        # Every gate's expert indices, concatenated (gate i: [offsets[i], offsets[i + 1])): one buffer
+        # and a list of ints rather than a buffer per gate, which TorchScript cannot look up by name.
+        self.register_buffer("gate_index", torch.tensor([j for idx in self._gate_index for j in idx], dtype=torch.long),
+                             persistent=False)
+        self.gate_offsets: List[int] = [0]
+        for idx in self._gate_index:
+            self.gate_offsets.append(self.gate_offsets[-1] + len(idx))
         self.gates = nn.ModuleList(nn.Linear(in_features, len(idx)) for idx in self._gate_index)
         # Which group's input each expert reads (task k -> k, shared -> num_tasks), for levels > 1.
         group = [k for k in range(num_tasks) for _ in range(num_task_experts)] + [num_tasks] * num_shared_experts
@@ -82,10 +87,29 @@ class CGCLevel(nn.Module):
         names += [f"level{level}/shared/expert{j}" for j in range(num_shared_experts)]
         self.expert_names = names
 
+    @torch.jit.ignore
     def forward(self, inputs: List[torch.Tensor], same_input: bool = False) -> ExpertTrace:
         """Same as :meth:`forward_with_experts` (inputs ``[B, in_features]`` each, outputs ``[B, out_features]``)."""
         return self.forward_with_experts(inputs, same_input)
 
+    def mix(self, inputs: List[torch.Tensor], same_input: bool = False) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
+        """The level's computation: ``(outputs, gate weights, expert outputs [E, B, out])`` for
+        ``inputs`` as in :meth:`forward_with_experts` (TorchScript-compatible; the trace adds names)."""
+        if same_input:
+            expert_out = self.experts(inputs[0])
+        else:
+            expert_out = self.experts.forward_each(torch.stack(inputs).index_select(0, self.expert_group))
+        outs: List[torch.Tensor] = []
+        probs: List[torch.Tensor] = []
+        for i, gate in enumerate(self.gates):
+            # Gate i reads task i's input; the shared gate (the last, when present) the shared input.
+            g = torch.softmax(gate(inputs[i]), dim=-1)
+            idx = self.gate_index[self.gate_offsets[i]:self.gate_offsets[i + 1]]
+            outs.append(torch.einsum("be,ebd->bd", g, expert_out.index_select(0, idx)))
+            probs.append(g)
+        return outs, probs, expert_out
+
+    @torch.jit.ignore
     def forward_with_experts(self, inputs: List[torch.Tensor], same_input: bool = False) -> ExpertTrace:
         """``inputs``: one ``[B, in]`` tensor per task, then the shared input. With
         ``same_input`` all are the same tensor and the experts read it once.
@@ -93,23 +117,9 @@ class CGCLevel(nn.Module):
         Returns the trace whose ``outputs`` are the task outputs followed by the shared output
         (only when the level has a shared gate).
         """
-        if same_input:
-            expert_out = self.experts(inputs[0])
-        else:
-            expert_out = self.experts.forward_each(torch.stack(inputs).index_select(0, self.expert_group))
-        gate_inputs = list(inputs[: self.num_tasks])
-        if self.has_shared_gate:
-            gate_inputs.append(inputs[self.num_tasks])
-        outs: List[torch.Tensor] = []
-        probs: List[torch.Tensor] = []
-        info: List[GateInfo] = []
-        for i, (gate, x) in enumerate(zip(self.gates, gate_inputs)):
-            g = torch.softmax(gate(x), dim=-1)
-            idx: torch.Tensor = getattr(self, f"gate_index_{i}")
-            outs.append(torch.einsum("be,ebd->bd", g, expert_out.index_select(0, idx)))
-            probs.append(g)
-            task = i if i < self.num_tasks else None
-            info.append(GateInfo(self.level, task, [self.expert_names[j] for j in self._gate_index[i]]))
+        outs, probs, expert_out = self.mix(inputs, same_input)
+        info = [GateInfo(self.level, i if i < self.num_tasks else None, [self.expert_names[j] for j in idx])
+                for i, idx in enumerate(self._gate_index)]
         experts: Dict[str, torch.Tensor] = {n: expert_out[i] for i, n in enumerate(self.expert_names)}
         return ExpertTrace(outs, probs, info, experts)
 
@@ -162,6 +172,7 @@ class PLE(nn.Module):
             for lvl in range(num_levels)
         )
 
+    @torch.jit.ignore
     def forward_with_experts(self, x: torch.Tensor) -> ExpertTrace:
         """Runs every level; the trace holds all of them.
 
@@ -189,8 +200,16 @@ class PLE(nn.Module):
 
     def forward_with_gates(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Per-task outputs ``[B, out]`` and every gate's weights (task gates, then shared, per level)."""
-        trace = self.forward_with_experts(x)
-        return trace.outputs, trace.gates
+        inputs = [x] * (self.num_tasks + 1)
+        gates: List[torch.Tensor] = []
+        lvl = 0
+        for level in self.levels:
+            # A method call, not __call__: TorchRec's pipeline tracer then sees plain lists of
+            # tensors here instead of one opaque leaf output it cannot unpack.
+            inputs, probs, _ = level.mix(inputs, same_input=lvl == 0)
+            gates += probs
+            lvl += 1
+        return inputs[: self.num_tasks], gates
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Per-task outputs of the last level (:meth:`forward_with_gates` without the gates).

@@ -64,43 +64,15 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     fitted = preprocessing is None
     pre = fit_preprocessing(spec) if fitted else preprocessing
     texts = TextParts(spec, pre, fitted)
-    skip = spec.on_bad_rows == "skip"
     skipped: Dict[str, int] = {}
     builders: Dict[str, SplitParts] = {}
     oov = OovCounts()
     total_rows = 0
     for chunk in iter_chunks(spec):
         total_rows += len(chunk.frame)
-        checked, dense = checked_chunk(spec, pre, chunk, skip, skipped)
-        keep = ~checked.bad.bad
+        converted, split, keep = convert_chunk(spec, pre, chunk, texts, skipped, oov)
         frame = chunk.frame[keep]
-        split = checked.split[keep]
-        converted: Dict[str, Any] = {}
         split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
-        for s in spec.sparse:
-            tokens, lengths = sparse_tokens(s, frame)
-            vocab = pre.vocabs[s.feature]
-            if vocab.mode in ("build", "file"):
-                keys = vocab.keys(tokens)
-                ids = vocab.lookup_keys(keys)
-                oov.add(s.feature, split_rows, keys, ids, lengths)
-            else:
-                ids = vocab.lookup(tokens)
-            converted[s.feature] = ids if lengths is None else Jagged(ids, lengths)
-        for i, t in enumerate(spec.text):
-            keys, rows, unknown = texts.rows(i, t, frame, chunk, np.flatnonzero(keep))
-            oov.add(t.feature, split_rows, keys, np.where(unknown, 0, 1), None)
-            converted[t.feature] = rows
-        for d in spec.dense:
-            converted[d.feature] = dense[d.feature][keep]
-        for task, y in checked.labels.items():
-            converted[task] = y[keep]
-        for task, w in checked.weights.items():
-            converted[weight_column(task)] = w[keep]
-        if spec.group:
-            # Canonical text: the same groups (and GAUC) from a CSV or a Parquet file of int or float keys.
-            h = stable_hash(canonical_tokens(frame[spec.group]))
-            converted[group_column(spec.group)] = (h >> np.uint64(1)).astype(np.int64)
         raw_slices = {sl.column: canonical_tokens(frame[spec.raw_column_of(sl.column)]) for sl in spec.slices}
         for name, rows in split_rows.items():
             b = builders.setdefault(name, SplitParts())
@@ -130,6 +102,53 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats, texts=pre.texts, seen=pre.seen)
     return DataBundle(schema=schema, splits=splits, texts=texts.tables(), slices=slices, preprocessing=out_pre,
                       row_origin=functools.partial(locate_rows, spec, pre))
+
+
+def convert_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, texts: "TextParts", skipped: Dict[str, int],
+                  oov: Optional["OovCounts"] = None) -> Tuple[Dict[str, Any], np.ndarray, np.ndarray]:
+    """One chunk mapped with the fitted ``pre`` exactly as training maps it: ``(columns, split, keep)``.
+
+    ``columns``: table column -> values of the chunk's good rows (sparse ids, :class:`Jagged` for
+    multi-valued ones, text rows, normalised dense values, the labels and weights of the spec's
+    labels, group ids); ``split``: each good row's split; ``keep``: which of the chunk's rows are
+    good. A spec without labels (or without a split rule) converts too: that is how rows without
+    labels are scored (:mod:`mtl_torchrec.data.spec.features`). Bad rows raise DataError naming file,
+    line and column, or with ``on_bad_rows: skip`` are dropped and counted in ``skipped``; ``oov``
+    (optional) counts unknown ids per split.
+    """
+    checked, dense = checked_chunk(spec, pre, chunk, spec.on_bad_rows == "skip", skipped)
+    keep = ~checked.bad.bad
+    frame = chunk.frame[keep]
+    split = checked.split[keep]
+    converted: Dict[str, Any] = {}
+    split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
+    for s in spec.sparse:
+        tokens, lengths = sparse_tokens(s, frame)
+        vocab = pre.vocabs[s.feature]
+        if vocab.mode in ("build", "file"):
+            keys = vocab.keys(tokens)
+            ids = vocab.lookup_keys(keys)
+            if oov is not None:
+                oov.add(s.feature, split_rows, keys, ids, lengths)
+        else:
+            ids = vocab.lookup(tokens)
+        converted[s.feature] = ids if lengths is None else Jagged(ids, lengths)
+    for i, t in enumerate(spec.text):
+        keys, rows, unknown = texts.rows(i, t, frame, chunk, np.flatnonzero(keep))
+        if oov is not None:
+            oov.add(t.feature, split_rows, keys, np.where(unknown, 0, 1), None)
+        converted[t.feature] = rows
+    for d in spec.dense:
+        converted[d.feature] = dense[d.feature][keep]
+    for task, y in checked.labels.items():
+        converted[task] = y[keep]
+    for task, w in checked.weights.items():
+        converted[weight_column(task)] = w[keep]
+    if spec.group:
+        # Canonical text: the same groups (and GAUC) from a CSV or a Parquet file of int or float keys.
+        h = stable_hash(canonical_tokens(frame[spec.group]))
+        converted[group_column(spec.group)] = (h >> np.uint64(1)).astype(np.int64)
+    return converted, split, keep
 
 
 class TextParts:

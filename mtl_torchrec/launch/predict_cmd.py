@@ -1,0 +1,56 @@
+"""``mtl-torchrec predict``: per-row scores of a trained run for a CSV / Parquet file (or a data spec),
+streamed chunk by chunk into a Parquet file. Label columns are optional. Works in one process or
+under ``torchrun`` (each rank scores its share of every chunk, rank 0 writes).
+
+    mtl-torchrec predict --run runs/census --data new_rows.csv --out scores.parquet
+    mtl-torchrec predict --run runs/census --data more.yaml --out scores.parquet --checkpoint best --keep user_id
+    torchrun --nproc_per_node 2 -m mtl_torchrec predict --run-dir runs/census --data new.csv --out s.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    """Registers ``predict`` and its options."""
+    p = sub.add_parser("predict", help="per-row scores of a trained run for a CSV/Parquet file (labels optional)")
+    # --run-dir is the same option; use it under torchrun, whose parser takes "--run" for its --run-path.
+    p.add_argument("--run", "--run-dir", dest="run_dir", required=True, help="run directory (trained on a data spec)")
+    p.add_argument("--data", required=True,
+                   help="CSV or Parquet file (or glob) with the run's feature columns, or a YAML data spec")
+    p.add_argument("--out", required=True, help="output Parquet file (written to a temporary file, then renamed)")
+    p.add_argument("--checkpoint", default=None, metavar="latest|best|step_N",
+                   help="checkpoint to score with (default: best for a run trained with train.select_by, else latest)")
+    p.add_argument("--keep", action="append", default=[], metavar="COLUMN",
+                   help="copy this input column into the output (repeatable; a column the spec reads)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per step (default: data.eval_batch_size)")
+    p.add_argument("--no-calibration", action="store_true", help="the model's own predictions only")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Scores ``--data`` with ``--run`` into ``--out``; returns 0. Raises what
+    :func:`~mtl_torchrec.serve.predict.predict_files` and :func:`~mtl_torchrec.serve.runs.load_run` raise."""
+    import torch
+
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.serve.predict import predict_files
+    from mtl_torchrec.serve.runs import load_run
+
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    ctx = init_distributed()
+    try:
+        loaded = load_run(Path(args.run_dir), args.checkpoint, calibrate=not args.no_calibration)
+        rows = predict_files(loaded, args.data, Path(args.out), ctx, keep=args.keep, batch_size=args.batch_size)
+    finally:
+        close_distributed(ctx)
+    if ctx.is_main:
+        cal = ", calibrated" if loaded.calibration is not None else ""
+        print(f"scored {rows} rows with {loaded.checkpoint.name} on {ctx.world_size} rank(s){cal}: {args.out}")
+    return 0

@@ -1,0 +1,129 @@
+"""Every module of the model scripts with plain ``torch.jit.script`` and computes what the eager
+module computes (evaluation mode); the scoring form of a whole model scripts too, ESMM included."""
+
+from __future__ import annotations
+
+from typing import List
+
+import pytest
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from mtl_torchrec.model.multitask import MultiTaskModel
+from mtl_torchrec.model.tasks import TaskSpec, predictions
+from mtl_torchrec.modules import PLE, BatchedExperts, MMoE, SeparateBottoms, SharedBottom, TaskTowers
+from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
+from mtl_torchrec.modules.id_dropout import UnseenIdDropout
+from mtl_torchrec.modules.mlp import MLPOptions
+from mtl_torchrec.modules.text_feature import TextFeature, table_width
+from mtl_torchrec.serve.scoring import ScoringModel
+
+OPTIONS = [None, MLPOptions("gelu", 0.1, "layer"), MLPOptions("silu", 0.0, "batch")]
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)  # type: ignore[union-attr,index]
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))  # type: ignore[arg-type]
+
+
+def _check(module: nn.Module, *inputs: object, method: str = "forward") -> None:
+    module.eval()
+    scripted = torch.jit.script(module)
+    with torch.no_grad():
+        assert _same(getattr(module, method)(*inputs), getattr(scripted, method)(*inputs))
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_experts_and_backbones_script(options: object) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(7, 12)
+    _check(BatchedExperts(12, 3, [8, 4, 4], options), x)
+    _check(MMoE(12, 3, 4, [8, 4], [6], expert_options=options, gate_options=options), x)
+    _check(MMoE(12, 3, 4, [8, 4], single_gate=True, expert_options=options), x)
+    _check(PLE(12, 3, 2, 1, 2, [8, 4], options), x)
+    _check(SharedBottom(12, 3, [8, 4], options), x)
+    _check(SeparateBottoms(12, 3, [8, 4], options), x)
+    _check(TaskTowers(["a", "b"], 4, {"a": [3], "b": []}, options), [torch.randn(7, 4), torch.randn(7, 4)])
+
+
+def test_gated_backbones_script_forward_with_gates() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, 12)
+    for module in (MMoE(12, 2, 3, [4]), PLE(12, 2, 3, 1, 1, [4])):
+        module.eval()
+        scripted = torch.jit.script(module)
+        assert _same(module.forward_with_gates(x), scripted.forward_with_gates(x))
+
+
+def test_batched_experts_keep_state_keys() -> None:
+    """Scripting needed no change of parameters: checkpoints of earlier runs still load."""
+    keys = set(BatchedExperts(4, 2, [3, 2], MLPOptions(norm="layer")).state_dict())
+    assert keys == {"weights.0", "weights.1", "biases.0", "biases.1", "norms.0.weight", "norms.0.bias",
+                    "norms.1.weight", "norms.1.bias"}
+
+
+def _kjt(keys: List[str], batch: int, high: int) -> KeyedJaggedTensor:
+    lengths = torch.randint(1, 3, (len(keys) * batch,), dtype=torch.int32)
+    return KeyedJaggedTensor(keys=keys, values=torch.randint(0, high, (int(lengths.sum()),)), lengths=lengths)
+
+
+def test_text_feature_scripts() -> None:
+    """With a plain table (``model.text.trainable_table``; the scoring form swaps a frozen table for
+    a plain one with the same weights, see ``plain_text_tables``)."""
+    torch.manual_seed(0)
+    cfg = EmbeddingBagConfig(name="t_text", embedding_dim=table_width(6), num_embeddings=10, feature_names=["text"])
+    feature = TextFeature(EmbeddingBagCollection([cfg]), text_dim=6, adapter_layers=[5, 3], dropout=0.2)
+    _check(feature, _kjt(["text"], 4, 10))
+
+
+def _model(tasks: List[TaskSpec], id_dropout: bool) -> MultiTaskModel:
+    ebc = EmbeddingBagCollection(tables=[
+        EmbeddingBagConfig(name="t_user", embedding_dim=4, num_embeddings=20, feature_names=["user"]),
+        EmbeddingBagConfig(name="t_item", embedding_dim=4, num_embeddings=30, feature_names=["item"]),
+    ])
+    text_cfg = EmbeddingBagConfig(name="t_text", embedding_dim=table_width(6), num_embeddings=30,
+                                  feature_names=["text"])
+    text = {"text": TextFeature(FrozenEmbeddingBagCollection([text_cfg]), text_dim=6, adapter_layers=[3])}
+    width = MultiTaskModel.fused_width(ebc, 2, [4], text)
+    backbone = PLE(width, len(tasks), 2, 1, 1, [8, 4])
+    towers = TaskTowers([t.name for t in tasks], 4, {t.name: [3] for t in tasks})
+    drop = UnseenIdDropout("item", 30, 4, 0.3) if id_dropout else None
+    return MultiTaskModel(ebc, 2, [4], backbone, towers, text, drop)
+
+
+@pytest.mark.parametrize("id_dropout", [False, True])
+def test_scoring_model_scripts_and_equals_the_model(id_dropout: bool) -> None:
+    """The scripted scoring form equals the eager model's impression-space predictions (ESMM: pCTR,
+    pCVR, pCTCVR); with id dropout, unseen ids read the learned unseen vector as in evaluation."""
+    torch.manual_seed(0)
+    tasks = [TaskSpec("click", "binary"), TaskSpec("conversion", "binary", esmm_parent="click"),
+             TaskSpec("rating", "regression")]
+    model = _model(tasks, id_dropout)
+    if id_dropout:
+        with torch.no_grad():
+            model.id_dropout.seen[:15] = True
+            model.id_dropout.unseen.normal_()
+    model.eval()
+    keys = ["user", "item", "text"]
+    sparse = KeyedJaggedTensor(keys=keys, values=torch.randint(0, 20, (24,)),
+                               lengths=torch.ones(24, dtype=torch.int32))
+    dense = torch.randn(8, 2)
+
+    class _Batch:
+        pass
+
+    batch = _Batch()
+    batch.sparse, batch.dense = sparse, dense  # type: ignore[attr-defined]
+    with torch.no_grad():
+        expected = predictions(model(batch).logits, tasks)  # type: ignore[arg-type]
+        scripted = torch.jit.script(ScoringModel.from_model(model, tasks, keys))
+        got = scripted(sparse.values(), sparse.lengths(), dense)
+    assert set(got) == {"click", "conversion", "conversion_given_click", "rating"}
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
