@@ -70,10 +70,15 @@ def test_a_ready_backbone_module_is_accepted() -> None:
     assert head(torch.randn(3, 12))["buy"].shape == (3,)
 
 
-def test_scripts_with_a_gate_free_backbone() -> None:
-    # BatchedExperts (MMoE/PLE experts, SeparateBottoms) does not script yet; shared_bottom does.
+@pytest.mark.parametrize("backbone,options", [
+    ("shared_bottom", {"layers": [16]}),
+    ("mmoe", {"num_experts": 3, "expert_layers": [16]}),
+    ("ple", {"num_levels": 2, "expert_layers": [16]}),
+    ("single_task", {"layers": [16]}),
+])
+def test_scripts_with_every_backbone(backbone, options) -> None:
     torch.manual_seed(0)
-    head = MultiTaskHead(12, TASKS, "shared_bottom", {"layers": [16]}, tower_layers=[8]).eval()
+    head = MultiTaskHead(12, TASKS, backbone, options, tower_layers=[8]).eval()
     scripted = torch.jit.script(head)
     x = torch.randn(6, 12)
     for k, v in scripted(x).items():
