@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mtl_torchrec.config import load_config
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.batch import Batch
-from mtl_torchrec.data.synthetic import generate_synthetic
+from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.model.builder import build_model, task_specs
 from mtl_torchrec.model.esmm import check_esmm_labels
 from mtl_torchrec.model.tasks import TASK_LOSSES, TaskSpec, aitm_calibrator, predictions, task_losses
@@ -161,7 +161,7 @@ def test_bad_aitm_options_are_refused():
 
 def test_model_builds_with_aitm_and_labels_are_checked():
     cfg = load_config(None, SMALL + [AITM_TASKS, "model.aitm.calibration_weight=0.3"])
-    data = generate_synthetic(cfg.data.synthetic)
+    data = load_data(cfg.data)
     tasks = task_specs(cfg.model, data.schema)
     assert tasks[1].aitm_parent == "click" and tasks[1].aitm_calibration == 0.3 and tasks[0].aitm_calibration == 0
     torch.manual_seed(0)
