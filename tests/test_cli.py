@@ -48,7 +48,7 @@ def test_help_imports_no_heavy_package(argv: List[str]) -> None:
 def test_a_bad_argument_is_reported_without_torch() -> None:
     proc = _run(["-m", "mtl_torchrec", "train", "--config", "no-such-config"])
     assert proc.returncode == 2
-    assert "packaged: default, ple_esmm" in proc.stderr
+    assert "packaged: aitm, default, feature_attention, ple_esmm" in proc.stderr
     assert not _imported_top_level(proc.stderr) & HEAVY
 
 

@@ -223,7 +223,8 @@ def test_list_index_overrides(tmp_path):
 
 
 def test_configs_in_the_repository_load():
-    for path in ["mtl_torchrec/configs/default.yaml", "mtl_torchrec/configs/ple_esmm.yaml", "examples/census_income/config.yaml",
+    for path in ["mtl_torchrec/configs/default.yaml", "mtl_torchrec/configs/ple_esmm.yaml", "mtl_torchrec/configs/aitm.yaml",
+                 "mtl_torchrec/configs/feature_attention.yaml", "examples/census_income/config.yaml",
                  "examples/movielens/config.yaml"]:
         load_config(Path(__file__).resolve().parents[1] / path)
 

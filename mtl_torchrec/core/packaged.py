@@ -5,7 +5,7 @@ its documented jobs from any directory::
 
     config_path("default")              # .../site-packages/mtl_torchrec/configs/default.yaml
     config_path("runs/exp1/config.yaml")  # that file
-    packaged_configs()                  # ['default', 'ple_esmm']
+    packaged_configs()                  # ['aitm', 'default', 'feature_attention', 'ple_esmm']
 
 Imports only the standard library: the command line resolves ``--config`` while it parses its
 arguments, before torch is imported.

@@ -21,6 +21,8 @@ from mtl_torchrec.model.head import init_towers_from_labels, make_backbone
 from mtl_torchrec.model.multitask import MultiTaskModel
 from mtl_torchrec.model.tasks import TaskSpec, TrainModule, check_tasks
 from mtl_torchrec.model.text import item_id_dropout, text_feature_modules
+from mtl_torchrec.modules.aitm import AITMTowers
+from mtl_torchrec.modules.feature_attention import FeatureGroupAttention
 from mtl_torchrec.modules.towers import TaskTowers
 
 
@@ -60,7 +62,9 @@ def task_specs(cfg: ModelConfig, schema: Schema) -> List[TaskSpec]:
             raise ConfigError(
                 f"model.tasks[{i}].type: '{t.type}' but the data labels '{t.name}' as '{schema.label(t.name).type}'"
             )
-        specs.append(TaskSpec(name=t.name, type=t.type, weight=t.weight, esmm_parent=t.esmm_parent))
+        specs.append(TaskSpec(name=t.name, type=t.type, weight=t.weight, esmm_parent=t.esmm_parent,
+                              aitm_parent=t.aitm_parent,
+                              aitm_calibration=cfg.aitm.calibration_weight if t.aitm_parent else 0.0))
     try:
         check_tasks(specs)
     except ValueError as e:
@@ -102,7 +106,9 @@ def build_model(
     id_dropout: Optional[nn.Module] = None,
 ) -> MultiTaskModel:
     """The :class:`MultiTaskModel` for ``cfg`` over ``schema``: one table per distinct table name,
-    the ``model.backbone`` sized to the fused width, and one tower per task.
+    the ``model.backbone`` sized to the fused width, and one tower per task (with AIT units
+    between AITM tasks, ``model.tasks[*].aitm_parent``), plus per-task feature attention when
+    ``model.feature_attention.enabled``.
 
     ``device='meta'`` defers table allocation to DistributedModelParallel. Raises ConfigError
     naming the key (see :func:`task_specs` and :func:`build_backbone`).
@@ -111,13 +117,22 @@ def build_model(
     ebc = EmbeddingBagCollection(tables=embedding_configs(schema, cfg.embedding_dim), device=device)
     width = MultiTaskModel.fused_width(ebc, len(schema.dense), cfg.dense_layers, feature_modules)
     backbone = build_backbone(cfg, width, len(tasks))
-    towers = TaskTowers(
-        [t.name for t in tasks],
-        backbone.out_features,
-        {t.name: (t.tower_layers if t.tower_layers is not None else cfg.tower_layers) for t in cfg.tasks},
-        cfg.tower_mlp.options(),
-    )
-    return MultiTaskModel(ebc, len(schema.dense), cfg.dense_layers, backbone, towers, feature_modules, id_dropout)
+    attention = cfg.feature_attention
+    tower_in = backbone.out_features + (attention.dim if attention.enabled else 0)
+    layer_sizes = {t.name: (t.tower_layers if t.tower_layers is not None else cfg.tower_layers) for t in cfg.tasks}
+    parents = {t.name: t.aitm_parent for t in tasks if t.aitm_parent is not None}
+    towers: TaskTowers
+    if parents:
+        towers = AITMTowers([t.name for t in tasks], tower_in, layer_sizes, cfg.tower_mlp.options(), parents,
+                            cfg.aitm.attention_dim)
+    else:
+        towers = TaskTowers([t.name for t in tasks], tower_in, layer_sizes, cfg.tower_mlp.options())
+    feature_attention = None
+    if attention.enabled:
+        groups = MultiTaskModel.feature_groups(ebc, len(schema.dense), cfg.dense_layers, feature_modules)
+        feature_attention = FeatureGroupAttention([w for _, w in groups], len(tasks), attention.dim)
+    return MultiTaskModel(ebc, len(schema.dense), cfg.dense_layers, backbone, towers, feature_modules, id_dropout,
+                          feature_attention)
 
 
 def build_train_module(

@@ -45,6 +45,10 @@ class TaskConfig:
     predicts p(task | parent), trained through p(parent) * p(task | parent) over all rows, against
     the label parent AND task. Data whose task label is 1 where the parent's is 0 is refused
     unless ``esmm_derive_and_label`` sets those labels to 0 (see :mod:`mtl_torchrec.model.esmm`).
+    ``aitm_parent`` makes a binary task an AITM task (Xi et al., KDD 2021): its tower mixes in
+    what the parent's tower transferred (``model.aitm``) and its loss adds the calibrator
+    ``model.aitm.calibration_weight * max(p(task) - p(parent), 0)``; its prediction is its own
+    probability in impression space, trained against the same label ``parent AND task``.
     ``weight`` scales the task's loss (>= 0: a negative weight would maximise it).
     """
 
@@ -54,6 +58,30 @@ class TaskConfig:
     tower_layers: Optional[Widths] = None
     esmm_parent: Optional[str] = None
     esmm_derive_and_label: bool = False
+    aitm_parent: Optional[str] = None
+
+
+@config_dataclass
+class AITMConfig:
+    """``model.aitm``: options of the AITM tasks (``model.tasks[*].aitm_parent``), see
+    :mod:`mtl_torchrec.modules.aitm`."""
+
+    # Width of the AIT unit's scoring projections h2/h3; none: the child's tower width.
+    attention_dim: Optional[PositiveInt] = None
+    # lambda of the behavioural-expectation calibrator lambda * mean(max(p_task - p_parent, 0));
+    # 0.6 is the authors' released default (xidongbo/AITM, --weight "label constraint weight").
+    calibration_weight: NonNegativeFloat = 0.6
+
+
+@config_dataclass
+class FeatureAttentionConfig:
+    """``model.feature_attention``: per-task attention over the feature groups (id features,
+    dense, text), concatenated to each tower's input; see
+    :mod:`mtl_torchrec.modules.feature_attention`. Off by default (the model is then unchanged)."""
+
+    enabled: bool = False
+    # Common width of the projected groups and of each task's attended vector.
+    dim: PositiveInt = 16
 
 
 @config_dataclass
@@ -79,7 +107,7 @@ def _default_tasks() -> List[TaskConfig]:
 
 
 def _check_tasks(cls: Any, tasks: List[TaskConfig]) -> List[TaskConfig]:
-    """Names non-empty and unique, ESMM parents other plain binary tasks (as the train module needs)."""
+    """Names non-empty and unique, ESMM and AITM parents other plain binary tasks (as the train module needs)."""
     found = task_problems(tasks)
     if found:
         raise problems([((i, key), msg) for i, key, msg in found])
@@ -101,6 +129,8 @@ _TRAILING: List[Tuple[str, Any, Callable[[], Any]]] = [
     ("tower_mlp", MLPConfig, MLPConfig),
     ("text", TextConfig, TextConfig),
     ("tasks", Annotated[List[TaskConfig], Field(min_length=1)], _default_tasks),
+    ("aitm", AITMConfig, AITMConfig),
+    ("feature_attention", FeatureAttentionConfig, FeatureAttentionConfig),
 ]
 _CLASSES: Dict[Tuple[Tuple[str, type], ...], type] = {}
 
@@ -140,7 +170,9 @@ def model_config_class() -> type:
 ModelConfig = model_config_class()
 
 __all__ = [
+    "AITMConfig",
     "BalanceConfig",
+    "FeatureAttentionConfig",
     "MLPConfig",
     "MMoEConfig",
     "ModelConfig",

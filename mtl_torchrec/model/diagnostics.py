@@ -9,6 +9,10 @@ the batches given (gates, experts) or on each of them (task gradients):
   ``dead_share`` of a uniform share), ``constant`` experts whose output does not vary over the
   batch, and ``collapsed`` pairs of experts whose outputs are nearly identical (centred cosine
   above ``collapse_cosine``) -- capacity that is spent twice;
+* **feature attention** (``model.feature_attention``): per task, the mean weight of each feature
+  group (id features, ``dense``, text features): which task reads which features;
+* **AITM** (``model.tasks[*].aitm_parent``): per AITM task, the mean AIT weight of the
+  transferred (parent's) and of its own representation;
 * **task gradients** on the shared representation: norms and pairwise cosines per batch, averaged
   over the batches with a t confidence interval (:func:`~mtl_torchrec.core.stats.mean_interval`).
   A negative cosine means the tasks pull the shared features in opposite directions (negative
@@ -187,6 +191,29 @@ def _trace(backbone: nn.Module, shared: torch.Tensor) -> ExpertTrace:
     return ExpertTrace(outs, gates, [], {})
 
 
+def feature_attention_weights(model: nn.Module, shared: torch.Tensor) -> Dict[str, Dict[str, float]]:
+    """Per task, the mean (over the rows of ``shared`` ``[B, fused_width]``) attention weight of
+    each feature group of ``model``'s feature attention; ``{}`` without one. Weights of a task sum to 1."""
+    attention = getattr(model, "feature_attention", None)
+    if attention is None:
+        return {}
+    groups = model.feature_group_names
+    with torch.no_grad():
+        _, weights = attention.forward_with_weights(shared)
+    mean = weights.float().mean(0)  # [T, G]
+    return {t: {g: float(mean[i, j]) for j, g in enumerate(groups)} for i, t in enumerate(model.tasks)}
+
+
+def aitm_weights(towers: nn.Module, inputs: List[torch.Tensor]) -> Dict[str, Dict[str, float]]:
+    """Per AITM task, the mean AIT weight of the ``transferred`` (parent's) and the ``own``
+    representation on ``inputs`` (the towers' inputs); ``{}`` for towers without AIT units."""
+    if not hasattr(towers, "forward_with_weights"):
+        return {}
+    with torch.no_grad():
+        _, weights = towers.forward_with_weights(inputs)
+    return {t: {"transferred": float(w[:, 0].mean()), "own": float(w[:, 1].mean())} for t, w in weights.items()}
+
+
 def diagnose(
     model: nn.Module,
     batches: Union[Batch, Sequence[Batch]],
@@ -214,11 +241,15 @@ def diagnose(
         shared = shared.detach().requires_grad_(True)
         with torch.enable_grad():
             batch_trace = _trace(model.backbone, shared)
-            logits = model.towers(batch_trace.outputs)
+            attend = getattr(model, "attend", None)
+            inputs = attend(shared, batch_trace.outputs) if attend is not None else batch_trace.outputs
+            logits = model.towers(inputs)
             batch_losses = task_losses(ModelOutput(logits, shared, batch_trace.gates), batch, tasks)
             per_batch.append(gradient_conflict(batch_losses, shared))
         if i == 0:
             trace, losses = batch_trace, batch_losses
+            attention = feature_attention_weights(model, shared.detach())
+            transfer = aitm_weights(model.towers, [x.detach() for x in inputs])
     report: Dict[str, Any] = {
         "batch_size": batches[0].batch_size,
         "losses": {t: float(v.detach()) for t, v in losses.items()},
@@ -227,6 +258,10 @@ def diagnose(
     if trace.gate_info:
         report["gates"] = gate_statistics(trace.gates, trace.gate_info, names)
         report["experts"] = expert_health(trace, names, dead_share=dead_share, collapse_cosine=collapse_cosine)
+    if attention:
+        report["feature_attention"] = attention
+    if transfer:
+        report["aitm"] = transfer
     return report
 
 
@@ -243,6 +278,11 @@ def flatten_scalars(report: Dict[str, Any]) -> Dict[str, float]:
     for gate, stats in report.get("gates", {}).items():
         out[f"gate/{gate}/entropy"] = stats["entropy"]
         out[f"gate/{gate}/usage_entropy"] = stats["usage_entropy"]
+    for task, shares in report.get("feature_attention", {}).items():
+        for group, v in shares.items():
+            out[f"feature_attention/{task}/{group}"] = v
+    for task, shares in report.get("aitm", {}).items():
+        out[f"aitm/{task}/transferred"] = shares["transferred"]
     experts = report.get("experts")
     if experts is not None:
         out["experts/dead"] = float(len(experts["dead"]))

@@ -1,4 +1,4 @@
-"""ESMM labels checked against the data, where both the data and the tasks are known.
+"""ESMM (and AITM) labels checked against the data, where both the data and the tasks are known.
 
 ESMM (Ma et al., SIGIR 2018) trains ``p(parent) * p(task | parent)`` against the label
 ``parent AND task`` over all impressions, and evaluation scores that product against the same
@@ -11,6 +11,8 @@ built or file written. Such rows are an error naming their count and the first f
 and, for data specs, file line), unless the ESMM task sets ``esmm_derive_and_label: true``; then
 the label is replaced by ``parent AND task`` on those rows and a note says how many changed. Rows
 whose parent label is missing (masked) are left as they are: the AND is unknown there.
+An AITM task (``aitm_parent``) is trained against the same ``parent AND task``: such rows are an
+error for it (there is no derive option).
 
 Example::
 
@@ -52,6 +54,9 @@ def check_esmm_labels(data: DataBundle, tasks: Sequence[Any], splits: Optional[S
         if parent is None:
             if derive:
                 raise ConfigError(f"model.tasks[{i}].esmm_derive_and_label: only for an ESMM task (set esmm_parent)")
+            aitm = getattr(task, "aitm_parent", None)
+            if aitm is not None:
+                _check_aitm_labels(data, i, task.name, aitm, labels, names)
             continue
         if task.name not in labels or parent not in labels:
             continue
@@ -80,6 +85,29 @@ def check_esmm_labels(data: DataBundle, tasks: Sequence[Any], splits: Optional[S
         notes.append(f"{what}: label set to {parent} AND {task.name} on {total} row(s) ({per_split}) "
                      f"(esmm_derive_and_label)")
     return notes
+
+
+def _check_aitm_labels(
+    data: DataBundle, index: int, task: str, parent: str, labels: Dict[str, str], splits: Sequence[str]
+) -> None:
+    """DataError for rows of an AITM task (``model.tasks[index]``, ``aitm_parent``) labelled 1
+    where the parent is labelled 0: AITM trains the task against ``parent AND task`` and its
+    calibrator pushes p(task) below p(parent), so such a label contradicts both."""
+    if task not in labels or parent not in labels:
+        return
+    bad: Dict[str, np.ndarray] = {}
+    for split in splits:
+        table = data.splits[split]
+        rows = np.flatnonzero((table[labels[parent]] == 0) & (table[labels[task]] == 1))
+        if len(rows):
+            bad[split] = rows
+    total = sum(len(r) for r in bad.values())
+    if total:
+        raise DataError(
+            f"model.tasks[{index}] '{task}' (aitm_parent '{parent}'): {total} row(s) have {task} = 1 where "
+            f"{parent} = 0, e.g. {_first_rows(data, bad)}; AITM trains {task} as {parent} AND {task} and "
+            f"calibrates p({task}) <= p({parent}). Fix the labels"
+        )
 
 
 def _first_rows(data: DataBundle, bad: Dict[str, np.ndarray]) -> str:

@@ -7,7 +7,7 @@ tasks, a value for regression).
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +45,11 @@ class MultiTaskModel(nn.Module):
             ``out_features`` attribute, e.g. the text-feature module.
         id_dropout: optional ``(pooled KeyedTensor, KJT) -> KeyedTensor`` applied to the pooled
             embeddings, e.g. :class:`~mtl_torchrec.modules.id_dropout.IdDropouts`.
+        feature_attention: optional ``[B, fused_width] -> [B, tasks, d]`` per-task attention over
+            the feature groups (:class:`~mtl_torchrec.modules.feature_attention.FeatureGroupAttention`
+            over :meth:`feature_groups`); each task's ``[B, d]`` is concatenated to its backbone
+            output before its tower (so towers read ``backbone.out_features + d``). None: the
+            towers read the backbone output alone.
 
     Example::
 
@@ -61,6 +66,7 @@ class MultiTaskModel(nn.Module):
         towers: TaskTowers,
         feature_modules: Optional[Dict[str, nn.Module]] = None,
         id_dropout: Optional[nn.Module] = None,
+        feature_attention: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.embedding = embedding
@@ -74,6 +80,12 @@ class MultiTaskModel(nn.Module):
         self.backbone = backbone
         self.towers = towers
         self.tasks = towers.tasks
+        # Names of the fused representation's parts, for the feature-attention diagnostics.
+        self.feature_group_names: List[str] = [
+            n for n, _ in self.feature_groups(embedding, num_dense, dense_layers, feature_modules)
+        ]
+        # None adds no parameter: without it the state dict is as before.
+        self.feature_attention = feature_attention
 
     @staticmethod
     def fused_width(
@@ -87,6 +99,22 @@ class MultiTaskModel(nn.Module):
         width += (dense_layers[-1] if dense_layers else num_dense) if num_dense else 0
         width += sum(int(m.out_features) for m in (feature_modules or {}).values())
         return width
+
+    @staticmethod
+    def feature_groups(
+        embedding: EmbeddingBagCollection,
+        num_dense: int,
+        dense_layers: List[int],
+        feature_modules: Optional[Dict[str, nn.Module]] = None,
+    ) -> List[Tuple[str, int]]:
+        """``(name, width)`` of each part of the fused representation, in :meth:`fuse`'s order:
+        each id feature (its name), ``dense`` (the dense MLP's output), each feature module (its
+        key, e.g. a text feature). Widths sum to :meth:`fused_width`."""
+        groups = [(n, c.embedding_dim) for c in embedding.embedding_bag_configs() for n in c.feature_names]
+        if num_dense:
+            groups.append(("dense", dense_layers[-1] if dense_layers else num_dense))
+        groups += [(name, int(m.out_features)) for name, m in (feature_modules or {}).items()]
+        return groups
 
     def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
         """The fused representation every task reads.
@@ -122,4 +150,18 @@ class MultiTaskModel(nn.Module):
         """
         shared = self.fuse(batch.sparse, batch.dense)
         task_inputs, gates = self.backbone.forward_with_gates(shared)
-        return ModelOutput(self.towers(task_inputs), shared, gates)
+        return ModelOutput(self.towers(self.attend(shared, task_inputs)), shared, gates)
+
+    def attend(self, shared: torch.Tensor, task_inputs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The towers' inputs: each task's backbone output, with its feature-attention output
+        concatenated when ``feature_attention`` is set (``[B, out + d]``); else ``task_inputs``.
+
+        Args:
+            shared (torch.Tensor): the fused representation ``[B, fused_width]``.
+            task_inputs (List[torch.Tensor]): the backbone's ``[B, out]`` per task.
+        """
+        if self.feature_attention is None:
+            return task_inputs
+        # Indexed, not unpacked: TorchRec's pipeline tracer keeps the module a leaf (a proxy).
+        attended = self.feature_attention(shared)
+        return [torch.cat([task_inputs[i], attended[:, i]], dim=1) for i in range(len(task_inputs))]

@@ -4,6 +4,12 @@ ESMM (Ma et al., SIGIR 2018): a binary task with ``esmm_parent`` (conversion, pa
 tower that predicts ``pCVR = p(task | parent)``. Its impression-space prediction is
 ``pCTCVR = pCTR * pCVR`` and that product is what is trained, against ``parent AND task`` over
 all rows, so ``pCVR`` is never trained on the clicked rows alone.
+
+AITM (Xi et al., KDD 2021): a binary task with ``aitm_parent`` predicts its own probability in
+impression space (its tower mixes in the parent's, :mod:`mtl_torchrec.modules.aitm`), trained
+against ``parent AND task`` like ESMM's product, plus the behavioural-expectation calibrator
+``aitm_calibration * max(p(task) - p(parent), 0)`` per row (conversion should not be predicted
+above click).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ class TaskSpec:
     type: str  # "binary" | "regression" (a TASK_LOSSES name)
     weight: float = 1.0
     esmm_parent: Optional[str] = None
+    # AITM parent and calibrator weight (lambda); 0 adds no calibrator term.
+    aitm_parent: Optional[str] = None
+    aitm_calibration: float = 0.0
 
 
 # A task type's loss: ``(logits of every task, the task's labels [B], the task) -> per-row loss [B]``.
@@ -40,16 +49,28 @@ TASK_LOSSES: Registry[TaskLoss] = Registry("model.tasks[*].type")
 @TASK_LOSSES.register("binary")
 def binary_loss(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: TaskSpec) -> torch.Tensor:
     """Binary cross-entropy on the task's logit; for an ESMM task (``esmm_parent``), on the
-    impression-space product ``pCTR * pCVR``, computed in log space so it stays finite.
+    impression-space product ``pCTR * pCVR``, computed in log space so it stays finite; for an
+    AITM task (``aitm_parent``) plus :func:`aitm_calibrator` weighted by ``aitm_calibration``.
 
     ``logits`` ``[B]`` per task, ``label`` ``[B]`` in {0, 1}; returns the per-row loss ``[B]``.
     """
     logit = logits[task.name]
     if task.esmm_parent is None:
-        return F.binary_cross_entropy_with_logits(logit, label, reduction="none")
+        loss = F.binary_cross_entropy_with_logits(logit, label, reduction="none")
+        if task.aitm_parent is not None and task.aitm_calibration > 0:
+            loss = loss + task.aitm_calibration * aitm_calibrator(logit, logits[task.aitm_parent])
+        return loss
     log_p = F.logsigmoid(logits[task.esmm_parent]) + F.logsigmoid(logit)
     p = log_p.exp().clamp(max=1.0 - 1e-7)
     return -(label * log_p + (1.0 - label) * torch.log1p(-p))
+
+
+def aitm_calibrator(logit: torch.Tensor, parent_logit: torch.Tensor) -> torch.Tensor:
+    """AITM's behavioural-expectation calibrator per row (Xi et al., KDD 2021):
+    ``max(sigmoid(logit) - sigmoid(parent_logit), 0)`` (``[B]``), the amount by which the later
+    step (conversion) is predicted above the earlier one (click). Both predictions get its gradient.
+    """
+    return torch.relu(torch.sigmoid(logit) - torch.sigmoid(parent_logit))
 
 
 @TASK_LOSSES.register("regression")
@@ -61,7 +82,8 @@ def squared_error(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: Ta
 def task_problems(tasks: Sequence[Any]) -> List[Tuple[int, str, str]]:
     """What is wrong with a task list, as ``(task index, field, message)``: empty or repeated
     names, unknown types, ESMM parents that are not another plain binary task,
-    ``esmm_derive_and_label`` on a task without ``esmm_parent``.
+    ``esmm_derive_and_label`` on a task without ``esmm_parent``, and the AITM problems of
+    :func:`aitm_problems`.
 
     ``tasks`` are TaskSpecs or anything with ``name``, ``type`` and ``esmm_parent`` (the config's
     TaskConfig), so the config refuses what the train module would.
@@ -87,6 +109,40 @@ def task_problems(tasks: Sequence[Any]) -> List[Tuple[int, str, str]]:
         if t.type != "binary" or parent.type != "binary" or parent.esmm_parent is not None:
             msg = f"ESMM task '{t.name}' and its parent '{parent.name}' must be plain binary tasks"
             out.append((i, "esmm_parent", msg))
+    return out + aitm_problems(tasks)
+
+
+def aitm_problems(tasks: Sequence[Any]) -> List[Tuple[int, str, str]]:
+    """AITM problems of a task list, as ``(task index, "aitm_parent", message)``: a parent that
+    is not another task, a task that is also an ESMM task, a task or parent that is not a plain
+    binary task (binary, no ``esmm_parent``), parents forming a cycle. Tasks without an
+    ``aitm_parent`` attribute have none."""
+    names = [t.name for t in tasks]
+    parents = {t.name: p for t in tasks if (p := getattr(t, "aitm_parent", None)) is not None}
+    out: List[Tuple[int, str, str]] = []
+    for i, t in enumerate(tasks):
+        parent_name = getattr(t, "aitm_parent", None)
+        if parent_name is None:
+            continue
+        if parent_name == t.name or parent_name not in names:
+            others = [n for n in names if n != t.name]
+            out.append((i, "aitm_parent", f"'{parent_name}' is not another task (tasks: {others})"))
+            continue
+        if t.esmm_parent is not None:
+            out.append((i, "aitm_parent", f"task '{t.name}' has esmm_parent too: choose ESMM or AITM"))
+            continue
+        parent = tasks[names.index(parent_name)]
+        if t.type != "binary" or parent.type != "binary" or parent.esmm_parent is not None:
+            msg = f"AITM task '{t.name}' and its parent '{parent.name}' must be plain binary tasks"
+            out.append((i, "aitm_parent", msg))
+            continue
+        seen = {t.name}
+        step = parent_name
+        while step in parents and step not in seen:
+            seen.add(step)
+            step = parents[step]
+        if step == t.name:
+            out.append((i, "aitm_parent", f"the aitm_parent links through '{t.name}' form a cycle"))
     return out
 
 
