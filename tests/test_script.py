@@ -15,6 +15,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from mtl_torchrec.model.multitask import MultiTaskModel
 from mtl_torchrec.model.tasks import TaskSpec, predictions
 from mtl_torchrec.modules import PLE, BatchedExperts, MMoE, SeparateBottoms, SharedBottom, TaskTowers
+from mtl_torchrec.modules.aitm import AITMTowers
+from mtl_torchrec.modules.feature_attention import FeatureGroupAttention
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
 from mtl_torchrec.modules.id_dropout import UnseenIdDropout
 from mtl_torchrec.modules.mlp import MLPOptions
@@ -82,7 +84,7 @@ def test_text_feature_scripts() -> None:
     _check(feature, _kjt(["text"], 4, 10))
 
 
-def _model(tasks: List[TaskSpec], id_dropout: bool) -> MultiTaskModel:
+def _model(tasks: List[TaskSpec], variant: str) -> MultiTaskModel:
     ebc = EmbeddingBagCollection(tables=[
         EmbeddingBagConfig(name="t_user", embedding_dim=4, num_embeddings=20, feature_names=["user"]),
         EmbeddingBagConfig(name="t_item", embedding_dim=4, num_embeddings=30, feature_names=["item"]),
@@ -92,20 +94,39 @@ def _model(tasks: List[TaskSpec], id_dropout: bool) -> MultiTaskModel:
     text = {"text": TextFeature(FrozenEmbeddingBagCollection([text_cfg]), text_dim=6, adapter_layers=[3])}
     width = MultiTaskModel.fused_width(ebc, 2, [4], text)
     backbone = PLE(width, len(tasks), 2, 1, 1, [8, 4])
-    towers = TaskTowers([t.name for t in tasks], 4, {t.name: [3] for t in tasks})
-    drop = UnseenIdDropout("item", 30, 4, 0.3) if id_dropout else None
-    return MultiTaskModel(ebc, 2, [4], backbone, towers, text, drop)
+    names = [t.name for t in tasks]
+    attention = None
+    tower_in = 4
+    if variant == "feature_attention":
+        groups = MultiTaskModel.feature_groups(ebc, 2, [4], text)
+        attention = FeatureGroupAttention([w for _, w in groups], len(tasks), 5)
+        tower_in += 5
+    if variant == "aitm":
+        parents = {t.name: t.aitm_parent for t in tasks if t.aitm_parent is not None}
+        towers: TaskTowers = AITMTowers(names, tower_in, {n: [3] for n in names}, parents=parents)
+    else:
+        towers = TaskTowers(names, tower_in, {n: [3] for n in names})
+    drop = UnseenIdDropout("item", 30, 4, 0.3) if variant == "id_dropout" else None
+    return MultiTaskModel(ebc, 2, [4], backbone, towers, text, drop, attention)
 
 
-@pytest.mark.parametrize("id_dropout", [False, True])
-def test_scoring_model_scripts_and_equals_the_model(id_dropout: bool) -> None:
+@pytest.mark.parametrize("variant", ["plain", "id_dropout", "feature_attention", "aitm"])
+def test_scoring_model_scripts_and_equals_the_model(variant: str) -> None:
     """The scripted scoring form equals the eager model's impression-space predictions (ESMM: pCTR,
-    pCVR, pCTCVR); with id dropout, unseen ids read the learned unseen vector as in evaluation."""
+    pCVR, pCTCVR; AITM: each task's own probability); with id dropout, unseen ids read the learned
+    unseen vector as in evaluation; with feature attention, towers read the attended groups too."""
     torch.manual_seed(0)
-    tasks = [TaskSpec("click", "binary"), TaskSpec("conversion", "binary", esmm_parent="click"),
-             TaskSpec("rating", "regression")]
-    model = _model(tasks, id_dropout)
-    if id_dropout:
+    if variant == "aitm":
+        tasks = [TaskSpec("click", "binary"), TaskSpec("conversion", "binary", aitm_parent="click"),
+                 TaskSpec("rating", "regression")]
+    else:
+        tasks = [TaskSpec("click", "binary"), TaskSpec("conversion", "binary", esmm_parent="click"),
+                 TaskSpec("rating", "regression")]
+    model = _model(tasks, variant)
+    if variant == "feature_attention":
+        with torch.no_grad():
+            model.feature_attention.query.normal_()  # zero queries would mix the groups uniformly
+    if variant == "id_dropout":
         with torch.no_grad():
             model.id_dropout.seen[:15] = True
             model.id_dropout.unseen.normal_()
@@ -124,6 +145,7 @@ def test_scoring_model_scripts_and_equals_the_model(id_dropout: bool) -> None:
         expected = predictions(model(batch).logits, tasks)  # type: ignore[arg-type]
         scripted = torch.jit.script(ScoringModel.from_model(model, tasks, keys))
         got = scripted(sparse.values(), sparse.lengths(), dense)
-    assert set(got) == {"click", "conversion", "conversion_given_click", "rating"}
+    esmm_extra = set() if variant == "aitm" else {"conversion_given_click"}
+    assert set(got) == {"click", "conversion", "rating"} | esmm_extra
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)

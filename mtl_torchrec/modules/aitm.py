@@ -153,14 +153,26 @@ class AITMTowers(TaskTowers):
         z: Dict[str, torch.Tensor] = {}
         raw: Dict[str, torch.Tensor] = {}
         weights: Dict[str, torch.Tensor] = {}
+        # Modules are found by looping over their ModuleDicts and matching names: TorchScript only
+        # indexes a ModuleDict with string literals, and the chain order is known at run time.
         for name in self.order:
-            tower = self.towers[name]
-            q = tower.mlp(inputs[index[name]])
+            q = inputs[index[name]]
+            for n, tower in self.towers.items():
+                if n == name:
+                    q = tower.mlp(q)
             if name in self.parents:
-                p = self.transfer[name](z[self.parents[name]])
-                q, weights[name] = self.ait[name].forward_with_weights(p, q)
+                p = z[self.parents[name]]
+                for c, transfer in self.transfer.items():
+                    if c == name:
+                        p = transfer(p)
+                for c, unit in self.ait.items():
+                    if c == name:
+                        q, w = unit.forward_with_weights(p, q)
+                        weights[name] = w
             z[name] = q
-            raw[name] = tower.head(q).squeeze(-1)
+            for n, tower in self.towers.items():
+                if n == name:
+                    raw[name] = tower.head(q).squeeze(-1)
         return {t: raw[t] for t in self.tasks}, weights
 
     def forward(self, inputs: List[torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -63,6 +63,8 @@ class ScoringModel(nn.Module):
         self.dense_arch = model.dense_arch
         self.feature_modules = model.feature_modules
         self.backbone = model.backbone
+        # None when the model has no per-task feature attention (TorchScript drops the branch).
+        self.feature_attention = model.feature_attention
         self.towers = model.towers
         self.task_names = [t.name for t in tasks]
         # Plain tasks, then ESMM tasks with their parents (TorchScript needs typed lists, not TaskSpecs).
@@ -107,6 +109,10 @@ class ScoringModel(nn.Module):
             parts.append(module(sparse))
         shared = torch.cat(parts, dim=1)
         task_inputs, _ = self.backbone.forward_with_gates(shared)
+        # The same tower inputs as MultiTaskModel.attend.
+        if self.feature_attention is not None:
+            attended = self.feature_attention(shared)
+            task_inputs = [torch.cat([task_inputs[i], attended[:, i]], dim=1) for i in range(len(task_inputs))]
         logits = self.towers(task_inputs)
         out: Dict[str, torch.Tensor] = {}
         for name in self.regression:
