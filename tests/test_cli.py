@@ -52,6 +52,15 @@ def test_a_bad_argument_is_reported_without_torch() -> None:
     assert not _imported_top_level(proc.stderr) & HEAVY
 
 
+def test_export_refuses_int8_programs_before_importing_torch(tmp_path: Path) -> None:
+    out = tmp_path / "artifact"
+    proc = _run(["-m", "mtl_torchrec", "export", "--run", str(tmp_path / "run"), "--out", str(out), "--int8",
+                 "--format", "export"])
+    assert proc.returncode == 2
+    assert "--int8: INT8 tables are exported as TorchScript only" in proc.stderr
+    assert not _imported_top_level(proc.stderr) & HEAVY and not out.exists()
+
+
 def test_the_checker_sees_torch() -> None:
     proc = _run(["-c", "import torch"])
     assert proc.returncode == 0

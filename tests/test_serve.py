@@ -114,6 +114,9 @@ def test_bad_input_is_one_clear_error_and_unseen_ids_are_oov(run: Path) -> None:
     # A missing price follows the training rule: this spec's fill_missing is the default, error.
     with pytest.raises(DataError, match="DataFrame row 0 column 'price': missing value"):
         predict_frame(loaded, rows.assign(price=np.nan))
+    # A pass-through column the DataFrame lacks names the Python argument, not the CLI flag.
+    with pytest.raises(ConfigError, match=r"^keep: column\(s\) \['order_id'\] are not in the DataFrame"):
+        predict_frame(loaded, rows, keep=["order_id"])
 
 
 @pytest.mark.slow

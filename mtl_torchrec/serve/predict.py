@@ -83,11 +83,11 @@ def _frame_of(part: FeatureChunk, scores: Dict[str, np.ndarray], keep: Sequence[
     return pd.DataFrame(cols)
 
 
-def _check_keep(keep: Sequence[str], columns: Iterable[str]) -> None:
+def _check_keep(keep: Sequence[str], columns: Iterable[str], name: str, source: str) -> None:
     have = set(columns)
     missing = [c for c in keep if c not in have]
     if missing:
-        raise ConfigError(f"--keep: column(s) {missing} are not read from the data (columns read: {sorted(have)})")
+        raise ConfigError(f"{name}: column(s) {missing} are not in {source} (columns: {sorted(have)})")
 
 
 def predict_frame(run: Union[Path, str, LoadedRun], frame: pd.DataFrame, keep: Sequence[str] = (),
@@ -102,7 +102,7 @@ def predict_frame(run: Union[Path, str, LoadedRun], frame: pd.DataFrame, keep: S
     if not isinstance(run, LoadedRun):
         run = load_run(Path(run), checkpoint)
     spec = feature_spec(run.spec, list(frame.columns), text=run.cfg.model.text.enabled, where="the DataFrame")
-    _check_keep(keep, frame.columns)
+    _check_keep(keep, frame.columns, "keep", "the DataFrame")
     rows = FeatureRows(spec, run.preprocessing)
     part = rows.convert_frame(frame)
     scores = score_table(run, part.table, rows, batch_size or run.cfg.data.eval_batch_size)
@@ -135,7 +135,7 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
 
     rows = data_rows(run, data)
     read = set(rows.spec.raw_columns())
-    _check_keep(keep, read)
+    _check_keep(keep, read, "--keep", "the columns read from the data")
     batch_size = batch_size or run.cfg.data.eval_batch_size
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
