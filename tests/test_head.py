@@ -231,3 +231,46 @@ def test_the_dlrm_example_trains_on_two_ranks() -> None:
     values = {k: float(v) for k, v in found.items()}
     assert all(np.isfinite(v) for v in values.values())
     assert values["auc click"] > 0.5 and values["auc purchase"] > 0.5
+
+
+def _loss_inputs():
+    torch.manual_seed(0)
+    logits = {t.name: torch.randn(6, requires_grad=True) for t in TASKS}
+    labels = {"click": torch.tensor([1.0, 0, 1, 0, 1, 0]), "buy": torch.tensor([1.0, 0, 0, 0, 1, 0]),
+              "rating": torch.tensor([4.0, 3, 5, 2, 1, 3])}
+    masks = {"click": torch.ones(6), "buy": torch.ones(6), "rating": torch.tensor([1.0, 0, 1, 0, 1, 0])}
+    return logits, labels, masks
+
+
+def test_unlabelled_rows_may_hold_nan_labels_and_weights() -> None:
+    """NaN is the natural value of a missing rating: under mask 0 it changes neither the loss nor
+    the gradients (NaN * 0 is NaN, so the rows are zeroed before the loss)."""
+    logits, labels, masks = _loss_inputs()
+    clean = multitask_loss(logits, labels, masks, TASKS)
+    nan_labels = dict(labels, rating=torch.where(masks["rating"] > 0, labels["rating"], torch.tensor(float("nan"))))
+    weights = {"rating": torch.tensor([2.0, float("nan"), 1, float("nan"), 1, float("nan")])}
+    got = multitask_loss(logits, nan_labels, masks, TASKS)
+    torch.testing.assert_close(got["rating"], clean["rating"], rtol=0, atol=0)
+    weighted = multitask_loss(logits, nan_labels, masks, TASKS, weights)["rating"]
+    assert torch.isfinite(weighted)
+    weighted.backward()
+    assert torch.isfinite(logits["rating"].grad).all()
+    assert logits["rating"].grad[1] == 0 and logits["rating"].grad[3] == 0
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda lab, m, w: m.update(rating=m["rating"].view(6, 1)), r"masks\['rating'\]: must be \[B\] = \[6\]"),
+    (lambda lab, m, w: lab.update(rating=lab["rating"].view(6, 1)), r"labels\['rating'\]: must be \[B\]"),
+    (lambda lab, m, w: lab.update(rating=lab["rating"][:1]), r"labels\['rating'\]: must be \[B\]"),
+    (lambda lab, m, w: lab.update(click=lab["click"] * 2), r"labels\['click'\]: binary labels must be 0 or 1"),
+    (lambda lab, m, w: lab.update(buy=torch.tensor([1.0, 1, 0, 0, 1, 0])), r"labels\['buy'\]: 1 where its ESMM parent"),
+    (lambda lab, m, w: m.update(click=m["click"] * 0.5), r"masks\['click'\]: must be 0 or 1"),
+    (lambda lab, m, w: lab.update(rating=torch.tensor([float("nan"), 3, 5, 2, 1, 3])), r"a NaN or infinite label"),
+    (lambda lab, m, w: w.update(click=-torch.ones(6)), r"weights\['click'\]: row weights must be finite and >= 0"),
+])
+def test_loss_inputs_that_would_give_a_wrong_number_are_refused(change, message) -> None:
+    logits, labels, masks = _loss_inputs()
+    weights = {}
+    change(labels, masks, weights)
+    with pytest.raises(ValueError, match=message):
+        multitask_loss(logits, labels, masks, TASKS, weights or None)

@@ -244,6 +244,50 @@ def check_label_dicts(
                     raise ValueError(f"{what}: unknown task '{key}' (tasks: {names})")
 
 
+def check_label_values(
+    logits: Dict[str, torch.Tensor],
+    labels: Dict[str, torch.Tensor],
+    masks: Optional[Dict[str, torch.Tensor]],
+    tasks: Sequence[TaskSpec],
+    weights: Optional[Dict[str, torch.Tensor]] = None,
+) -> None:
+    """Checks what a wrong input would otherwise turn into a silently wrong loss: every task's
+    logits, labels, masks and weights are ``[B]`` of one ``B`` (a ``[B, 1]`` would broadcast to
+    ``[B, B]``); masks are 0/1; labelled rows have finite labels, binary ones in {0, 1}, and finite
+    weights >= 0; an ESMM task's label is 0 where its parent's is 0 (``parent AND task``).
+
+    Raises ValueError naming the task and the entry (``labels['rating']: ...``).
+    """
+    for t in tasks:
+        logit = logits[t.name]
+        if logit.dim() != 1:
+            raise ValueError(f"logits['{t.name}']: must be [B], got shape {list(logit.shape)}")
+        entries = [("labels", labels[t.name]), ("masks", masks[t.name] if masks is not None else None),
+                   ("weights", weights.get(t.name) if weights is not None else None)]
+        for what, value in entries:
+            if value is not None and tuple(value.shape) != tuple(logit.shape):
+                raise ValueError(f"{what}['{t.name}']: must be [B] = {list(logit.shape)} like its logits, "
+                                 f"got shape {list(value.shape)}")
+        label = labels[t.name].detach().double()
+        mask = masks[t.name].detach().double() if masks is not None else torch.ones_like(label)
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"masks['{t.name}']: must be 0 or 1")
+        on = mask > 0
+        if not bool(torch.isfinite(label[on]).all()):
+            raise ValueError(f"labels['{t.name}']: a labelled row (mask 1) has a NaN or infinite label")
+        if t.type == "binary" and not bool(((label[on] == 0) | (label[on] == 1)).all()):
+            raise ValueError(f"labels['{t.name}']: binary labels must be 0 or 1 on labelled rows")
+        if t.esmm_parent is not None:
+            parent = labels[t.esmm_parent].detach().double()
+            both = on & ((masks[t.esmm_parent].detach() > 0) if masks is not None else torch.ones_like(on))
+            if bool(((label > 0.5) & (parent < 0.5) & both).any()):
+                raise ValueError(f"labels['{t.name}']: 1 where its ESMM parent '{t.esmm_parent}' is 0; an ESMM "
+                                 f"label is '{t.esmm_parent} AND {t.name}'")
+        w = entries[2][1]
+        if w is not None and not bool((torch.isfinite(w.detach()[on]) & (w.detach()[on] >= 0)).all()):
+            raise ValueError(f"weights['{t.name}']: row weights must be finite and >= 0 on labelled rows")
+
+
 def multitask_loss(
     logits: Dict[str, torch.Tensor],
     labels: Dict[str, torch.Tensor],
@@ -251,6 +295,7 @@ def multitask_loss(
     tasks: Sequence[TaskSpec],
     weights: Optional[Dict[str, torch.Tensor]] = None,
     allow_extra: bool = False,
+    check_values: bool = True,
 ) -> Dict[str, torch.Tensor]:
     """Masked, optionally row-weighted mean loss per task over plain tensors (no ``Batch``).
 
@@ -266,6 +311,9 @@ def multitask_loss(
             function runs inside code that TorchRec's pipeline fx-traces.
         weights: optional ``[B]`` row weights per task (weight 2 counts a row twice).
         allow_extra: accept label/mask entries for tasks not in ``tasks``.
+        check_values: run :func:`check_label_values` (shapes, 0/1 masks, label values, the ESMM
+            rule, weights) on real dicts; the trainer, whose data path checked its rows already,
+            turns it off.
 
     Returns:
         Dict[str, torch.Tensor]: a scalar loss per task (0 for a task without a labelled row).
@@ -282,13 +330,20 @@ def multitask_loss(
     """
     if isinstance(labels, dict):
         check_label_dicts(labels, masks if isinstance(masks, dict) else None, tasks, allow_extra)
+        if check_values and isinstance(logits, dict) and (masks is None or isinstance(masks, dict)):
+            check_label_values(logits, labels, masks, tasks, weights if isinstance(weights, dict) else None)
     losses: Dict[str, torch.Tensor] = {}
     for t in tasks:
         label = labels[t.name]
+        mask = masks[t.name] if masks is not None else torch.ones_like(label)
+        # Unlabelled rows may hold anything (NaN for a missing rating): zeroed before the loss, since
+        # NaN * 0 is NaN, and a NaN in where()'s other branch would still reach the gradient.
+        label = torch.where(mask > 0, label, torch.zeros_like(label))
         per_row = TASK_LOSSES.get(t.type)(logits, label, t)
         # No truth test of weights: TorchRec's pipeline fx-traces this with proxies.
         w = weights.get(t.name) if weights is not None else None
-        mask = masks[t.name] if masks is not None else torch.ones_like(label)
+        if w is not None:
+            w = torch.where(mask > 0, w, torch.zeros_like(w))
         losses[t.name] = _masked_mean(per_row, mask, w)
     return losses
 
@@ -299,7 +354,8 @@ def task_losses(out: ModelOutput, batch: Batch, tasks: List[TaskSpec]) -> Dict[s
 
     ``batch.weights[task]`` (``[B]``, when given) weights rows: weight 2 counts a row twice.
     """
-    return multitask_loss(out.logits, batch.labels, batch.masks, tasks, batch.weights, allow_extra=True)
+    return multitask_loss(out.logits, batch.labels, batch.masks, tasks, batch.weights, allow_extra=True,
+                          check_values=False)
 
 
 class TrainOutput(NamedTuple):
