@@ -61,6 +61,18 @@ def test_export_refuses_int8_programs_before_importing_torch(tmp_path: Path) -> 
     assert not _imported_top_level(proc.stderr) & HEAVY and not out.exists()
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["predict", "--run", "r", "--data", "d", "--out", "."], "argument --out: '.' is a directory"),
+    (["predict", "--run", "r", "--data", "d", "--out", "s.parquet", "--batch-size", "0"],
+     "argument --batch-size: expected an integer >= 1, got 0"),
+    (["export", "--run", "r", "--out", "."], "argument --out: '.' has no folder name of its own"),
+])
+def test_output_and_batch_arguments_are_checked_before_any_work(argv: List[str], message: str) -> None:
+    proc = _run(["-m", "mtl_torchrec", *argv])
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not _imported_top_level(proc.stderr) & HEAVY
+
+
 def test_the_checker_sees_torch() -> None:
     proc = _run(["-c", "import torch"])
     assert proc.returncode == 0

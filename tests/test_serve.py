@@ -117,6 +117,8 @@ def test_bad_input_is_one_clear_error_and_unseen_ids_are_oov(run: Path) -> None:
     # A pass-through column the DataFrame lacks names the Python argument, not the CLI flag.
     with pytest.raises(ConfigError, match=r"^keep: column\(s\) \['order_id'\] are not in the DataFrame"):
         predict_frame(loaded, rows, keep=["order_id"])
+    with pytest.raises(ValueError, match="batch_size: must be an integer >= 1, got 0"):
+        predict_frame(loaded, rows, batch_size=0)
 
 
 @pytest.mark.slow
@@ -250,3 +252,30 @@ def test_refusals_other_version_and_no_preprocessing(run: Path, tmp_path: Path) 
         export_run(bare, tmp_path / "never")
     assert not (tmp_path / "never").exists()
     assert main(["export", "--run", str(bare), "--out", str(tmp_path / "never")]) == 2
+
+
+def test_a_spec_edited_after_training_is_refused(run: Path, tmp_path: Path) -> None:
+    """Swapping two sparse: entries keeps every column and vocabulary valid but would feed them to
+    each other's trained tables: predict, export and evaluate refuse it, naming the entry."""
+    import yaml
+
+    from mtl_torchrec.config import load_config
+    from mtl_torchrec.data.preprocessing import Preprocessing
+    from mtl_torchrec.data.spec import load_spec
+    from mtl_torchrec.data.spec.build import build_bundle
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg_text = yaml.safe_load((copy / "config.yaml").read_text())
+    spec_path = Path(cfg_text["data"]["spec"])
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["sparse"][0], spec["sparse"][1] = spec["sparse"][1], spec["sparse"][0]
+    edited = spec_path.with_name("edited_spec.yaml")
+    edited.write_text(yaml.safe_dump(spec))
+    cfg_text["data"]["spec"] = str(edited)
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg_text))
+    with pytest.raises(DataError, match=r"features differ from those the run was trained on \(entry 0"):
+        predict_frame(copy, _test_rows())
+    pre = Preprocessing.load(run / "preprocessing")
+    with pytest.raises(DataError, match="features differ"):
+        build_bundle(load_spec(load_config(None, [f"data.spec={edited}"]).data.spec), pre)

@@ -429,6 +429,9 @@ class Preprocessing:
     # Raw keys (canonical tokens) of the training split, per cold/warm slice column: "cold" means not
     # among them, whatever the column's vocabulary mode.
     seen: Dict[str, List[str]] = field(default_factory=dict)
+    # The data spec's feature layout when fitted (DataSpec.feature_layout); empty for built-in
+    # sources and runs saved before it was recorded.
+    features: List[List[str]] = field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
         """The JSON form saved in ``preprocessing.json``, with its ``format_version``."""
@@ -438,6 +441,7 @@ class Preprocessing:
             "normalizers": {k: n.to_json() for k, n in self.normalizers.items()},
             "texts": {k: t.to_json() for k, t in self.texts.items()},
             "seen": {k: sorted(v) for k, v in self.seen.items()},
+            "features": self.features,
             "stats": self.stats,
         }
 
@@ -452,6 +456,7 @@ class Preprocessing:
             stats=dict(d.get("stats", {})),
             texts={k: TextRows.from_json(v) for k, v in d.get("texts", {}).items()},
             seen={k: [str(x) for x in v] for k, v in d.get("seen", {}).items()},
+            features=[[str(x) for x in f] for f in d.get("features", [])],
         )
 
     def save(self, directory: Union[str, Path]) -> Path:

@@ -11,12 +11,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mtl_torchrec.launch.args import new_folder
+
 
 def add_parser(sub: Any) -> None:
     """Registers ``export`` and its options."""
     p = sub.add_parser("export", help="export a trained run for serving (TorchScript, fp32 or INT8 tables)")
     p.add_argument("--run", "--run-dir", dest="run_dir", required=True, help="run directory (trained on a data spec)")
-    p.add_argument("--out", required=True, help="artifact folder to write (written under a temporary name, then renamed)")
+    p.add_argument("--out", type=new_folder, required=True, help="artifact folder to write (written under a temporary name, then renamed)")
     p.add_argument("--int8", action="store_true", help="quantise the embedding tables to int8 (row-wise)")
     p.add_argument("--format", dest="fmt", default="torchscript", choices=["torchscript", "export"],
                    help="torchscript (model.pt, torch.jit.load) or export (model.pt2: torch.export with a "

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mtl_torchrec.launch.args import new_output, positive_int
+
 
 def add_parser(sub: Any) -> None:
     """Registers ``predict`` and its options."""
@@ -22,12 +24,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--run", "--run-dir", dest="run_dir", required=True, help="run directory (trained on a data spec)")
     p.add_argument("--data", required=True,
                    help="CSV or Parquet file (or glob) with the run's feature columns, or a YAML data spec")
-    p.add_argument("--out", required=True, help="output Parquet file (written to a temporary file, then renamed)")
+    p.add_argument("--out", type=new_output, required=True, help="output Parquet file (written to a temporary file, then renamed)")
     p.add_argument("--checkpoint", default=None, metavar="latest|best|step_N",
                    help="checkpoint to score with (default: best for a run trained with train.select_by, else latest)")
     p.add_argument("--keep", action="append", default=[], metavar="COLUMN",
                    help="copy this input column into the output (repeatable; a column the spec reads)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per step (default: data.eval_batch_size)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="rows per step (default: data.eval_batch_size)")
     p.add_argument("--no-calibration", action="store_true", help="the model's own predictions only")
     p.set_defaults(run=run)
 

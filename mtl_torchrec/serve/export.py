@@ -53,7 +53,7 @@ from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.spec import DataSpec
 from mtl_torchrec.data.spec.features import FeatureRows, feature_spec
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
-from mtl_torchrec.serve.predict import output_names
+from mtl_torchrec.serve.predict import output_names, rows_per_step
 from mtl_torchrec.serve.runs import LoadedRun, load_run
 from mtl_torchrec.serve.scoring import ScoringModel, scoring_inputs
 
@@ -203,7 +203,7 @@ class Artifact:
                             where="the DataFrame")
         rows = FeatureRows(spec, self.preprocessing)
         part = rows.convert_frame(frame)
-        size = batch_size or int(self.info.get("eval_batch_size") or 4096)
+        size = rows_per_step(batch_size, int(self.info.get("eval_batch_size") or 4096))
         parts: Dict[str, List[np.ndarray]] = {}
         with torch.no_grad():
             for start in range(0, len(part.table), size):

@@ -44,6 +44,15 @@ from mtl_torchrec.serve.runs import LoadedRun, load_run
 RAW_SUFFIX = "_raw"
 
 
+def rows_per_step(batch_size: Optional[int], default: int) -> int:
+    """``batch_size``, or ``default`` when it is None; ValueError naming ``batch_size`` below 1."""
+    if batch_size is None:
+        return int(default)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
 def score_table(run: LoadedRun, table: ColumnTable, rows: FeatureRows, batch_size: int) -> Dict[str, np.ndarray]:
     """Predictions (float64, ``{name: [N]}``) for every row of a converted ``table``; with the run's
     calibration the names hold calibrated values and ``<name>_raw`` the model's own."""
@@ -105,7 +114,7 @@ def predict_frame(run: Union[Path, str, LoadedRun], frame: pd.DataFrame, keep: S
     _check_keep(keep, frame.columns, "keep", "the DataFrame")
     rows = FeatureRows(spec, run.preprocessing)
     part = rows.convert_frame(frame)
-    scores = score_table(run, part.table, rows, batch_size or run.cfg.data.eval_batch_size)
+    scores = score_table(run, part.table, rows, rows_per_step(batch_size, run.cfg.data.eval_batch_size))
     return _frame_of(FeatureChunk(part.table, part.rows, frame.reset_index(drop=True).iloc[part.rows]), scores, keep)
 
 
@@ -136,7 +145,7 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
     rows = data_rows(run, data)
     read = set(rows.spec.raw_columns())
     _check_keep(keep, read, "--keep", "the columns read from the data")
-    batch_size = batch_size or run.cfg.data.eval_batch_size
+    batch_size = rows_per_step(batch_size, run.cfg.data.eval_batch_size)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer: Optional[pq.ParquetWriter] = None

@@ -21,7 +21,7 @@ from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.preprocessing import FILE_NAME, Preprocessing
 from mtl_torchrec.data.spec import DataSpec, load_spec, schema_for
-from mtl_torchrec.data.spec.build import TextParts
+from mtl_torchrec.data.spec.build import TextParts, check_feature_layout
 from mtl_torchrec.distributed.checkpoint import BEST, choose_checkpoint, load_checkpoint, resolve_checkpoint
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
 from mtl_torchrec.eval.evaluate import default_checkpoint, load_eval_data, load_run_config
@@ -97,6 +97,7 @@ def load_run(run_dir: Path, checkpoint: Optional[str] = None, calibrate: bool = 
     cfg = load_run_config(run_dir)
     pre = load_preprocessing(run_dir, cfg)
     spec = run_spec(cfg)
+    check_feature_layout(spec, pre)
     if checkpoint is None:
         ckpt = choose_checkpoint(run_dir, BEST) if default_checkpoint(cfg, run_dir) == BEST else resolve_checkpoint(run_dir)
     else:

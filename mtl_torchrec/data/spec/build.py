@@ -62,6 +62,8 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     dense value beyond float32 included) or an item key missing from its item table.
     """
     fitted = preprocessing is None
+    if not fitted:
+        check_feature_layout(spec, preprocessing)
     pre = fit_preprocessing(spec) if fitted else preprocessing
     texts = TextParts(spec, pre, fitted)
     skipped: Dict[str, int] = {}
@@ -99,9 +101,29 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     if fitted:
         stats["train_oov"] = {f: c["rate"] for f, c in stats["oov"].get("train", {}).items()}
         pre.stats = stats
-    out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats, texts=pre.texts, seen=pre.seen)
+    out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats, texts=pre.texts, seen=pre.seen, features=pre.features)
     return DataBundle(schema=schema, splits=splits, texts=texts.tables(), slices=slices, preprocessing=out_pre,
                       row_origin=functools.partial(locate_rows, spec, pre))
+
+
+def check_feature_layout(spec: DataSpec, pre: Preprocessing) -> None:
+    """Checks that ``spec`` builds the model's inputs from the same features and columns, in the same
+    order, as the spec ``pre`` was fitted on (its saved layout; runs saved without one pass).
+
+    Raises DataError naming the first entry that differs: an edited spec (a reordered ``sparse:``
+    list, another column) would otherwise feed other values to the trained tables without a word.
+    """
+    if not pre.features:
+        return
+    now = spec.feature_layout()
+    if now == pre.features:
+        return
+    for i, (a, b) in enumerate(zip(pre.features + [None] * len(now), now + [None] * len(pre.features))):
+        if a != b:
+            raise DataError(
+                f"data spec: its features differ from those the run was trained on (entry {i}: trained "
+                f"{a}, now {b}); restore the spec the run was trained with"
+            )
 
 
 def convert_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, texts: "TextParts", skipped: Dict[str, int],

@@ -87,6 +87,14 @@ class DataSpec:
         return ([s.feature for s in self.sparse] + [d.feature for d in self.dense] + [t.feature for t in self.text]
                 + [lab.task for lab in self.labels])
 
+    def feature_layout(self) -> List[List[str]]:
+        """What the model's inputs are built from, in order: ``["sparse", feature, column]``,
+        ``["dense", feature, column]``, ``["text", feature]``. A fitted run saves it
+        (``preprocessing.json``) so that a spec edited afterwards cannot silently feed other columns
+        to the trained tables (:func:`~mtl_torchrec.data.spec.build.check_feature_layout`)."""
+        return ([["sparse", s.feature, s.column] for s in self.sparse] + [["dense", d.feature, d.column] for d in self.dense]
+                + [["text", t.feature] for t in self.text])
+
     def sparse_by_feature(self, name: str) -> SparseColumn:
         """The sparse column whose feature name is ``name``; raises StopIteration when there is none."""
         return next(s for s in self.sparse if s.feature == name)

@@ -57,7 +57,7 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
         raise DataError("data spec: the training split has no rows (check files and split rule)")
     vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse}
     return Preprocessing(vocabs=vocabs, normalizers=norms, stats={"fit_train_rows": train_rows},
-                         seen={c: sorted(k) for c, k in seen.items()})
+                         seen={c: sorted(k) for c, k in seen.items()}, features=spec.feature_layout())
 
 
 def _fit_dense(norm: Normalizer, values: np.ndarray, keep: np.ndarray, chunk: Chunk, key: str, column: str) -> None:
