@@ -279,3 +279,37 @@ def test_a_spec_edited_after_training_is_refused(run: Path, tmp_path: Path) -> N
     pre = Preprocessing.load(run / "preprocessing")
     with pytest.raises(DataError, match="features differ"):
         build_bundle(load_spec(load_config(None, [f"data.spec={edited}"]).data.spec), pre)
+
+
+def test_a_damaged_artifact_is_one_error_naming_the_file(run: Path, tmp_path: Path) -> None:
+    good = export_run(run, tmp_path / "artifact", calibrate=False)
+
+    def damaged(name: str, edit) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(good, copy)
+        edit(copy)
+        return copy
+
+    def edit_info(change):
+        def apply(folder: Path) -> None:
+            info = json.loads((folder / ARTIFACT_FILE).read_text())
+            change(info)
+            (folder / ARTIFACT_FILE).write_text(json.dumps(info))
+        return apply
+
+    def swap_sparse(info: Dict[str, Any]) -> None:
+        info["spec"]["sparse"][0], info["spec"]["sparse"][1] = info["spec"]["sparse"][1], info["spec"]["sparse"][0]
+
+    cases = [
+        ("garbled", lambda f: (f / "preprocessing.json").write_text("{not json"), r"preprocessing.json: cannot be read"),
+        ("truncated", lambda f: (f / "model.pt").write_bytes((f / "model.pt").read_bytes()[:1000]),
+         r"model.pt: cannot be loaded, damaged\?"),
+        ("no_model", lambda f: (f / "model.pt").unlink(), r"model.pt: missing from the artifact"),
+        ("no_spec", edit_info(lambda i: i.pop("spec")), r"artifact.json: no \['spec'\]"),
+        ("swapped", edit_info(swap_sparse), r"features differ from those the run was trained on"),
+    ]
+    for name, edit, message in cases:
+        with pytest.raises(DataError, match=message):
+            load_artifact(damaged(name, edit))
+    with pytest.raises(ConfigError, match=r"^keep: column\(s\) \['nope'\]"):
+        load_artifact(good).predict(_test_rows(), keep=["nope"])

@@ -51,6 +51,7 @@ from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.preprocessing import FILE_NAME as PREPROCESSING_FILE
 from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.spec import DataSpec
+from mtl_torchrec.data.spec.build import check_feature_layout
 from mtl_torchrec.data.spec.features import FeatureRows, feature_spec
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
 from mtl_torchrec.serve.predict import output_names, rows_per_step
@@ -201,6 +202,9 @@ class Artifact:
         calibration, then also ``<name>_raw``). DataError naming missing feature columns or a bad row."""
         spec = feature_spec(self.spec, list(frame.columns), text=bool(self.info["text_features"]),
                             where="the DataFrame")
+        missing = [c for c in keep if c not in frame.columns]
+        if missing:
+            raise ConfigError(f"keep: column(s) {missing} are not in the DataFrame (columns: {sorted(frame.columns)})")
         rows = FeatureRows(spec, self.preprocessing)
         part = rows.convert_frame(frame)
         size = rows_per_step(batch_size, int(self.info.get("eval_batch_size") or 4096))
@@ -230,7 +234,8 @@ def load_artifact(path: Union[str, Path]) -> Artifact:
 
     Raises FileNotFoundError (not an artifact folder), DataError when it was written by another
     mtl_torchrec version or artifact format (re-export it from the run with this version), or when
-    its preprocessing cannot be read.
+    a file of it is missing or damaged (``artifact.json`` keys, ``preprocessing.json``, the model
+    file) or its spec's features differ from those the preprocessing was fitted on; each names the file.
     """
     path = Path(path)
     info_path = path / ARTIFACT_FILE
@@ -248,17 +253,34 @@ def load_artifact(path: Union[str, Path]) -> Artifact:
     if info.get("package_version") != package_version():
         raise DataError(f"{info_path}: exported by mtl_torchrec {info.get('package_version')}, this is "
                         f"{package_version()}; export the run again with this version (or load it with that one)")
-    pre = Preprocessing.load(path) if (path / PREPROCESSING_FILE).is_file() else None
-    if pre is None:
+    missing_keys = [k for k in ("spec", "outputs", "model_format", "text_features") if k not in info]
+    if missing_keys:
+        raise DataError(f"{info_path}: no {missing_keys} (a damaged artifact; export the run again)")
+    if not (path / PREPROCESSING_FILE).is_file():
         raise DataError(f"{path}: the artifact has no {PREPROCESSING_FILE}")
+    try:
+        pre = Preprocessing.load(path)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path / PREPROCESSING_FILE}: cannot be read ({type(e).__name__}: {e})") from None
+    try:
+        spec = from_dict(DataSpec, info["spec"])
+    except (ConfigError, TypeError, ValueError) as e:
+        raise DataError(f"{info_path}: its spec cannot be read ({e})") from None
+    # The spec decides the model's input order; one edited in the artifact would feed other columns.
+    check_feature_layout(spec, pre)
     calibration = Calibration.load(path / CALIBRATION_FILE) if (path / CALIBRATION_FILE).is_file() else None
     if info.get("precision") == "int8":
         import fbgemm_gpu  # noqa: F401  (registers the int8 table kernels the scripted model calls)
-    spec = from_dict(DataSpec, info["spec"])
-    if info.get("model_format") == "export":
-        import fbgemm_gpu  # noqa: F401,F811  (the program calls fbgemm's table kernels)
+    model_file = path / (PROGRAM_FILE if info.get("model_format") == "export" else MODEL_FILE)
+    if not model_file.is_file():
+        raise DataError(f"{model_file}: missing from the artifact")
+    try:
+        if info.get("model_format") == "export":
+            import fbgemm_gpu  # noqa: F401,F811  (the program calls fbgemm's table kernels)
 
-        model = torch.export.load(str(path / PROGRAM_FILE)).module()
-    else:
-        model = torch.jit.load(str(path / MODEL_FILE), map_location="cpu")
+            model = torch.export.load(str(model_file)).module()
+        else:
+            model = torch.jit.load(str(model_file), map_location="cpu")
+    except (RuntimeError, ValueError, OSError) as e:
+        raise DataError(f"{model_file}: cannot be loaded, damaged? ({type(e).__name__}: {str(e)[:200]})") from None
     return Artifact(path, model, info, spec, pre, calibration)
