@@ -274,3 +274,17 @@ def test_loss_inputs_that_would_give_a_wrong_number_are_refused(change, message)
     change(labels, masks, weights)
     with pytest.raises(ValueError, match=message):
         multitask_loss(logits, labels, masks, TASKS, weights or None)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"in_features": 0}, r"in_features: must be an integer >= 1, got 0"),
+    ({"in_features": -3}, r"in_features: must be an integer >= 1"),
+    ({"tasks": []}, r"tasks: at least one task is required"),
+    ({"tower_layers": [-4]}, r"tower_layers: task 'click' has layer sizes \[-4\]"),
+    ({"backbone": nn.Linear(12, 4)}, r"backbone: a module with forward_with_gates"),
+])
+def test_head_arguments_are_checked(kwargs, message) -> None:
+    args = {"in_features": 12, "tasks": TASKS, "backbone": "shared_bottom", "tower_layers": [8]}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        MultiTaskHead(**args)

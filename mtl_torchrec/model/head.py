@@ -135,7 +135,11 @@ class MultiTaskHead(nn.Module):
     ) -> None:
         super().__init__()
         tasks = list(tasks)
+        if not tasks:
+            raise ValueError("tasks: at least one task is required")
         check_tasks(tasks)
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features: must be an integer >= 1, got {in_features!r}")
         self.tasks: List[TaskSpec] = tasks
         self.task_names: List[str] = [t.name for t in tasks]
         self.in_features = int(in_features)
@@ -153,6 +157,12 @@ class MultiTaskHead(nn.Module):
             layers = {t: list(tower_layers[t]) for t in self.task_names}
         else:
             layers = {t: list(tower_layers) for t in self.task_names}
+        for name, sizes in layers.items():
+            if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+                raise ValueError(f"tower_layers: task '{name}' has layer sizes {sizes}; each must be an integer >= 1")
+        if not (hasattr(self.backbone, "forward_with_gates") and hasattr(self.backbone, "out_features")):
+            raise ValueError("backbone: a module with forward_with_gates(x) and out_features (as our backbones), "
+                             f"got {type(self.backbone).__name__}")
         self.towers = TaskTowers(self.task_names, int(self.backbone.out_features), layers, tower_mlp)
 
     def forward(self, x: Union[torch.Tensor, KeyedTensor]) -> Dict[str, torch.Tensor]:
