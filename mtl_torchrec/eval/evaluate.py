@@ -470,6 +470,19 @@ def default_checkpoint(cfg: Config, run_dir: Path) -> str:
     return BEST if cfg.train.select_by is not None and best_checkpoint(run_dir) is not None else LATEST
 
 
+def run_checkpoint(cfg: Config, run_dir: Path, checkpoint: Optional[str] = None) -> Path:
+    """The checkpoint folder of ``run_dir`` to load: ``checkpoint`` (``latest``, ``best`` or
+    ``step_N``), or by default :func:`default_checkpoint`'s. Raises FileNotFoundError naming
+    ``--checkpoint`` when the named one does not exist, and what ``resolve_checkpoint`` raises."""
+    if checkpoint is None:
+        # The run's latest as before, or its best one when it was trained with train.select_by.
+        return choose_checkpoint(run_dir, BEST) if default_checkpoint(cfg, run_dir) == BEST else resolve_checkpoint(run_dir)
+    try:
+        return choose_checkpoint(run_dir, checkpoint)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--checkpoint: {e}") from None
+
+
 def evaluate_run(
     run_dir: Path,
     ctx: DistContext,
@@ -505,14 +518,7 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    if checkpoint is None:
-        # The run's latest as before, or its best one when it was trained with train.select_by.
-        ckpt = choose_checkpoint(run_dir, BEST) if default_checkpoint(cfg, run_dir) == BEST else resolve_checkpoint(run_dir)
-    else:
-        try:
-            ckpt = choose_checkpoint(run_dir, checkpoint)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"--checkpoint: {e}") from None
+    ckpt = run_checkpoint(cfg, run_dir, checkpoint)
     calibration: Optional[Calibration] = None
     if calibrate and (run_dir / CALIBRATION_FILE).is_file():
         calibration = Calibration.load(run_dir / CALIBRATION_FILE)

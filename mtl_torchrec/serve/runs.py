@@ -22,9 +22,9 @@ from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.preprocessing import FILE_NAME, Preprocessing
 from mtl_torchrec.data.spec import DataSpec, load_spec, schema_for
 from mtl_torchrec.data.spec.build import TextParts, check_feature_layout
-from mtl_torchrec.distributed.checkpoint import BEST, choose_checkpoint, load_checkpoint, resolve_checkpoint
+from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
-from mtl_torchrec.eval.evaluate import default_checkpoint, load_eval_data, load_run_config
+from mtl_torchrec.eval.evaluate import load_eval_data, load_run_config, run_checkpoint
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec, TrainModule
 from mtl_torchrec.model.text import text_cache_root
@@ -98,13 +98,7 @@ def load_run(run_dir: Path, checkpoint: Optional[str] = None, calibrate: bool = 
     pre = load_preprocessing(run_dir, cfg)
     spec = run_spec(cfg)
     check_feature_layout(spec, pre)
-    if checkpoint is None:
-        ckpt = choose_checkpoint(run_dir, BEST) if default_checkpoint(cfg, run_dir) == BEST else resolve_checkpoint(run_dir)
-    else:
-        try:
-            ckpt = choose_checkpoint(run_dir, checkpoint)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"--checkpoint: {e}") from None
+    ckpt = run_checkpoint(cfg, run_dir, checkpoint)
     module = build_train_module(cfg.model, model_bundle(cfg, spec, pre), cfg.train.loss_balance, cfg.train.balance,
                                 text_cache=text_cache_root(cfg.model.text, cfg.output_dir))
     meta = load_checkpoint(ckpt, module)
@@ -125,10 +119,7 @@ def load_run_with_data(run_dir: Path, checkpoint: Optional[str] = None) -> tuple
     the scoring forms on a run's splits; raises what :func:`load_run` raises."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    if checkpoint is None:
-        ckpt = choose_checkpoint(run_dir, BEST) if default_checkpoint(cfg, run_dir) == BEST else resolve_checkpoint(run_dir)
-    else:
-        ckpt = choose_checkpoint(run_dir, checkpoint)
+    ckpt = run_checkpoint(cfg, run_dir, checkpoint)
     bundle = load_eval_data(cfg, run_dir, None)
     bundle = bundle if cfg.model.text.enabled else bundle.without_text()
     module = build_train_module(cfg.model, bundle, cfg.train.loss_balance, cfg.train.balance,
