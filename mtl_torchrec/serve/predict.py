@@ -22,8 +22,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import glob
-import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from mtl_torchrec.core.errors import ConfigError, DataError
+from mtl_torchrec.core.io import atomic_path
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.schema import ColumnTable
 from mtl_torchrec.data.spec import load_spec, spec_files
@@ -147,36 +148,30 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
     _check_keep(keep, read, "--keep", "the columns read from the data")
     batch_size = rows_per_step(batch_size, run.cfg.data.eval_batch_size)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer: Optional[pq.ParquetWriter] = None
     written = 0
-    try:
-        for part in rows.read_files():
-            n = len(part.rows)
-            lo, hi = n * ctx.rank // ctx.world_size, n * (ctx.rank + 1) // ctx.world_size
-            mine = FeatureChunk(part.table.take(np.arange(lo, hi)), part.rows[lo:hi], part.frame.iloc[lo:hi])
-            frame = _frame_of(mine, score_table(run, mine.table, rows, batch_size), keep)
-            frames = _gather(frame, ctx)
-            if not ctx.is_main:
-                continue
-            whole = pd.concat(frames, ignore_index=True)
-            table = pa.Table.from_pandas(whole, preserve_index=False)
-            if writer is None:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(str(tmp), table.schema)
-            writer.write_table(table)
-            written += len(whole)
-        if ctx.is_main:
-            if writer is None:
+    # Rank 0 writes into a temporary file beside --out, renamed over it only when every chunk is in.
+    with (atomic_path(out) if ctx.is_main else contextlib.nullcontext(None)) as tmp:
+        try:
+            for part in rows.read_files():
+                n = len(part.rows)
+                lo, hi = n * ctx.rank // ctx.world_size, n * (ctx.rank + 1) // ctx.world_size
+                mine = FeatureChunk(part.table.take(np.arange(lo, hi)), part.rows[lo:hi], part.frame.iloc[lo:hi])
+                frame = _frame_of(mine, score_table(run, mine.table, rows, batch_size), keep)
+                frames = _gather(frame, ctx)
+                if not ctx.is_main:
+                    continue
+                whole = pd.concat(frames, ignore_index=True)
+                table = pa.Table.from_pandas(whole, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(str(tmp), table.schema)
+                writer.write_table(table)
+                written += len(whole)
+            if ctx.is_main and writer is None:
                 raise DataError(f"--data: '{data}' has no rows to score")
-            writer.close()
-            writer = None
-            os.replace(tmp, out)
-    finally:
-        if writer is not None:
-            writer.close()
-        if ctx.is_main and tmp.exists():
-            tmp.unlink()
+        finally:
+            if writer is not None:
+                writer.close()
     return written
 
 
