@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,13 +109,15 @@ def evaluate_1rank(run_dir: Path, **kw: Any) -> Any:
         close_distributed(ctx)
 
 
-def train_spec_run(spec: Path, run_dir: Path) -> Path:
-    """Trains :data:`TRAIN_CONFIG` on the data spec ``spec`` into ``run_dir`` (one process); returns ``run_dir``."""
+def train_spec_run(spec: Path, run_dir: Path, overrides: Sequence[str] = ()) -> Path:
+    """Trains :data:`TRAIN_CONFIG` (plus ``overrides``) on the data spec ``spec`` into ``run_dir``
+    (one process); returns ``run_dir``."""
     from mtl_torchrec.config import load_config
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
     from mtl_torchrec.launch.train_cmd import train
 
-    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}"])
+    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}",
+                             *overrides])
     ctx = init_distributed()
     try:
         train(cfg, ctx)

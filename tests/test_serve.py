@@ -26,7 +26,7 @@ from mtl_torchrec.launch.cli import main
 from mtl_torchrec.model.tasks import predictions
 from mtl_torchrec.serve import load_run, predict_frame, scoring_inputs
 from mtl_torchrec.serve.export import ARTIFACT_FILE, export_run, load_artifact
-from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, make_frame, write_case
+from tests.eval_fixtures import evaluate_1rank, make_frame, train_spec_run, write_case
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["click", "rating", "split"]
@@ -40,21 +40,8 @@ INT8_AUC_DROP = 0.01
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small spec run with Platt calibration (so scores come calibrated and raw)."""
-    from mtl_torchrec.config import load_config
-    from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train
-
     tmp = tmp_path_factory.mktemp("serve")
-    spec = write_case(tmp)
-    run_dir = tmp / "run"
-    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}",
-                             "train.calibration=platt", "train.max_steps=12"])
-    ctx = init_distributed()
-    try:
-        train(cfg, ctx)
-    finally:
-        close_distributed(ctx)
-    return run_dir
+    return train_spec_run(write_case(tmp), tmp / "run", ["train.calibration=platt", "train.max_steps=12"])
 
 
 def slope(run: Path) -> float:
