@@ -38,10 +38,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="training steps per setting")
     p.add_argument("overrides", nargs="*", help="config overrides applied to every setting")
     args = p.parse_args()
-    print(f"{'setting':<22}{'steps':>8}{'samples/s':>12}")
+    print(f"{'setting':<22}{'steps':>8}{'samples/s':>12}{'peak RSS per rank (MiB)':>26}")
     for nproc, threads in ((1, 1), (1, 2), (2, 1)):
         s = measure(nproc, threads, args.steps, args.overrides)
-        print(f"{f'{nproc} rank x {threads} thread':<22}{s['steps']:>8}{s['samples_per_s']:>12.0f}", flush=True)
+        print(f"{f'{nproc} rank x {threads} thread':<22}{s['steps']:>8}{s['samples_per_s']:>12.0f}"
+              f"{s.get('peak_rss_mb', float('nan')):>26.0f}", flush=True)
 
 
 if __name__ == "__main__":

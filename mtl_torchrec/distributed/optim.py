@@ -21,11 +21,18 @@ from mtl_torchrec.config import DENSE_OPTIMIZERS, SPARSE_OPTIMIZERS
 from mtl_torchrec.distributed.state import plain_key
 from mtl_torchrec.modules.frozen_ebc import ShardedFrozenEmbeddingBagCollection
 
+def fused(cls: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
+    """``cls`` with ``fused=True``: torch's one-kernel update over all parameters (CPU and CUDA),
+    about 4x faster than the default per-parameter loop for a dense model of this size on CPU
+    (benchmarks/speed.py), with the same update rule and state."""
+    return lambda params, **kwargs: cls(params, fused=True, **kwargs)
+
+
 # The torch optimizer for each name of DENSE_OPTIMIZERS (train.dense_optimizer).
 TORCH_OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adagrad": torch.optim.Adagrad,
-    "sgd": torch.optim.SGD,
+    "adam": fused(torch.optim.Adam),
+    "adagrad": fused(torch.optim.Adagrad),
+    "sgd": fused(torch.optim.SGD),
 }
 
 # The same update as each fused TBE optimizer (train.sparse_optimizer), for tables that a plan
@@ -33,8 +40,8 @@ TORCH_OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {
 # gradients before the step, so every replica takes the same step.
 REPLICATED_TABLE_OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {
     "rowwise_adagrad": lambda params, lr: RowWiseAdagrad(params, lr=lr, eps=1e-8),
-    "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr, eps=1e-8),
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+    "adagrad": lambda params, lr: fused(torch.optim.Adagrad)(params, lr=lr, eps=1e-8),
+    "sgd": lambda params, lr: fused(torch.optim.SGD)(params, lr=lr),
 }
 
 
@@ -123,7 +130,7 @@ def make_optimizer(
     parts.append(KeyedOptimizerWrapper(dense_params, lambda params: make(params, lr=lr)))
     if adapter_params:
         a_lr = adapter_lr if adapter_lr is not None else lr
-        a_make = torch.optim.AdamW if name == "adam" else make
+        a_make = fused(torch.optim.AdamW) if name == "adam" else make
         parts.append(KeyedOptimizerWrapper(
             adapter_params, lambda params: a_make(params, lr=a_lr, weight_decay=adapter_weight_decay)))
     if balance_params:

@@ -21,11 +21,12 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 import torch.distributed as dist
+import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.utils import sharder_name
 from torchrec.distributed.sharding_plan import (
@@ -152,6 +153,24 @@ def _with_kernel(gen: Any, kernel: str) -> Any:
     return generate
 
 
+class SingleRankDataParallel(DataParallelWrapper):
+    """DMP's wrapper for the unsharded (dense) part on a one-rank group: moves it to the device
+    and leaves it unwrapped. DDP over one rank averages nothing but still copies every gradient
+    into its buckets and runs a one-process all-reduce each step; the state dict is the same
+    (:data:`~mtl_torchrec.distributed.state.WRAPPER_PREFIXES` covers both forms).
+
+    Example::
+
+        DistributedModelParallel(module, env, device, plan=plan, data_parallel_wrapper=SingleRankDataParallel())
+    """
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        """Moves ``dmp``'s unsharded parameters to ``device``; ValueError for more than one rank."""
+        if env.world_size != 1:
+            raise ValueError(f"SingleRankDataParallel is for one rank; this group has {env.world_size}")
+        dmp.module.to(device)
+
+
 def _frozen_sharder(ebc: EmbeddingBagCollection) -> Optional[ModuleSharder]:
     """The sharder of frozen (text) tables; None lets TorchRec pick its default for plain EBCs."""
     return FrozenEmbeddingBagCollectionSharder() if isinstance(ebc, FrozenEmbeddingBagCollection) else None
@@ -179,7 +198,8 @@ def shard_module(
     sparse_lr: float = 0.05,
     extra_sharders: Optional[List[ModuleSharder]] = None,
 ) -> DistributedModelParallel:
-    """Wraps ``module`` in DMP: embedding tables sharded with fused optimizers, the rest DDP.
+    """Wraps ``module`` in DMP: embedding tables sharded with fused optimizers, the rest DDP (on
+    one rank the rest stays unwrapped: :class:`SingleRankDataParallel`).
 
     ``strategy`` is a ``train.sharding`` name (``planner`` lets TorchRec's planner choose);
     ``sparse_optimizer`` and ``sparse_lr`` configure the fused table optimizer. A collective:
@@ -204,4 +224,5 @@ def shard_module(
         device=ctx.device,
         plan=plan,
         sharders=sharders,
+        data_parallel_wrapper=SingleRankDataParallel() if ctx.world_size == 1 else None,
     )

@@ -232,14 +232,6 @@ def score(
             _, out = module(batch)
             preds = calibration.apply(out.predictions) if calibration is not None else out.predictions
             real = max(0, min(batch.batch_size, stop - pos))
-            rows = np.arange(pos, pos + real)
-            for name, m in metrics.items():
-                if name == "all":
-                    m.update(preds, batch)
-                    continue
-                w = np.zeros(batch.batch_size, dtype=np.float32)
-                w[:real] = slices[name][rows]
-                m.update(preds, batch, row_weight=torch.from_numpy(w).to(ctx.device))
             for t in names:
                 parts.setdefault(f"p:{t}", []).append(preds[t][:real].float().cpu().numpy())
                 if calibration is not None:
@@ -255,6 +247,16 @@ def score(
     if pos != stop:
         raise RuntimeError(f"rank {ctx.rank} scored {pos - start} rows, expected {stop - start}")
     local = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    # The torchrec metrics take this rank's rows in one update per slice, not one per batch: the
+    # same sums, without their per-call cost inside the scoring loop.
+    rows = {k: torch.from_numpy(v).to(ctx.device) for k, v in local.items() if k[:2] in ("p:", "y:", "m:", "w:")}
+    preds = {t: rows[f"p:{t}"] for t in names}
+    labels = {t: rows[f"y:{t}"] for t in names}
+    masks = {t: rows[f"m:{t}"] for t in names}
+    weights = {t: rows[f"w:{t}"] for t in names if f"w:{t}" in rows}
+    for name, m in metrics.items():
+        row_weight = None if name == "all" else torch.from_numpy(slices[name][start:stop].astype(np.float32))
+        m.update_rows(preds, labels, masks, weights, row_weight.to(ctx.device) if row_weight is not None else None)
     return metrics, local
 
 

@@ -85,12 +85,25 @@ class TaskMetrics:
         """Adds a batch: each row weighs its task's label mask times its sample weight
         (``batch.weights[task]``, when given); ``row_weight`` (0/1 per row) restricts the update to
         a slice of the batch. ``predictions[task]`` and every per-row tensor are ``[B]``."""
+        self.update_rows(predictions, batch.labels, batch.masks, batch.weights, row_weight)
+
+    def update_rows(
+        self,
+        predictions: Dict[str, torch.Tensor],
+        labels: Dict[str, torch.Tensor],
+        masks: Dict[str, torch.Tensor],
+        weights: Optional[Dict[str, torch.Tensor]] = None,
+        row_weight: Optional[torch.Tensor] = None,
+    ) -> None:
+        """:meth:`update` over plain per-task ``[N]`` tensors of any number of rows (e.g. a whole
+        rank's scored rows at once, which is how evaluation updates them: one update instead of one
+        per batch and slice). ``weights`` may lack tasks (weight 1); ``row_weight`` as in :meth:`update`."""
         for t in self.tasks:
             p = predictions[t.name].detach().float()
-            y = batch.labels[t.name].float()
-            w = batch.masks[t.name].float()
-            if batch.weights is not None and t.name in batch.weights:
-                w = w * batch.weights[t.name].float()
+            y = labels[t.name].float()
+            w = masks[t.name].float()
+            if weights is not None and t.name in weights:
+                w = w * weights[t.name].float()
             if row_weight is not None:
                 w = w * row_weight.float()
             for m in self._metrics[t.name].values():

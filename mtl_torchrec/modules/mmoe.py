@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from mtl_torchrec.modules.experts import BatchedExperts, ExpertTrace, GateInfo
+from mtl_torchrec.modules.experts import BatchedExperts, ExpertTrace, GateInfo, mix_experts
 from mtl_torchrec.modules.mlp import MLPOptions, make_mlp
 
 
@@ -67,8 +67,13 @@ class MMoE(nn.Module):
         gate_probs = [torch.softmax(g(x), dim=-1) for g in self.gates]
         if self.single_gate:
             gate_probs = gate_probs * self.num_tasks
-        outs = [torch.einsum("be,ebd->bd", g, expert_out) for g in gate_probs]
+        outs = self._mix(gate_probs, expert_out)
         return outs, gate_probs
+
+    def _mix(self, gate_probs: List[torch.Tensor], expert_out: torch.Tensor) -> List[torch.Tensor]:
+        """Every task's mixture in one batched matmul (:func:`~mtl_torchrec.modules.experts.mix_experts`)."""
+        mixed = mix_experts(torch.stack(gate_probs, dim=1), expert_out)
+        return [mixed[:, k] for k in range(self.num_tasks)]
 
     def forward_with_experts(self, x: torch.Tensor) -> ExpertTrace:
         """Like :meth:`forward_with_gates`, plus every expert's output and what each gate mixes."""
@@ -76,7 +81,7 @@ class MMoE(nn.Module):
         gate_probs = [torch.softmax(g(x), dim=-1) for g in self.gates]
         if self.single_gate:
             gate_probs = gate_probs * self.num_tasks
-        outs = [torch.einsum("be,ebd->bd", g, expert_out) for g in gate_probs]
+        outs = self._mix(gate_probs, expert_out)
         names = [f"expert{i}" for i in range(self.num_experts)]
         info = [GateInfo(0, k, names) for k in range(self.num_tasks)]
         return ExpertTrace(outs, gate_probs, info, {n: expert_out[i] for i, n in enumerate(names)})

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from mtl_torchrec.modules.experts import BatchedExperts, ExpertTrace, GateInfo
+from mtl_torchrec.modules.experts import BatchedExperts, ExpertTrace, GateInfo, mix_experts
 from mtl_torchrec.modules.mlp import MLPOptions
 
 
@@ -105,7 +105,7 @@ class CGCLevel(nn.Module):
             # Gate i reads task i's input; the shared gate (the last, when present) the shared input.
             g = torch.softmax(gate(inputs[i]), dim=-1)
             idx = self.gate_index[self.gate_offsets[i]:self.gate_offsets[i + 1]]
-            outs.append(torch.einsum("be,ebd->bd", g, expert_out.index_select(0, idx)))
+            outs.append(mix_experts(g.unsqueeze(1), expert_out.index_select(0, idx)).squeeze(1))
             probs.append(g)
         return outs, probs, expert_out
 

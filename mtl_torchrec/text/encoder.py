@@ -140,8 +140,14 @@ class TextEncoder:
         self.model.to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
 
-    def encode(self, texts: Sequence[str], progress: bool = False, desc: str = "encode") -> Tuple[torch.Tensor, EncodeStats]:
-        """Returns ``[len(texts), dim]`` float32 vectors (on CPU) and counts."""
+    def encode(
+        self, texts: Sequence[str], progress: bool = False, desc: str = "encode", by_length: bool = True
+    ) -> Tuple[torch.Tensor, EncodeStats]:
+        """Returns ``[len(texts), dim]`` float32 vectors (on CPU, in the order of ``texts``) and counts.
+
+        ``by_length``: batches of texts of similar token length (sorted), so little compute goes to
+        padding; False batches them in the given order (for comparison: benchmarks/text_encoding.py).
+        """
         stats = EncodeStats()
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)
         if not texts:
@@ -149,7 +155,7 @@ class TextEncoder:
         # Batches of similar length waste little compute on padding.
         lengths = [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]]
         stats.truncated = sum(n > self.cfg.max_length for n in lengths)
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        order = sorted(range(len(texts)), key=lambda i: lengths[i]) if by_length else list(range(len(texts)))
         bs = self.cfg.batch_size
         # Without a bar, long encodes still say where they are (a line every LOG_EVERY_S seconds).
         log = not progress and len(texts) >= LOG_MIN_TEXTS

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import random
+import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,6 +225,8 @@ class Trainer:
         self._pending_rng: Optional[Dict[str, Any]] = None
         self._saved_step = -1
         self._pipeline: Optional[Any] = None
+        # The batch iterator of run_steps() (fit keeps its own per epoch).
+        self._loose_batches: Optional[Iterator[Batch]] = None
         self._attached = False
         self._bar: Optional[tqdm] = None
         self._train_seconds = 0.0
@@ -485,12 +488,54 @@ class Trainer:
             self._train_seconds += time.perf_counter() - self._clock
             self._clock = None
 
+    def _finish_step(self, out: Any) -> None:
+        """The bookkeeping after each optimizer step, in :meth:`fit` and :meth:`run_steps` alike."""
+        # The pipeline has fetched batches ahead, but progress() returns only after this
+        # batch's optimizer step: the position counts completed steps only.
+        self.state.batch_in_epoch += 1
+        self.state.global_step += 1
+        # The fused optimizers pass the new rate to their kernels on the next zero_grad().
+        self.last_lr = self.learning_rates()
+        self.scheduler.step()
+        if self._bar is not None:
+            self._bar.update(1)
+        for cb in self.callbacks:
+            cb.on_step_end(self, out)
+
+    def run_steps(self, steps: int) -> int:
+        """Runs ``steps`` training steps outside :meth:`fit`, for benchmarks and notebooks: the same
+        pipeline, data, per-step bookkeeping and ``on_step_end`` callbacks as :meth:`fit`, continuing
+        where the previous call stopped; an epoch that runs out starts the next one (no
+        ``on_epoch_end`` callbacks, no validation, no final checkpoint). Returns the steps run.
+        ValueError when ``steps < 0``. Collective: every rank calls it with the same ``steps``."""
+        if steps < 0:
+            raise ValueError(f"run_steps: steps must be >= 0, got {steps}")
+        if self._pipeline is None:
+            self.dmp.train()
+            self._pipeline, self._attached = self._make_pipeline(), True
+            self._loose_batches = self._batches()
+        for _ in range(steps):
+            try:
+                out = self._pipeline.progress(self._loose_batches)
+            except StopIteration:
+                # As fit() does at an epoch's end: a fresh pipeline over the next epoch's batches.
+                if isinstance(self._pipeline, TrainPipelineSparseDist):
+                    self._pipeline.detach()
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                self._pipeline = self._make_pipeline()
+                self._loose_batches = self._batches()
+                out = self._pipeline.progress(self._loose_batches)
+            self._finish_step(out)
+        return steps
+
     def fit(self) -> Dict[str, Any]:
         """Trains until ``train.epochs`` or ``train.max_steps``, or until a callback calls
         :meth:`request_stop` (early stopping by ``train.patience``); saves the final state; returns
-        ``{"steps", "samples", "train_seconds", "samples_per_s"}``: samples in rows, over all ranks;
+        ``{"steps", "samples", "train_seconds", "samples_per_s", "peak_rss_mb"}``: samples in rows, over all ranks;
         ``train_seconds`` in seconds of training steps only (without evaluation and checkpointing);
-        ``samples_per_s`` in rows/s. Collective: every rank calls it."""
+        ``samples_per_s`` in rows/s; ``peak_rss_mb`` the largest rank's peak resident memory (MiB).
+        Collective: every rank calls it."""
         cfg = self.cfg.train
         max_steps = cfg.max_steps or None
         self.dmp.train()
@@ -520,17 +565,8 @@ class Trainer:
                     out = self._pipeline.progress(it)
                 except StopIteration:
                     break
-                # The pipeline has fetched batches ahead, but progress() returns only after this
-                # batch's optimizer step: the position counts completed steps only.
-                self.state.batch_in_epoch += 1
-                self.state.global_step += 1
-                # The fused optimizers pass the new rate to their kernels on the next zero_grad().
-                self.last_lr = self.learning_rates()
-                self.scheduler.step()
+                self._finish_step(out)
                 samples += self.cfg.data.batch_size * self.ctx.world_size
-                self._bar.update(1)
-                for cb in self.callbacks:
-                    cb.on_step_end(self, out)
                 if self._stop or (max_steps is not None and self.state.global_step >= max_steps):
                     done = True
                     break
@@ -556,7 +592,15 @@ class Trainer:
             "samples": samples,
             "train_seconds": self._train_seconds,
             "samples_per_s": samples / max(self._train_seconds, 1e-9),
+            "peak_rss_mb": self._peak_rss_mb(),
         }
+
+    def _peak_rss_mb(self) -> float:
+        """The largest peak resident memory of any rank's process so far, in MiB (Linux reports KiB)."""
+        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64)
+        if dist.is_initialized() and self.ctx.world_size > 1:
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        return float(peak)
 
     def close(self) -> None:
         """Closes the TensorBoard writer (if one was opened)."""
