@@ -21,6 +21,7 @@ from mtl_torchrec.config import DENSE_OPTIMIZERS, SPARSE_OPTIMIZERS
 from mtl_torchrec.distributed.state import plain_key
 from mtl_torchrec.modules.frozen_ebc import ShardedFrozenEmbeddingBagCollection
 
+
 def fused(cls: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
     """``cls`` with ``fused=True``: torch's one-kernel update over all parameters (CPU and CUDA),
     about 4x faster than the default per-parameter loop for a dense model of this size on CPU
