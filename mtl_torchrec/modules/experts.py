@@ -67,11 +67,13 @@ class BatchedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, in]``, read by every expert; returns ``[E, B, out]``."""
-        # The first layer of all experts is one matmul: [B, in] x [in, E*out].
+        # The first layer of all experts is one matmul with the biases added inside it:
+        # [B, in] x [in, E*out] + [E*out]. The next layers read it as [E, B, out] in place (a
+        # strided view that batched matmuls take without a copy).
         w0, b0 = self.weights[0], self.biases[0]
         e, i, o = w0.shape
-        h = (x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + b0
-        return self._layers(h)
+        h = torch.addmm(b0.reshape(1, e * o), x, w0.permute(1, 0, 2).reshape(i, e * o))
+        return self._layers(h.view(-1, e, o).transpose(0, 1))
 
     def forward_each(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[E, B, in]``, one input per expert; returns ``[E, B, out]``."""
