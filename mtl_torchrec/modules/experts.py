@@ -67,12 +67,13 @@ class BatchedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, in]``, read by every expert; returns ``[E, B, out]``."""
-        # The first layer of all experts is one matmul with the biases added inside it:
-        # [B, in] x [in, E*out] + [E*out]. The next layers read it as [E, B, out] in place (a
-        # strided view that batched matmuls take without a copy).
+        # The first layer of all experts is one matmul, [B, in] x [in, E*out], and the biases are
+        # added in that contiguous layout; the next layers read it as [E, B, out] in place (a
+        # strided view that batched matmuls take without a copy). Not addmm: TorchScript splits
+        # it into mm + add, so the scripted model would differ from the eager one in the last bit.
         w0, b0 = self.weights[0], self.biases[0]
         e, i, o = w0.shape
-        h = torch.addmm(b0.reshape(1, e * o), x, w0.permute(1, 0, 2).reshape(i, e * o))
+        h = torch.mm(x, w0.permute(1, 0, 2).reshape(i, e * o)) + b0.reshape(1, e * o)
         return self._layers(h.view(-1, e, o).transpose(0, 1))
 
     def forward_each(self, x: torch.Tensor) -> torch.Tensor:
