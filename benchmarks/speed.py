@@ -33,6 +33,7 @@ Run it on an otherwise idle machine: other load changes every contestant's speed
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -337,6 +338,8 @@ def main(argv: Any = None) -> int:
     p.add_argument("--score-batch", type=int, default=4096)
     p.add_argument("--only", choices=["train", "score"], default=None)
     p.add_argument("--impressions", type=int, default=300_000)
+    p.add_argument("--ours-only", action="store_true", help="time ours alone (benchmarks/scaling.py)")
+    p.add_argument("--json", type=Path, default=None, help="also write every round's rates here (rank 0)")
     p.add_argument("overrides", nargs="*", help="config overrides on top of the reference config")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -360,6 +363,7 @@ def main(argv: Any = None) -> int:
               f"train step {train_flops / 1e6:.2f} M")
     # The floor in rows/s over all ranks is world x peak / FLOPs per sample.
     peak_all = peak * world
+    results: Dict[str, Dict[str, List[float]]] = {}
     with tempfile.TemporaryDirectory() as out:
         if args.only in (None, "train"):
             trainer = make_trainer(cfg, data, ctx, Path(out) / "run")
@@ -368,13 +372,16 @@ def main(argv: Any = None) -> int:
                 "ours": timed(lambda: trainer.run_steps(1), args.steps, bs * world),
                 "plain": timed(ptrain.step, args.steps, bs * world),
             }
-            dc = deepctr_trainer(train, schema, bs) if world == 1 else None
+            if args.ours_only:
+                del contestants["plain"]
+            dc = deepctr_trainer(train, schema, bs) if world == 1 and not args.ours_only else None
             if dc is not None:
                 contestants["deepctr"] = timed(dc, args.steps, bs)
             for fn in contestants.values():  # warm-up
                 fn()
             rates = rounds(contestants, args.rounds, world)
-            if ctx.is_main:
+            results["train"] = rates
+            if ctx.is_main and not args.ours_only:
                 report(f"training ({args.rounds} rounds x {args.steps} steps; rows/s over all ranks)", rates,
                        train_flops, peak_all)
                 if dc is None and world == 1:
@@ -411,14 +418,19 @@ def main(argv: Any = None) -> int:
             # The plain loop at our data batch and at a cache-sized one (whichever is faster counts).
             contestants = {"ours": ours, f"plain@{args.score_batch}": plain_run(args.score_batch),
                            "plain@1024": plain_run(1024)}
+            if args.ours_only:
+                contestants = {"ours": ours}
             for fn in contestants.values():
                 fn()
             rates = rounds(contestants, args.rounds, world)
-            if ctx.is_main:
+            results["score"] = rates
+            if ctx.is_main and not args.ours_only:
                 report(f"scoring ({rows:,} rows per round, batch {args.score_batch}; ours includes torchrec metrics "
                        f"and the gather; rows/s over all ranks)", rates, fwd_flops, peak_all)
                 print(f"(ours' exact AUC/GAUC on rank 0 afterwards: median {statistics.median(scoring_t):.2f} s "
                       f"per round, not in the rate)")
+    if args.json is not None and ctx.is_main:
+        args.json.write_text(json.dumps({"world_size": world, "threads": torch.get_num_threads(), **results}))
     close_distributed(ctx)
     return 0
 
