@@ -10,11 +10,12 @@ seen in the training split), by the split in which each movie was first rated:
    prediction, i.e. only how the variant ranks the movies), then the largest cold movies with their
    observed conversion rate and each variant's mean predicted conversion;
 3. a text probe: a ridge regression of the training movies' conversion rates (weighted by rows) on
-   their text vectors, scored by AUC on the cold rows (what a linear read of the text can rank), and
-   the nearest training texts of the largest cold movie of each group with their conversion rates.
+   their text vectors, scored by AUC on the cold rows (what a linear read of the text can rank) next to
+   an in-sample oracle (each cold movie scored by its own observed rate), and the nearest training texts of the largest cold movie of each group with their conversion rates.
 
     python examples/movielens/cold_analysis.py --data data/ml_s0 --runs runs/cmp_s0 --cache runs/text_cache
     python examples/movielens/cold_analysis.py --data data/ml_s0 --runs runs/cmp_s0 --split val
+    python examples/movielens/cold_analysis.py --data data/ml_s0 --probe-max-rows 100   # probe on rare movies only
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def main(argv: Any = None) -> int:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--cache", default=None, help="text encoding cache (model.text.cache_dir); default <data>/text_cache")
     p.add_argument("--top", type=int, default=8, help="cold movies to list (largest first)")
+    p.add_argument("--probe-max-rows", type=int, default=None,
+                   help="fit the text probe on the training movies with fewer rows than this only (the rare ones)")
     args = p.parse_args(argv)
     silence_known_warnings()
     data = Path(args.data)
@@ -100,12 +103,17 @@ def main(argv: Any = None) -> int:
     vec = vectors[1:].numpy()
     row_of = {k: i for i, k in enumerate(items["item_id"])}
     stats = train.groupby("item_id").agg(n=("conversion", "size"), rate=("conversion", "mean"))
+    if args.probe_max_rows is not None:
+        stats = stats[stats["n"] < args.probe_max_rows]
     train_rows = np.array([row_of[k] for k in stats.index])
     coef = ridge(vec[train_rows] * np.sqrt(vec.shape[1]), stats["rate"].to_numpy(), stats["n"].to_numpy().astype(float), 100.0)
     probe = (vec[[row_of[k] for k in part["item_id"]]] * np.sqrt(vec.shape[1])) @ coef[:-1] + coef[-1]
-    print("\n3. text probe (ridge of training movies' conversion rate on their text vector): conversion AUC")
+    fitted_on = f"{len(stats)} training movies" + (f" with < {args.probe_max_rows} rows" if args.probe_max_rows else "")
+    print(f"\n3. text probe (ridge of the conversion rate of {fitted_on} on their text vectors): conversion AUC;"
+          f" oracle: each cold movie scored by its own observed rate on these rows")
     for name, m in groups.items():
-        print(f"   {name:<22} {binary_auc(probe[m], conv[m]):.3f}")
+        oracle = part.loc[m].groupby("item_id")["conversion"].transform("mean").to_numpy()
+        print(f"   {name:<22} probe {binary_auc(probe[m], conv[m]):.3f}   oracle {binary_auc(oracle, conv[m]):.3f}")
     for name, m in list(groups.items())[1:]:
         movie = part.loc[m, "item_id"].value_counts().index[0]
         sims = vec[train_rows] @ vec[row_of[movie]]
