@@ -3,11 +3,13 @@
 Both variants use the same config, seed and number of steps; the only difference is
 ``model.text.enabled``. Texts are encoded once with the packaged MiniLM-L6 into the encoding cache
 (``model.text.cache_dir``) and reused on later runs. The cold slice is the data's ``cold_items`` or
-first ``<column>=cold`` slice (``--cold-slice``); without one only the overall table is printed.
+first ``<column>=cold`` slice (``--cold-slice``); without one only the overall table is printed. ``--val`` also evaluates both runs on
+the validation split and prints the same tables for it: the split to choose settings on.
 
     python examples/movielens/run.py                                   # MovieLens-100K, built-in source
     python examples/movielens/export_csv.py --out data/ml100k_csv      # the same as CSV files + a data spec
     python examples/compare_text.py --config examples/movielens/spec_config.yaml data.spec=data/ml100k_csv/spec.yaml
+    python examples/compare_text.py --val --config examples/movielens/spec_config.yaml data.spec=data/ml100k_csv/spec.yaml
     python examples/reviews/make_data.py --out data/reviews            # per-row review text
     python examples/compare_text.py --config examples/reviews/config.yaml data.spec=data/reviews/spec.yaml
 
@@ -21,11 +23,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import train
 
@@ -48,6 +51,24 @@ def comparison_table(results: Dict[str, Dict[str, Dict[str, Dict[str, float]]]],
     return "\n".join(lines)
 
 
+def print_tables(results: Dict[str, Any], split: str, pick: Callable[[Dict[str, Any]], Dict[str, Any]],
+                 slices: List[str], cold: Optional[str]) -> None:
+    """Prints the overall table of ``split``, its cold slice's (when ``cold`` names one) and each of ``slices``
+    that the split has; ``pick`` gives a variant's ``{"tasks", "slices"}`` for the split."""
+    blocks = {v: pick(r) for v, r in results.items()}
+    print(f"\nall {split} rows")
+    print(comparison_table({v: {"s": b["tasks"]} for v, b in blocks.items()}, "s"))
+    for name in ([cold] if cold else []) + list(slices):
+        have = blocks["text_id"]["slices"]
+        if name not in have:
+            if split == "test":
+                raise SystemExit(f"--slice: {name!r} is not a slice of the data ({sorted(have)})")
+            continue  # e.g. the test split's "first rated in test" has no validation rows
+        title = "cold items (items never seen in training)" if name == cold else "slice"
+        print(f"\n{title} '{name}' ({split}, {have[name]['rows']} rows)")
+        print(comparison_table({v: {"s": b["slices"][name]["tasks"]} for v, b in blocks.items()}, "s"))
+
+
 def main(argv: Any = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
@@ -57,6 +78,8 @@ def main(argv: Any = None) -> int:
                    help="the data's slice of cold items (default: cold_items, or the first '<column>=cold' slice)")
     p.add_argument("--slice", dest="slices", action="append", default=[],
                    help="another slice of the data to print a table for (e.g. item_first_rated=test); repeatable")
+    p.add_argument("--val", action="store_true",
+                   help="also evaluate both runs on the validation split (overall, cold and --slice tables)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     out = Path(args.output or tempfile.mkdtemp(prefix="compare_text_"))
@@ -82,6 +105,11 @@ def main(argv: Any = None) -> int:
                     results[name]["test_cold"] = slices[cold]["tasks"]
                     results[name]["cold_slice"] = (cold, int(slices[cold]["rows"]))
                 print(f"{name}: {summary['steps']} steps, {summary['samples_per_s']:.0f} samples/s", flush=True)
+            if args.val:
+                # The run folder as `mtl-torchrec evaluate --split val` reads it (calibration and slices included).
+                val = evaluate_run(out / name, ctx, split="val").summary
+                if ctx.is_main:
+                    results[name]["val"] = {"tasks": val["tasks"], "slices": val["slices"]}
     finally:
         close_distributed(ctx)
     if ctx.is_main and len(results) == 1:
@@ -89,18 +117,9 @@ def main(argv: Any = None) -> int:
         print(results)
     elif ctx.is_main:
         write_json(out / "results.json", results)
-        print("\nall test rows")
-        print(comparison_table(results, "test"))
-        if "test_cold" in results["text_id"]:
-            name, rows = results["text_id"]["cold_slice"]
-            print(f"\ncold items (slice '{name}', items never seen in training; {rows} rows)")
-            print(comparison_table(results, "test_cold"))
-        for name in args.slices:
-            if name not in results["text_id"]["slices"]:
-                raise SystemExit(f"--slice: {name!r} is not a slice of the data ({sorted(results['text_id']['slices'])})")
-            rows = results["text_id"]["slices"][name]["rows"]
-            print(f"\nslice '{name}' ({rows} rows)")
-            print(comparison_table({v: {"s": r["slices"][name]["tasks"]} for v, r in results.items()}, "s"))
+        print_tables(results, "test", lambda r: {"tasks": r["test"], "slices": r["slices"]}, args.slices, cold)
+        if args.val:
+            print_tables(results, "validation", lambda r: r["val"], args.slices, cold)
         print(f"\n{out / 'results.json'}")
     return 0
 
