@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -38,7 +39,7 @@ from torchrec.distributed.sharding_plan import (
     table_wise,
 )
 from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from mtl_torchrec.config import SHARDING_STRATEGIES, SPARSE_OPTIMIZERS
 from mtl_torchrec.distributed.context import DistContext
@@ -56,7 +57,8 @@ EMB_OPTIM_TYPES: Dict[str, EmbOptimType] = {
 
 
 def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[ModuleSharder]] = None) -> List[ModuleSharder]:
-    """EBC sharder whose fused kernel applies the sparse optimizer inside the backward pass."""
+    """EBC and EC (sequence table, :mod:`mtl_torchrec.model.sequence`) sharders whose fused kernels
+    apply the sparse optimizer inside the backward pass, and the frozen-table sharder."""
     if sparse_optimizer not in EMB_OPTIM_TYPES:
         raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(SPARSE_OPTIMIZERS)})")
     fused: Dict[str, Any] = {
@@ -64,7 +66,8 @@ def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[
         "learning_rate": sparse_lr,
         "eps": 1e-8,
     }
-    return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused)]
+    return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused),
+                                EmbeddingCollectionSharder(fused_params=dict(fused))]
 
 
 def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder]:
@@ -75,7 +78,8 @@ def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
     sharded at all: it stays a plain module, replicated on every rank and trained by DDP's
     optimizer path. ``fused_params`` (e.g. ``{"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
     "learning_rate": 0.05}``) configure the plain ``EmbeddingBagCollection`` sharder's fused
-    optimizer; the frozen sharder always keeps its learning rate 0.
+    optimizer, and those of the ``EmbeddingCollection`` sharder (sequence tables, which TorchRec's
+    defaults include) too; the frozen sharder always keeps its learning rate 0.
 
     Example::
 
@@ -83,8 +87,9 @@ def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
     """
     stock = list(get_default_sharders())
     if fused_params is not None:
-        stock = [s for s in stock if type(s) is not EmbeddingBagCollectionSharder]
-        stock.insert(0, EmbeddingBagCollectionSharder(fused_params=dict(fused_params)))
+        stock = [s for s in stock if type(s) not in (EmbeddingBagCollectionSharder, EmbeddingCollectionSharder)]
+        stock[:0] = [EmbeddingBagCollectionSharder(fused_params=dict(fused_params)),
+                     EmbeddingCollectionSharder(fused_params=dict(fused_params))]
     return [FrozenEmbeddingBagCollectionSharder(), *stock]
 
 
@@ -108,15 +113,26 @@ def _ebc_paths(module: nn.Module) -> Dict[str, EmbeddingBagCollection]:
     return {name: m for name, m in module.named_modules() if isinstance(m, EmbeddingBagCollection)}
 
 
+def _table_modules(module: nn.Module) -> Dict[str, Any]:
+    """Path -> (collection, its table configs) of every EBC and EC (sequence tables) in ``module``."""
+    found: Dict[str, Any] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, EmbeddingBagCollection):
+            found[name] = (m, m.embedding_bag_configs())
+        elif isinstance(m, EmbeddingCollection):
+            found[name] = (m, m.embedding_configs())
+    return found
+
+
 def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_size: int, device_type: str) -> ShardingPlan:
-    """The same strategy for every table of every EBC in ``module``; tables spread round-robin
-    over ranks for table-wise placement (over hosts for ``table_row_wise``)."""
+    """The same strategy for every table of every EBC and EC in ``module``; tables spread
+    round-robin over ranks for table-wise placement (over hosts for ``table_row_wise``)."""
     kernel = EmbeddingComputeKernel.FUSED.value
     plan: Dict[str, Any] = {}
     counter = 0
-    for path, ebc in _ebc_paths(module).items():
+    for path, (ebc, configs) in _table_modules(module).items():
         per_table = {}
-        for cfg in ebc.embedding_bag_configs():
+        for cfg in configs:
             if strategy == "table_wise":
                 gen = table_wise(rank=counter % world_size, compute_kernel=kernel)
             elif strategy == "row_wise":
@@ -163,8 +179,8 @@ def column_split_ok(module: nn.Module, world_size: int) -> None:
     Raises ValueError naming the first table whose ``embedding_dim`` is not divisible by
     ``2 * world_size`` (any width passes with one rank).
     """
-    for ebc in _ebc_paths(module).values():
-        for cfg in ebc.embedding_bag_configs():
+    for _, configs in _table_modules(module).values():
+        for cfg in configs:
             if cfg.embedding_dim % (2 * world_size if world_size > 1 else 1):
                 raise ValueError(
                     f"column-wise sharding of table '{cfg.name}' needs embedding_dim divisible by {2 * world_size}"
