@@ -56,7 +56,7 @@ def recent_padded(
     pos = torch.arange(max_length, device=values.device).unsqueeze(0)
     mask = pos < kept.unsqueeze(1)
     # Padding positions read an appended zero row, so an empty batch (no values) indexes safely.
-    padded_values = torch.cat([values, torch.zeros_like(values[:1]).expand(1, values.shape[1])], dim=0)
+    padded_values = torch.cat([values, values.new_zeros((1, values.shape[1]))], dim=0)
     pad_row = torch.full_like(pos, values.shape[0]).expand(lengths.shape[0], max_length)
     index = torch.where(mask, starts.unsqueeze(1) + pos, pad_row)
     return padded_values[index], mask
