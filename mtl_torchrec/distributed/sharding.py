@@ -38,7 +38,7 @@ from torchrec.distributed.sharding_plan import (
     table_row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan
+from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from mtl_torchrec.config import SHARDING_STRATEGIES, SPARSE_OPTIMIZERS
@@ -56,6 +56,22 @@ EMB_OPTIM_TYPES: Dict[str, EmbOptimType] = {
 }
 
 
+class SequenceTableSharder(EmbeddingCollectionSharder):
+    """TorchRec's ``EmbeddingCollection`` sharder (sequence tables, :mod:`mtl_torchrec.model.sequence`)
+    without ``data_parallel``: with torchrec 1.8 a replicated sequence table looks up the first
+    features of the batch's KJT rather than its own (wrong shapes whenever other features come
+    first), so the planner must not pick it. :func:`hand_plan` shards sequence tables row-wise where
+    a strategy would replicate them (``data_parallel``) or has no sequence form (``table_row_wise``)."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        """The parent's sharding types less ``data_parallel``."""
+        return [t for t in super().sharding_types(compute_device_type) if t != ShardingType.DATA_PARALLEL.value]
+
+
+# Strategies that a sequence table (an EmbeddingCollection) takes row-wise instead (see SequenceTableSharder).
+SEQUENCE_ROW_WISE = ("data_parallel", "table_row_wise")
+
+
 def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[ModuleSharder]] = None) -> List[ModuleSharder]:
     """EBC and EC (sequence table, :mod:`mtl_torchrec.model.sequence`) sharders whose fused kernels
     apply the sparse optimizer inside the backward pass, and the frozen-table sharder."""
@@ -67,7 +83,7 @@ def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[
         "eps": 1e-8,
     }
     return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused),
-                                EmbeddingCollectionSharder(fused_params=dict(fused))]
+                                SequenceTableSharder(fused_params=dict(fused))]
 
 
 def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder]:
@@ -78,8 +94,8 @@ def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
     sharded at all: it stays a plain module, replicated on every rank and trained by DDP's
     optimizer path. ``fused_params`` (e.g. ``{"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
     "learning_rate": 0.05}``) configure the plain ``EmbeddingBagCollection`` sharder's fused
-    optimizer, and those of the ``EmbeddingCollection`` sharder (sequence tables, which TorchRec's
-    defaults include) too; the frozen sharder always keeps its learning rate 0.
+    optimizer, and those of the ``EmbeddingCollection`` sharder (sequence tables; TorchRec's is
+    replaced by :class:`SequenceTableSharder`) too; the frozen sharder always keeps its learning rate 0.
 
     Example::
 
@@ -87,9 +103,14 @@ def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
     """
     stock = list(get_default_sharders())
     if fused_params is not None:
-        stock = [s for s in stock if type(s) not in (EmbeddingBagCollectionSharder, EmbeddingCollectionSharder)]
-        stock[:0] = [EmbeddingBagCollectionSharder(fused_params=dict(fused_params)),
-                     EmbeddingCollectionSharder(fused_params=dict(fused_params))]
+        stock = [s for s in stock if type(s) is not EmbeddingBagCollectionSharder]
+        stock.insert(0, EmbeddingBagCollectionSharder(fused_params=dict(fused_params)))
+    # The sequence-table sharder replaces TorchRec's EC sharder (same fused params), see SequenceTableSharder.
+    ec = [s for s in stock if type(s) is EmbeddingCollectionSharder]
+    stock = [SequenceTableSharder(fused_params=dict(fused_params)) if type(s) is EmbeddingCollectionSharder else s
+             for s in stock]
+    if not ec:
+        stock.append(SequenceTableSharder(fused_params=dict(fused_params) if fused_params is not None else None))
     return [FrozenEmbeddingBagCollectionSharder(), *stock]
 
 
@@ -126,14 +147,19 @@ def _table_modules(module: nn.Module) -> Dict[str, Any]:
 
 def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_size: int, device_type: str) -> ShardingPlan:
     """The same strategy for every table of every EBC and EC in ``module``; tables spread
-    round-robin over ranks for table-wise placement (over hosts for ``table_row_wise``)."""
+    round-robin over ranks for table-wise placement (over hosts for ``table_row_wise``). Sequence
+    tables (EC) are sharded row-wise under ``data_parallel`` and ``table_row_wise`` (see
+    :class:`SequenceTableSharder`)."""
     kernel = EmbeddingComputeKernel.FUSED.value
     plan: Dict[str, Any] = {}
     counter = 0
     for path, (ebc, configs) in _table_modules(module).items():
         per_table = {}
+        sequence = isinstance(ebc, EmbeddingCollection)
         for cfg in configs:
-            if strategy == "table_wise":
+            if sequence and strategy in SEQUENCE_ROW_WISE:
+                gen = row_wise(compute_kernel=kernel)
+            elif strategy == "table_wise":
                 gen = table_wise(rank=counter % world_size, compute_kernel=kernel)
             elif strategy == "row_wise":
                 gen = row_wise(compute_kernel=kernel)
@@ -150,7 +176,7 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
             per_table[cfg.name] = gen
             counter += 1
         plan[path] = construct_module_sharding_plan(
-            ebc, per_table, sharder=_frozen_sharder(ebc), local_size=local_world_size, world_size=world_size,
+            ebc, per_table, sharder=SequenceTableSharder() if sequence else _frozen_sharder(ebc), local_size=local_world_size, world_size=world_size,
             device_type=device_type,
         )
     return ShardingPlan(plan=plan)
