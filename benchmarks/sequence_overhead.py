@@ -57,7 +57,7 @@ def main(argv: Any = None) -> int:
         data = load_data(cfg.data)
         trainers[name] = make_trainer(cfg, data, ctx, out / name)
         trainers[name].dmp.train()
-        pipes[name] = trainers[name]._pipeline()
+        pipes[name] = trainers[name]._make_pipeline()
         iters[name] = trainers[name]._batches()
 
     def run(name: str, steps: int) -> Tuple[float, float]:
