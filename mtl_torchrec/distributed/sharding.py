@@ -105,12 +105,13 @@ def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
     if fused_params is not None:
         stock = [s for s in stock if type(s) is not EmbeddingBagCollectionSharder]
         stock.insert(0, EmbeddingBagCollectionSharder(fused_params=dict(fused_params)))
-    # The sequence-table sharder replaces TorchRec's EC sharder (same fused params), see SequenceTableSharder.
-    ec = [s for s in stock if type(s) is EmbeddingCollectionSharder]
-    stock = [SequenceTableSharder(fused_params=dict(fused_params)) if type(s) is EmbeddingCollectionSharder else s
-             for s in stock]
-    if not ec:
-        stock.append(SequenceTableSharder(fused_params=dict(fused_params) if fused_params is not None else None))
+    # The sequence-table sharder replaces TorchRec's EC sharder (see SequenceTableSharder), with
+    # ``fused_params`` when given, else the stock sharder's own.
+    def sequence(s: ModuleSharder) -> ModuleSharder:
+        own = fused_params if fused_params is not None else getattr(s, "fused_params", None)
+        return SequenceTableSharder(fused_params=dict(own) if own is not None else None)
+
+    stock = [sequence(s) if type(s) is EmbeddingCollectionSharder else s for s in stock]
     return [FrozenEmbeddingBagCollectionSharder(), *stock]
 
 
