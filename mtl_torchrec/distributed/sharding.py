@@ -131,10 +131,6 @@ def check_sharders(module: nn.Module, sharders: List[ModuleSharder]) -> None:
             )
 
 
-def _ebc_paths(module: nn.Module) -> Dict[str, EmbeddingBagCollection]:
-    return {name: m for name, m in module.named_modules() if isinstance(m, EmbeddingBagCollection)}
-
-
 def _table_modules(module: nn.Module) -> Dict[str, Any]:
     """Path -> (collection, its table configs) of every EBC and EC (sequence tables) in ``module``."""
     found: Dict[str, Any] = {}
@@ -177,8 +173,8 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
             per_table[cfg.name] = gen
             counter += 1
         plan[path] = construct_module_sharding_plan(
-            ebc, per_table, sharder=SequenceTableSharder() if sequence else _frozen_sharder(ebc), local_size=local_world_size, world_size=world_size,
-            device_type=device_type,
+            ebc, per_table, sharder=SequenceTableSharder() if sequence else _frozen_sharder(ebc),
+            local_size=local_world_size, world_size=world_size, device_type=device_type,
         )
     return ShardingPlan(plan=plan)
 
