@@ -45,6 +45,14 @@ def test_default_sharders_cover_the_frozen_table() -> None:
     assert len(ebc) == 1 and ebc[0].fused_params["learning_rate"] == 0.5
     # The frozen sharder keeps its lr-0 fused optimizer whatever the user passes.
     assert fused[0].fused_params["learning_rate"] == 0.0
+    # Sequence tables (EmbeddingCollection): the same fused params, never replicated.
+    from torchrec.modules.embedding_modules import EmbeddingCollection
+
+    from mtl_torchrec.distributed.sharding import SequenceTableSharder
+
+    seq = [s for s in fused if s.module_type is EmbeddingCollection]
+    assert len(seq) == 1 and isinstance(seq[0], SequenceTableSharder)
+    assert seq[0].fused_params["learning_rate"] == 0.5 and "data_parallel" not in seq[0].sharding_types("cpu")
 
 
 def _rank(rank: int, world_size: int):

@@ -115,20 +115,34 @@ def test_balancer_learns_at_its_own_rate(balance_lr, ctx, tmp_path):
         make_optimizer(trainer.dmp, "adam", 0.001, sparse_optimizer="rowwise_adagrad", sparse_lr=0.05, balance_lr=0.0)
 
 
-@pytest.mark.parametrize("sharding", ["table_wise", "planner", "data_parallel", "row_wise"])
-def test_tables_are_updated_by_the_sparse_optimizer_only(sharding, ctx, tmp_path):
+# The sequence table (model.sequence): an EmbeddingCollection in the history feature module.
+SEQUENCE_TABLE = "model.feature_modules.item_history.embedding."
+
+
+def _table_name(key: str) -> str:
+    """``t_<table>.weight`` of a table parameter's name (EBC or sequence EC)."""
+    return key.split("embedding_bags.")[1] if "embedding_bags." in key else key.split("embeddings.")[1]
+
+
+@pytest.mark.parametrize("sharding, sequence", [("table_wise", False), ("planner", False), ("data_parallel", False),
+                                                ("row_wise", False), ("planner", True), ("data_parallel", True)])
+def test_tables_are_updated_by_the_sparse_optimizer_only(sharding, sequence, ctx, tmp_path):
     """Every table belongs to an optimizer of train.sparse_optimizer (DMP's fused one, or for tables
     the plan replicates the ReplicatedTableOptimizer) and to no other, and one step moves each row
     it touches by train.sparse_lr in root-mean-square (row-wise Adagrad's first step is
     lr * g / rms(g) over the row). On one rank the planner replicates most tables (data_parallel),
-    so ``planner`` covers the mixed case."""
+    so ``planner`` covers the mixed case. With ``sequence``, the item table is the sequence table
+    (an EmbeddingCollection shared by the candidate and the history), held to the same rule."""
     from mtl_torchrec.distributed.optim import ReplicatedTableOptimizer
 
+    extra = ["data.synthetic.history_length=6", "model.sequence.enabled=true", "model.sequence.max_length=6",
+             "model.sequence.attention_layers=[8]"] if sequence else []
     cfg = small_config(str(tmp_path), [f"train.sharding={sharding}", "train.max_steps=1",
-                                       "train.sparse_lr=0.05", "train.dense_lr=0.001"])
+                                       "train.sparse_lr=0.05", "train.dense_lr=0.001", *extra])
     data = load_data(cfg.data)
     trainer = make_trainer(cfg, data, ctx, tmp_path)
-    tables = {k: v.detach().clone() for k, v in trainer.dmp.module.named_parameters() if k.startswith(TABLES)}
+    tables = {k: v.detach().clone() for k, v in trainer.dmp.module.named_parameters()
+              if k.startswith(TABLES) or k.startswith(SEQUENCE_TABLE)}
     sparse = [o for o in trainer.sparse_optimizers]
     dense = [o for _, o in trainer.optimizer.optimizers if all(o is not s for s in sparse)]
     replicated = [o for o in sparse if isinstance(o, ReplicatedTableOptimizer)]
@@ -136,10 +150,11 @@ def test_tables_are_updated_by_the_sparse_optimizer_only(sharding, ctx, tmp_path
     after = dict(trainer.dmp.module.named_parameters())
     trainer.close()
     assert len(tables) == 9 and len(dense) == 1
+    assert any(k.startswith(SEQUENCE_TABLE) for k in tables) == sequence
     assert bool(replicated) == (sharding in ("planner", "data_parallel"))
-    owned = [k.split("embedding_bags.")[1] for o in sparse for k in o.params]
-    assert sorted(owned) == sorted(k.split("embedding_bags.")[1] for k in tables)
-    assert not any("embedding_bags" in k for o in dense for k in o.params)
+    owned = [_table_name(k) for o in sparse for k in o.params]
+    assert sorted(owned) == sorted(_table_name(k) for k in tables)
+    assert not any("embedding_bags" in k or "embedding.embeddings" in k for o in dense for k in o.params)
     row_steps = torch.cat([(after[k].detach() - v).pow(2).mean(dim=1).sqrt() for k, v in tables.items()])
     moved = row_steps[row_steps > 0]
     assert len(moved) > 50

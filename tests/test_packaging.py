@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_packaged_configs_are_listed_and_load() -> None:
     assert CONFIG_DIR == REPO / "mtl_torchrec" / "configs"
-    assert packaged_configs() == ["aitm", "default", "feature_attention", "ple_esmm"]
+    assert packaged_configs() == ["aitm", "default", "feature_attention", "ple_esmm", "sequence"]
     assert load_config(config_path("default"), []).model.backbone == "mmoe"
     ple = load_config(config_path("ple_esmm"), [])
     assert ple.model.backbone == "ple" and ple.train.loss_balance == "gradnorm"
@@ -41,7 +41,7 @@ def test_config_path_prefers_an_existing_file(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.parametrize("value", ["nope", "configs/default.yaml", "default.yaml"])
 def test_unknown_config_lists_the_packaged_ones(value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    listed = r"neither a config file nor a packaged config \(packaged: aitm, default, feature_attention, ple_esmm\)"
+    listed = r"neither a config file nor a packaged config \(packaged: aitm, default, feature_attention, ple_esmm, sequence\)"
     with pytest.raises(ConfigError, match=listed):
         config_path(value)
     (tmp_path / "folder").mkdir()
@@ -66,7 +66,7 @@ def test_cli_refuses_an_unknown_config_before_any_work(tmp_path: Path, monkeypat
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --config: 'defualt' is neither a config file nor a packaged config" in err
-    assert "packaged: aitm, default, feature_attention, ple_esmm" in err and "Traceback" not in err
+    assert "packaged: aitm, default, feature_attention, ple_esmm, sequence" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,6 +10,7 @@ impressions are exactly those of ``data.source: movielens`` for the same seed (s
 ``mtl_torchrec/data/movielens.py``).
 
     python examples/movielens/export_csv.py --out data/ml100k_csv
+    python examples/movielens/export_csv.py --out data/ml100k_csv --history-length 50   # + item_history, spec_history.yaml
     python examples/movielens/run.py --config examples/movielens/spec_config.yaml data.spec=data/ml100k_csv/spec.yaml
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import numpy as np
 import pandas as pd
@@ -56,13 +57,34 @@ slices:
 """
 
 
+# spec_history.yaml: spec.yaml plus the behaviour sequence (--history-length), after the item column.
+HISTORY_AFTER = "  - {column: item_id, vocab: build}\n"
+HISTORY_COLUMN = (
+    "  # The user's movies rated strictly before the impression, oldest first (most recent last), in\n"
+    "  # item_id's vocabulary and table (a movie unseen in training is row 0 in both).\n"
+    "  - {column: item_history, separator: \"|\", vocab: shared, shared_with: item_id}\n"
+)
+
+
+def _joined(history: Any) -> List[str]:
+    """Each row's raw movie ids (1-based), oldest first, joined by '|' ("" for an empty history)."""
+    ids = (history.values + 1).astype(str)
+    return ["|".join(ids[a:b]) for a, b in zip(history.offsets[:-1], history.offsets[1:])]
+
+
 def main(argv: Any = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for impressions.csv, items.csv and spec.yaml")
     p.add_argument("--path", default=MovieLensConfig().path, help="the ml-100k folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the negative sampling (data.movielens.seed)")
+    p.add_argument("--history-length", type=int, default=0,
+                   help="> 0: also write the column item_history (the user's movies rated strictly before the "
+                        "impression, oldest first, at most this many most recent, '|'-joined raw ids) and "
+                        "spec_history.yaml, which reads it as a behaviour sequence sharing item_id's vocabulary")
     args = p.parse_args(argv)
-    bundle = load_movielens(MovieLensConfig(path=args.path, seed=args.seed))
+    if args.history_length < 0:
+        p.error("--history-length: must be >= 0")
+    bundle = load_movielens(MovieLensConfig(path=args.path, seed=args.seed, history_length=args.history_length))
     frames = []
     first_split = np.full(bundle.schema.sparse[1].num_embeddings, "", dtype=object)
     for split in ("test", "val", "train"):
@@ -83,6 +105,7 @@ def main(argv: Any = None) -> int:
             "rating": t["rating"],
             "item_first_rated": first_split[t["item_id"]],
             "split": split,
+            **({"item_history": _joined(t["item_history"])} if args.history_length else {}),
         }))
     texts = bundle.texts["item_text"].texts[1:]
     items = pd.DataFrame({"item_id": np.arange(1, len(texts) + 1), "text": [t or "" for t in texts]})
@@ -91,6 +114,8 @@ def main(argv: Any = None) -> int:
     atomic_write_text(out / "impressions.csv", pd.concat(frames).to_csv(index=False))
     atomic_write_text(out / "items.csv", items.to_csv(index=False))
     atomic_write_text(out / "spec.yaml", SPEC)
+    if args.history_length:
+        atomic_write_text(out / "spec_history.yaml", SPEC.replace(HISTORY_AFTER, HISTORY_AFTER + HISTORY_COLUMN, 1))
     rows = sum(len(f) for f in frames)
     print(f"{out / 'impressions.csv'}: {rows} impressions; {out / 'items.csv'}: {len(items)} items; {out / 'spec.yaml'}")
     return 0

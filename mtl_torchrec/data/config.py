@@ -32,6 +32,9 @@ class SyntheticConfig:
     seed: int = 0
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.1
+    # > 0: an ``item_history`` feature, each user's up to history_length past clicked items (oldest
+    # first), drawn from the same click model; 0: no history feature (the data as before).
+    history_length: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _split(self) -> "SyntheticConfig":
@@ -49,6 +52,9 @@ class MovieLensConfig:
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     val_fraction: Fraction = 0.1
     seed: int = 0
+    # > 0: an ``item_history`` feature, the user's up to history_length most recently rated movies
+    # strictly before the impression's time (oldest first); 0: no history feature (the data as before).
+    history_length: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _split(self) -> "MovieLensConfig":

@@ -16,7 +16,10 @@ rated after the test cut: their ids never occur in training, only their text can
 of those items are the ``cold_items`` slice (``DataBundle.slices["test"]["cold_items"]``).
 
 Features: ``user_id``, ``item_id``, ``user_age`` (7 buckets), ``user_gender``,
-``user_occupation``, ``user_zip`` (first digit, or "other"). Item text: "title. Year: y.
+``user_occupation``, ``user_zip`` (first digit, or "other"); with ``history_length > 0``
+``item_history``: the movies the user rated strictly before the impression's time (a negative
+impression has its positive's time), oldest first, at most ``history_length`` most recent ones, on
+``item_id``'s table (see :func:`rated_before`). Item text: "title. Year: y.
 Genres: a, b." (items whose title is "unknown" have no text).
 
 Example::
@@ -39,6 +42,7 @@ from mtl_torchrec.data.config import MovieLensConfig
 from mtl_torchrec.data.schema import (
     ColumnTable,
     DataError,
+    Jagged,
     Schema,
     SparseFeature,
     impression_labels,
@@ -196,6 +200,41 @@ def _sample_negatives(
     raise DataError("movielens: could not draw unrated negatives (a user rated nearly every item of a split)")
 
 
+def rated_before(ratings: np.ndarray, users: np.ndarray, items: np.ndarray, times: np.ndarray, max_length: int) -> Jagged:
+    """Each impression's history: the items its user rated **strictly before** its time, oldest first
+    (ties in time by item id), at most the ``max_length`` most recent, never the impression's own item.
+
+    Args:
+        ratings: ``[n, 4]`` (user, item, rating, timestamp), any order, ids as in ``users``/``items``.
+        users, items, times: one entry per impression (a negative impression carries its positive's time).
+        max_length: most recent items kept per row (>= 1).
+
+    Returns:
+        Jagged: one row per impression.
+    """
+    order = np.lexsort((ratings[:, 1], ratings[:, 3], ratings[:, 0]))
+    r_user, r_item, r_time = ratings[order, 0], ratings[order, 1], ratings[order, 3]
+    # Position of each impression among its user's ratings sorted by time: the first rating at or
+    # after the impression's time; everything before it is strictly earlier.
+    user_start = np.searchsorted(r_user, users, side="left")
+    all_times = np.concatenate([r_time, times])
+    base, span = int(all_times.min()), int(all_times.max() - all_times.min()) + 1
+    # (user, time) as one sortable int64: ratings are sorted by it.
+    key = r_user.astype(np.int64) * span + (r_time - base)
+    end = np.searchsorted(key, users.astype(np.int64) * span + (times - base), side="left")
+    start = np.maximum(user_start, end - max_length)
+    lengths = end - start
+    idx = np.repeat(start, lengths) + (np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    values = r_item[idx]
+    own = values == np.repeat(items, lengths)
+    if own.any():
+        # Impossible for strictly earlier ratings of a movie rated once per user; kept out regardless.
+        keep = ~own
+        lengths = np.bincount(np.repeat(np.arange(len(users)), lengths)[keep], minlength=len(users))
+        values = values[keep]
+    return Jagged(values.astype(np.int64), lengths)
+
+
 def load_movielens(cfg: MovieLensConfig) -> DataBundle:
     """Reads ml-100k from ``cfg.path`` and derives the impression data described in the module docstring.
 
@@ -257,12 +296,18 @@ def load_movielens(cfg: MovieLensConfig) -> DataBundle:
         neg_items = _sample_negatives(pu, pi, rated_codes, num_items, k, rng)
         users_all = np.concatenate([pu, np.repeat(pu, k)])
         items_all = np.concatenate([pi, neg_items])
+        # A negative is shown when its positive was rated.
+        times_all = np.concatenate([ts[rows], np.repeat(ts[rows], k)])
         npos = len(rows)
         click = np.concatenate([np.ones(npos), np.zeros(npos * k)]).astype(np.float32)
         conversion = np.concatenate([(pr >= 4).astype(np.float32), np.zeros(npos * k, dtype=np.float32)])
         rating_col = np.concatenate([pr, np.full(npos * k, np.nan, dtype=np.float32)])
         perm = rng.permutation(len(users_all))
-        users_all, items_all = users_all[perm], items_all[perm]
+        users_all, items_all, times_all = users_all[perm], items_all[perm], times_all[perm]
+        history = {}
+        if cfg.history_length:
+            history["item_history"] = rated_before(np.stack([u, it, rating, ts], axis=1), users_all, items_all,
+                                                   times_all, cfg.history_length)
         splits[name] = ColumnTable(
             {
                 "user_id": users_all.astype(np.int64),
@@ -274,10 +319,14 @@ def load_movielens(cfg: MovieLensConfig) -> DataBundle:
                 "click": click[perm],
                 "conversion": conversion[perm],
                 "rating": rating_col[perm],
+                **history,
             }
         )
         slices[name] = {"cold_items": cold[items_all]}
+    schema = movielens_schema(num_users, num_items, len(occupations))
+    if cfg.history_length:
+        schema.sparse.append(SparseFeature("item_history", num_items, multi_valued=True, table="item_id"))
     schema, splits, texts = item_text_feature(
-        movielens_schema(num_users, num_items, len(occupations)), splits, "item_id", item_texts(items, genres, num_items)
+        schema, splits, "item_id", item_texts(items, genres, num_items)
     )
     return DataBundle(schema=schema, splits=splits, texts=texts, slices=slices)

@@ -80,7 +80,10 @@ class SyntheticData:
 def synthetic_schema(cfg: SyntheticConfig) -> Schema:
     """The schema :func:`generate_synthetic` produces: nine id features (``item_tags`` multi-valued),
     three dense features, the impression labels, grouped by ``user_id``, item text indexed by ``item_id``.
+    With ``history_length > 0`` a tenth, ``item_history`` (multi-valued, on ``item_id``'s table).
     """
+    history = ([SparseFeature("item_history", cfg.num_items, multi_valued=True, table="item_id")]
+               if cfg.history_length else [])
     return Schema(
         sparse=[
             SparseFeature("user_id", cfg.num_users),
@@ -92,6 +95,7 @@ def synthetic_schema(cfg: SyntheticConfig) -> Schema:
             SparseFeature("price_bucket", 10),
             SparseFeature("item_tags", NUM_TAGS, multi_valued=True),
             SparseFeature("device", NUM_DEVICES),
+            *history,
         ],
         dense=[DenseFeature("position"), DenseFeature("log_price"), DenseFeature("item_popularity")],
         labels=impression_labels(),
@@ -109,6 +113,30 @@ def _brand_names(n: int, rng: np.random.Generator) -> List[str]:
         k = int(rng.integers(2, 4))
         names.append("".join(rng.choice(_SYLLABLES, size=k)).capitalize())
     return names
+
+
+def _click_histories(
+    cfg: SyntheticConfig,
+    user_vec: np.ndarray,
+    item_vec: np.ndarray,
+    quality: np.ndarray,
+    user_bias: np.ndarray,
+    item_weights: np.ndarray,
+) -> Jagged:
+    """Each user's past clicks (one row per user, oldest first): items shown as impressions are (the
+    popularity-weighted draw) at position 1 on device 0, clicked with the impression click model's
+    probability, until ``history_length`` clicks or ``8 * history_length`` shown items. A separate
+    generator (seed + 7919), so the impressions are those of the same seed without history."""
+    rng = np.random.default_rng(cfg.seed + 7919)
+    n_users, k = len(user_vec), cfg.latent_dim
+    shown = 8 * cfg.history_length
+    items = rng.choice(len(item_vec), size=(n_users, shown), p=item_weights)
+    affinity = np.einsum("uk,usk->us", user_vec, item_vec[items]) / np.sqrt(k)
+    p_click = _sigmoid(affinity + quality[items] + user_bias[:, None] - 1.2)
+    clicked = rng.random((n_users, shown)) < p_click
+    # The first history_length clicks of each user, in the order shown.
+    kept = clicked & (np.cumsum(clicked, axis=1) <= cfg.history_length)
+    return Jagged(items[kept].astype(np.int64), kept.sum(axis=1))
 
 
 def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
@@ -218,6 +246,8 @@ def generate_synthetic(cfg: SyntheticConfig) -> SyntheticData:
         "conversion": conversion.astype(np.float32),
         "rating": rating.astype(np.float32),
     }
+    if cfg.history_length:
+        columns["item_history"] = _click_histories(cfg, user_vec, item_vec, quality, user_bias, item_weights).take(u)
     table = ColumnTable(columns)
     idx = split_rows(N, cfg.val_fraction, cfg.test_fraction, cfg.seed + 1)
     splits = {name: table.take(rows) for name, rows in idx.items()}

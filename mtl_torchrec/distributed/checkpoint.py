@@ -410,15 +410,19 @@ def global_shapes(state: Dict[str, Any]) -> Dict[str, List[int]]:
 def describe_module(module: nn.Module) -> Dict[str, Any]:
     """What a checkpoint must agree on with the model it is loaded into: embedding tables, tasks,
     and the global shape of every state tensor."""
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
     tables: Dict[str, Any] = {}
     for m in module.modules():
         configs = None
         if isinstance(m, EmbeddingBagCollection):
             configs = m.embedding_bag_configs()
+        elif isinstance(m, EmbeddingCollection):
+            configs = m.embedding_configs()
         elif hasattr(m, "_embedding_bag_configs"):  # the sharded EBC keeps its configs here
             configs = m._embedding_bag_configs
+        elif hasattr(m, "_embedding_configs"):  # and the sharded EC (sequence tables) here
+            configs = m._embedding_configs
         for c in configs or []:
             tables[c.name] = {
                 "num_embeddings": int(c.num_embeddings),

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
+from torchrec.distributed.embedding import ShardedEmbeddingCollection
 from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
@@ -55,8 +56,8 @@ class ReplicatedTableOptimizer(KeyedOptimizerWrapper):
 def replicated_tables(dmp: DistributedModelParallel) -> Dict[str, nn.Parameter]:
     """The trainable embedding tables of ``dmp`` that no fused optimizer updates, by parameter name.
 
-    These are the ``data_parallel`` tables of every sharded EBC (their weights are ordinary
-    parameters of the dense kernel); frozen (text) tables are left out.
+    These are the ``data_parallel`` tables of every sharded EBC and EC (sequence tables; their
+    weights are ordinary parameters of the dense kernel); frozen (text) tables are left out.
     """
     table_ids = set()
     for module in dmp.modules():
@@ -64,6 +65,8 @@ def replicated_tables(dmp: DistributedModelParallel) -> Dict[str, nn.Parameter]:
             module, ShardedFrozenEmbeddingBagCollection
         ):
             table_ids.update(id(p) for p in module.embedding_bags.parameters())
+        elif isinstance(module, ShardedEmbeddingCollection):
+            table_ids.update(id(p) for p in module.embeddings.parameters())
     return {k: p for k, p in in_backward_optimizer_filter(dmp.named_parameters()) if id(p) in table_ids}
 
 

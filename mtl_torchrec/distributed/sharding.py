@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
@@ -38,8 +39,8 @@ from torchrec.distributed.sharding_plan import (
     table_row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from mtl_torchrec.config import SHARDING_STRATEGIES, SPARSE_OPTIMIZERS
 from mtl_torchrec.distributed.context import DistContext
@@ -56,8 +57,25 @@ EMB_OPTIM_TYPES: Dict[str, EmbOptimType] = {
 }
 
 
+class SequenceTableSharder(EmbeddingCollectionSharder):
+    """TorchRec's ``EmbeddingCollection`` sharder (sequence tables, :mod:`mtl_torchrec.model.sequence`)
+    without ``data_parallel``: with torchrec 1.8 a replicated sequence table looks up the first
+    features of the batch's KJT rather than its own (wrong shapes whenever other features come
+    first), so the planner must not pick it. :func:`hand_plan` shards sequence tables row-wise where
+    a strategy would replicate them (``data_parallel``) or has no sequence form (``table_row_wise``)."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        """The parent's sharding types less ``data_parallel``."""
+        return [t for t in super().sharding_types(compute_device_type) if t != ShardingType.DATA_PARALLEL.value]
+
+
+# Strategies that a sequence table (an EmbeddingCollection) takes row-wise instead (see SequenceTableSharder).
+SEQUENCE_ROW_WISE = ("data_parallel", "table_row_wise")
+
+
 def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[ModuleSharder]] = None) -> List[ModuleSharder]:
-    """EBC sharder whose fused kernel applies the sparse optimizer inside the backward pass."""
+    """EBC and EC (sequence table, :mod:`mtl_torchrec.model.sequence`) sharders whose fused kernels
+    apply the sparse optimizer inside the backward pass, and the frozen-table sharder."""
     if sparse_optimizer not in EMB_OPTIM_TYPES:
         raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(SPARSE_OPTIMIZERS)})")
     fused: Dict[str, Any] = {
@@ -65,7 +83,8 @@ def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[
         "learning_rate": sparse_lr,
         "eps": 1e-8,
     }
-    return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused)]
+    return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused),
+                                SequenceTableSharder(fused_params=dict(fused))]
 
 
 def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder]:
@@ -76,7 +95,8 @@ def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
     sharded at all: it stays a plain module, replicated on every rank and trained by DDP's
     optimizer path. ``fused_params`` (e.g. ``{"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
     "learning_rate": 0.05}``) configure the plain ``EmbeddingBagCollection`` sharder's fused
-    optimizer; the frozen sharder always keeps its learning rate 0.
+    optimizer, and those of the ``EmbeddingCollection`` sharder (sequence tables; TorchRec's is
+    replaced by :class:`SequenceTableSharder`) too; the frozen sharder always keeps its learning rate 0.
 
     Example::
 
@@ -86,6 +106,13 @@ def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
     if fused_params is not None:
         stock = [s for s in stock if type(s) is not EmbeddingBagCollectionSharder]
         stock.insert(0, EmbeddingBagCollectionSharder(fused_params=dict(fused_params)))
+    # The sequence-table sharder replaces TorchRec's EC sharder (see SequenceTableSharder), with
+    # ``fused_params`` when given, else the stock sharder's own.
+    def sequence(s: ModuleSharder) -> ModuleSharder:
+        own = fused_params if fused_params is not None else getattr(s, "fused_params", None)
+        return SequenceTableSharder(fused_params=dict(own) if own is not None else None)
+
+    stock = [sequence(s) if type(s) is EmbeddingCollectionSharder else s for s in stock]
     return [FrozenEmbeddingBagCollectionSharder(), *stock]
 
 
@@ -105,20 +132,32 @@ def check_sharders(module: nn.Module, sharders: List[ModuleSharder]) -> None:
             )
 
 
-def _ebc_paths(module: nn.Module) -> Dict[str, EmbeddingBagCollection]:
-    return {name: m for name, m in module.named_modules() if isinstance(m, EmbeddingBagCollection)}
+def _table_modules(module: nn.Module) -> Dict[str, Any]:
+    """Path -> (collection, its table configs) of every EBC and EC (sequence tables) in ``module``."""
+    found: Dict[str, Any] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, EmbeddingBagCollection):
+            found[name] = (m, m.embedding_bag_configs())
+        elif isinstance(m, EmbeddingCollection):
+            found[name] = (m, m.embedding_configs())
+    return found
 
 
 def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_size: int, device_type: str) -> ShardingPlan:
-    """The same strategy for every table of every EBC in ``module``; tables spread round-robin
-    over ranks for table-wise placement (over hosts for ``table_row_wise``)."""
+    """The same strategy for every table of every EBC and EC in ``module``; tables spread
+    round-robin over ranks for table-wise placement (over hosts for ``table_row_wise``). Sequence
+    tables (EC) are sharded row-wise under ``data_parallel`` and ``table_row_wise`` (see
+    :class:`SequenceTableSharder`)."""
     kernel = EmbeddingComputeKernel.FUSED.value
     plan: Dict[str, Any] = {}
     counter = 0
-    for path, ebc in _ebc_paths(module).items():
+    for path, (ebc, configs) in _table_modules(module).items():
         per_table = {}
-        for cfg in ebc.embedding_bag_configs():
-            if strategy == "table_wise":
+        sequence = isinstance(ebc, EmbeddingCollection)
+        for cfg in configs:
+            if sequence and strategy in SEQUENCE_ROW_WISE:
+                gen = row_wise(compute_kernel=kernel)
+            elif strategy == "table_wise":
                 gen = table_wise(rank=counter % world_size, compute_kernel=kernel)
             elif strategy == "row_wise":
                 gen = row_wise(compute_kernel=kernel)
@@ -135,8 +174,8 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
             per_table[cfg.name] = gen
             counter += 1
         plan[path] = construct_module_sharding_plan(
-            ebc, per_table, sharder=_frozen_sharder(ebc), local_size=local_world_size, world_size=world_size,
-            device_type=device_type,
+            ebc, per_table, sharder=SequenceTableSharder() if sequence else _frozen_sharder(ebc),
+            local_size=local_world_size, world_size=world_size, device_type=device_type,
         )
     return ShardingPlan(plan=plan)
 
@@ -182,8 +221,8 @@ def column_split_ok(module: nn.Module, world_size: int) -> None:
     Raises ValueError naming the first table whose ``embedding_dim`` is not divisible by
     ``2 * world_size`` (any width passes with one rank).
     """
-    for ebc in _ebc_paths(module).values():
-        for cfg in ebc.embedding_bag_configs():
+    for _, configs in _table_modules(module).values():
+        for cfg in configs:
             if cfg.embedding_dim % (2 * world_size if world_size > 1 else 1):
                 raise ValueError(
                     f"column-wise sharding of table '{cfg.name}' needs embedding_dim divisible by {2 * world_size}"

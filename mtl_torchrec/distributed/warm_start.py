@@ -76,7 +76,8 @@ def resolve_init_from(value: Union[str, Path]) -> Path:
 
 
 def _is_table(key: str) -> bool:
-    return ".embedding_bags." in key and key.endswith(".weight")
+    # EBC tables, and EC (sequence) tables: ``<path>.embedding.embeddings.<table>.weight``.
+    return (".embedding_bags." in key or ".embedding.embeddings." in key) and key.endswith(".weight")
 
 
 def _owner(key: str) -> str:

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -19,6 +20,7 @@ from mtl_torchrec.model.balancing import BALANCERS
 from mtl_torchrec.model.config import BalanceConfig, ModelConfig
 from mtl_torchrec.model.head import init_towers_from_labels, make_backbone
 from mtl_torchrec.model.multitask import MultiTaskModel
+from mtl_torchrec.model.sequence import build_sequence_feature, sequence_table, truncation_note
 from mtl_torchrec.model.tasks import TaskSpec, TrainModule, check_tasks
 from mtl_torchrec.model.text import item_id_dropout, text_feature_modules
 from mtl_torchrec.modules.aitm import AITMTowers
@@ -26,11 +28,15 @@ from mtl_torchrec.modules.feature_attention import FeatureGroupAttention
 from mtl_torchrec.modules.towers import TaskTowers
 
 
-def embedding_configs(schema: Schema, embedding_dim: int) -> List[EmbeddingBagConfig]:
+def embedding_configs(schema: Schema, embedding_dim: int, exclude: Optional[str] = None) -> List[EmbeddingBagConfig]:
     """One table per distinct ``table_name`` of the id features; features naming the same table share
-    it. Text features have their own frozen tables (:mod:`mtl_torchrec.model.text`)."""
+    it. Text features have their own frozen tables (:mod:`mtl_torchrec.model.text`); the table named
+    ``exclude`` (the sequence feature's, :func:`~mtl_torchrec.model.sequence.sequence_table`) is
+    left out."""
     tables: Dict[str, EmbeddingBagConfig] = {}
     for f in schema.id_features:
+        if exclude is not None and f.table_name == exclude:
+            continue
         name = f"t_{f.table_name}"
         if name in tables:
             tables[name].feature_names.append(f.name)
@@ -108,13 +114,18 @@ def build_model(
     """The :class:`MultiTaskModel` for ``cfg`` over ``schema``: one table per distinct table name,
     the ``model.backbone`` sized to the fused width, and one tower per task (with AIT units
     between AITM tasks, ``model.tasks[*].aitm_parent``), plus per-task feature attention when
-    ``model.feature_attention.enabled``.
+    ``model.feature_attention.enabled``, and with ``model.sequence.enabled`` the behaviour-sequence
+    feature (:mod:`mtl_torchrec.model.sequence`) as the first feature module, owning the item table.
 
     ``device='meta'`` defers table allocation to DistributedModelParallel. Raises ConfigError
     naming the key (see :func:`task_specs` and :func:`build_backbone`).
     """
     tasks = task_specs(cfg, schema)
-    ebc = EmbeddingBagCollection(tables=embedding_configs(schema, cfg.embedding_dim), device=device)
+    sequence = build_sequence_feature(cfg, schema, device)
+    if sequence is not None:
+        feature_modules = {sequence.history: sequence, **(feature_modules or {})}
+    ebc = EmbeddingBagCollection(
+        tables=embedding_configs(schema, cfg.embedding_dim, sequence_table(cfg, schema)), device=device)
     width = MultiTaskModel.fused_width(ebc, len(schema.dense), cfg.dense_layers, feature_modules)
     backbone = build_backbone(cfg, width, len(tasks))
     attention = cfg.feature_attention
@@ -161,6 +172,9 @@ def build_train_module(
         id_dropout = item_id_dropout(cfg, data.schema)
     model = build_model(cfg, data.schema, feature_modules=feature_modules, id_dropout=id_dropout)
     train = data.splits.get("train")
+    note = truncation_note(cfg, train) if train is not None else None
+    if note and (not dist.is_initialized() or dist.get_rank() == 0):
+        print(note, flush=True)
     if train is not None:
         labels = {
             t.name: torch.from_numpy(np.asarray(train[data.schema.label(t.name).column_name], dtype=np.float64))

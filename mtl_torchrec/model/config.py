@@ -85,6 +85,28 @@ class FeatureAttentionConfig:
 
 
 @config_dataclass
+class SequenceConfig:
+    """``model.sequence``: a behaviour sequence (the user's recent items) read by target attention of
+    the candidate item (DIN, Zhou et al., KDD 2018), see :mod:`mtl_torchrec.modules.target_attention`.
+    Off by default (the model is then unchanged).
+
+    ``history`` names a multi-valued id feature holding each row's past items, oldest first and most
+    recent last; ``candidate`` the single-valued item feature it shares its table (and vocabulary)
+    with. Both are embedded by one sharded ``EmbeddingCollection`` table; the model's
+    ``EmbeddingBagCollection`` leaves that table out.
+    """
+
+    enabled: bool = False
+    history: str = "item_history"
+    candidate: str = "item_id"
+    # The model reads the max_length most recent history ids of each row (a longer history is cut
+    # to its most recent ids; training prints how many rows that concerns).
+    max_length: PositiveInt = 50
+    # Hidden widths of DIN's local activation unit (MLP over [h, t, h - t, h * t]); may be empty.
+    attention_layers: Widths = field(default_factory=lambda: [64, 32])
+
+
+@config_dataclass
 class BalanceConfig:
     """Options of the loss balancers (``train.loss_balance``), see ``model/balancing.py``."""
 
@@ -131,6 +153,7 @@ _TRAILING: List[Tuple[str, Any, Callable[[], Any]]] = [
     ("tasks", Annotated[List[TaskConfig], Field(min_length=1)], _default_tasks),
     ("aitm", AITMConfig, AITMConfig),
     ("feature_attention", FeatureAttentionConfig, FeatureAttentionConfig),
+    ("sequence", SequenceConfig, SequenceConfig),
 ]
 _CLASSES: Dict[Tuple[Tuple[str, type], ...], type] = {}
 
@@ -177,6 +200,7 @@ __all__ = [
     "MMoEConfig",
     "ModelConfig",
     "PLEConfig",
+    "SequenceConfig",
     "SharedBottomConfig",
     "SingleTaskConfig",
     "TaskConfig",

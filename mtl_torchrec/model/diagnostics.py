@@ -11,6 +11,8 @@ the batches given (gates, experts) or on each of them (task gradients):
   above ``collapse_cosine``) -- capacity that is spent twice;
 * **feature attention** (``model.feature_attention``): per task, the mean weight of each feature
   group (id features, ``dense``, text features): which task reads which features;
+* **sequence attention** (``model.sequence``): per history feature, how the target-attention
+  weights spread over a sample's histories (largest weight vs uniform, entropy, recency);
 * **AITM** (``model.tasks[*].aitm_parent``): per AITM task, the mean AIT weight of the
   transferred (parent's) and of its own representation;
 * **task gradients** on the shared representation: norms and pairwise cosines per batch, averaged
@@ -214,6 +216,37 @@ def aitm_weights(towers: nn.Module, inputs: List[torch.Tensor]) -> Dict[str, Dic
     return {t: {"transferred": float(w[:, 0].mean()), "own": float(w[:, 1].mean())} for t, w in weights.items()}
 
 
+def sequence_attention(model: nn.Module, batch: Batch) -> Dict[str, Dict[str, float]]:
+    """Per sequence feature (a feature module with ``attention_weights``, e.g.
+    :class:`~mtl_torchrec.modules.target_attention.HistoryAttentionFeature`): on ``batch``, the mean
+    history length read, the share of rows with an empty history, the mean largest weight next to
+    its uniform value (mean ``1 / length``), the mean normalised entropy of the weights (1 = uniform,
+    over rows with two or more ids) and the mean weight on the most recent id kept. Empty when the
+    model has none."""
+    out: Dict[str, Dict[str, float]] = {}
+    for name, module in getattr(model, "feature_modules", {}).items():
+        if not hasattr(module, "attention_weights"):
+            continue
+        with torch.no_grad():
+            weights, mask = module.attention_weights(batch.sparse)
+        lengths = mask.sum(dim=1)
+        filled = lengths > 0
+        n = lengths[filled].to(weights.dtype)
+        w = weights[filled]
+        several = lengths[filled] > 1
+        entropy = -(w * torch.log(w.clamp_min(1e-12))).sum(dim=1)
+        last = w.gather(1, (lengths[filled] - 1).unsqueeze(1)).squeeze(1)
+        out[name] = {
+            "mean_length": float(lengths.to(weights.dtype).mean()) if len(lengths) else 0.0,
+            "empty_share": float((~filled).to(weights.dtype).mean()) if len(lengths) else 0.0,
+            "max_weight": float(w.max(dim=1).values.mean()) if len(w) else 0.0,
+            "uniform_max_weight": float((1.0 / n).mean()) if len(n) else 0.0,
+            "normalised_entropy": float((entropy[several] / torch.log(n[several])).mean()) if bool(several.any()) else 1.0,
+            "most_recent_weight": float(last.mean()) if len(last) else 0.0,
+        }
+    return out
+
+
 def diagnose(
     model: nn.Module,
     batches: Union[Batch, Sequence[Batch]],
@@ -250,6 +283,7 @@ def diagnose(
             trace, losses = batch_trace, batch_losses
             attention = feature_attention_weights(model, shared.detach())
             transfer = aitm_weights(model.towers, [x.detach() for x in inputs])
+            sequences = sequence_attention(model, batch)
     report: Dict[str, Any] = {
         "batch_size": batches[0].batch_size,
         "losses": {t: float(v.detach()) for t, v in losses.items()},
@@ -262,6 +296,8 @@ def diagnose(
         report["feature_attention"] = attention
     if transfer:
         report["aitm"] = transfer
+    if sequences:
+        report["sequence_attention"] = sequences
     return report
 
 
@@ -283,6 +319,9 @@ def flatten_scalars(report: Dict[str, Any]) -> Dict[str, float]:
             out[f"feature_attention/{task}/{group}"] = v
     for task, shares in report.get("aitm", {}).items():
         out[f"aitm/{task}/transferred"] = shares["transferred"]
+    for feature, stats in report.get("sequence_attention", {}).items():
+        for key, v in stats.items():
+            out[f"sequence_attention/{feature}/{key}"] = v
     experts = report.get("experts")
     if experts is not None:
         out["experts/dead"] = float(len(experts["dead"]))

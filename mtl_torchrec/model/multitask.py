@@ -112,11 +112,14 @@ class MultiTaskModel(nn.Module):
     ) -> List[Tuple[str, int]]:
         """``(name, width)`` of each part of the fused representation, in :meth:`fuse`'s order:
         each id feature (its name), ``dense`` (the dense MLP's output), each feature module (its
-        key, e.g. a text feature). Widths sum to :meth:`fused_width`."""
+        key, e.g. a text feature; or the ``(name, width)`` list of its ``groups`` attribute, e.g.
+        the sequence feature's candidate and history). Widths sum to :meth:`fused_width`."""
         groups = [(n, c.embedding_dim) for c in embedding.embedding_bag_configs() for n in c.feature_names]
         if num_dense:
             groups.append(("dense", dense_layers[-1] if dense_layers else num_dense))
-        groups += [(name, int(m.out_features)) for name, m in (feature_modules or {}).items()]
+        for name, m in (feature_modules or {}).items():
+            # A module may name several groups of its output (the sequence feature: candidate, history).
+            groups += list(getattr(m, "groups", None) or [(name, int(m.out_features))])
         return groups
 
     def fuse(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:

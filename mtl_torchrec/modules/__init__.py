@@ -5,6 +5,7 @@ from mtl_torchrec.modules.mlp import ACTIVATIONS, NORMS, MLPOptions, make_mlp
 from mtl_torchrec.modules.mmoe import MMoE
 from mtl_torchrec.modules.ple import PLE, CGCLevel
 from mtl_torchrec.modules.shared_bottom import SeparateBottoms, SharedBottom
+from mtl_torchrec.modules.target_attention import HistoryAttentionFeature, TargetAttention, recent_padded
 from mtl_torchrec.modules.towers import TaskTower, TaskTowers
 
 __all__ = [
@@ -16,10 +17,13 @@ __all__ = [
     "CGCLevel",
     "ExpertTrace",
     "GateInfo",
+    "HistoryAttentionFeature",
     "MMoE",
     "PLE",
     "SeparateBottoms",
     "SharedBottom",
+    "TargetAttention",
     "TaskTower",
     "TaskTowers",
+    "recent_padded",
 ]

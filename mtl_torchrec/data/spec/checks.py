@@ -49,6 +49,37 @@ def check_sparse_column(column: SparseColumn, key: str) -> None:
         raise ConfigError(f"{key}.min_count: must be >= 1")
     if column.vocab == "identity" and column.separator:
         raise ConfigError(f"{key}.separator: multi-valued columns need a vocabulary, not identity")
+    if column.vocab == "shared" and not column.shared_with:
+        raise ConfigError(f"{key}.shared_with: required with vocab: shared (the feature whose vocabulary it uses)")
+    if column.shared_with is not None and column.vocab != "shared":
+        raise ConfigError(f"{key}.shared_with: only with vocab: shared")
+    if column.max_length is not None:
+        if column.separator is None:
+            raise ConfigError(f"{key}.max_length: only for multi-valued columns (give a separator)")
+        if column.max_length < 1:
+            raise ConfigError(f"{key}.max_length: must be >= 1, got {column.max_length}")
+
+
+def check_shared_vocabularies(sparse: Sequence[SparseColumn]) -> None:
+    """``sparse[i].shared_with``: names another sparse feature that has a vocabulary of its own (not
+    ``shared``), and ``sparse[i].table`` (if given) is that feature's table; raises ConfigError naming
+    the key."""
+    by_feature = {s.feature: s for s in sparse}
+    for i, s in enumerate(sparse):
+        if s.vocab != "shared":
+            continue
+        key = f"sparse[{i}]"
+        owner = by_feature.get(str(s.shared_with))
+        if owner is None or owner is s:
+            raise ConfigError(f"{key}.shared_with: '{s.shared_with}' is not another sparse feature of the spec "
+                              f"(sparse features: {[c.feature for c in sparse]})")
+        if owner.vocab == "shared":
+            raise ConfigError(f"{key}.shared_with: '{owner.feature}' shares a vocabulary itself; name the feature "
+                              f"that owns it ('{owner.shared_with}')")
+        table = owner.table or owner.feature
+        if s.table is not None and s.table != table:
+            raise ConfigError(f"{key}.table: '{s.table}', but a shared vocabulary means the table of "
+                              f"'{owner.feature}' ('{table}'); leave table out")
 
 
 def check_names_unique(names: Sequence[str]) -> None:

@@ -16,6 +16,7 @@ from mtl_torchrec.data.spec.checks import (
     check_label_not_feature,
     check_labels_given,
     check_names_unique,
+    check_shared_vocabularies,
     check_slice,
     check_sparse_column,
     check_split_rule,
@@ -66,6 +67,7 @@ class DataSpec:
         for i, s in enumerate(self.sparse):
             check_sparse_column(s, f"sparse[{i}]")
         check_names_unique(self.feature_names())
+        check_shared_vocabularies(self.sparse)
         for i, lab in enumerate(self.labels):
             check_label_column(lab, f"labels[{i}]")
         check_label_not_feature(self.labels, self.sparse, self.dense)

@@ -55,7 +55,10 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
             _fit_dense(norms[d.feature], checked.dense[d.feature], keep, chunk, f"dense[{i}]", d.column)
     if train_rows == 0:
         raise DataError("data spec: the training split has no rows (check files and split rule)")
-    vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse}
+    vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse if s.vocab != "shared"}
+    # vocab: shared: the owner's vocabulary (validate() checked that the owner has one of its own).
+    vocabs.update({s.feature: vocabs[str(s.shared_with)] for s in spec.sparse if s.vocab == "shared"})
+    vocabs = {s.feature: vocabs[s.feature] for s in spec.sparse}
     return Preprocessing(vocabs=vocabs, normalizers=norms, stats={"fit_train_rows": train_rows},
                          seen={c: sorted(k) for c, k in seen.items()}, features=spec.feature_layout())
 
@@ -91,8 +94,12 @@ def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
     for s in spec.sparse:
         if s.feature not in pre.vocabs:
             raise DataError(f"fitted preprocessing has no vocabulary for sparse feature '{s.feature}'")
+        table = s.table
+        if s.vocab == "shared":
+            owner = spec.sparse_by_feature(str(s.shared_with))
+            table = owner.table or owner.feature
         sparse.append(SparseFeature(s.feature, pre.vocabs[s.feature].num_embeddings, multi_valued=s.separator is not None,
-                                    table=s.table, pooling=s.pooling))
+                                    table=table, pooling=s.pooling))
     for t in spec.text:
         if t.feature not in pre.texts:
             raise DataError(f"fitted preprocessing has no text rows for text feature '{t.feature}'")

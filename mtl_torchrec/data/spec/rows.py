@@ -3,7 +3,7 @@ that need no fitted state (:func:`check_chunk`), flagging bad rows on a :class:`
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -114,16 +114,56 @@ def sparse_tokens(column: SparseColumn, frame: pd.DataFrame) -> Tuple[Any, Optio
 
     Single-valued: the column itself (a Series, one value per row, of the file's type) and no
     lengths. Multi-valued (with a ``separator``): every row's stripped, non-empty tokens in row
-    order (object array of str), and the number of tokens per row (0 for a missing cell)."""
+    order (object array of str), and the number of tokens per row (0 for a missing cell); a cell
+    holding a list (a Parquet list column) gives its elements as they are (missing ones dropped
+    here, flagged by :func:`sequence_problems`). With ``max_length``, only each row's last
+    ``max_length`` tokens (the most recent ones)."""
     raw = frame[column.column]
     if column.separator is None:
         return raw.reset_index(drop=True), None
-    s = raw.astype(object).where(~is_missing(raw.to_numpy(dtype=object)), "")
-    parts = s.astype(str).str.split(column.separator, regex=False)
-    parts = parts.map(lambda xs: [x for x in (t.strip() for t in xs) if x])
+    parts = _cell_lists(raw, column.separator).map(lambda xs: [x for x in xs if not _missing_element(x)])
+    if column.max_length is not None:
+        n = column.max_length
+        parts = parts.map(lambda xs: xs[-n:])
     lengths = parts.map(len).to_numpy(dtype=np.int64)
-    flat = np.array([t for xs in parts for t in xs], dtype=object)
+    flat = np.empty(int(lengths.sum()), dtype=object)
+    flat[:] = [t for xs in parts for t in xs]
     return flat, lengths
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def _missing_element(value: Any) -> bool:
+    """A list element that holds no id: None/NaN, or text that is empty after stripping."""
+    if isinstance(value, str):
+        return not value
+    return bool(pd.isna(value)) if not _is_list(value) else False
+
+
+def _cell_lists(raw: pd.Series, separator: str) -> pd.Series:
+    """Each cell of a multi-valued column as a list: a list cell's elements, a text cell split at
+    ``separator`` with each part stripped (empty parts kept as ""), a missing cell as []."""
+
+    def split(value: Any) -> List[Any]:
+        if _is_list(value):
+            return list(value)
+        if value is None or (not isinstance(value, str) and bool(pd.isna(value))) or value == "":
+            return []
+        return [t.strip() for t in str(value).split(separator)]
+
+    return raw.reset_index(drop=True).map(split)
+
+
+def sequence_problems(column: SparseColumn, frame: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
+    """Rows of a behaviour-sequence column (``column.ordered``) with an element that holds no id (an
+    empty part of ``"5||7"``, a null in a Parquet list): ``(bad row mask, 1-based position of the first
+    such element)`` per row (0 where the row is good)."""
+    cells = _cell_lists(frame[column.column], str(column.separator))
+    first = cells.map(lambda xs: next((k + 1 for k, x in enumerate(xs) if _missing_element(x)), 0))
+    position = first.to_numpy(dtype=np.int64)
+    return position > 0, position
 
 
 class ChunkValues(NamedTuple):
@@ -163,6 +203,10 @@ def check_chunk(spec: DataSpec, chunk: Chunk, skip: bool, counts: Dict[str, int]
                      "clip_negative: true to map negatives to 0)", raw)
         dense[d.feature] = num
     for s in spec.sparse:
+        if s.ordered:
+            rows, _ = sequence_problems(s, chunk.frame)
+            bad.flag(rows, s.column, f"behaviour sequence with an empty or null element (ids separated by "
+                     f"{s.separator!r})", chunk.frame[s.column].to_numpy(dtype=object))
         if s.vocab == "identity":
             ids = Vocabulary.identity(s.num_embeddings).lookup(chunk.frame[s.column].to_numpy(dtype=object))
             bad.flag(ids < 0, s.column, f"not an integer id in [0, {s.num_embeddings})",

@@ -45,11 +45,18 @@ class SparseColumn:
 
     ``build`` fits tokens seen ``min_count`` times in training, ``file`` reads ``vocab_file``,
     ``hash`` hashes into ``hash_buckets``, ``identity`` takes integer ids in ``[0, num_embeddings)``
-    (see :mod:`mtl_torchrec.data.preprocessing`).
+    (see :mod:`mtl_torchrec.data.preprocessing`); ``shared`` uses the vocabulary and the table of the
+    feature ``shared_with`` (fitted on that feature's tokens only), e.g. a behaviour sequence of the
+    candidate item's ids: the same raw key gets the same row in both, an unknown one row 0 in both.
+
+    A behaviour sequence is a multi-valued column (``separator`` in CSV, or a Parquet list column)
+    whose ids are ordered **oldest first, most recent last**; ``max_length`` keeps each row's
+    ``max_length`` most recent (last) ids. An empty element (``"5||7"``) or a null in a Parquet list
+    of a ``shared`` or ``max_length`` column is a bad row.
     """
 
     column: str
-    vocab: Literal["build", "file", "hash", "identity"]
+    vocab: Literal["build", "file", "hash", "identity", "shared"]
     # Feature name in the model (default: the column name).
     name: Optional[str] = None
     # Multi-valued cell, e.g. "a|b|c" with separator "|".
@@ -62,11 +69,21 @@ class SparseColumn:
     pooling: Literal["sum", "mean"] = "sum"
     # The column is also a label column: allowed only when set (it gives the model the answer).
     allow_label_as_feature: bool = False
+    # vocab: shared: the feature whose vocabulary and table this one uses.
+    shared_with: Optional[str] = None
+    # Multi-valued: keep each row's max_length last (most recent) ids; none: every id.
+    max_length: Optional[int] = None
 
     @property
     def feature(self) -> str:
         """The feature name in the schema and model."""
         return self.name or self.column
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the column is a behaviour sequence (``shared`` vocabulary or ``max_length``), whose
+        elements are checked one by one (an empty one is a bad row)."""
+        return self.separator is not None and (self.vocab == "shared" or self.max_length is not None)
 
 
 @dataclass
