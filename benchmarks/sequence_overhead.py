@@ -50,26 +50,15 @@ def main(argv: Any = None) -> int:
     variants = {"without": ["data.synthetic.history_length=0", "model.sequence.enabled=false"],
                 "with": ["model.sequence.enabled=true"]}
     trainers: Dict[str, Trainer] = {}
-    pipes: Dict[str, Any] = {}
-    iters: Dict[str, Any] = {}
     for name, extra in variants.items():
         cfg = load_config(args.config, base + extra)
         data = load_data(cfg.data)
         trainers[name] = make_trainer(cfg, data, ctx, out / name)
-        trainers[name].dmp.train()
-        pipes[name] = trainers[name]._make_pipeline()
-        iters[name] = trainers[name]._batches()
 
     def run(name: str, steps: int) -> Tuple[float, float]:
         """(wall seconds, process CPU seconds) for ``steps`` training steps."""
         t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            try:
-                pipes[name].progress(iters[name])
-            except StopIteration:
-                trainers[name].state.epoch += 1
-                iters[name] = trainers[name]._batches()
-                pipes[name].progress(iters[name])
+        trainers[name].run_steps(steps)
         return time.perf_counter() - t0, time.process_time() - c0
 
     for name in variants:
