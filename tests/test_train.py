@@ -164,3 +164,27 @@ def test_empty_test_split_trains_and_skips_test_metrics(tmp_path):
         close_distributed(ctx)
     assert result["summary"]["steps"] > 0 and result["metrics"] == {}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {}
+
+
+def test_run_steps_continues_across_epochs_and_fit_resumes_at_its_position(tmp_path):
+    """Trainer.run_steps (benchmarks) steps through the epoch boundary with fit's bookkeeping, and a
+    later fit() trains on from the step run_steps reached, with a fresh pipeline."""
+    from tests.mtl_helpers import SMALL_SYNTHETIC
+
+    cfg = load_config(None, [*SMALL_SYNTHETIC, "train.epochs=3", "train.progress=false", "train.log_every=0"])
+    data = load_data(cfg.data)
+    ctx = init_distributed()
+    try:
+        trainer = make_trainer(cfg, data, ctx, tmp_path / "run")
+        per_epoch = trainer.train_ds.num_batches()
+        with pytest.raises(ValueError, match="steps must be >= 0"):
+            trainer.run_steps(-1)
+        assert trainer.run_steps(0) == 0 and trainer.state.global_step == 0
+        trainer.run_steps(per_epoch + 3)
+        assert (trainer.state.epoch, trainer.state.batch_in_epoch, trainer.state.global_step) == (1, 3, per_epoch + 3)
+        summary = trainer.fit()
+        trainer.close()
+    finally:
+        close_distributed(ctx)
+    assert summary["steps"] == 3 * per_epoch == trainer.state.global_step
+    assert summary["peak_rss_mb"] > 0

@@ -25,8 +25,9 @@ from mtl_torchrec.modules.frozen_ebc import ShardedFrozenEmbeddingBagCollection
 
 def fused(cls: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
     """``cls`` with ``fused=True``: torch's one-kernel update over all parameters (CPU and CUDA),
-    about 4x faster than the default per-parameter loop for a dense model of this size on CPU
-    (benchmarks/speed.py), with the same update rule and state."""
+    about 4x faster than the default per-parameter loop on CPU for the 650k dense parameters of
+    benchmarks/speed.py's reference MMoE (1.1 ms vs 4.5-6.4 ms per step, one thread), with the same
+    update rule and state."""
     return lambda params, **kwargs: cls(params, fused=True, **kwargs)
 
 

@@ -538,6 +538,11 @@ class Trainer:
         Collective: every rank calls it."""
         cfg = self.cfg.train
         max_steps = cfg.max_steps or None
+        if self._loose_batches is not None:
+            # After run_steps(): its pipeline holds batches fetched ahead; fit starts afresh at the position.
+            if self._attached and isinstance(self._pipeline, TrainPipelineSparseDist):
+                self._pipeline.detach()
+            self._pipeline, self._attached, self._loose_batches = None, False, None
         self.dmp.train()
         samples = 0
         self._train_seconds = 0.0
