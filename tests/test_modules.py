@@ -166,3 +166,13 @@ def test_mlp_options_in_the_config():
         with pytest.raises(ConfigError) as e:
             load_config(None, [override])
         assert str(e.value).startswith(key), str(e.value)
+
+
+def test_mix_experts_is_each_gates_weighted_sum():
+    from mtl_torchrec.modules.experts import mix_experts
+
+    torch.manual_seed(0)
+    gates = torch.softmax(torch.randn(6, 3, 4), -1)
+    experts = torch.randn(4, 6, 5)
+    want = torch.stack([sum(gates[:, t, e, None] * experts[e] for e in range(4)) for t in range(3)], 1)
+    torch.testing.assert_close(mix_experts(gates, experts), want)
