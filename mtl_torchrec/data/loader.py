@@ -8,6 +8,10 @@ Every rank must run the same number of steps (sharded embeddings use collectives
   epoch's permutation.
 * evaluation (``shuffle=False``): rows are split into contiguous per-rank shards; the last
   batches are padded with rows whose masks are 0, so nothing is dropped and nothing counted twice.
+  With ``interleave=True`` rank ``r`` takes instead the ``r``-th ``batch_size`` rows of every
+  ``batch_size * world_size`` consecutive rows: which rows a rank scores, and in which batches,
+  then does not depend on the rows that follow, so a split read chunk by chunk is batched exactly
+  as the whole split at once (:func:`interleaved_rows`).
 
 Inside a rank, worker ``w`` of ``W`` builds batches ``w, w+W, ...``; the DataLoader's round-robin
 over workers then yields them in order, so the stream is identical for any ``num_workers``.
@@ -46,6 +50,8 @@ class BatchDataset(IterableDataset):
         world_size: number of ranks.
         epoch: the epoch whose permutation is used.
         skip_batches: leading batches of the epoch not produced (resuming mid-epoch).
+        interleave: evaluation order only: each rank takes its ``batch_size`` rows of every
+            ``batch_size * world_size`` rows instead of a contiguous shard (see the module docstring).
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class BatchDataset(IterableDataset):
         world_size: int = 1,
         epoch: int = 0,
         skip_batches: int = 0,
+        interleave: bool = False,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -73,6 +80,7 @@ class BatchDataset(IterableDataset):
         self.epoch = epoch
         # Resume support: the first ``skip_batches`` batches of this epoch are not produced.
         self.skip_batches = skip_batches
+        self.interleave = interleave
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Selects the epoch (its permutation when shuffling) and how many of its first batches to skip."""
@@ -96,9 +104,21 @@ class BatchDataset(IterableDataset):
         start = min(n, self.rank * per_rank)
         return start, min(n, start + per_rank)
 
+    def real_rows(self) -> List[int]:
+        """The rows of each of this rank's batches that are not padding, in batch order (after
+        ``skip_batches``); the real rows come first in every batch."""
+        return [int((rows >= 0).sum()) for rows in self._rank_batches()[self.skip_batches:]]
+
     def _rank_batches(self) -> List[np.ndarray]:
         """Row indices of each of this rank's batches, padding marked by -1."""
         n = len(self.table)
+        if self.interleave and not self.shuffle:
+            out = []
+            for b in range(self.num_batches()):
+                lo = min(n, (b * self.world_size + self.rank) * self.batch_size)
+                rows = np.arange(lo, min(n, lo + self.batch_size), dtype=np.int64)
+                out.append(np.concatenate([rows, -np.ones(self.batch_size - len(rows), dtype=np.int64)]))
+            return out
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
             perm = rng.permutation(n)
@@ -127,6 +147,20 @@ class BatchDataset(IterableDataset):
                 yield _all_padding(self.table.take(real), self.schema, pad)
                 continue
             yield Batch.from_table(self.table.take(real), self.schema, pad_rows=pad)
+
+
+def interleaved_rows(num_rows: int, batch_size: int, rank: int, world_size: int) -> np.ndarray:
+    """The rows rank ``rank`` scores, in order, when ``num_rows`` rows are batched with
+    ``interleave=True``: its ``batch_size`` rows of every ``batch_size * world_size`` consecutive
+    rows (int64, ``[0, num_rows)``). Concatenating each rank's scored rows at these positions puts
+    them back in row order."""
+    g = batch_size * world_size
+    starts = np.arange(rank * batch_size, num_rows, g, dtype=np.int64)
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.minimum(starts + batch_size, num_rows)
+    lengths = ends - starts
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def _all_padding(one_row: ColumnTable, schema: Schema, pad: int) -> Batch:

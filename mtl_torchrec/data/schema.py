@@ -158,6 +158,21 @@ class ColumnTable:
             {k: (v.take(rows) if isinstance(v, Jagged) else v[rows]) for k, v in self.columns.items()}
         )
 
+    @staticmethod
+    def concat(tables: Sequence["ColumnTable"]) -> "ColumnTable":
+        """The rows of ``tables`` back to back (every table has the same columns; at least one
+        table). One table is returned as it is, not copied."""
+        if len(tables) == 1:
+            return tables[0]
+        cols: Dict[str, Column] = {}
+        for name, first in tables[0].columns.items():
+            if isinstance(first, Jagged):
+                parts = [t[name] for t in tables]
+                cols[name] = Jagged(np.concatenate([p.values for p in parts]), np.concatenate([p.lengths for p in parts]))
+            else:
+                cols[name] = np.concatenate([t[name] for t in tables])
+        return ColumnTable(cols)
+
 
 @dataclass
 class Schema:

@@ -1,10 +1,10 @@
-"""The second pass: every chunk converted with the fitted preprocessing into one column table per
-split, plus item texts and slices, as a :class:`DataBundle`."""
+"""The second pass: every chunk converted with the fitted preprocessing (:class:`SpecReader`) into one
+column table per split, plus item texts and slices, as a :class:`DataBundle`."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -18,16 +18,15 @@ from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for, weight_column
 from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
 from mtl_torchrec.data.spec.rows import ChunkValues, check_chunk, sparse_tokens
-from mtl_torchrec.data.spec.sections import SPLITS, TextFeatureSpec
+from mtl_torchrec.data.spec.sections import ALL_SPLIT, SPLITS, TextFeatureSpec
 from mtl_torchrec.data.texts import TextRows, text_key
 
 
 class SplitParts:
-    """The converted columns of one split, chunk by chunk, and the raw values of its value slices."""
+    """The converted columns of one split, chunk by chunk."""
 
     def __init__(self) -> None:
         self.parts: Dict[str, List[Any]] = {}
-        self.slice_raw: Dict[str, List[np.ndarray]] = {}
 
     def add(self, name: str, value: Any) -> None:
         """Appends one chunk's rows of column ``name`` (ndarray or :class:`Jagged`)."""
@@ -43,6 +42,102 @@ class SplitParts:
             else:
                 cols[name] = np.concatenate(parts)
         return ColumnTable(cols)
+
+
+class ConvertedChunk(NamedTuple):
+    """One chunk of a spec's files after :func:`convert_chunk`: ``chunk`` (the raw rows read, with
+    their file positions), ``columns`` (table column -> values of its good rows), ``split_rows``
+    (split name -> the indices of its rows among the good rows; only splits with rows, in sorted
+    order) and ``keep`` (which rows of ``chunk`` are good)."""
+
+    chunk: Chunk
+    columns: Dict[str, Any]
+    split_rows: Dict[str, np.ndarray]
+    keep: np.ndarray
+
+    def slice_tokens(self, spec: DataSpec, rows: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """Slice column -> the raw id token (:func:`canonical_tokens`) of each good row (of the good
+        rows ``rows`` only, when given), for :class:`SliceRows`."""
+        if not spec.slices:
+            return {}
+        frame = self.chunk.frame[self.keep]
+        frame = frame if rows is None else frame.iloc[rows]
+        return {sl.column: canonical_tokens(frame[spec.raw_column_of(sl.column)]) for sl in spec.slices}
+
+
+def spec_split_names(spec: DataSpec) -> List[str]:
+    """The splits a spec's files give: train, val and test with a split rule or per-split files
+    (possibly empty), else :data:`ALL_SPLIT` alone."""
+    return list(SPLITS) if (spec.split is not None or isinstance(spec.files, dict)) else [ALL_SPLIT]
+
+
+def take_rows(columns: Dict[str, Any], rows: np.ndarray) -> Dict[str, Any]:
+    """The rows ``rows`` of every column (ndarray or :class:`Jagged`)."""
+    return {name: v.take(rows) if isinstance(v, Jagged) else v[rows] for name, v in columns.items()}
+
+
+class SpecReader:
+    """A spec's files read chunk by chunk and converted with a preprocessing (:func:`convert_chunk`),
+    counting what :func:`build_bundle` reports: rows read, rows per split, skipped bad rows, unknown
+    ids per split and feature, changed item texts (:meth:`stats`).
+
+    Args:
+        spec: the data spec.
+        preprocessing: a run's fitted preprocessing (evaluation and serving: never refitted; its
+            feature layout is checked against ``spec`` first, unless ``check_layout`` is False);
+            None fits it on the training split first (a first pass over the files).
+
+    Raises what :func:`check_feature_layout`, :func:`fit_preprocessing` and :class:`TextParts` raise.
+    """
+
+    def __init__(self, spec: DataSpec, preprocessing: Optional[Preprocessing] = None,
+                 check_layout: bool = True) -> None:
+        self.spec = spec
+        self.fitted = preprocessing is None
+        if preprocessing is not None and check_layout:
+            check_feature_layout(spec, preprocessing)
+        self.pre: Preprocessing = fit_preprocessing(spec) if preprocessing is None else preprocessing
+        self.texts = TextParts(spec, self.pre, self.fitted)
+        self.skipped: Dict[str, int] = {}
+        self.oov = OovCounts()
+        self.rows_read = 0
+        # Good rows per split, splits in the order they first appear.
+        self.rows_per_split: Dict[str, int] = {}
+
+    def split_names(self) -> List[str]:
+        """The splits the files give (:func:`spec_split_names`)."""
+        return spec_split_names(self.spec)
+
+    def chunks(self) -> Iterator[ConvertedChunk]:
+        """Every chunk of the files, converted (``chunk_rows`` rows each). Raises what
+        :func:`iter_chunks` and :func:`convert_chunk` raise, when reading reaches the chunk."""
+        for chunk in iter_chunks(self.spec):
+            self.rows_read += len(chunk.frame)
+            converted, split, keep = convert_chunk(self.spec, self.pre, chunk, self.texts, self.skipped, self.oov)
+            split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
+            for name, rows in split_rows.items():
+                self.rows_per_split[name] = self.rows_per_split.get(name, 0) + len(rows)
+            yield ConvertedChunk(chunk, converted, split_rows, keep)
+
+    def stats(self) -> Dict[str, Any]:
+        """The preprocessing's statistics updated with the files read so far: ``rows_read``,
+        ``rows_per_split`` (every split of :meth:`split_names`, 0 where empty), ``skipped_rows``,
+        ``skipped_by_reason``, ``oov`` (see :func:`build_bundle`) and ``text_changed`` when item
+        texts differ from the run's."""
+        rows_per_split = dict(self.rows_per_split)
+        for name in self.split_names():
+            rows_per_split.setdefault(name, 0)
+        stats = dict(self.pre.stats)
+        stats.update({
+            "rows_read": self.rows_read,
+            "rows_per_split": rows_per_split,
+            "skipped_rows": sum(self.skipped.values()),
+            "skipped_by_reason": self.skipped,
+            "oov": self.oov.stats(),
+        })
+        if self.texts.changed:
+            stats["text_changed"] = self.texts.changed
+        return stats
 
 
 def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) -> DataBundle:
@@ -61,48 +156,30 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     unusable item table (``text[i].items``), and DataError for a bad row (without skip; a normalised
     dense value beyond float32 included) or an item key missing from its item table.
     """
-    fitted = preprocessing is None
-    if not fitted:
-        check_feature_layout(spec, preprocessing)
-    pre = fit_preprocessing(spec) if fitted else preprocessing
-    texts = TextParts(spec, pre, fitted)
-    skipped: Dict[str, int] = {}
+    reader = SpecReader(spec, preprocessing)
+    pre, fitted = reader.pre, reader.fitted
     builders: Dict[str, SplitParts] = {}
-    oov = OovCounts()
-    total_rows = 0
-    for chunk in iter_chunks(spec):
-        total_rows += len(chunk.frame)
-        converted, split, keep = convert_chunk(spec, pre, chunk, texts, skipped, oov)
-        frame = chunk.frame[keep]
-        split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
-        raw_slices = {sl.column: canonical_tokens(frame[spec.raw_column_of(sl.column)]) for sl in spec.slices}
-        for name, rows in split_rows.items():
+    slice_rows: Dict[str, SliceRows] = {}
+    for part in reader.chunks():
+        tokens = part.slice_tokens(spec)
+        for name, rows in part.split_rows.items():
             b = builders.setdefault(name, SplitParts())
-            for col, v in converted.items():
-                b.add(col, v.take(rows) if isinstance(v, Jagged) else v[rows])
-            for col, raw in raw_slices.items():
-                b.slice_raw.setdefault(col, []).append(raw[rows])
-    pre.texts = {t.feature: texts.rows_of[t.feature] for t in spec.text} if fitted else pre.texts
+            columns = take_rows(part.columns, rows)
+            for col, v in columns.items():
+                b.add(col, v)
+            slice_rows.setdefault(name, SliceRows(spec, pre)).add({c: t[rows] for c, t in tokens.items()}, columns)
+    pre.texts = {t.feature: reader.texts.rows_of[t.feature] for t in spec.text} if fitted else pre.texts
     schema = schema_for(spec, pre)
     splits = {name: b.table(spec) for name, b in builders.items()}
-    for name in SPLITS if (spec.split is not None or isinstance(spec.files, dict)) else ():
+    for name in reader.split_names():
         splits.setdefault(name, empty_table(schema))
-    slices = {name: split_slices(spec, pre, splits[name], b) for name, b in builders.items()}
-    stats = dict(pre.stats)
-    stats.update({
-        "rows_read": total_rows,
-        "rows_per_split": {k: len(v) for k, v in splits.items()},
-        "skipped_rows": sum(skipped.values()),
-        "skipped_by_reason": skipped,
-        "oov": oov.stats(),
-    })
-    if texts.changed:
-        stats["text_changed"] = texts.changed
+    slices = {name: sl.masks() for name, sl in slice_rows.items()}
+    stats = reader.stats()
     if fitted:
         stats["train_oov"] = {f: c["rate"] for f, c in stats["oov"].get("train", {}).items()}
         pre.stats = stats
     out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats, texts=pre.texts, seen=pre.seen, features=pre.features)
-    return DataBundle(schema=schema, splits=splits, texts=texts.tables(), slices=slices, preprocessing=out_pre,
+    return DataBundle(schema=schema, splits=splits, texts=reader.texts.tables(), slices=slices, preprocessing=out_pre,
                       row_origin=functools.partial(locate_rows, spec, pre))
 
 
@@ -350,23 +427,65 @@ def empty_table(schema: Schema) -> ColumnTable:
     return ColumnTable(cols)
 
 
-def split_slices(spec: DataSpec, pre: Preprocessing, table: ColumnTable, parts: SplitParts) -> Dict[str, np.ndarray]:
-    """Named row masks of one split: ``<feature>=cold`` / ``=warm`` (its raw key never seen in the
-    training split, or seen) and ``<column>=<value>`` for the ``top`` most frequent raw values of a
-    column."""
-    out: Dict[str, np.ndarray] = {}
-    for sl in spec.slices:
-        raw = np.concatenate(parts.slice_raw[sl.column]) if parts.slice_raw.get(sl.column) else np.zeros(0, dtype=object)
-        if sl.cold_warm:
-            if sl.column in pre.seen:
-                cold = ~pd.Series(raw, dtype=object).isin(pre.seen[sl.column]).to_numpy(dtype=bool)
-            else:
-                # A run saved before cold/warm keys were kept: OOV of a fitted vocabulary is the best guess.
-                cold = np.asarray(table[sl.column]) == 0
-            out[f"{sl.column}=cold"] = cold
-            out[f"{sl.column}=warm"] = ~cold
-            continue
-        top = pd.Series(raw).value_counts().index[: sl.top]
-        for v in top:
-            out[f"{sl.column}={v}"] = raw == v
-    return out
+class SliceRows:
+    """The slices of one split (``spec.slices``), chunk by chunk, in a few bytes per row: a
+    ``cold_warm`` slice keeps one boolean per row (its raw key never seen in the training split),
+    a ``top`` slice an int32 code per row of the raw value (each distinct value is kept once).
+
+    Example::
+
+        rows = SliceRows(spec, pre)
+        rows.add(tokens, columns)    # per chunk: slice column -> raw tokens, converted columns of the rows
+        rows.masks()                 # {"item=cold": bool mask, "item=warm": ..., "device=phone": ...}
+    """
+
+    def __init__(self, spec: DataSpec, pre: Preprocessing) -> None:
+        self.spec = spec
+        self.pre = pre
+        self.cold: Dict[str, List[np.ndarray]] = {}
+        self.codes: Dict[str, List[np.ndarray]] = {}
+        # Raw value -> code, per top-value column, in order of first appearance.
+        self.values: Dict[str, Dict[str, int]] = {}
+
+    def add(self, tokens: Dict[str, np.ndarray], columns: Dict[str, Any]) -> None:
+        """Appends rows: ``tokens`` (slice column -> :func:`canonical_tokens` of each row's raw value)
+        and ``columns`` (the converted columns of the same rows)."""
+        for sl in self.spec.slices:
+            raw = tokens[sl.column]
+            if sl.cold_warm:
+                if sl.column in self.pre.seen:
+                    cold = ~pd.Series(raw, dtype=object).isin(self.pre.seen[sl.column]).to_numpy(dtype=bool)
+                else:
+                    # A run saved before cold/warm keys were kept: OOV of a fitted vocabulary is the best guess.
+                    cold = np.asarray(columns[sl.column]) == 0
+                self.cold.setdefault(sl.column, []).append(cold)
+                continue
+            codes, uniques = pd.factorize(raw)
+            known = self.values.setdefault(sl.column, {})
+            mapping = np.array([known.setdefault(v, len(known)) for v in uniques] + [-1], dtype=np.int32)
+            # factorize marks a missing value (None) with -1, which the appended entry keeps -1.
+            self.codes.setdefault(sl.column, []).append(mapping[codes])
+
+    def masks(self) -> Dict[str, np.ndarray]:
+        """Named row masks: ``<column>=cold`` / ``=warm`` and ``<column>=<value>`` for the ``top``
+        most frequent raw values (ties in the order pandas' ``value_counts`` gives)."""
+        out: Dict[str, np.ndarray] = {}
+        for sl in self.spec.slices:
+            if sl.cold_warm:
+                parts = self.cold.get(sl.column)
+                cold = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+                out[f"{sl.column}=cold"] = cold
+                out[f"{sl.column}=warm"] = ~cold
+                continue
+            # The raw values rebuilt from their codes (None for a missing one): the same array, and
+            # so the same counts and order, as when every row's value was kept.
+            known = list(self.values.get(sl.column, {}))
+            values = np.empty(len(known) + 1, dtype=object)
+            values[: len(known)] = known
+            values[-1] = None
+            parts = self.codes.get(sl.column)
+            raw = values[np.concatenate(parts)] if parts else np.zeros(0, dtype=object)
+            top = pd.Series(raw).value_counts().index[: sl.top]
+            for v in top:
+                out[f"{sl.column}={v}"] = raw == v
+        return out

@@ -1,0 +1,364 @@
+"""The one scoring and metrics path of evaluation: :func:`score_rows` runs the model over a split's
+rows given as any sequence of tables (a whole in-memory split, or a data spec's files chunk by
+chunk), :func:`split_metrics` computes every metric from the scored rows.
+
+Rows are batched with :class:`~mtl_torchrec.data.loader.BatchDataset`'s interleaved evaluation
+layout: rank ``r`` scores the ``r``-th ``batch_size`` rows of every ``batch_size * world_size``
+rows, so a rank's batches hold the same rows however the split is cut into tables (on one rank,
+the batches are the split's consecutive ``batch_size`` rows). Per row only what the metrics need
+is kept: predictions, labels, label masks and sample weights per task, and the group id.
+
+The metrics are then computed as on the whole split at once: rank 0 gathers every rank's rows and
+puts them back in row order; each rank updates the ``torchrec.metrics`` of its contiguous share of
+the rows (reduced across ranks: NE, logloss, calibration, positive rate, MSE, MAE); rank 0 adds the
+exact AUC (ties count half), GAUC, ECE and the calibration block from all rows.
+
+Example::
+
+    scored = score_rows(dmp, module.tasks, [bundle.splits["test"]], bundle.schema, ctx, 4096)
+    result = split_metrics(scored, module.tasks, "test", ctx, 4096, slices={}, group=bundle.schema.group)
+    result.summary["tasks"]["click"]["auc"]      # rank 0
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.data.loader import BatchDataset, interleaved_rows, make_loader
+from mtl_torchrec.data.schema import ColumnTable, Schema
+from mtl_torchrec.distributed.context import DistContext
+from mtl_torchrec.eval.calibration import Calibration, before_after
+from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, expected_calibration_error, grouped_auc
+from mtl_torchrec.model.tasks import TaskSpec, conditional_name, metric_tasks, with_conditional_labels
+
+# torchrec metrics kept per slice; AUC is computed exactly on rank 0 instead (ties count half).
+_SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
+# Row columns the torchrec metrics read (predictions, labels, masks, weights).
+_METRIC_COLUMNS = ("p:", "y:", "m:", "w:")
+
+
+@dataclass
+class ScoredRows:
+    """Every evaluated row on rank 0: predictions (calibrated when evaluation applies a
+    calibration), labels, label masks and sample weights per task (``weights[task]``: float64, 1 on
+    every row of an unweighted task), group ids; ``raw_predictions`` are the model's own when a
+    calibration was applied (else None)."""
+
+    predictions: Dict[str, np.ndarray]
+    labels: Dict[str, np.ndarray]
+    masks: Dict[str, np.ndarray]
+    group: Optional[np.ndarray]
+    weights: Dict[str, np.ndarray] = field(default_factory=dict)
+    raw_predictions: Optional[Dict[str, np.ndarray]] = None
+
+
+@dataclass
+class EvalResult:
+    """One evaluation: the ``eval.json`` summary, the evaluated tasks
+    (:func:`~mtl_torchrec.model.tasks.metric_tasks`), and on rank 0 the scored rows and the slices
+    (row masks).
+    """
+
+    # The eval.json content (rank 0; other ranks get the torchrec metrics only).
+    summary: Dict[str, Any]
+    rows: Optional[ScoredRows] = None
+    slices: Dict[str, np.ndarray] = field(default_factory=dict)
+    tasks: List[TaskSpec] = field(default_factory=list)
+
+
+@dataclass
+class RankRows:
+    """This rank's scored rows of a split, in the order it scored them (see the module docstring).
+
+    ``columns``: ``p:<task>`` predictions (calibrated under a calibration), ``r:<task>`` the model's
+    own then, ``y:<task>`` labels, ``m:<task>`` label masks (float32 0/1), ``w:<task>`` sample
+    weights of weighted tasks, ``group`` group ids (only with a group column); one entry per
+    :func:`~mtl_torchrec.model.tasks.metric_tasks` task. ``total``: the split's rows on all ranks.
+    ``batch_size``: the rows per rank per step they were scored in (their layout).
+    """
+
+    columns: Dict[str, np.ndarray]
+    total: int
+    batch_size: int
+
+
+def score_rows(
+    module: torch.nn.Module,
+    tasks: List[TaskSpec],
+    tables: Iterable[ColumnTable],
+    schema: Schema,
+    ctx: DistContext,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool = False,
+    calibration: Optional[Calibration] = None,
+    total_rows: Optional[int] = None,
+) -> RankRows:
+    """Runs the model over the rows of ``tables`` (consecutive pieces of one split, in row order;
+    every rank gets the same ones) in batches of ``batch_size`` per rank, in evaluation mode
+    without gradients; returns this rank's rows.
+
+    ``module`` is the (sharded or plain) train module, ``tasks`` its tasks; rows are kept for
+    :func:`~mtl_torchrec.model.tasks.metric_tasks` of them. Tables are batched as they come, so
+    only the rows of one table and fewer than ``batch_size * world_size`` rows carried over from
+    the previous ones are held besides the kept columns. With ``progress``, rank 0 shows a progress
+    bar over its batches (``total_rows``, when known, sizes it). With ``calibration`` the
+    predictions are calibrated and the raw ones kept as ``r:<task>``.
+    """
+    train_tasks, tasks = tasks, metric_tasks(tasks)
+    names = [t.name for t in tasks]
+    step_rows = batch_size * ctx.world_size
+    parts: Dict[str, List[np.ndarray]] = {}
+    total = 0
+    bar = tqdm(total=None if total_rows is None else math.ceil(total_rows / step_rows), desc="scoring",
+               unit="batch", disable=not (progress and ctx.is_main), leave=False)
+
+    def run(segment: ColumnTable) -> None:
+        ds = BatchDataset(segment, schema, batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size,
+                          interleave=True)
+        for batch, real in zip(make_loader(ds, num_workers=num_workers), ds.real_rows()):
+            bar.update(1)
+            batch = with_conditional_labels(batch.to(ctx.device), train_tasks)
+            _, out = module(batch)
+            preds = calibration.apply(out.predictions) if calibration is not None else out.predictions
+            for t in names:
+                parts.setdefault(f"p:{t}", []).append(preds[t][:real].float().cpu().numpy())
+                if calibration is not None:
+                    parts.setdefault(f"r:{t}", []).append(out.predictions[t][:real].float().cpu().numpy())
+                parts.setdefault(f"y:{t}", []).append(batch.labels[t][:real].cpu().numpy())
+                parts.setdefault(f"m:{t}", []).append(batch.masks[t][:real].cpu().numpy())
+                if batch.weights is not None and t in batch.weights:
+                    parts.setdefault(f"w:{t}", []).append(batch.weights[t][:real].cpu().numpy())
+            if schema.group:
+                parts.setdefault("group", []).append(batch.group[:real].cpu().numpy())
+
+    was_training = module.training
+    module.eval()
+    # Rows waiting for a whole step of every rank, and the latest table: held back one table, so
+    # that a split given as one table is batched as one (one loader) and the last rows are padded.
+    carried: List[ColumnTable] = []
+    held: Optional[ColumnTable] = None
+    with torch.no_grad():
+        for table in tables:
+            if len(table) == 0:
+                continue
+            total += len(table)
+            if held is not None:
+                carried.append(held)
+                rows = sum(len(t) for t in carried)
+                whole = rows - rows % step_rows
+                if whole:
+                    joined = ColumnTable.concat(carried)
+                    run(joined.take(np.arange(whole)) if whole < rows else joined)
+                    carried = [joined.take(np.arange(whole, rows))] if whole < rows else []
+            held = table
+        if held is not None:
+            run(ColumnTable.concat(carried + [held]))
+    bar.close()
+    module.train(was_training)
+    columns = {k: np.concatenate(v) for k, v in parts.items()}
+    return RankRows(columns, total, batch_size)
+
+
+def _gather(obj: Any, ctx: DistContext) -> List[Any]:
+    if not dist.is_initialized() or ctx.world_size == 1:
+        return [obj]
+    out: List[Any] = [None] * ctx.world_size if ctx.is_main else None  # type: ignore[assignment]
+    dist.gather_object(obj, out, dst=0)
+    return out if ctx.is_main else []
+
+
+def rows_in_order(scored: RankRows, ctx: DistContext) -> Optional[Dict[str, np.ndarray]]:
+    """Every rank's rows gathered on rank 0 and put back in the split's row order (None on the
+    other ranks). Collective."""
+    gathered = _gather(scored.columns, ctx)
+    if not ctx.is_main:
+        return None
+    if len(gathered) == 1:
+        return gathered[0]
+    n, world = scored.total, len(gathered)
+    out: Dict[str, np.ndarray] = {}
+    for key in list(gathered[0]):
+        column = np.empty(n, dtype=gathered[0][key].dtype)
+        for rank, rows in enumerate(gathered):
+            column[interleaved_rows(n, scored.batch_size, rank, world)] = rows.pop(key)
+        out[key] = column
+    return out
+
+
+def _shard_range(n: int, ctx: DistContext) -> tuple:
+    """``[start, stop)`` of this rank's contiguous share of ``n`` rows (the first ranks take
+    ``ceil(n / world_size)`` each)."""
+    per_rank = math.ceil(n / ctx.world_size)
+    start = min(n, ctx.rank * per_rank)
+    return start, min(n, start + per_rank)
+
+
+def _my_shard(ordered: Optional[Dict[str, np.ndarray]], n: int, ctx: DistContext) -> Dict[str, np.ndarray]:
+    """This rank's contiguous share of the metric columns of ``ordered`` (all rows, on rank 0),
+    scattered from rank 0. Collective."""
+    if ctx.world_size == 1 or not dist.is_initialized():
+        assert ordered is not None
+        return {k: v for k, v in ordered.items() if k[:2] in _METRIC_COLUMNS}
+    shards: Optional[List[Dict[str, np.ndarray]]] = None
+    if ctx.is_main:
+        assert ordered is not None
+        per_rank = math.ceil(n / ctx.world_size)
+        shards = [{k: v[min(n, r * per_rank):min(n, (r + 1) * per_rank)] for k, v in ordered.items()
+                   if k[:2] in _METRIC_COLUMNS} for r in range(ctx.world_size)]
+    got: List[Any] = [None]
+    dist.scatter_object_list(got, shards, src=0)
+    return got[0]
+
+
+def _binary_row_metrics(p: np.ndarray, y: np.ndarray, g: Optional[np.ndarray], w: np.ndarray) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"auc": binary_auc(p, y, w)}
+    if g is not None:
+        out.update(grouped_auc(p, y, g, w))
+    return out
+
+
+def _mean(x: np.ndarray, w: Optional[np.ndarray]) -> float:
+    """The mean of ``x``, weighted by ``w`` when given; NaN without rows."""
+    if len(x) == 0:
+        return float("nan")
+    return float(x.mean()) if w is None else float(np.average(x, weights=w))
+
+
+def split_metrics(
+    scored: RankRows,
+    tasks: List[TaskSpec],
+    split: str,
+    ctx: DistContext,
+    slices: Dict[str, np.ndarray],
+    group: Optional[str],
+    calibration: Optional[Calibration] = None,
+    started: Optional[float] = None,
+) -> EvalResult:
+    """Every metric of the scored rows of ``split`` (from :func:`score_rows` on every rank; all
+    ranks call it).
+
+    ``tasks`` are the train module's tasks, ``slices`` named row masks over the split's rows (every
+    rank), ``group`` the schema's group column. Rank 0 gets ``summary`` with ``tasks`` and ``slices``
+    blocks and the scored rows, the other ranks the cross-rank torchrec metrics only. With
+    ``calibration`` (the one the rows were scored with) ``summary["calibration"]`` adds each binary
+    entry's calibration, ECE, logloss and AUC before and after it. ``started`` (a
+    ``time.perf_counter()`` value) is when scoring began, for ``summary["timing"]``. Raises
+    DataError for a split without rows (there is nothing to measure).
+    """
+    n = scored.total
+    if n == 0:
+        raise DataError(f"split '{split}' has no rows: nothing to evaluate")
+    t1 = time.perf_counter() if started is None else started
+    # Every task in impression space, plus <task>_given_<parent> on the parent's positives for ESMM tasks.
+    conditional = {conditional_name(t): t for t in tasks if t.esmm_parent}
+    tasks = metric_tasks(tasks)
+    names = [t.name for t in tasks]
+    ordered = rows_in_order(scored, ctx)
+    # The torchrec metrics take each rank's contiguous share of the rows in one update per slice:
+    # the sums of one update over the whole split on one rank, reduced across ranks on several.
+    mine = _my_shard(ordered, n, ctx)
+    start, stop = _shard_range(n, ctx)
+    rows_t = {k: torch.from_numpy(v).to(ctx.device) for k, v in mine.items()}
+    preds = {t: rows_t[f"p:{t}"] for t in names}
+    labels = {t: rows_t[f"y:{t}"] for t in names}
+    masks = {t: rows_t[f"m:{t}"] for t in names}
+    weights = {t: rows_t[f"w:{t}"] for t in names if f"w:{t}" in rows_t}
+    batch_size = scored.batch_size
+    metrics = {name: TaskMetrics(tasks, ctx.world_size, ctx.rank, batch_size, include=_SUMMED)
+               for name in ["all", *slices]}
+    for name, m in metrics.items():
+        row_weight = None if name == "all" else torch.from_numpy(slices[name][start:stop].astype(np.float32))
+        m.update_rows(preds, labels, masks, weights, row_weight.to(ctx.device) if row_weight is not None else None)
+    computed = {name: m.compute() for name, m in metrics.items()}
+    score_s = time.perf_counter() - t1
+    if not ctx.is_main:
+        return EvalResult(summary={"tasks": computed["all"]}, tasks=tasks)
+
+    assert ordered is not None
+    cat = ordered
+    rows = ScoredRows(
+        predictions={t: cat[f"p:{t}"] for t in names},
+        labels={t: cat[f"y:{t}"] for t in names},
+        masks={t: cat[f"m:{t}"] > 0 for t in names},
+        group=cat["group"] if group else None,
+        weights={t: cat[f"w:{t}"].astype(np.float64) if f"w:{t}" in cat else np.ones(len(cat[f"p:{t}"]))
+                 for t in names},
+        raw_predictions={t: cat[f"r:{t}"] for t in names} if calibration is not None else None,
+    )
+    weighted = {t for t in names if f"w:{t}" in cat}
+
+    def task_block(sel: Optional[np.ndarray], summed: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
+        block: Dict[str, Dict[str, Any]] = {}
+        for t in tasks:
+            # A row of weight 0 counts as no row (so weight k is k copies for every k, 0 included).
+            m = rows.masks[t.name] & (rows.weights[t.name] > 0)
+            m = m if sel is None else m & sel
+            res: Dict[str, Any] = {"type": t.type, "count": int(m.sum())}
+            w = rows.weights[t.name][m]
+            if t.name in weighted:
+                res["weight_sum"] = float(w.sum())
+            s = summed[t.name]
+            if t.type == "binary":
+                p, y = rows.predictions[t.name][m], rows.labels[t.name][m]
+                res.update(_binary_row_metrics(p, y, rows.group[m] if rows.group is not None else None, w))
+                res["logloss"] = s["logloss"]
+                # NE divides by the label entropy, which is 0 when only one class is present.
+                res["ne"] = s["ne"] if 0.0 < s["positive_rate"] < 1.0 else float("nan")
+                # From the rows, not torchrec's calibration: that reports 0 when there is no positive,
+                # and mean prediction = calibration x positive rate would then be 0 as well.
+                positives = float((w * y).sum(dtype=np.float64))
+                predicted = float((w * p).sum(dtype=np.float64))
+                res["calibration"] = predicted / positives if positives > 0 else float("nan")
+                res["positive_rate"] = s["positive_rate"]
+                res["mean_prediction"] = predicted / float(w.sum()) if len(p) else float("nan")
+                res["ece"] = expected_calibration_error(p, y, weight=w)
+                if t.esmm_parent:
+                    res["space"] = f"impression (p({t.esmm_parent}) x p({t.name} | {t.esmm_parent}))"
+                if t.name in conditional:
+                    c = conditional[t.name]
+                    res["space"] = f"{c.esmm_parent} positives only (p({c.name} | {c.esmm_parent}))"
+            else:
+                res["rmse"] = s["mse"] ** 0.5
+                res["mse"] = s["mse"]
+                res["mae"] = s["mae"]
+                wt = w if t.name in weighted else None
+                res["mean_label"] = _mean(rows.labels[t.name][m], wt)
+                res["mean_prediction"] = _mean(rows.predictions[t.name][m], wt)
+            if res["count"] == 0:
+                res = {"type": t.type, "count": 0}
+            block[t.name] = res
+        return block
+
+    summary: Dict[str, Any] = {
+        "split": split,
+        "rows": int(n),
+        "world_size": ctx.world_size,
+        "group": group,
+        "tasks": task_block(None, computed["all"]),
+        "slices": {
+            name: {"rows": int(mask.sum()), "tasks": task_block(mask, computed[name])}
+            for name, mask in slices.items()
+        },
+    }
+    if calibration is not None and rows.raw_predictions is not None:
+        summary["calibration"] = {
+            "method": calibration.method,
+            "fitted_on": calibration.fitted_on,
+            "checkpoint_step": calibration.checkpoint_step,
+            "tasks": before_after(tasks, rows.raw_predictions, rows.predictions, rows.labels, rows.masks),
+        }
+    rank0_s = time.perf_counter() - t1 - score_s
+    # rows_per_s: scoring (with reading the rows, when they are streamed) plus the cross-rank metric
+    # reduction and gather; exact ranking metrics and slices on rank 0 are timed separately.
+    summary["timing"] = {"score_s": score_s, "rank0_metrics_s": rank0_s, "rows_per_s": n / max(score_s, 1e-9)}
+    return EvalResult(summary=summary, rows=rows, slices=slices, tasks=tasks)
