@@ -137,10 +137,10 @@ def is_spec_path(data: str) -> bool:
 
 
 def eval_source(cfg: Config, run_dir: Path, data: Optional[str], split: str, slice_columns: Sequence[str] = (),
-                slice_top: int = 10) -> EvalSource:
+                slice_top: int = 10, stream: bool = True) -> EvalSource:
     """Where the evaluated rows come from: the run's data spec or ``data`` (a spec, or CSV/Parquet
     files read with the run's spec's column options), streamed chunk by chunk; a built-in source's
-    bundle, loaded whole. ``cfg.data`` is pointed at ``data``.
+    bundle, loaded whole (a data spec too with ``stream=False``). ``cfg.data`` is pointed at ``data``.
 
     Raises, before any row is scored: what :func:`run_preprocessing` raises; ConfigError naming
     ``data.spec``, ``--split`` or ``--slice``; FileNotFoundError when ``data`` matches no file;
@@ -154,7 +154,7 @@ def eval_source(cfg: Config, run_dir: Path, data: Optional[str], split: str, sli
         assert pre is not None
         return _files_source(cfg, pre, data, split, slice_columns, slice_top)
     _point_at_spec(cfg, data)
-    if cfg.data.source == "spec" and cfg.data.spec:
+    if stream and cfg.data.source == "spec" and cfg.data.spec:
         assert pre is not None
         return StreamSource(load_spec(cfg.data.spec), pre, split, cfg.model.tasks, text, slice_columns, slice_top)
     bundle = load_data(cfg.data, pre)
@@ -331,6 +331,7 @@ def evaluate_run(
     progress: bool = False,
     checkpoint: Optional[str] = None,
     calibrate: bool = True,
+    stream: bool = True,
 ) -> EvalResult:
     """Loads the run's model and data, scores ``split`` and computes all metrics (see module doc).
 
@@ -338,7 +339,9 @@ def evaluate_run(
     with the run's spec (no split rule: every row is in split ``all``; each task's label column
     is required). A data spec (the run's or ``data_spec``) is streamed chunk by chunk, so memory
     stays bounded by the spec's ``chunk_rows`` plus a few dozen bytes per evaluated row; its
-    notes and warnings (ESMM labels, unknown ids) come once the rows are read.
+    notes and warnings (ESMM labels, unknown ids) come once the rows are read. ``stream=False``
+    loads a data spec whole instead (a :class:`DataBundle` of every split, as before streaming; the
+    same numbers, for comparisons).
 
     Slices: the data's own (``DataBundle.slices``, the spec's ``slices``) plus the ``slice_top`` most frequent values of
     each of ``slice_columns``. With ``progress``, rank 0 reports each stage and a scoring bar on
@@ -372,7 +375,7 @@ def evaluate_run(
         calibration = Calibration.load(run_dir / CALIBRATION_FILE)
     t0 = time.perf_counter()
     note(f"loading data ({cfg.data.source if data_spec is None else data_spec}) ...")
-    source = eval_source(cfg, run_dir, data_spec, split, slice_columns, slice_top)
+    source = eval_source(cfg, run_dir, data_spec, split, slice_columns, slice_top, stream)
     split, data = source.split, source.model_data
     streamed = isinstance(source, StreamSource)
     if streamed:
