@@ -154,17 +154,26 @@ def binary_auc(pred: np.ndarray, label: np.ndarray, weight: Optional[np.ndarray]
 
         binary_auc(np.array([0.1, 0.5, 0.5]), np.array([0, 1, 0]))   # 0.75
     """
-    pred = np.asarray(pred, dtype=np.float64)
     label = np.asarray(label, dtype=np.float64)
-    w = np.ones_like(pred) if weight is None else np.asarray(weight, dtype=np.float64)
-    _, inv = np.unique(pred, return_inverse=True)
+    w = np.ones(len(label)) if weight is None else np.asarray(weight, dtype=np.float64)
+    # Rank buckets from the scores as given: float32 scores sort and tie exactly as their float64
+    # values do, without a float64 copy of every score.
+    _, inv = np.unique(_scores(pred), return_inverse=True)
     pos = np.bincount(inv, weights=w * label)
     neg = np.bincount(inv, weights=w * (1.0 - label))
+    del inv, label, w
     total_pos, total_neg = pos.sum(), neg.sum()
     if total_pos <= 0 or total_neg <= 0:
         return float("nan")
     neg_below = np.cumsum(neg) - neg
     return float((pos * (neg_below + 0.5 * neg)).sum() / (total_pos * total_neg))
+
+
+def _scores(pred: Any) -> np.ndarray:
+    """``pred`` as a float array for sorting and comparing: float32 and float64 as they are (their
+    order and ties are those of the float64 values), anything else as float64."""
+    pred = np.asarray(pred)
+    return pred if pred.dtype in (np.float32, np.float64) else pred.astype(np.float64)
 
 
 def binary_logloss(pred: np.ndarray, label: np.ndarray) -> float:
@@ -197,18 +206,19 @@ def expected_calibration_error(
 
         expected_calibration_error(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0, 0, 1, 1]), bins=2)  # 0.1
     """
-    p = np.asarray(pred, dtype=np.float64)
-    y = np.asarray(label, dtype=np.float64)
+    p = _scores(pred)
     n = len(p)
     if n == 0:
         return float("nan")
-    sorted_p = np.sort(p)
     # Position of each row's score among the sorted scores (its first occurrence: ties share it).
-    first = np.searchsorted(sorted_p, p, side="left")
-    bin_of = first * bins // n
+    bin_of = np.searchsorted(np.sort(p), p, side="left")
+    bin_of *= bins
+    bin_of //= n
     w = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
     count = np.bincount(bin_of, minlength=bins)
-    gap = np.bincount(bin_of, weights=w * p, minlength=bins) - np.bincount(bin_of, weights=w * y, minlength=bins)
+    # w * p in float64 whatever the scores' dtype (a float32 score widens exactly).
+    gap = np.bincount(bin_of, weights=w * p.astype(np.float64, copy=False), minlength=bins)
+    gap -= np.bincount(bin_of, weights=w * np.asarray(label, dtype=np.float64), minlength=bins)
     # sum over bins of (weight / total) x |mean p - mean y| = sum |sum w p - sum w y| / total weight.
     total = float(w.sum())
     return float(np.abs(gap[count > 0]).sum() / total) if total > 0 else float("nan")
@@ -232,25 +242,34 @@ def grouped_auc(
 
         grouped_auc(pred, click, user_id)["gauc"]
     """
-    pred = np.asarray(pred, dtype=np.float64)
-    label = np.asarray(label, dtype=np.float64)
+    pred = _scores(pred)
     group = np.asarray(group)
-    w = np.ones_like(pred) if weight is None else np.asarray(weight, dtype=np.float64)
     empty = {"gauc": float("nan"), "gauc_unweighted": float("nan"), "groups": 0, "groups_used": 0,
              "groups_one_class": 0}
     if len(pred) == 0:
         return empty
+    # Rows by (group, score); float32 scores order exactly as their float64 values. Each large
+    # array is dropped once used: this runs on every evaluated row at once.
     order = np.lexsort((pred, group))
-    g, p, y, w = group[order], pred[order], label[order], w[order]
+    g = group[order]
+    p = pred[order]
     # Runs of equal (group, score): ties share one rank bucket.
     new_pair = np.ones(len(p), dtype=bool)
     new_pair[1:] = (g[1:] != g[:-1]) | (p[1:] != p[:-1])
-    pair = np.cumsum(new_pair) - 1
+    del p
+    pair = np.cumsum(new_pair)
+    pair -= 1
+    y = np.asarray(label, dtype=np.float64)[order]
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)[order]
+    del order
     pos = np.bincount(pair, weights=w * y)
     neg = np.bincount(pair, weights=w * (1.0 - y))
+    del pair, y, w
     pair_group_start = np.ones(len(pos), dtype=bool)
     first_rows = np.flatnonzero(new_pair)
+    del new_pair
     pair_group_start[1:] = g[first_rows[1:]] != g[first_rows[:-1]]
+    del g, first_rows
     gid = np.cumsum(pair_group_start) - 1
     cum_neg = np.cumsum(neg) - neg
     # Negatives ranked below a pair inside its own group: global running sum minus the group's start.

@@ -280,6 +280,7 @@ def split_metrics(
         row_weight = None if name == "all" else torch.from_numpy(slices[name][start:stop].astype(np.float32))
         m.update_rows(preds, labels, masks, weights, row_weight.to(ctx.device) if row_weight is not None else None)
     computed = {name: m.compute() for name, m in metrics.items()}
+    del metrics, mine, rows_t, preds, labels, masks, weights
     score_s = time.perf_counter() - t1
     if not ctx.is_main:
         return EvalResult(summary={"tasks": computed["all"]}, tasks=tasks)
@@ -291,7 +292,8 @@ def split_metrics(
         labels={t: cat[f"y:{t}"] for t in names},
         masks={t: cat[f"m:{t}"] > 0 for t in names},
         group=cat["group"] if group else None,
-        weights={t: cat[f"w:{t}"].astype(np.float64) if f"w:{t}" in cat else np.ones(len(cat[f"p:{t}"]))
+        # An unweighted task's weights: a read-only view of 1.0 repeated (no memory per row).
+        weights={t: cat[f"w:{t}"].astype(np.float64) if f"w:{t}" in cat else np.broadcast_to(np.float64(1.0), (n,))
                  for t in names},
         raw_predictions={t: cat[f"r:{t}"] for t in names} if calibration is not None else None,
     )
@@ -304,13 +306,20 @@ def split_metrics(
             m = rows.masks[t.name] & (rows.weights[t.name] > 0)
             m = m if sel is None else m & sel
             res: Dict[str, Any] = {"type": t.type, "count": int(m.sum())}
-            w = rows.weights[t.name][m]
+            every = res["count"] == len(m)
+
+            def pick(column: np.ndarray, m: np.ndarray = m, every: bool = every) -> np.ndarray:
+                # Every row selected (the whole split of a fully labelled task): the column itself,
+                # the same values without a copy of each.
+                return column if every else column[m]
+
+            w = pick(rows.weights[t.name])
             if t.name in weighted:
                 res["weight_sum"] = float(w.sum())
             s = summed[t.name]
             if t.type == "binary":
-                p, y = rows.predictions[t.name][m], rows.labels[t.name][m]
-                res.update(_binary_row_metrics(p, y, rows.group[m] if rows.group is not None else None, w))
+                p, y = pick(rows.predictions[t.name]), pick(rows.labels[t.name])
+                res.update(_binary_row_metrics(p, y, pick(rows.group) if rows.group is not None else None, w))
                 res["logloss"] = s["logloss"]
                 # NE divides by the label entropy, which is 0 when only one class is present.
                 res["ne"] = s["ne"] if 0.0 < s["positive_rate"] < 1.0 else float("nan")
@@ -332,8 +341,8 @@ def split_metrics(
                 res["mse"] = s["mse"]
                 res["mae"] = s["mae"]
                 wt = w if t.name in weighted else None
-                res["mean_label"] = _mean(rows.labels[t.name][m], wt)
-                res["mean_prediction"] = _mean(rows.predictions[t.name][m], wt)
+                res["mean_label"] = _mean(pick(rows.labels[t.name]), wt)
+                res["mean_prediction"] = _mean(pick(rows.predictions[t.name]), wt)
             if res["count"] == 0:
                 res = {"type": t.type, "count": 0}
             block[t.name] = res
