@@ -125,21 +125,36 @@ def score_rows(
     def run(segment: ColumnTable) -> None:
         ds = BatchDataset(segment, schema, batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size,
                           interleave=True)
-        for batch, real in zip(make_loader(ds, num_workers=num_workers), ds.real_rows()):
+        reals = ds.real_rows()
+        # One array per kept column and segment, filled batch by batch: a few large blocks rather than
+        # many small ones between the blocks of each chunk read (which would fragment the heap).
+        kept: Dict[str, np.ndarray] = {}
+        pos = 0
+
+        def keep(key: str, value: torch.Tensor, real: int) -> None:
+            rows = value[:real].cpu().numpy()
+            if key not in kept:
+                kept[key] = np.empty(sum(reals), dtype=rows.dtype)
+            kept[key][pos:pos + real] = rows
+
+        for batch, real in zip(make_loader(ds, num_workers=num_workers), reals):
             bar.update(1)
             batch = with_conditional_labels(batch.to(ctx.device), train_tasks)
             _, out = module(batch)
             preds = calibration.apply(out.predictions) if calibration is not None else out.predictions
             for t in names:
-                parts.setdefault(f"p:{t}", []).append(preds[t][:real].float().cpu().numpy())
+                keep(f"p:{t}", preds[t].float(), real)
                 if calibration is not None:
-                    parts.setdefault(f"r:{t}", []).append(out.predictions[t][:real].float().cpu().numpy())
-                parts.setdefault(f"y:{t}", []).append(batch.labels[t][:real].cpu().numpy())
-                parts.setdefault(f"m:{t}", []).append(batch.masks[t][:real].cpu().numpy())
+                    keep(f"r:{t}", out.predictions[t].float(), real)
+                keep(f"y:{t}", batch.labels[t], real)
+                keep(f"m:{t}", batch.masks[t], real)
                 if batch.weights is not None and t in batch.weights:
-                    parts.setdefault(f"w:{t}", []).append(batch.weights[t][:real].cpu().numpy())
+                    keep(f"w:{t}", batch.weights[t], real)
             if schema.group:
-                parts.setdefault("group", []).append(batch.group[:real].cpu().numpy())
+                keep("group", batch.group, real)
+            pos += real
+        for key, rows in kept.items():
+            parts.setdefault(key, []).append(rows)
 
     was_training = module.training
     module.eval()
@@ -165,7 +180,7 @@ def score_rows(
             run(ColumnTable.concat(carried + [held]))
     bar.close()
     module.train(was_training)
-    columns = {k: np.concatenate(v) for k, v in parts.items()}
+    columns = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
     return RankRows(columns, total, batch_size)
 
 
