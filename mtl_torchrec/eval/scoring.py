@@ -33,6 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.core.memory import trim_heap
 from mtl_torchrec.data.loader import BatchDataset, interleaved_rows, make_loader
 from mtl_torchrec.data.schema import ColumnTable, Schema
 from mtl_torchrec.distributed.context import DistContext
@@ -44,6 +45,9 @@ from mtl_torchrec.model.tasks import TaskSpec, conditional_name, metric_tasks, w
 _SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
 # Row columns the torchrec metrics read (predictions, labels, masks, weights).
 _METRIC_COLUMNS = ("p:", "y:", "m:", "w:")
+# From this many rows on, the heap is trimmed after each metric that sorts or sums every row (tens
+# of MiB of temporaries each, which glibc would otherwise keep); below, it is not worth a heap walk.
+TRIM_ROWS = 1 << 20
 
 
 @dataclass
@@ -164,6 +168,9 @@ def score_rows(
     held: Optional[ColumnTable] = None
     with torch.no_grad():
         for table in tables:
+            # Whatever reading the table (or scoring the last one) freed goes back to the system before
+            # more is allocated, so that memory follows the live rows (see mtl_torchrec.core.memory).
+            trim_heap()
             if len(table) == 0:
                 continue
             total += len(table)
@@ -181,6 +188,8 @@ def score_rows(
     bar.close()
     module.train(was_training)
     columns = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
+    parts.clear()
+    trim_heap()
     return RankRows(columns, total, batch_size)
 
 
@@ -235,6 +244,10 @@ def _my_shard(ordered: Optional[Dict[str, np.ndarray]], n: int, ctx: DistContext
     return got[0]
 
 
+def _no_trim() -> bool:
+    return False
+
+
 def _binary_row_metrics(p: np.ndarray, y: np.ndarray, g: Optional[np.ndarray], w: np.ndarray) -> Dict[str, Any]:
     out: Dict[str, Any] = {"auc": binary_auc(p, y, w)}
     if g is not None:
@@ -282,6 +295,7 @@ def split_metrics(
     # The torchrec metrics take each rank's contiguous share of the rows in one update per slice:
     # the sums of one update over the whole split on one rank, reduced across ranks on several.
     mine = _my_shard(ordered, n, ctx)
+    trim = trim_heap if n >= TRIM_ROWS else _no_trim
     start, stop = _shard_range(n, ctx)
     rows_t = {k: torch.from_numpy(v).to(ctx.device) for k, v in mine.items()}
     preds = {t: rows_t[f"p:{t}"] for t in names}
@@ -294,6 +308,7 @@ def split_metrics(
     for name, m in metrics.items():
         row_weight = None if name == "all" else torch.from_numpy(slices[name][start:stop].astype(np.float32))
         m.update_rows(preds, labels, masks, weights, row_weight.to(ctx.device) if row_weight is not None else None)
+        trim()
     computed = {name: m.compute() for name, m in metrics.items()}
     del metrics, mine, rows_t, preds, labels, masks, weights
     score_s = time.perf_counter() - t1
@@ -361,6 +376,8 @@ def split_metrics(
             if res["count"] == 0:
                 res = {"type": t.type, "count": 0}
             block[t.name] = res
+            # Each entry sorts every selected row; its temporaries go back before the next one's.
+            trim()
         return block
 
     summary: Dict[str, Any] = {
