@@ -4,11 +4,12 @@ allocations.
 Streamed evaluation converts a chunk of rows (pandas frames, numpy columns), scores it and keeps a
 few bytes per row; the chunk's memory is then free but, with glibc's default malloc, much of it
 stays in the process: blocks below its (self-raising, up to 32 MiB) mmap threshold come from heaps
-that only shrink from the top, and the small blocks kept between them pin the rest. Measured on
-2M evaluated rows (``benchmarks/eval_memory.py``): peak resident memory 1134 MiB without trimming
-against 865 MiB with large blocks always mmapped (``MALLOC_MMAP_THRESHOLD_=131072``), while the
-live rows take 61 MiB. :func:`trim_heap` calls glibc's ``malloc_trim(0)`` (mallopt(3)), which
-releases the free pages of every heap, in the middle too; elsewhere (macOS, musl) it does nothing.
+that only shrink from the top, and the blocks kept between them pin the rest. Measured on 2M
+evaluated rows (``benchmarks/eval_memory.py``, whose live rows take 61 MiB): peak resident memory
+1134 MiB without trimming, 885 to 971 MiB with :func:`trim_heap` between chunks and metrics, 865 MiB
+with large blocks always mmapped (``MALLOC_MMAP_THRESHOLD_=131072``). :func:`trim_heap` calls
+glibc's ``malloc_trim(0)`` (mallopt(3)), which releases the free pages of every heap, in the middle
+too; elsewhere (macOS, musl) it does nothing.
 
 Example::
 
