@@ -43,9 +43,9 @@ def make_rows(n: int, seed: int) -> pd.DataFrame:
     click = rng.random(n) < 1 / (1 + np.exp(-logit))
     rating = np.where(click, np.clip(np.round(3 + logit + rng.normal(0, 0.5, n)), 1, 5), np.nan)
     tags = pd.Series(rng.integers(0, 64, n)).astype(str) + "|" + pd.Series(rng.integers(0, 64, n)).astype(str)
+    split = np.where(np.arange(n) % 10 == 9, "test", np.where(np.arange(n) % 10 == 8, "val", "train"))
     return pd.DataFrame({"user": user, "item": item, "tags": tags.to_numpy(), "price": price,
-                         "click": click.astype(int), "rating": rating,
-                         "split": np.where(np.arange(n) % 10 == 9, "test", np.where(np.arange(n) % 10 == 8, "val", "train"))})
+                         "click": click.astype(int), "rating": rating, "split": split})
 
 
 def spec_of(files: str, split: bool = True) -> dict:

@@ -27,8 +27,8 @@ from mtl_torchrec.model.esmm import check_esmm_labels
 from tests.distributed import run_ranks
 from tests.eval_fixtures import evaluate_1rank, make_frame, spec_dict, train_spec_run, write_case
 
-TASKS = ("model.tasks=[{name: click, type: binary}, {name: conversion, esmm_parent: click, esmm_derive_and_label: true},"
-         " {name: rating, type: regression}]")
+TASKS = ("model.tasks=[{name: click, type: binary},"
+         " {name: conversion, esmm_parent: click, esmm_derive_and_label: true}, {name: rating, type: regression}]")
 
 
 def _frame(n: int = 1200) -> pd.DataFrame:
@@ -146,7 +146,8 @@ def test_data_files_evaluate_like_a_spec_without_split(stream_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="--data: nothing matches"):
         evaluate_1rank(stream_run, data_spec=str(tmp_path / "nope*.csv"))
     frame.drop(columns=["rating"]).to_csv(tmp_path / "nolabel.csv", index=False)
-    with pytest.raises(DataError, match=r"--data: .*nolabel.csv lacks the label column\(s\) 'rating' \(task 'rating'\)"):
+    lacks = r"--data: .*nolabel.csv lacks the label column\(s\) 'rating' \(task 'rating'\)"
+    with pytest.raises(DataError, match=lacks):
         evaluate_1rank(stream_run, data_spec=str(tmp_path / "nolabel.csv"))
     frame.drop(columns=["price"]).to_csv(tmp_path / "nofeature.csv", index=False)
     with pytest.raises(DataError, match=r"missing feature column\(s\) \['price'\]: 'price' \(dense\[0\].column\)"):
@@ -166,7 +167,8 @@ def test_slice_column_errors_come_before_scoring(stream_run):
 def test_interleaved_layout_covers_every_row_once_in_order(n, world, batch):
     table = ColumnTable({"user": np.arange(n, dtype=np.int64) % 10, "price": np.arange(n, dtype=np.float32),
                          "click": np.zeros(n, dtype=np.float32)})
-    schema = Schema(sparse=[SparseFeature("user", 10)], dense=[DenseFeature("price")], labels=[LabelSpec("click", "binary")])
+    schema = Schema(sparse=[SparseFeature("user", 10)], dense=[DenseFeature("price")],
+                    labels=[LabelSpec("click", "binary")])
     seen = np.empty(n, dtype=np.int64)
     counts = []
     for rank in range(world):
@@ -180,7 +182,8 @@ def test_interleaved_layout_covers_every_row_once_in_order(n, world, batch):
         seen[interleaved_rows(n, batch, rank, world)] = mine
         counts.append(len(ds))
     # Every rank runs the same number of steps, as many as the contiguous layout.
-    assert len(set(counts)) == 1 and counts[0] == len(BatchDataset(table, schema, batch, False, rank=0, world_size=world))
+    contiguous = BatchDataset(table, schema, batch, False, rank=0, world_size=world)
+    assert len(set(counts)) == 1 and counts[0] == len(contiguous)
     np.testing.assert_array_equal(seen, np.arange(n))
 
 
@@ -263,18 +266,21 @@ def test_label_check_per_piece_words_errors_as_on_the_whole_split(tmp_path):
     table.columns["conversion"][[4, 9, 10, 22, 30, 31, 38]] = 1.0  # 4, 10, 22, 30, 38: non-clicks
     schema = Schema(sparse=[], dense=[], labels=[LabelSpec("click", "binary"), LabelSpec("conversion", "binary")])
     tasks = [TaskConfig(name="click"), TaskConfig(name="conversion", esmm_parent="click")]
-    bundle = DataBundle(schema=schema, splits={"test": table}, row_origin=lambda s, rows: [f"f line {r + 2}" for r in rows])
+    bundle = DataBundle(schema=schema, splits={"test": table},
+                        row_origin=lambda s, rows: [f"f line {r + 2}" for r in rows])
     with pytest.raises(DataError) as whole:
         check_esmm_labels(bundle, tasks, ["test"])
     check = LabelCheck(tasks, {"click": "click", "conversion": "conversion"})
     assert check.may_fail()
     for lo, hi in ((0, 7), (7, 23), (23, 23), (23, 40)):
-        check.check("test", table.take(np.arange(lo, hi)), lo, origin=lambda rows, lo=lo: [f"f line {lo + r + 2}" for r in rows])
+        check.check("test", table.take(np.arange(lo, hi)), lo,
+                    origin=lambda rows, lo=lo: [f"f line {lo + r + 2}" for r in rows])
     assert check.failed
     with pytest.raises(DataError) as pieces:
         check.finish()
     assert str(pieces.value) == str(whole.value)
-    assert "5 row(s) have conversion = 1 where click = 0, e.g. test row 4 (f line 6), test row 10 (f line 12)" in str(whole.value)
+    assert ("5 row(s) have conversion = 1 where click = 0, e.g. test row 4 (f line 6), test row 10 (f line 12)"
+            in str(whole.value))
     # Derived: labels set in each piece, one note with the same count.
     derive = [TaskConfig(name="click"), TaskConfig(name="conversion", esmm_parent="click", esmm_derive_and_label=True)]
     check = LabelCheck(derive, {"click": "click", "conversion": "conversion"})

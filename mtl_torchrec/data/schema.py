@@ -168,7 +168,8 @@ class ColumnTable:
         for name, first in tables[0].columns.items():
             if isinstance(first, Jagged):
                 parts = [t[name] for t in tables]
-                cols[name] = Jagged(np.concatenate([p.values for p in parts]), np.concatenate([p.lengths for p in parts]))
+                cols[name] = Jagged(np.concatenate([p.values for p in parts]),
+                                    np.concatenate([p.lengths for p in parts]))
             else:
                 cols[name] = np.concatenate([t[name] for t in tables])
         return ColumnTable(cols)

@@ -9,8 +9,8 @@ does not grow with the rows' features. Built-in sources are loaded whole. Either
 through one scoring and metrics path (:mod:`mtl_torchrec.eval.scoring`): every rank scores its
 share of each step's rows; metrics that add up over rows (NE, logloss, calibration, positive
 rate, MSE, MAE) go through ``torchrec.metrics`` across ranks; the scored rows are gathered on rank
-0 for the ranking metrics (exact AUC with ties, GAUC per group), slices and plots. A task with sample weights (``labels[i].weight_column`` of a data spec) is
-weighted in every metric: a row of weight 2 counts as two copies of it, one of weight 0 as none
+0 for the ranking metrics (exact AUC with ties, GAUC per group), slices and plots. A task with
+sample weights (``labels[i].weight_column`` of a data spec) is weighted in every metric: a row of weight 2 counts as two copies of it, one of weight 0 as none
 (``count`` is then the labelled rows of positive weight and ``weight_sum`` their total weight).
 
 Example::
@@ -176,7 +176,8 @@ def _files_source(cfg: Config, pre: Preprocessing, data: str, split: str, slice_
         raise FileNotFoundError(f"--data: nothing matches '{data}'")
     spec = files_spec(run_spec, found, text=cfg.model.text.enabled, slices=True)
     have = {lab.task for lab in spec.labels}
-    missing = [lab for lab in run_spec.labels if lab.task not in have and any(t.name == lab.task for t in cfg.model.tasks)]
+    tasks = {t.name for t in cfg.model.tasks}
+    missing = [lab for lab in run_spec.labels if lab.task in tasks and lab.task not in have]
     if missing:
         named = ", ".join(f"'{lab.column}' (task '{lab.task}')" for lab in missing)
         raise DataError(f"--data: {data} lacks the label column(s) {named} (a mask or weight column included); "

@@ -55,7 +55,8 @@ def check_slice_column(schema: Schema, column: str) -> None:
         raise ConfigError(f"--slice: '{column}' is multi-valued; slices need one value per row")
 
 
-def top_value_slices(ids: np.ndarray, column: str, pre: Optional[Preprocessing], top: int = 10) -> Dict[str, np.ndarray]:
+def top_value_slices(ids: np.ndarray, column: str, pre: Optional[Preprocessing],
+                     top: int = 10) -> Dict[str, np.ndarray]:
     """One row mask per most frequent id of ``ids`` (a single-valued sparse column's ids over the
     split), ``"column=value"``, named by the raw token where the run's vocabulary has one (``pre``);
     ties in id order."""

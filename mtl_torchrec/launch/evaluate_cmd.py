@@ -6,6 +6,7 @@ by side instead.
 
     mtl-torchrec evaluate --run runs/census
     mtl-torchrec evaluate --run runs/census --data other.yaml --split all
+    mtl-torchrec evaluate --run runs/census --data 'new/*.parquet'
     mtl-torchrec evaluate --run runs/census --checkpoint latest --no-calibration
     torchrun --nproc_per_node 2 -m mtl_torchrec evaluate --run-dir runs/census
     mtl-torchrec evaluate --compare runs/a runs/b
@@ -31,7 +32,9 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run: metrics per task and slice, report, plots")
     # --run-dir is the same option; use it under torchrun, whose parser takes "--run" for its --run-path.
     p.add_argument("--run", "--run-dir", dest="run_dir", type=str, help="run directory (config.yaml + checkpoint/)")
-    p.add_argument("--data", type=str, default=None, help="YAML data spec to evaluate on (default: the run's data)")
+    p.add_argument("--data", type=str, default=None,
+                   help="YAML data spec, or CSV/Parquet files (path or glob, read with the run's spec), to evaluate "
+                        "on (default: the run's data); data specs are streamed chunk by chunk")
     p.add_argument("--split", type=str, default="test", help="split to evaluate (default: test)")
     p.add_argument("--out", type=str, default=None, help="output folder (default: RUN/eval/SPLIT)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per rank per step (default: data.eval_batch_size)")
