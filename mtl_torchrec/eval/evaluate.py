@@ -10,8 +10,9 @@ through one scoring and metrics path (:mod:`mtl_torchrec.eval.scoring`): every r
 share of each step's rows; metrics that add up over rows (NE, logloss, calibration, positive
 rate, MSE, MAE) go through ``torchrec.metrics`` across ranks; the scored rows are gathered on rank
 0 for the ranking metrics (exact AUC with ties, GAUC per group), slices and plots. A task with
-sample weights (``labels[i].weight_column`` of a data spec) is weighted in every metric: a row of weight 2 counts as two copies of it, one of weight 0 as none
-(``count`` is then the labelled rows of positive weight and ``weight_sum`` their total weight).
+sample weights (``labels[i].weight_column`` of a data spec) is weighted in every metric: a row of
+weight 2 counts as two copies of it, one of weight 0 as none (``count`` is then the labelled rows
+of positive weight and ``weight_sum`` their total weight).
 
 Example::
 
