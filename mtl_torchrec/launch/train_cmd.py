@@ -136,6 +136,9 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
     if ctx.is_main:
         for note in notes:
             print(f"note: {note}")
+        # What the data spec's checks found on the training split (e.g. a history holding the candidate).
+        for message in (data.preprocessing.stats.get("warnings") or []) if data.preprocessing is not None else []:
+            print(f"warning: {message}", file=sys.stderr)
         for split, table in data.splits.items():
             print(describe(table, data.schema, split))
         for split, masks in data.slices.items():
