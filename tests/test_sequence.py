@@ -505,6 +505,32 @@ def test_multi_valued_column_of_numbers_is_refused(tmp_path: Path) -> None:
         FeatureRows(feature_spec(spec, list(frame.columns)), listed.preprocessing).convert_frame(frame)
 
 
+@pytest.mark.parametrize("override, key", [
+    (["model.sequence.history=user"], r"model.sequence.history: 'user' is not a multi-valued id feature of the data "
+                                      r"\(multi-valued id features: \['history'\]\)"),
+    (["model.sequence.candidate=history"], "model.sequence.candidate: 'history' is not a single-valued"),
+    (["model.sequence.candidate=user"], "model.sequence.history: 'history' has its own table"),
+])
+def test_sequence_config_is_checked_against_the_spec_before_reading_rows(tmp_path: Path, override, key) -> None:
+    """train refuses a model.sequence the spec cannot satisfy before it reads a row or makes a folder
+    (the data file is gone here: reading it would fail differently)."""
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
+
+    spec = _spec_case(tmp_path, ["i1"] * 6)
+    (tmp_path / "data.csv").unlink()
+    cfg = load_config(None, [*SMALL, "data.source=spec", f"data.spec={spec}", f"run_dir={tmp_path / 'run'}",
+                             "model.tasks=[{name: click, type: binary}]", "model.sequence.enabled=true",
+                             "model.sequence.history=history", "model.sequence.candidate=item", *override])
+    ctx = init_distributed()
+    try:
+        with pytest.raises(ConfigError, match=key):
+            train(cfg, ctx)
+    finally:
+        close_distributed(ctx)
+    assert not (tmp_path / "run").exists()
+
+
 # ---- sharded (2 gloo ranks) vs unsharded -----------------------------------------------------
 
 # data_parallel: the sequence table is then sharded row-wise (SequenceTableSharder), the rest replicated.
