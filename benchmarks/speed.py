@@ -33,7 +33,6 @@ Run it on an otherwise idle machine: other load changes every contestant's speed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -48,6 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.schema import ColumnTable, Jagged, Schema
 from mtl_torchrec.data.sources import load_data
@@ -430,7 +430,7 @@ def main(argv: Any = None) -> int:
                 print(f"(ours' exact AUC/GAUC on rank 0 afterwards: median {statistics.median(scoring_t):.2f} s "
                       f"per round, not in the rate)")
     if args.json is not None and ctx.is_main:
-        args.json.write_text(json.dumps({"world_size": world, "threads": torch.get_num_threads(), **results}))
+        write_json(args.json, {"world_size": world, "threads": torch.get_num_threads(), **results})
     close_distributed(ctx)
     return 0
 
