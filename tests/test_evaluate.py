@@ -103,6 +103,12 @@ def test_cli_evaluate_and_compare(trained_run, tmp_path, capsys):
     assert "not the same evaluation data" in out
     assert cli_main(["evaluate", "--run", str(tmp_path / "nope")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+    # A multi-valued column cannot be sliced, and the choices offered are the single-valued ones.
+    assert cli_main(["evaluate", "--run", str(trained_run), "--out", str(tmp_path / "c"), "--slice", "tags"]) == 2
+    assert "--slice: 'tags' is multi-valued (several ids per row) and cannot be sliced; slices need one value per " \
+           "row: choose from ['user', 'item']" in capsys.readouterr().err
+    assert cli_main(["evaluate", "--run", str(trained_run), "--out", str(tmp_path / "c"), "--slice", "nope"]) == 2
+    assert "choose from ['user', 'item']" in capsys.readouterr().err
 
 
 def test_evaluate_on_other_data_spec_uses_saved_preprocessing(trained_run, tmp_path):

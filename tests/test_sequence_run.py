@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
@@ -91,6 +92,8 @@ def test_checkpoint_resume_is_exact(run: Path, tmp_path: Path) -> None:
 def test_evaluate_predict_and_export_carry_the_history(run: Path, tmp_path: Path) -> None:
     result = evaluate_1rank(run, progress=False)
     assert result.rows is not None and len(result.rows.predictions["click"]) == 60
+    with pytest.raises(ConfigError, match=r"--slice: 'history' is multi-valued .*choose from \['user', 'item'\]"):
+        evaluate_1rank(run, progress=False, slice_columns=["history"])
     # predict on label-free rows (the list column is a feature column) equals evaluate's rows.
     scores = predict_frame(run, _test_rows(), keep=["user"])
     np.testing.assert_allclose(scores["click"], result.rows.predictions["click"], rtol=0, atol=1e-6)

@@ -36,7 +36,7 @@ from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.data.preprocessing import Preprocessing, far_above
-from mtl_torchrec.data.schema import ColumnTable, Jagged
+from mtl_torchrec.data.schema import ColumnTable
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import ALL_SPLIT
 from mtl_torchrec.distributed.checkpoint import (
@@ -164,13 +164,17 @@ def resolve_split(bundle: DataBundle, split: str) -> str:
 
 def column_slices(bundle: DataBundle, table: ColumnTable, column: str, top: int = 10) -> Dict[str, np.ndarray]:
     """One row mask per most frequent id of a single-valued sparse column (``"column=value"``),
-    named by the raw token where the run's vocabulary has one."""
-    if column not in bundle.schema.sparse_names:
-        raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; "
-                          f"choose from {bundle.schema.sparse_names}")
+    named by the raw token where the run's vocabulary has one. Raises ConfigError naming ``--slice``
+    and the columns it takes (the single-valued sparse features) for any other column, a multi-valued
+    one (tags, a behaviour sequence: several ids per row) included."""
+    choices = [f.name for f in bundle.schema.sparse if not f.multi_valued]
+    multi = [f.name for f in bundle.schema.sparse if f.multi_valued]
+    if column in multi:
+        raise ConfigError(f"--slice: '{column}' is multi-valued (several ids per row) and cannot be sliced; slices "
+                          f"need one value per row: choose from {choices}")
+    if column not in choices:
+        raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; choose from {choices}")
     ids = table[column]
-    if isinstance(ids, Jagged):
-        raise ConfigError(f"--slice: '{column}' is multi-valued; slices need one value per row")
     vocab = bundle.preprocessing.vocabs.get(column) if bundle.preprocessing is not None else None
     values, counts = np.unique(ids, return_counts=True)
     out: Dict[str, np.ndarray] = {}
