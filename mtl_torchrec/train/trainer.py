@@ -550,7 +550,7 @@ class Trainer:
         ``train_seconds`` in seconds of training steps only (without evaluation and checkpointing);
         ``samples_per_s`` in rows/s; ``peak_rss_mb`` the largest rank's peak resident memory (MiB) of
         the rank processes themselves: DataLoader worker processes (``data.num_workers`` > 0) are not
-        counted (each holds its own memory, much of it shared with its rank through copy-on-write).
+        counted (each holds its own memory, partly shared with its rank through copy-on-write).
         Collective: every rank calls it."""
         cfg = self.cfg.train
         max_steps = cfg.max_steps or None
