@@ -309,6 +309,28 @@ def test_movielens_history_has_no_future_on_tiny_data(tmp_path: Path) -> None:
     assert "item_history" not in plain.schema.sparse_names
 
 
+def test_movielens_export_writes_and_names_the_history_spec(tmp_path: Path, capsys) -> None:
+    """examples/movielens/export_csv.py --history-length H prints every file it writes, and its
+    spec_history.yaml says max_length: H (docs/mtl.md shows it) and reads the exported column."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "movielens" / "export_csv.py"
+    module_spec = importlib.util.spec_from_file_location("export_csv", path)
+    export = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(export)
+    root = write_tiny(tmp_path / "ml")
+    out = tmp_path / "out"
+    assert export.main(["--out", str(out), "--path", str(root), "--history-length", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    names = ["impressions.csv", "items.csv", "spec.yaml", "spec_history.yaml"]
+    assert [line.split(":")[0] for line in printed] == [f"wrote {out / n}" for n in names]
+    spec = load_spec(out / "spec_history.yaml")
+    history = spec.sparse_by_feature("item_history")
+    assert (history.vocab, history.shared_with, history.max_length) == ("shared", "item_id", 3)
+    bundle = build_bundle(spec)
+    assert int(bundle.splits["train"]["item_history"].lengths.max()) <= 3
+
+
 # ---- data: the spec ------------------------------------------------------------------------------
 
 
