@@ -27,6 +27,7 @@ import pandas as pd
 from mtl_torchrec.core.io import atomic_write_text
 from mtl_torchrec.data.config import MovieLensConfig
 from mtl_torchrec.data.movielens import load_movielens
+from mtl_torchrec.launch.args import doc_summary
 
 SPEC = """\
 # MovieLens-100K impressions as plain files (examples/movielens/export_csv.py); see docs/text.md.
@@ -77,7 +78,7 @@ def _joined(history: Any) -> List[str]:
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--out", required=True,
                    help="folder for impressions.csv, items.csv and spec.yaml (and spec_history.yaml)")
     p.add_argument("--path", default=MovieLensConfig().path, help="the ml-100k folder")
