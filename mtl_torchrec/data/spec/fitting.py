@@ -3,7 +3,7 @@ good rows only, and the :class:`Schema` they imply."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+from typing import Dict, List, Mapping
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,6 @@ from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
 from mtl_torchrec.data.spec.rows import check_chunk, sparse_tokens
 from mtl_torchrec.data.spec.sections import SparseColumn
-from mtl_torchrec.data.spec.sequences import SequenceCounts
 
 
 def fit_preprocessing(spec: DataSpec) -> Preprocessing:
@@ -24,19 +23,14 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
     columns seen in training; ``stats["fit_train_rows"]`` counts those rows. Text features' rows
     are found while the bundle is built (:func:`~mtl_torchrec.data.spec.build.build_bundle`).
 
-    Behaviour sequences are checked on the training rows (:mod:`~mtl_torchrec.data.spec.sequences`):
-    ``stats["sequences"]`` holds their counts, ``stats["warnings"]`` lines for the user.
-
     Raises ConfigError when the spec has no training split (no split rule and no per-split files),
-    DataError when the training split is empty, (without ``on_bad_rows: skip``) at a bad row, or for
-    a history that is empty on every training row or whose ids are mostly unknown (see
-    :class:`SequenceCounts`), and whatever reading the files raises (see :func:`iter_chunks`).
+    DataError when the training split is empty or (without ``on_bad_rows: skip``) at a bad row,
+    and whatever reading the files raises (see :func:`iter_chunks`).
     """
     counts: Dict[str, pd.Series] = {s.feature: pd.Series(dtype=np.int64) for s in spec.sparse if s.vocab == "build"}
     norms = {d.feature: Normalizer(d.normalize, d.fill_missing) for d in spec.dense}
     seen: Dict[str, set] = {sl.column: set() for sl in spec.slices if sl.cold_warm}
     skipped: Dict[str, int] = {}
-    sequences = SequenceCounts(spec)
     train_rows = 0
     if spec.split is None and not isinstance(spec.files, dict):
         raise ConfigError("split: fitting needs a training split: give a split rule (split.column, or "
@@ -46,7 +40,6 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
         keep = (checked.split == "train") & ~checked.bad.bad
         train_rows += int(keep.sum())
         frame = chunk.frame[keep]
-        sequences.add(frame)
         for s in spec.sparse:
             if s.vocab != "build":
                 continue
@@ -66,12 +59,7 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
     # vocab: shared: the owner's vocabulary (validate() checked that the owner has one of its own).
     vocabs.update({s.feature: vocabs[str(s.shared_with)] for s in spec.sparse if s.vocab == "shared"})
     vocabs = {s.feature: vocabs[s.feature] for s in spec.sparse}
-    stats: Dict[str, Any] = {"fit_train_rows": train_rows}
-    sequence_stats = sequences.check(vocabs)
-    if sequence_stats:
-        stats["sequences"] = sequence_stats
-        stats["warnings"] = [w for c in sequence_stats.values() for w in c["warnings"]]
-    return Preprocessing(vocabs=vocabs, normalizers=norms, stats=stats,
+    return Preprocessing(vocabs=vocabs, normalizers=norms, stats={"fit_train_rows": train_rows},
                          seen={c: sorted(k) for c, k in seen.items()}, features=spec.feature_layout())
 
 

@@ -1,4 +1,4 @@
-"""Checks of behaviour-sequence columns on the training split, made while preprocessing is fitted.
+"""Checks of behaviour-sequence columns on the training split, made while a fitted bundle is built.
 
 A history (``vocab: shared`` with a separator) is only useful when its ids are the candidate's ids:
 written in another form (``"m12"`` against ``"12"``) they all fall in the out-of-vocabulary row and
@@ -13,12 +13,14 @@ history holding the row's own candidate may have the row's own interaction in it
 * the row's own candidate in its history: a warning with the share of training rows, never a
   refusal (repeat interactions are real; a history that includes the impression itself leaks).
 
+The counts come from the converted ids (unknown = row 0 of a ``build``/``file`` vocabulary, the
+candidate's id equal to a history id), so they cost no second reading of the raw cells.
+
 Example::
 
     counts = SequenceCounts(spec)
-    for frame in training_frames:             # good training rows, chunk by chunk
-        counts.add(frame)
-    warnings = counts.check(vocabs)           # raises DataError; stats in counts.stats()
+    counts.add(converted, keys, train_rows)   # per chunk: table columns, vocabulary keys, train row indices
+    stats = counts.check()                    # raises DataError; feature -> counts with "warnings"
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import DataError
-from mtl_torchrec.data.preprocessing import Vocabulary, canonical_tokens, far_above
+from mtl_torchrec.data.preprocessing import far_above
+from mtl_torchrec.data.schema import Jagged
 from mtl_torchrec.data.spec.data_spec import DataSpec
-from mtl_torchrec.data.spec.rows import sparse_tokens
 from mtl_torchrec.data.spec.sections import SparseColumn
 
 # A history whose training ids are mostly unknown (and far more than the candidate's) is refused.
@@ -40,89 +42,113 @@ HISTORY_UNKNOWN_FLOOR = 0.5
 EXAMPLES = 5
 
 
+def _examples(keys: Optional[np.ndarray], where: np.ndarray, into: List[str]) -> None:
+    """Adds distinct ``keys[where]`` (a boolean mask) to ``into`` until it holds :data:`EXAMPLES`."""
+    if keys is None or len(into) >= EXAMPLES:
+        return
+    for key in pd.unique(keys[np.flatnonzero(where)[:1000]]):
+        if len(into) >= EXAMPLES:
+            break
+        if key is not None and str(key) not in into:
+            into.append(str(key))
+
+
 class _Counts:
-    """Training-split counts of one behaviour-sequence column ``column`` (``key``: its ``sparse[i]``)."""
+    """Training-split counts of one behaviour-sequence column ``column`` (``key``: its ``sparse[i]``;
+    ``owner``: the ``shared_with`` candidate, None for a column with a vocabulary of its own)."""
 
-    def __init__(self, column: SparseColumn, key: str, owner: Optional[SparseColumn]) -> None:
+    def __init__(self, column: SparseColumn, key: str, owner: Optional[SparseColumn], unknown_ids: bool) -> None:
         self.column, self.key, self.owner = column, key, owner
-        self.rows = 0
-        self.empty_rows = 0
-        self.rows_with_candidate = 0
-        self.tokens = pd.Series(dtype=np.int64)
-        self.candidate_tokens = pd.Series(dtype=np.int64)
+        # Whether id 0 is the unknown row (build/file vocabularies): only then unknown ids are counted.
+        self.unknown_ids = unknown_ids
+        self.rows = self.empty_rows = self.rows_with_candidate = 0
+        self.tokens = self.unknown = self.candidate_tokens = self.candidate_unknown = 0
+        self.unmatched: List[str] = []
+        self.candidate_values: List[str] = []
 
-    def add(self, frame: pd.DataFrame) -> None:
-        """Counts one chunk's good training rows ``frame``."""
-        tokens, lengths = sparse_tokens(self.column, frame)
-        assert lengths is not None
-        self.rows += len(lengths)
+    def add(self, converted: Dict[str, Any], keys: Dict[str, np.ndarray], train: np.ndarray) -> None:
+        """Counts the training rows ``train`` (indices) of one converted chunk: ``converted`` the table
+        columns, ``keys`` each build/file feature's tokens (flat, None where missing)."""
+        history = converted[self.column.feature]
+        assert isinstance(history, Jagged)
+        lengths = history.lengths[train]
+        self.rows += len(train)
         self.empty_rows += int(np.sum(lengths == 0))
-        if self.owner is None:
+        if self.owner is None or not len(train):
             return
-        keys = canonical_tokens(tokens)
-        self.tokens = self.tokens.add(pd.Series(keys, dtype=object).value_counts(dropna=True), fill_value=0)
-        own, own_lengths = sparse_tokens(self.owner, frame)
-        own_keys = canonical_tokens(own)
-        self.candidate_tokens = self.candidate_tokens.add(pd.Series(own_keys, dtype=object).value_counts(dropna=True),
-                                                          fill_value=0)
-        if own_lengths is None and len(keys):
-            # The row's own candidate among its history ids (both in token form).
-            row_of = np.repeat(np.arange(len(lengths)), lengths)
-            same = (keys == own_keys[row_of]) & ~pd.isna(keys)
+        # Flat positions of the training rows' ids.
+        in_train = np.zeros(len(history.lengths), dtype=bool)
+        in_train[train] = True
+        flat_train = np.repeat(in_train, history.lengths)
+        ids = history.values
+        owned = converted[self.owner.feature]
+        # A multi-valued owner (ids shared between two lists): its ids count, no row has one candidate.
+        candidate = owned.values if isinstance(owned, Jagged) else np.asarray(owned)
+        own_train = np.repeat(in_train, owned.lengths) if isinstance(owned, Jagged) else in_train
+        if self.unknown_ids:
+            hist_keys, own_keys = keys.get(self.column.feature), keys.get(self.owner.feature)
+            present = flat_train & ~np.asarray(pd.isna(hist_keys), dtype=bool) if hist_keys is not None else flat_train
+            unknown = present & (ids == 0)
+            self.tokens += int(present.sum())
+            self.unknown += int(unknown.sum())
+            _examples(hist_keys, unknown, self.unmatched)
+            own_present = own_train & ~np.asarray(pd.isna(own_keys), dtype=bool) if own_keys is not None else own_train
+            self.candidate_tokens += int(own_present.sum())
+            self.candidate_unknown += int((own_present & (candidate == 0)).sum())
+            _examples(own_keys, own_present & (candidate != 0), self.candidate_values)
+        if not isinstance(owned, Jagged):
+            # The row's own candidate among its history ids: the same id in the shared vocabulary (row 0,
+            # unknown or missing, matches nothing where it is the unknown row).
+            row_of = np.repeat(np.arange(len(history.lengths)), history.lengths)
+            same = flat_train & (ids == candidate[row_of])
+            if self.unknown_ids:
+                same &= ids != 0
             self.rows_with_candidate += int(np.count_nonzero(np.bincount(row_of[same], minlength=len(lengths))))
 
-    def _unknown(self, counts: pd.Series, vocab: Vocabulary) -> pd.Series:
-        """The entries of ``counts`` (token -> count) that ``vocab`` does not know."""
-        if counts.empty:
-            return counts
-        ids = vocab.lookup_keys(np.asarray(counts.index, dtype=object))
-        return counts[ids == 0]
-
-    def check(self, vocab: Optional[Vocabulary]) -> Dict[str, Any]:
+    def check(self) -> Dict[str, Any]:
         """Raises DataError for a history empty on every training row, or mostly of unknown ids (see the
         module docstring); returns this column's statistics (with ``warnings``)."""
         c = self.column
         if self.rows and self.empty_rows == self.rows:
             raise DataError(
-                f"data spec: column '{c.column}' ({self.key}): the behaviour sequence is empty on all {self.rows} training rows, so the "
-                f"model would learn nothing from it; fill the column (ids joined by {c.separator!r}, oldest first) "
-                f"or leave it out of the spec"
+                f"data spec: column '{c.column}' ({self.key}): the behaviour sequence is empty on all {self.rows} "
+                f"training rows, so the model would learn nothing from it; fill the column (ids joined by "
+                f"{c.separator!r}, oldest first) or leave it out of the spec"
             )
         stats: Dict[str, Any] = {"rows": self.rows, "empty_rows": self.empty_rows, "warnings": []}
-        if self.owner is None or vocab is None or vocab.mode not in ("build", "file"):
+        if self.owner is None:
             return stats
-        unknown = self._unknown(self.tokens, vocab)
-        own_unknown = self._unknown(self.candidate_tokens, vocab)
-        n, k = int(self.tokens.sum()), int(unknown.sum())
-        own_n, own_k = int(self.candidate_tokens.sum()), int(own_unknown.sum())
-        rate, own_rate = (k / n if n else 0.0), (own_k / own_n if own_n else 0.0)
-        stats.update({"tokens": n, "unknown": k, "unknown_rate": rate, "candidate_unknown_rate": own_rate,
-                      "rows_with_candidate": self.rows_with_candidate})
         owner = self.owner.feature
-        if rate > HISTORY_UNKNOWN_FLOOR and far_above(rate, own_rate) and not c.allow_unknown_ids:
-            shown = [str(t) for t in unknown.sort_values(ascending=False, kind="stable").index[:EXAMPLES]]
-            known = self.candidate_tokens.drop(own_unknown.index).sort_values(ascending=False, kind="stable")
-            raise DataError(
-                f"data spec: column '{c.column}' ({self.key}, vocab: shared, shared_with: {owner}): {rate:.1%} of its "
-                f"ids on the training split ({k} of {n}) are unknown to the vocabulary of '{owner}', against "
-                f"{own_rate:.1%} of the ids of '{owner}' itself, so the history would read the out-of-vocabulary row. "
-                f"Unmatched history values: {shown}; values of '{owner}': {[str(t) for t in known.index[:EXAMPLES]]}. "
-                f"Write the history's ids in the form of '{owner}', or set {self.key}.allow_unknown_ids: true if "
-                f"this is intended"
-            )
+        stats["rows_with_candidate"] = self.rows_with_candidate
+        if self.unknown_ids:
+            rate = self.unknown / self.tokens if self.tokens else 0.0
+            own_rate = self.candidate_unknown / self.candidate_tokens if self.candidate_tokens else 0.0
+            stats.update({"tokens": self.tokens, "unknown": self.unknown, "unknown_rate": rate,
+                          "candidate_unknown_rate": own_rate})
+            if rate > HISTORY_UNKNOWN_FLOOR and far_above(rate, own_rate) and not c.allow_unknown_ids:
+                raise DataError(
+                    f"data spec: column '{c.column}' ({self.key}, vocab: shared, shared_with: {owner}): {rate:.1%} of "
+                    f"its ids on the training split ({self.unknown} of {self.tokens}) are unknown to the vocabulary of "
+                    f"'{owner}', against {own_rate:.1%} of the ids of '{owner}' itself, so the history would read the "
+                    f"out-of-vocabulary row. Unmatched history values: {self.unmatched}; values of '{owner}': "
+                    f"{self.candidate_values}. Write the history's ids in the form of '{owner}', or set "
+                    f"{self.key}.allow_unknown_ids: true if this is intended"
+                )
         if self.rows_with_candidate:
             share = self.rows_with_candidate / self.rows
             stats["warnings"].append(
-                f"data spec: column '{c.column}' ({self.key}): {share:.1%} of the training rows ({self.rows_with_candidate} of {self.rows}) "
-                f"have their own '{owner}' id in the history. Expected for repeat interactions; if the history "
-                f"includes the row's own interaction, it leaks the label (a history must end before the row's event)"
+                f"data spec: column '{c.column}' ({self.key}): {share:.1%} of the training rows "
+                f"({self.rows_with_candidate} of {self.rows}) have their own '{owner}' id in the history. Expected for "
+                f"repeat interactions; if the history includes the row's own interaction, it leaks the label (a "
+                f"history must end before the row's event)"
             )
         return stats
 
 
 class SequenceCounts:
     """The training-split counts of every behaviour-sequence column of ``spec`` (see the module
-    docstring); the candidate of a ``vocab: shared`` history is its ``shared_with`` feature."""
+    docstring); the candidate of a ``vocab: shared`` history is its ``shared_with`` feature (its
+    own unknown ids are counted when its vocabulary is ``build`` or ``file``)."""
 
     def __init__(self, spec: DataSpec) -> None:
         self.columns: List[_Counts] = []
@@ -130,16 +156,17 @@ class SequenceCounts:
             if not s.ordered:
                 continue
             owner = spec.sparse_by_feature(str(s.shared_with)) if s.vocab == "shared" else None
-            self.columns.append(_Counts(s, f"sparse[{i}]", owner))
+            unknown_ids = owner is not None and owner.vocab in ("build", "file")
+            self.columns.append(_Counts(s, f"sparse[{i}]", owner, unknown_ids))
 
-    def add(self, frame: pd.DataFrame) -> None:
-        """Counts one chunk's good training rows ``frame``."""
+    def add(self, converted: Dict[str, Any], keys: Dict[str, np.ndarray], train: np.ndarray) -> None:
+        """Counts the training rows ``train`` (row indices) of one converted chunk (see :meth:`_Counts.add`)."""
         for c in self.columns:
-            c.add(frame)
+            c.add(converted, keys, train)
 
-    def check(self, vocabs: Dict[str, Vocabulary]) -> Dict[str, Dict[str, Any]]:
+    def check(self) -> Dict[str, Dict[str, Any]]:
         """Raises DataError (see the module docstring); returns feature -> statistics (``rows``,
-        ``empty_rows``, and for a history sharing a build/file vocabulary ``tokens``, ``unknown``,
-        ``unknown_rate``, ``candidate_unknown_rate``, ``rows_with_candidate``), each with its
-        ``warnings`` (a list of lines)."""
-        return {c.column.feature: c.check(vocabs.get(c.column.feature)) for c in self.columns}
+        ``empty_rows``; for a history sharing a candidate's vocabulary ``rows_with_candidate``, and with a
+        build/file vocabulary ``tokens``, ``unknown``, ``unknown_rate``, ``candidate_unknown_rate``), each
+        with its ``warnings`` (a list of lines)."""
+        return {c.column.feature: c.check() for c in self.columns}
