@@ -5,6 +5,7 @@ fresh process; and the synthetic history, which carries signal, is learned throu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -55,6 +56,24 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     history_frame().to_csv(tmp / "data.csv", index=False)
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
     return train_spec_run(tmp / "spec.yaml", tmp / "run", [*SEQUENCE, "train.max_steps=8"])
+
+
+def test_train_prints_and_keeps_the_history_warning(tmp_path: Path, capsys) -> None:
+    """A history holding the row's own candidate (here appended to every history: leakage) is trained
+    with a warning on stderr naming the share of rows, kept in preprocessing.json's stats."""
+    frame = history_frame()
+    frame["history"] = [f"{h}|{i}" if h else i for h, i in zip(frame["history"], frame["item"])]
+    spec = spec_dict("data.csv", text=[], slices=[])
+    spec["sparse"].append({"column": "history", "separator": "|", "vocab": "shared", "shared_with": "item"})
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    run_dir = train_spec_run(tmp_path / "spec.yaml", tmp_path / "run", [*SEQUENCE, "train.max_steps=1"])
+    warning = ("warning: data spec: column 'history' (sparse[3]): 100.0% of the training rows (480 of 480) have "
+               "their own 'item' id in the history.")
+    assert warning in capsys.readouterr().err
+    stats = json.loads((run_dir / "preprocessing" / "preprocessing.json").read_text())["stats"]
+    assert stats["sequences"]["history"]["rows_with_candidate"] == 480
+    assert stats["warnings"][0].startswith(warning[len("warning: "):])
 
 
 def _test_rows(labels: bool = False) -> pd.DataFrame:
