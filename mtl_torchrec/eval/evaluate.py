@@ -35,8 +35,8 @@ from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
-from mtl_torchrec.data.preprocessing import Preprocessing
-from mtl_torchrec.data.schema import ColumnTable, Jagged
+from mtl_torchrec.data.preprocessing import Preprocessing, far_above
+from mtl_torchrec.data.schema import ColumnTable
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import ALL_SPLIT
 from mtl_torchrec.distributed.checkpoint import (
@@ -126,11 +126,6 @@ def load_eval_data(cfg: Config, run_dir: Path, data_spec: Optional[str]) -> Data
     return load_data(cfg.data, pre)
 
 
-# An evaluation split's unknown-id rate is "far above training's" beyond max(2 x, + 0.2) of it.
-OOV_FACTOR = 2.0
-OOV_MARGIN = 0.2
-
-
 def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str] = ()) -> List[str]:
     """One warning per sparse feature whose share of unknown ids (``stats["oov"][split]``) is far
     above the training split's (``stats["train_oov"]``): above ``max(2 x train, train + 0.2)``. Ids in
@@ -147,7 +142,7 @@ def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str]
                            f"text or key the run did not encode in training; they read the \"no text\" vector")
             continue
         base, rate = reference.get(feature), c.get("rate")
-        if base is None or rate is None or rate <= max(OOV_FACTOR * base, base + OOV_MARGIN):
+        if base is None or rate is None or not far_above(rate, base):
             continue
         out.append(f"sparse feature '{feature}': {rate:.1%} of its ids in split '{split}' ({c['unknown']} of "
                    f"{c['tokens']}) are unknown to the run's vocabulary, against {base:.1%} in training; check that "
@@ -169,13 +164,17 @@ def resolve_split(bundle: DataBundle, split: str) -> str:
 
 def column_slices(bundle: DataBundle, table: ColumnTable, column: str, top: int = 10) -> Dict[str, np.ndarray]:
     """One row mask per most frequent id of a single-valued sparse column (``"column=value"``),
-    named by the raw token where the run's vocabulary has one."""
-    if column not in bundle.schema.sparse_names:
-        raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; "
-                          f"choose from {bundle.schema.sparse_names}")
+    named by the raw token where the run's vocabulary has one. Raises ConfigError naming ``--slice``
+    and the columns it takes (the single-valued sparse features) for any other column, a multi-valued
+    one (tags, a behaviour sequence: several ids per row) included."""
+    choices = [f.name for f in bundle.schema.sparse if not f.multi_valued]
+    multi = [f.name for f in bundle.schema.sparse if f.multi_valued]
+    if column in multi:
+        raise ConfigError(f"--slice: '{column}' is multi-valued (several ids per row) and cannot be sliced; slices "
+                          f"need one value per row: choose from {choices}")
+    if column not in choices:
+        raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; choose from {choices}")
     ids = table[column]
-    if isinstance(ids, Jagged):
-        raise ConfigError(f"--slice: '{column}' is multi-valued; slices need one value per row")
     vocab = bundle.preprocessing.vocabs.get(column) if bundle.preprocessing is not None else None
     values, counts = np.unique(ids, return_counts=True)
     out: Dict[str, np.ndarray] = {}
