@@ -19,6 +19,7 @@ from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.calibration import METHODS, before_after, fit_calibration
 from mtl_torchrec.eval.evaluate import evaluate_run, load_run_config
 from mtl_torchrec.eval.report import md_table
+from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.model.tasks import TaskSpec
 
@@ -26,7 +27,7 @@ COLUMNS = ("calibration", "ece", "logloss", "auc")
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--run", required=True, help="a trained run directory")
     p.add_argument("--checkpoint", default=None, help="latest, best or step_N (default: as evaluate)")
     p.add_argument("--out", default=None, help="write the numbers as JSON here")

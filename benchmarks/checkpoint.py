@@ -4,7 +4,7 @@ dense optimizer state, RNG) and its size, against the time of one training step.
     OMP_NUM_THREADS=1 python benchmarks/checkpoint.py [k=v config overrides]
 """
 
-import sys
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -16,14 +16,18 @@ from mtl_torchrec.core.packaged import config_path
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import latest_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import make_trainer
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
+    p.add_argument("overrides", nargs="*", help="config overrides on top of the default config, e.g. model.embedding_dim=32")
+    args = p.parse_args()
     silence_known_warnings()  # the library notices checked to be harmless, as the commands do
     torch.set_num_threads(1)
-    overrides = ["train.progress=false", "train.log_every=0", "train.max_steps=50", "train.epochs=1"] + sys.argv[1:]
+    overrides = ["train.progress=false", "train.log_every=0", "train.max_steps=50", "train.epochs=1", *args.overrides]
     cfg = load_config(config_path("default"), overrides)
     ctx = init_distributed("gloo")
     data = load_data(cfg.data)

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mtl_torchrec.launch.args import doc_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,7 +33,7 @@ def sh(cmd, env):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=doc_summary(__doc__))
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows to evaluate (the train split's size)")
     ap.add_argument("--batch-size", type=int, default=4096, help="rows per rank per step")
     ap.add_argument("--train-steps", type=int, default=20)

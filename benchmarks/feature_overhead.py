@@ -31,7 +31,7 @@ import torch
 from mtl_torchrec.config import Config, load_config
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
-from mtl_torchrec.launch.args import config_arg, config_help
+from mtl_torchrec.launch.args import config_arg, config_help, doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import make_trainer
 from mtl_torchrec.train.trainer import Trainer
@@ -54,7 +54,7 @@ FEATURES: Dict[str, Dict[str, Any]] = {
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--feature", choices=sorted(FEATURES), required=True)
     p.add_argument("--config", type=config_arg, default=None, help=config_help() + " (default: the feature's)")
     p.add_argument("--rounds", type=int, default=8)

@@ -37,6 +37,7 @@ from torch import nn
 from mtl_torchrec.core.io import atomic_path, atomic_write_text, write_json
 from mtl_torchrec.core.stats import mean_interval
 from mtl_torchrec.data.mmoe_synthetic import make_correlated_tasks
+from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.modules import PLE, MMoE, SeparateBottoms, SharedBottom, TaskTowers
 
 MODELS = ("shared_bottom", "omoe", "mmoe", "ple", "separate")
@@ -271,7 +272,7 @@ def markdown(summary: Dict, runs: List[Dict], models: List[str], args: argparse.
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=doc_summary(__doc__))
     ap.add_argument("--correlations", type=float, nargs="+", default=[0.5, 0.9, 1.0])
     ap.add_argument("--models", nargs="+", default=["shared_bottom", "omoe", "mmoe", "ple"], choices=MODELS,
                     help="'separate' is two unshared bottoms (no multi-task sharing), for reference")

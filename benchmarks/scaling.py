@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
+from mtl_torchrec.launch.args import doc_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +40,7 @@ def launch(ranks: int, args: argparse.Namespace, out: Path) -> Dict[str, Any]:
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--inner-rounds", type=int, default=2, help="timed rounds inside each launch")
     p.add_argument("--steps", type=int, default=30)

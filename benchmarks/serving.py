@@ -23,6 +23,7 @@ import torch
 
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.serve.runs import load_run_with_data
 from mtl_torchrec.serve.scoring import scoring_inputs
@@ -31,7 +32,7 @@ BATCHES = (1, 64, 512)
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--run", required=True, help="a trained run directory")
     p.add_argument("--checkpoint", default=None, help="latest, best or step_N (default: as evaluate)")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds")

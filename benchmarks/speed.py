@@ -8,14 +8,17 @@ click (BCE), conversion (BCE) and rating (masked MSE), batch 1024, Adam 2e-3 on 
 element-wise Adagrad 0.1 on the tables.
 
 * **ours**: the real ``Trainer`` (DMP, fused table optimizer, ``TrainPipelineSparseDist``, our data
-  loader, per-step callbacks) and the real ``evaluate_split`` scoring loop (torchrec metrics on
-  every batch, rows gathered for the exact AUC/GAUC, which is timed apart).
+  loader, per-step callbacks) and the real ``evaluate_split`` scoring loop (torchrec metrics
+  updated with each rank's scored rows and reduced across ranks, rows gathered to rank 0; the exact
+  AUC/GAUC computed there afterwards is timed apart).
 * **plain**: the network written out in plain PyTorch in this file: one ``nn.Embedding`` over all
   features' ids (sparse gradients, ``torch.optim.Adagrad``), the first layer of every expert and
   gate as one matmul, the other expert layer as one ``baddbmm``; its batches are tensor slices of
   arrays built before timing (as a hand-written loop over in-memory data would).
 * **deepctr**: ``deepctr_torch.models.MMOE`` over the same features and layer sizes, when
-  ``import deepctr_torch`` works (this benchmark installs nothing).
+  ``import deepctr_torch`` works; this benchmark installs nothing: run it with
+  ``PYTHONPATH=<folder with deepctr-torch>`` (e.g. a folder filled by
+  ``pip install --no-deps --target <folder> deepctr-torch``), as the README's speed section does.
 
 Each round times every contestant for the same number of steps, alternating the order; the
 medians are compared (ratios to the fastest plain variant). The compute floor is the dense matmul FLOPs per sample (counted with
@@ -33,7 +36,6 @@ Run it on an otherwise idle machine: other load changes every contestant's speed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -48,12 +50,13 @@ import torch.distributed as dist
 from torch import nn
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.schema import ColumnTable, Jagged, Schema
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import DistContext, close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import evaluate_split
-from mtl_torchrec.launch.args import config_arg
+from mtl_torchrec.launch.args import config_arg, doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import make_trainer
 
@@ -330,7 +333,7 @@ def report(title: str, rates: Dict[str, List[float]], flops: float, peak: float)
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--config", type=config_arg, default="default")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=30, help="timed training steps per contestant per round")
@@ -385,7 +388,8 @@ def main(argv: Any = None) -> int:
                 report(f"training ({args.rounds} rounds x {args.steps} steps; rows/s over all ranks)", rates,
                        train_flops, peak_all)
                 if dc is None and world == 1:
-                    print("deepctr: not installed (pip install deepctr-torch in another environment to include it)")
+                    print("deepctr: not importable; to include it, run with PYTHONPATH=<folder with deepctr-torch> "
+                          "(e.g. pip install --no-deps --target <folder> deepctr-torch), as in the README")
         if args.only in (None, "score"):
             test = data.splits["train"].take(np.arange(min(args.score_rows, len(train))))
             rows = len(test)
@@ -430,7 +434,7 @@ def main(argv: Any = None) -> int:
                 print(f"(ours' exact AUC/GAUC on rank 0 afterwards: median {statistics.median(scoring_t):.2f} s "
                       f"per round, not in the rate)")
     if args.json is not None and ctx.is_main:
-        args.json.write_text(json.dumps({"world_size": world, "threads": torch.get_num_threads(), **results}))
+        write_json(args.json, {"world_size": world, "threads": torch.get_num_threads(), **results})
     close_distributed(ctx)
     return 0
 

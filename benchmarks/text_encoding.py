@@ -23,6 +23,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.text.config import TextEncoderConfig
 from mtl_torchrec.text.encoder import TextEncoder
 
@@ -38,7 +39,7 @@ def review_texts(n: int, seed: int = 0) -> List[str]:
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--texts", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=None, help="model.text.encoder.batch_size (default: its default)")

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mtl_torchrec.launch.args import doc_summary
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,7 +36,7 @@ def measure(nproc: int, threads: int, steps: int, extra: list) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--steps", type=int, default=300, help="training steps per setting")
     p.add_argument("overrides", nargs="*", help="config overrides applied to every setting")
     args = p.parse_args()

@@ -29,6 +29,7 @@ from mtl_torchrec.config import load_config
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import evaluate_run
+from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.launch.train_cmd import train
 
@@ -70,7 +71,7 @@ def print_tables(results: Dict[str, Any], split: str, pick: Callable[[Dict[str, 
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--config", required=True)
     p.add_argument("--output", default=None, help="folder for runs and results.json (default: a temp folder)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

@@ -107,3 +107,24 @@ class _Hidden:
         "pkg/mod.py:12 method Bare.method",
     ]
     assert list(missing_docstrings('"""Doc."""\n', "pkg._private", "pkg/_private.py")) == []
+
+
+def test_script_help_descriptions_are_whole_sentences() -> None:
+    """Every benchmark and example script with a command line describes itself (``--help``) by the first
+    paragraph of its docstring (:func:`doc_summary`), a whole sentence: its first line alone used to stop
+    mid-sentence ("... training and")."""
+    from mtl_torchrec.launch.args import doc_summary
+
+    root = PACKAGE.parent
+    scripts = sorted([*root.glob("benchmarks/*.py"), *root.glob("examples/**/*.py")])
+    checked = []
+    for path in scripts:
+        source = path.read_text(encoding="utf-8")
+        if "ArgumentParser(" not in source:
+            continue
+        where = path.relative_to(root)
+        assert "ArgumentParser(description=doc_summary(__doc__))" in source, f"{where}: describe it by doc_summary"
+        summary = doc_summary(ast.get_docstring(ast.parse(source), clean=False) or "")
+        assert summary.endswith(".") and "\n" not in summary, f"{where}: {summary!r}"
+        checked.append(where)
+    assert len(checked) >= 17, checked

@@ -103,6 +103,12 @@ def test_cli_evaluate_and_compare(trained_run, tmp_path, capsys):
     assert "not the same evaluation data" in out
     assert cli_main(["evaluate", "--run", str(tmp_path / "nope")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+    # A multi-valued column cannot be sliced, and the choices offered are the single-valued ones.
+    assert cli_main(["evaluate", "--run", str(trained_run), "--out", str(tmp_path / "c"), "--slice", "tags"]) == 2
+    assert "--slice: 'tags' is multi-valued (several ids per row) and cannot be sliced; slices need one value per " \
+           "row: choose from ['user', 'item']" in capsys.readouterr().err
+    assert cli_main(["evaluate", "--run", str(trained_run), "--out", str(tmp_path / "c"), "--slice", "nope"]) == 2
+    assert "choose from ['user', 'item']" in capsys.readouterr().err
 
 
 def test_evaluate_on_other_data_spec_uses_saved_preprocessing(trained_run, tmp_path):
@@ -162,6 +168,22 @@ def test_no_positives_gives_true_mean_prediction_and_no_calibration(trained_run,
     assert click["mean_prediction"] == pytest.approx(p.mean(), rel=1e-9) and click["mean_prediction"] > 0.05
     line = next(ln for ln in format_table(result.summary["tasks"]).splitlines() if ln.startswith("click"))
     assert "n/a" in line
+    # eval.json is valid JSON: the undefined calibration is null (a bare NaN is refused here), and the
+    # side-by-side comparison of two such files still says n/a.
+    from mtl_torchrec.eval.report import compare_table, load_eval
+    from mtl_torchrec.launch.evaluate_cmd import write_outputs
+
+    out = write_outputs(result, tmp_path / "out", plots=False)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    saved = json.loads((out / "eval.json").read_text(), parse_constant=refuse)
+    assert saved["tasks"]["click"]["calibration"] is None
+    assert saved["tasks"]["click"]["positive_rate"] == 0.0
+    row = next(ln for ln in compare_table(load_eval(str(out)), load_eval(str(out))).splitlines()
+               if ln.startswith("click") and " calibration " in ln)
+    assert row.split()[2:4] == ["n/a", "n/a"]
 
 
 def test_empty_split_is_an_error_naming_it(trained_run, tmp_path):

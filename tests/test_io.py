@@ -69,3 +69,26 @@ def test_the_temporary_is_a_fresh_hidden_file_beside_the_target(tmp_path: Path) 
     # The later rename wins, and both temporaries are gone.
     assert target.read_text() == "outer"
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["a.txt"]
+
+
+def test_json_files_are_valid_json_with_null_for_undefined_numbers(tmp_path: Path) -> None:
+    """NaN and +-inf (an undefined metric) are written as null, in nested dicts, lists and tuples;
+    every other value is kept."""
+    import json
+    import math
+
+    import numpy as np
+
+    from mtl_torchrec.core.io import json_text, write_json
+
+    obj = {"auc": float("nan"), "n": 3, "rates": [1.5, float("inf"), (float("-inf"), np.float64("nan"))],
+           "ok": np.float64(0.25), "name": "x", "flag": True, "none": None}
+    write_json(tmp_path / "a.json", obj)
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    back = json.loads((tmp_path / "a.json").read_text(), parse_constant=refuse)
+    assert back == {"auc": None, "n": 3, "rates": [1.5, None, [None, None]], "ok": 0.25, "name": "x", "flag": True,
+                    "none": None}
+    assert json_text({"x": math.nan}, indent=None) == '{"x": null}'

@@ -29,6 +29,35 @@ def test_batched_experts_match_separate_mlps():
         torch.testing.assert_close(out[e], h)
 
 
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_batched_experts_in_place_activations_keep_values_and_gradients(norm):
+    # ReLU overwrites the pre-activation except on the first layer in training (a view there):
+    # values under no_grad and every gradient must equal the out-of-place per-expert reference.
+    torch.manual_seed(0)
+    experts = BatchedExperts(12, num_experts=3, layer_sizes=[16, 8, 4], options=MLPOptions(norm=norm))
+    x = torch.randn(5, 12, requires_grad=True)
+    out = experts(x)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in experts.parameters()]
+    x_grad = x.grad.clone()
+    experts.zero_grad()
+    x.grad = None
+    with torch.no_grad():
+        torch.testing.assert_close(experts(x), out.detach(), rtol=0, atol=0)
+    ref = []
+    for e in range(3):
+        h = x
+        for w, b, n in zip(experts.weights, experts.biases, experts.norms):
+            pre = (h @ w[e] + b[e, 0]).unsqueeze(0)
+            h = torch.relu(pre if norm == "none" else torch.nn.functional.layer_norm(
+                pre, pre.shape[-1:], n.weight[e, 0], n.bias[e, 0]))[0]
+        ref.append(h)
+    torch.stack(ref).square().sum().backward()
+    for got, p in zip(grads, experts.parameters()):
+        torch.testing.assert_close(got, p.grad)
+    torch.testing.assert_close(x_grad, x.grad)
+
+
 def test_mmoe_gates_sum_to_one_and_differ_per_task():
     torch.manual_seed(0)
     mmoe = MMoE(10, num_tasks=3, num_experts=4, expert_layers=[8], gate_layers=[6])

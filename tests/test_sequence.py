@@ -309,6 +309,28 @@ def test_movielens_history_has_no_future_on_tiny_data(tmp_path: Path) -> None:
     assert "item_history" not in plain.schema.sparse_names
 
 
+def test_movielens_export_writes_and_names_the_history_spec(tmp_path: Path, capsys) -> None:
+    """examples/movielens/export_csv.py --history-length H prints every file it writes, and its
+    spec_history.yaml says max_length: H (docs/mtl.md shows it) and reads the exported column."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "movielens" / "export_csv.py"
+    module_spec = importlib.util.spec_from_file_location("export_csv", path)
+    export = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(export)
+    root = write_tiny(tmp_path / "ml")
+    out = tmp_path / "out"
+    assert export.main(["--out", str(out), "--path", str(root), "--history-length", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    names = ["impressions.csv", "items.csv", "spec.yaml", "spec_history.yaml"]
+    assert [line.split(":")[0] for line in printed] == [f"wrote {out / n}" for n in names]
+    spec = load_spec(out / "spec_history.yaml")
+    history = spec.sparse_by_feature("item_history")
+    assert (history.vocab, history.shared_with, history.max_length) == ("shared", "item_id", 3)
+    bundle = build_bundle(spec)
+    assert int(bundle.splits["train"]["item_history"].lengths.max()) <= 3
+
+
 # ---- data: the spec ------------------------------------------------------------------------------
 
 
@@ -383,6 +405,7 @@ def test_spec_bad_elements_name_file_line_and_column(tmp_path: Path) -> None:
     ({"table": "other"}, r"sparse\[2\].table: 'other'"),
     ({"max_length": 0}, r"sparse\[2\].max_length: must be >= 1"),
     ({"separator": None, "max_length": 3}, r"sparse\[2\].max_length: only for multi-valued"),
+    ({"separator": None, "allow_unknown_ids": True}, r"sparse\[2\].allow_unknown_ids: only for a behaviour sequence"),
 ])
 def test_spec_refusals_name_the_key(tmp_path: Path, column, key) -> None:
     path = _spec_case(tmp_path, ["i1"] * 6)
@@ -391,6 +414,143 @@ def test_spec_refusals_name_the_key(tmp_path: Path, column, key) -> None:
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=key):
         load_spec(path)
+
+
+def _spec_with(path: Path, **changes) -> Path:
+    """The spec at ``path`` with top-level keys and ``sparse[i]`` entries (``sparse2={...}``) changed."""
+    spec = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        if key.startswith("sparse"):
+            spec["sparse"][int(key[6:])].update(value)
+        else:
+            spec[key] = value
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _identity_case(tmp: Path, histories) -> Path:
+    """:func:`_spec_case` whose items are integer ids of an ``identity`` vocabulary (size 10)."""
+    path = _spec_case(tmp, histories)
+    frame = pd.read_csv(tmp / "data.csv", dtype={"history": str}, keep_default_na=False)
+    frame["item"] = frame["item"].str[1:].astype(int)
+    frame.to_csv(tmp / "data.csv", index=False)
+    return _spec_with(path, sparse1={"vocab": "identity", "num_embeddings": 10})
+
+
+@pytest.mark.parametrize("value", ["-5", "2.5", "abc", "10", "nan"])
+def test_history_of_identity_ids_is_checked_like_the_candidate(tmp_path: Path, value: str) -> None:
+    """A history sharing an identity vocabulary: an element outside [0, N) is a bad row naming file,
+    line and column (as the candidate's own ids are), or dropped and counted with on_bad_rows: skip."""
+    histories = ["1|2", "", f"3|{value}|0", "2", "1", "0"]
+    with pytest.raises(DataError, match=rf"data.csv line 4 column 'history': an element is not an integer id in "
+                                        rf"\[0, 10\) \(the ids of 'item', vocab: shared\) \(value '{value}'\)"):
+        build_bundle(load_spec(_identity_case(tmp_path, histories)))
+    spec = _spec_with(tmp_path / "spec.yaml", on_bad_rows="skip")
+    bundle = build_bundle(load_spec(spec))
+    assert len(bundle.splits["train"]) == 3
+    assert bundle.preprocessing.stats["skipped_by_reason"] == {
+        "history: an element is not an integer id in [0, 10) (the ids of 'item', vocab: shared)": 1}
+
+
+def test_history_of_identity_ids_is_checked_when_evaluating_and_scoring(tmp_path: Path) -> None:
+    """A run's fitted preprocessing (evaluate) and label-free rows (predict) check the history's ids too."""
+    from mtl_torchrec.data.spec.features import FeatureRows, feature_spec
+
+    spec = load_spec(_identity_case(tmp_path, ["1|2", "", "3|4|0", "2", "1", "0"]))
+    pre = build_bundle(spec).preprocessing
+    frame = pd.read_csv(tmp_path / "data.csv", dtype={"history": str}, keep_default_na=False)
+    frame.loc[5, "history"] = "4|99"
+    frame.to_csv(tmp_path / "eval.csv", index=False)
+    import dataclasses
+
+    with pytest.raises(DataError, match=r"eval.csv line 7 column 'history': an element is not an integer id.*'99'"):
+        build_bundle(dataclasses.replace(spec, files="eval.csv"), pre)
+    rows = FeatureRows(feature_spec(spec, list(frame.columns)), pre)
+    with pytest.raises(DataError, match=r"DataFrame row 5 column 'history': an element is not an integer id.*'99'"):
+        rows.convert_frame(frame)
+    skipping = FeatureRows(feature_spec(dataclasses.replace(spec, on_bad_rows="skip"), list(frame.columns)), pre)
+    assert skipping.convert_frame(frame).rows.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_history_in_another_form_than_the_candidate_is_refused(tmp_path: Path) -> None:
+    """Ids written as "1" against the candidate's "i1" all miss the shared vocabulary: refused naming both
+    columns and a few unmatched values, unless the history sets allow_unknown_ids."""
+    path = _spec_case(tmp_path, ["1|2", "", "3|0|1", "2", "1", "0"])
+    with pytest.raises(DataError, match=r"column 'history' \(sparse\[2\], vocab: shared, shared_with: item\): "
+                                        r"100.0% of its ids on the training split \(6 of 6\) are unknown to the "
+                                        r"vocabulary of 'item', against 0.0% .*Unmatched history values: "
+                                        r"\['1', '2', '3', '0'\]; values of 'item': \['i0', 'i1', 'i2', 'i3'\]\. .*allow_unknown_ids: true"):
+        build_bundle(load_spec(path))
+    bundle = build_bundle(load_spec(_spec_with(path, sparse2={"allow_unknown_ids": True})))
+    assert bundle.preprocessing.stats["sequences"]["history"]["unknown_rate"] == 1.0
+    # A few unknown ids (an item never shown in training) are normal and pass.
+    bundle = build_bundle(load_spec(_spec_case(tmp_path / "few", ["i1|i2", "", "i3|zz|i0", "i2", "i0", "i1"])))
+    assert bundle.preprocessing.stats["sequences"]["history"]["unknown"] == 1
+
+
+def test_history_empty_on_every_training_row_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"column 'history' \(sparse\[2\]\): the behaviour sequence is empty on "
+                                        r"all 4 training rows"):
+        build_bundle(load_spec(_spec_case(tmp_path, ["", "", "", "", "i1", "i2"])))
+
+
+def test_history_holding_the_rows_own_candidate_is_a_warning(tmp_path: Path) -> None:
+    """Items are i0, i1, i2, i3, ...: rows 0 and 2 of 4 training rows hold their own item."""
+    bundle = build_bundle(load_spec(_spec_case(tmp_path, ["i0", "i3", "i1|i2", "", "i0", "i1"])))
+    stats = bundle.preprocessing.stats
+    assert stats["sequences"]["history"]["rows_with_candidate"] == 2
+    assert len(stats["warnings"]) == 1
+    assert "50.0% of the training rows (2 of 4) have their own 'item' id in the history" in stats["warnings"][0]
+    clean = build_bundle(load_spec(_spec_case(tmp_path / "clean", ["i1", "i3", "i0|i3", "", "i0", "i1"])))
+    assert clean.preprocessing.stats["warnings"] == []
+
+
+def test_multi_valued_column_of_numbers_is_refused(tmp_path: Path) -> None:
+    """A Parquet int column is not a list of ids (each cell would be read as a one-id history); a text
+    column is split at the separator like CSV."""
+    path = _spec_case(tmp_path / "int", [7, 3, 1, 2, 0, 1], fmt="parquet")
+    with pytest.raises(DataError, match=r"data.parquet: column 'history' \(sparse\[2\]\) holds int64 values; a "
+                                        r"multi-valued column \(separator '\|'\) must be a list column \(Parquet "
+                                        r"list<...>\) or text with the ids joined by '\|'"):
+        build_bundle(load_spec(path))
+    text = build_bundle(load_spec(_spec_case(tmp_path / "text", ["i1|i2", "", "i3", "i2", "i0", "i1"], fmt="parquet")))
+    listed = build_bundle(load_spec(_spec_case(tmp_path / "list", [["i1", "i2"], [], ["i3"], ["i2"], ["i0"], ["i1"]],
+                                               fmt="parquet")))
+    assert _rows(text.splits["train"]["history"]) == _rows(listed.splits["train"]["history"])
+    # Mixed cells (a DataFrame to score): a number among lists is a bad row.
+    from mtl_torchrec.data.spec.features import FeatureRows, feature_spec
+
+    spec = load_spec(tmp_path / "list" / "spec.yaml")
+    frame = pd.read_parquet(tmp_path / "list" / "data.parquet")
+    frame["history"] = pd.Series([["i1"], 5, [], ["i2"], ["i0"], ["i1"]], dtype=object)
+    with pytest.raises(DataError, match=r"DataFrame row 1 column 'history': neither a list of ids nor text"):
+        FeatureRows(feature_spec(spec, list(frame.columns)), listed.preprocessing).convert_frame(frame)
+
+
+@pytest.mark.parametrize("override, key", [
+    (["model.sequence.history=user"], r"model.sequence.history: 'user' is not a multi-valued id feature of the data "
+                                      r"\(multi-valued id features: \['history'\]\)"),
+    (["model.sequence.candidate=history"], "model.sequence.candidate: 'history' is not a single-valued"),
+    (["model.sequence.candidate=user"], "model.sequence.history: 'history' has its own table"),
+])
+def test_sequence_config_is_checked_against_the_spec_before_reading_rows(tmp_path: Path, override, key) -> None:
+    """train refuses a model.sequence the spec cannot satisfy before it reads a row or makes a folder
+    (the data file is gone here: reading it would fail differently)."""
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
+
+    spec = _spec_case(tmp_path, ["i1"] * 6)
+    (tmp_path / "data.csv").unlink()
+    cfg = load_config(None, [*SMALL, "data.source=spec", f"data.spec={spec}", f"run_dir={tmp_path / 'run'}",
+                             "model.tasks=[{name: click, type: binary}]", "model.sequence.enabled=true",
+                             "model.sequence.history=history", "model.sequence.candidate=item", *override])
+    ctx = init_distributed()
+    try:
+        with pytest.raises(ConfigError, match=key):
+            train(cfg, ctx)
+    finally:
+        close_distributed(ctx)
+    assert not (tmp_path / "run").exists()
 
 
 # ---- sharded (2 gloo ranks) vs unsharded -----------------------------------------------------

@@ -5,6 +5,7 @@ fresh process; and the synthetic history, which carries signal, is learned throu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from mtl_torchrec.config import load_config
+from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
@@ -56,6 +58,24 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_spec_run(tmp / "spec.yaml", tmp / "run", [*SEQUENCE, "train.max_steps=8"])
 
 
+def test_train_prints_and_keeps_the_history_warning(tmp_path: Path, capsys) -> None:
+    """A history holding the row's own candidate (here appended to every history: leakage) is trained
+    with a warning on stderr naming the share of rows, kept in preprocessing.json's stats."""
+    frame = history_frame()
+    frame["history"] = [f"{h}|{i}" if h else i for h, i in zip(frame["history"], frame["item"])]
+    spec = spec_dict("data.csv", text=[], slices=[])
+    spec["sparse"].append({"column": "history", "separator": "|", "vocab": "shared", "shared_with": "item"})
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    run_dir = train_spec_run(tmp_path / "spec.yaml", tmp_path / "run", [*SEQUENCE, "train.max_steps=1"])
+    warning = ("warning: data spec: column 'history' (sparse[3]): 100.0% of the training rows (480 of 480) have "
+               "their own 'item' id in the history.")
+    assert warning in capsys.readouterr().err
+    stats = json.loads((run_dir / "preprocessing" / "preprocessing.json").read_text())["stats"]
+    assert stats["sequences"]["history"]["rows_with_candidate"] == 480
+    assert stats["warnings"][0].startswith(warning[len("warning: "):])
+
+
 def _test_rows(labels: bool = False) -> pd.DataFrame:
     frame = history_frame()
     test = frame[frame.split == "test"]
@@ -91,6 +111,8 @@ def test_checkpoint_resume_is_exact(run: Path, tmp_path: Path) -> None:
 def test_evaluate_predict_and_export_carry_the_history(run: Path, tmp_path: Path) -> None:
     result = evaluate_1rank(run, progress=False)
     assert result.rows is not None and len(result.rows.predictions["click"]) == 60
+    with pytest.raises(ConfigError, match=r"--slice: 'history' is multi-valued .*choose from \['user', 'item'\]"):
+        evaluate_1rank(run, progress=False, slice_columns=["history"])
     # predict on label-free rows (the list column is a feature column) equals evaluate's rows.
     scores = predict_frame(run, _test_rows(), keep=["user"])
     np.testing.assert_allclose(scores["click"], result.rows.predictions["click"], rtol=0, atol=1e-6)

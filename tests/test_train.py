@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,12 +180,21 @@ def test_run_steps_continues_across_epochs_and_fit_resumes_at_its_position(tmp_p
         per_epoch = trainer.train_ds.num_batches()
         with pytest.raises(ValueError, match="steps must be >= 0"):
             trainer.run_steps(-1)
+        for wrong in (True, 2.5, "3", None):
+            with pytest.raises(TypeError, match=r"run_steps: steps must be an int \(a number of training steps\), "
+                                                rf"got {re.escape(repr(wrong))}"):
+                trainer.run_steps(wrong)
         assert trainer.run_steps(0) == 0 and trainer.state.global_step == 0
         trainer.run_steps(per_epoch + 3)
         assert (trainer.state.epoch, trainer.state.batch_in_epoch, trainer.state.global_step) == (1, 3, per_epoch + 3)
         summary = trainer.fit()
+        # Past train.epochs: run_steps runs what it is asked (a fourth epoch), a later fit() trains nothing more.
+        assert trainer.run_steps(np.int64(2)) == 2
+        assert (trainer.state.epoch, trainer.state.global_step) == (3, 3 * per_epoch + 2)
+        again = trainer.fit()
         trainer.close()
     finally:
         close_distributed(ctx)
-    assert summary["steps"] == 3 * per_epoch == trainer.state.global_step
+    assert summary["steps"] == 3 * per_epoch
+    assert again["steps"] == 3 * per_epoch + 2 == trainer.state.global_step and again["samples"] == 0
     assert summary["peak_rss_mb"] > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mtl_torchrec.core.io import atomic_write_text
+from mtl_torchrec.launch.args import doc_summary
 
 # The 42 columns of the census-income (KDD) layout, in file order.
 COLUMNS = [
@@ -98,7 +99,7 @@ def generate(n: int, seed: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=doc_summary(__doc__))
     ap.add_argument("--out", default=str(Path(__file__).parent / "sample"))
     ap.add_argument("--train-rows", type=int, default=1200)
     ap.add_argument("--test-rows", type=int, default=400)

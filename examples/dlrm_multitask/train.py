@@ -34,6 +34,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.distributed.sharding import default_sharders
 from mtl_torchrec.eval.metrics import binary_auc
+from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.model.balancing import GradNorm
 from mtl_torchrec.model.head import MultiTaskHead, param_groups
 from mtl_torchrec.model.tasks import TaskSpec, multitask_loss, predictions
@@ -155,7 +156,7 @@ def report(rank, world_size, labels, preds, first, last, weights) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--steps", type=int, default=300, help="training steps per rank")
     parser.add_argument("--ranks", type=int, default=2, help="gloo ranks (processes)")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from mtl_torchrec.eval.metrics import binary_auc
+from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
 from mtl_torchrec.serve.predict import predict_frame
 from mtl_torchrec.text.config import TextEncoderConfig
@@ -50,7 +51,7 @@ def ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarr
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--data", required=True, help="folder of export_csv.py (impressions.csv, items.csv)")
     p.add_argument("--runs", default=None, help="output folder of compare_text.py (id_only/, text_id/)")
     p.add_argument("--split", default="test", choices=["val", "test"])

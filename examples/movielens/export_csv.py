@@ -27,6 +27,7 @@ import pandas as pd
 from mtl_torchrec.core.io import atomic_write_text
 from mtl_torchrec.data.config import MovieLensConfig
 from mtl_torchrec.data.movielens import load_movielens
+from mtl_torchrec.launch.args import doc_summary
 
 SPEC = """\
 # MovieLens-100K impressions as plain files (examples/movielens/export_csv.py); see docs/text.md.
@@ -59,11 +60,15 @@ slices:
 
 # spec_history.yaml: spec.yaml plus the behaviour sequence (--history-length), after the item column.
 HISTORY_AFTER = "  - {column: item_id, vocab: build}\n"
-HISTORY_COLUMN = (
-    "  # The user's movies rated strictly before the impression, oldest first (most recent last), in\n"
-    "  # item_id's vocabulary and table (a movie unseen in training is row 0 in both).\n"
-    "  - {column: item_history, separator: \"|\", vocab: shared, shared_with: item_id}\n"
-)
+
+
+def history_column(length: int) -> str:
+    """The spec entry of item_history, whose cells hold at most ``length`` ids (``max_length`` says so)."""
+    return (
+        "  # The user's movies rated strictly before the impression, oldest first (most recent last), in\n"
+        "  # item_id's vocabulary and table (a movie unseen in training is row 0 in both).\n"
+        f"  - {{column: item_history, separator: \"|\", vocab: shared, shared_with: item_id, max_length: {length}}}\n"
+    )
 
 
 def _joined(history: Any) -> List[str]:
@@ -73,8 +78,9 @@ def _joined(history: Any) -> List[str]:
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="folder for impressions.csv, items.csv and spec.yaml")
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
+    p.add_argument("--out", required=True,
+                   help="folder for impressions.csv, items.csv and spec.yaml (and spec_history.yaml)")
     p.add_argument("--path", default=MovieLensConfig().path, help="the ml-100k folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the negative sampling (data.movielens.seed)")
     p.add_argument("--history-length", type=int, default=0,
@@ -111,13 +117,19 @@ def main(argv: Any = None) -> int:
     items = pd.DataFrame({"item_id": np.arange(1, len(texts) + 1), "text": [t or "" for t in texts]})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "impressions.csv", pd.concat(frames).to_csv(index=False))
-    atomic_write_text(out / "items.csv", items.to_csv(index=False))
-    atomic_write_text(out / "spec.yaml", SPEC)
-    if args.history_length:
-        atomic_write_text(out / "spec_history.yaml", SPEC.replace(HISTORY_AFTER, HISTORY_AFTER + HISTORY_COLUMN, 1))
     rows = sum(len(f) for f in frames)
-    print(f"{out / 'impressions.csv'}: {rows} impressions; {out / 'items.csv'}: {len(items)} items; {out / 'spec.yaml'}")
+    written = [
+        (out / "impressions.csv", pd.concat(frames).to_csv(index=False), f"{rows} impressions"),
+        (out / "items.csv", items.to_csv(index=False), f"{len(items)} items"),
+        (out / "spec.yaml", SPEC, "the data spec"),
+    ]
+    if args.history_length:
+        history_spec = SPEC.replace(HISTORY_AFTER, HISTORY_AFTER + history_column(args.history_length), 1)
+        written.append((out / "spec_history.yaml", history_spec,
+                        f"the data spec with item_history, a behaviour sequence of up to {args.history_length} ids"))
+    for path, text, what in written:
+        atomic_write_text(path, text)
+        print(f"wrote {path}: {what}")
     return 0
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.io import atomic_write_text
+from mtl_torchrec.launch.args import doc_summary
 
 POSITIVE = ["I love it", "it fits perfectly", "great quality for the price", "the colour is beautiful",
             "very comfortable all day", "I would buy it again", "it exceeded my expectations", "the fabric is soft",
@@ -53,7 +54,7 @@ text:
 
 
 def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--out", required=True, help="folder for reviews.csv and spec.yaml")
     p.add_argument("--rows", type=int, default=15000)
     p.add_argument("--seed", type=int, default=0)

@@ -1,13 +1,14 @@
-"""Small shared helpers: atomic file writes and JSON output."""
+"""Small shared helpers: atomic file writes and JSON output (valid JSON: undefined numbers as ``null``)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 PathLike = Union[str, Path]
 
@@ -63,6 +64,27 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every float that is not finite (NaN, an undefined metric such as the AUC of a
+    one-class split; +-inf) replaced by None, through nested dicts, lists and tuples (as lists).
+    JSON has no NaN: Python's ``json`` would write a bare ``NaN`` that strict readers (``jq``,
+    JavaScript, most other languages) refuse; ``null`` is what every reader takes."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: Optional[int] = 2) -> str:
+    """``obj`` as valid JSON text (see :func:`json_ready`: undefined numbers are ``null``), indented by
+    ``indent`` (None: one line). Raises TypeError for a value JSON cannot hold."""
+    return json.dumps(json_ready(obj), indent=indent, sort_keys=False, allow_nan=False)
+
+
 def write_json(path: PathLike, obj: Any) -> None:
-    """Writes ``obj`` to ``path`` as indented JSON with a final newline, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Writes ``obj`` to ``path`` as indented JSON with a final newline, atomically; the one writer of
+    every JSON file the package makes, so each is valid JSON (:func:`json_text`: NaN as ``null``)."""
+    atomic_write_text(path, json_text(obj) + "\n")

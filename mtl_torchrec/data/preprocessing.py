@@ -49,6 +49,19 @@ FILE_NAME = "preprocessing.json"
 _HASH_KEY = "mtl_torchrec_v1_"
 
 
+# A share of unknown ids is far above a reference share beyond max(2 x, x + 0.2) of it: the rule of
+# evaluate's warning (a split against training) and of the data spec's history check (the history
+# against its candidate).
+OOV_FACTOR = 2.0
+OOV_MARGIN = 0.2
+
+
+def far_above(rate: float, reference: float) -> bool:
+    """Whether the unknown-id share ``rate`` is far above ``reference`` (both in [0, 1]): above
+    ``max(OOV_FACTOR * reference, reference + OOV_MARGIN)``."""
+    return rate > max(OOV_FACTOR * reference, reference + OOV_MARGIN)
+
+
 def stable_hash(values: np.ndarray) -> np.ndarray:
     """A deterministic uint64 hash of each value's string form."""
     return pd.util.hash_array(np.asarray(values, dtype=object).astype(str), hash_key=_HASH_KEY, categorize=True)

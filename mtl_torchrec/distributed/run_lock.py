@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterator, Optional
 import torch.distributed as dist
 
 from mtl_torchrec.core.errors import RunDirError
+from mtl_torchrec.core.io import json_text
 from mtl_torchrec.distributed.context import DistContext
 
 LOCK_FILE = "train.lock"
@@ -86,13 +87,13 @@ class RunDirLock:
 
     def _create(self) -> None:
         """Creates the lock file with this process as holder; FileExistsError if there is one."""
-        content = json.dumps({
+        content = json_text({
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "argv": sys.argv,
             "run_id": _run_id(),
-        }).encode("utf-8")
+        }, indent=None).encode("utf-8")
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
             os.write(fd, content)

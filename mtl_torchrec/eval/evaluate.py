@@ -38,7 +38,7 @@ import torch.distributed as dist
 from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.preprocessing import Preprocessing
+from mtl_torchrec.data.preprocessing import Preprocessing, far_above
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import load_spec
 from mtl_torchrec.data.spec.build import check_feature_layout
@@ -188,11 +188,6 @@ def _files_source(cfg: Config, pre: Preprocessing, data: str, split: str, slice_
                         check_layout=False)
 
 
-# An evaluation split's unknown-id rate is "far above training's" beyond max(2 x, + 0.2) of it.
-OOV_FACTOR = 2.0
-OOV_MARGIN = 0.2
-
-
 def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str] = ()) -> List[str]:
     """One warning per sparse feature whose share of unknown ids (``stats["oov"][split]``) is far
     above the training split's (``stats["train_oov"]``): above ``max(2 x train, train + 0.2)``. Ids in
@@ -209,7 +204,7 @@ def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str]
                            f"text or key the run did not encode in training; they read the \"no text\" vector")
             continue
         base, rate = reference.get(feature), c.get("rate")
-        if base is None or rate is None or rate <= max(OOV_FACTOR * base, base + OOV_MARGIN):
+        if base is None or rate is None or not far_above(rate, base):
             continue
         out.append(f"sparse feature '{feature}': {rate:.1%} of its ids in split '{split}' ({c['unknown']} of "
                    f"{c['tokens']}) are unknown to the run's vocabulary, against {base:.1%} in training; check that "

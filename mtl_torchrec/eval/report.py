@@ -39,6 +39,12 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _metric(block: Dict[str, Any], value: Any) -> str:
+    """A metric of a task's ``block`` for :func:`compare_table`: ``n/a`` for an undefined one (NaN in
+    memory, ``null`` in eval.json), ``-`` when the evaluation has no such task."""
+    return "n/a" if value is None and block else _fmt(value)
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table; floats with 4 decimals, ``n/a`` for NaN, ``-`` for None."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
@@ -199,7 +205,7 @@ def compare_table(a: Dict[str, Any], b: Dict[str, Any], name_a: str = "A", name_
                     better = "B" if diff * _DIRECTION[c] > 0 else "A"
                 elif c == "calibration":
                     better = "B" if abs(vb - 1) < abs(va - 1) else "A"
-            lines.append(f"{task:<16}{c:<18}{_fmt(va):>16}{_fmt(vb):>16}{_fmt(diff):>12}  {better}")
+            lines.append(f"{task:<16}{c:<18}{_metric(ta, va):>16}{_metric(tb, vb):>16}{_fmt(diff):>12}  {better}")
     if a.get("split") != b.get("split") or a.get("rows") != b.get("rows"):
         lines.append(f"note: A is {a.get('rows')} rows of '{a.get('split')}', B is {b.get('rows')} rows of "
                      f"'{b.get('split')}': not the same evaluation data")

@@ -47,12 +47,15 @@ def resolve_split(names: Sequence[str], split: str) -> str:
 
 
 def check_slice_column(schema: Schema, column: str) -> None:
-    """ConfigError naming ``--slice`` unless ``column`` is a single-valued sparse column."""
-    if column not in schema.sparse_names:
-        raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; "
-                          f"choose from {schema.sparse_names}")
+    """ConfigError naming ``--slice`` and the columns it takes (the single-valued sparse features)
+    unless ``column`` is one of them; a multi-valued one (tags, a behaviour sequence: several ids per
+    row) is refused as such."""
+    choices = [f.name for f in schema.sparse if not f.multi_valued]
     if any(f.multi_valued for f in schema.sparse if f.name == column):
-        raise ConfigError(f"--slice: '{column}' is multi-valued; slices need one value per row")
+        raise ConfigError(f"--slice: '{column}' is multi-valued (several ids per row) and cannot be sliced; slices "
+                          f"need one value per row: choose from {choices}")
+    if column not in choices:
+        raise ConfigError(f"--slice: '{column}' is not a categorical (sparse) column; choose from {choices}")
 
 
 def top_value_slices(ids: np.ndarray, column: str, pre: Optional[Preprocessing],
@@ -74,8 +77,8 @@ def top_value_slices(ids: np.ndarray, column: str, pre: Optional[Preprocessing],
 
 def column_slices(bundle: DataBundle, table: ColumnTable, column: str, top: int = 10) -> Dict[str, np.ndarray]:
     """One row mask per most frequent id of a single-valued sparse column (``"column=value"``),
-    named by the raw token where the run's vocabulary has one. ConfigError naming ``--slice``
-    for another column."""
+    named by the raw token where the run's vocabulary has one. Raises ConfigError naming ``--slice``
+    and the columns it takes for any other column (:func:`check_slice_column`)."""
     check_slice_column(bundle.schema, column)
     return top_value_slices(np.asarray(table[column]), column, bundle.preprocessing, top)
 

@@ -28,6 +28,13 @@ def config_help(what: str = "YAML config file") -> str:
     return f"{what}, or the name of a packaged config ({', '.join(packaged_configs())})"
 
 
+def doc_summary(doc: str) -> str:
+    """The first paragraph of a module docstring ``doc`` (up to its first blank line), its lines joined
+    by spaces: an argparse ``description`` that is a whole sentence, where the first line alone may stop
+    mid-sentence (argparse wraps it again to the terminal's width)."""
+    return " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
+
+
 def positive_int(value: str) -> int:
     """An integer >= 1 (e.g. ``--batch-size``); argparse reports anything else with the usage."""
     try:

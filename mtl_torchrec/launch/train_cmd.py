@@ -94,7 +94,8 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
     One training at a time per run directory (:func:`~mtl_torchrec.distributed.run_lock.hold_run_dir`);
     a start that is refused (lock held, ``train.resume``, a damaged or incompatible checkpoint)
     writes nothing into an existing run directory. ``train.init_from`` warm-starts a fresh run;
-    a run directory that already has checkpoints resumes instead (resume wins).
+    a run directory that already has checkpoints resumes instead (resume wins). Config errors the
+    data spec alone shows (:func:`check_config_against_spec`) come before any data is read.
     """
     import torch
 
@@ -103,6 +104,7 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
 
     if cfg.train.init_from is not None:
         resolve_init_from(cfg.train.init_from)  # a ConfigError before any folder is made
+    check_config_against_spec(cfg)
 
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
@@ -117,6 +119,19 @@ def train(cfg: Config, ctx: DistContext, extra_callbacks: Sequence[Callback] = (
         if fresh and ctx.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
+
+
+def check_config_against_spec(cfg: Config) -> None:
+    """With ``data.source: spec``, checks what of the model config the data spec alone can refuse
+    (``model.sequence``: :func:`~mtl_torchrec.model.sequence.check_sequence_spec`) before any data
+    row is read or folder made; raises ConfigError naming the key. A missing or invalid spec is left
+    to the data loading, which names it."""
+    if cfg.data.source != "spec" or not cfg.data.spec or not cfg.model.sequence.enabled:
+        return
+    from mtl_torchrec.data.spec import load_spec
+    from mtl_torchrec.model.sequence import check_sequence_spec
+
+    check_sequence_spec(cfg.model, load_spec(cfg.data.spec))
 
 
 def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequence[Callback]) -> Dict[str, Any]:
@@ -136,6 +151,9 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
     if ctx.is_main:
         for note in notes:
             print(f"note: {note}")
+        # What the data spec's checks found on the training split (e.g. a history holding the candidate).
+        for message in (data.preprocessing.stats.get("warnings") or []) if data.preprocessing is not None else []:
+            print(f"warning: {message}", file=sys.stderr)
         for split, table in data.splits.items():
             print(describe(table, data.schema, split))
         for split, masks in data.slices.items():

@@ -21,6 +21,8 @@ from torchrec.modules.embedding_modules import EmbeddingCollection
 
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.schema import ColumnTable, Jagged, Schema, SparseFeature
+from mtl_torchrec.data.spec.data_spec import DataSpec
+from mtl_torchrec.data.spec.fitting import unfitted_schema
 from mtl_torchrec.model.config import ModelConfig
 from mtl_torchrec.modules.target_attention import HistoryAttentionFeature
 
@@ -64,6 +66,15 @@ def sequence_features(cfg: ModelConfig, schema: Schema) -> Tuple[SparseFeature, 
             raise ConfigError(f"{key}: id dropout on {clash}, whose table is the sequence table of model.sequence; "
                               f"leave it out of the id dropout features")
     return candidate, history
+
+
+def check_sequence_spec(cfg: ModelConfig, spec: DataSpec) -> None:
+    """``model.sequence`` against a data spec before any of its rows is read (the checks of
+    :func:`sequence_features` on :func:`~mtl_torchrec.data.spec.fitting.unfitted_schema`), so that a
+    config the data cannot satisfy is refused in seconds, not after the data is loaded. Raises what
+    :func:`sequence_features` raises; nothing when ``model.sequence.enabled`` is false."""
+    if cfg.sequence.enabled:
+        sequence_features(cfg, unfitted_schema(spec))
 
 
 def sequence_table(cfg: ModelConfig, schema: Schema) -> Optional[str]:

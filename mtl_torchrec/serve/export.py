@@ -47,6 +47,7 @@ import torchrec
 
 from mtl_torchrec.core.config import from_dict
 from mtl_torchrec.core.errors import ConfigError, DataError
+from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.preprocessing import FILE_NAME as PREPROCESSING_FILE
 from mtl_torchrec.data.preprocessing import Preprocessing
@@ -173,7 +174,7 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
         run.preprocessing.save(tmp)
         if run.calibration is not None:
             run.calibration.save(tmp / CALIBRATION_FILE)
-        (tmp / ARTIFACT_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / ARTIFACT_FILE, info)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

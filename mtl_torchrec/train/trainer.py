@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import numbers
 import random
 import resource
 import time
@@ -503,13 +504,26 @@ class Trainer:
             cb.on_step_end(self, out)
 
     def run_steps(self, steps: int) -> int:
-        """Runs ``steps`` training steps outside :meth:`fit`, for benchmarks and notebooks: the same
-        pipeline, data, per-step bookkeeping and ``on_step_end`` callbacks as :meth:`fit`, continuing
-        where the previous call stopped; an epoch that runs out starts the next one (no
+        """Runs exactly ``steps`` training steps outside :meth:`fit`, for benchmarks and notebooks: the
+        same pipeline, data, per-step bookkeeping and ``on_step_end`` callbacks as :meth:`fit`,
+        continuing where the previous call stopped; an epoch that runs out starts the next one (no
         ``on_epoch_end`` callbacks, no validation, no final checkpoint). Returns the steps run.
-        ValueError when ``steps < 0``. Collective: every rank calls it with the same ``steps``."""
+
+        ``train.epochs`` and ``train.max_steps`` do not bound it: ``state.epoch`` counts on past
+        ``train.epochs`` when ``steps`` asks for more batches than the configured epochs hold (each
+        further epoch is a fresh pass over the training split, as fit's next epoch would be). A later
+        :meth:`fit` trains only what is left of ``train.epochs`` / ``train.max_steps`` from the position
+        reached (nothing when run_steps went past them), then saves the final state.
+
+        Raises TypeError when ``steps`` is not an integer (a bool, ``2.5`` or ``"3"`` included) and
+        ValueError when it is negative; 0 runs nothing. Collective: every rank calls it with the same
+        ``steps``."""
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+            raise TypeError(f"run_steps: steps must be an int (a number of training steps), got {steps!r} "
+                            f"({type(steps).__name__})")
         if steps < 0:
             raise ValueError(f"run_steps: steps must be >= 0, got {steps}")
+        steps = int(steps)
         if self._pipeline is None:
             self.dmp.train()
             self._pipeline, self._attached = self._make_pipeline(), True
@@ -534,7 +548,9 @@ class Trainer:
         :meth:`request_stop` (early stopping by ``train.patience``); saves the final state; returns
         ``{"steps", "samples", "train_seconds", "samples_per_s", "peak_rss_mb"}``: samples in rows, over all ranks;
         ``train_seconds`` in seconds of training steps only (without evaluation and checkpointing);
-        ``samples_per_s`` in rows/s; ``peak_rss_mb`` the largest rank's peak resident memory (MiB).
+        ``samples_per_s`` in rows/s; ``peak_rss_mb`` the largest rank's peak resident memory (MiB) of
+        the rank processes themselves: DataLoader worker processes (``data.num_workers`` > 0) are not
+        counted (each holds its own memory, partly shared with its rank through copy-on-write).
         Collective: every rank calls it."""
         cfg = self.cfg.train
         max_steps = cfg.max_steps or None

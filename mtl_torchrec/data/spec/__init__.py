@@ -14,7 +14,7 @@ Modules, in the order a spec goes through them:
 * ``bad_rows``, ``splits``, ``rows``: per-row parsing and checks, ``on_bad_rows`` error/skip
   counting, the split of each row;
 * ``fitting`` (first pass: vocabularies, normalisers, schema) and ``build`` (second pass:
-  :func:`build_bundle`).
+  :func:`build_bundle`), with ``sequences`` (the training-split checks of behaviour sequences).
 
 A spec (paths are relative to the spec file)::
 
@@ -25,6 +25,7 @@ A spec (paths are relative to the spec file)::
       - {column: user_id, vocab: build, min_count: 2}
       - {column: item_id, vocab: hash, hash_buckets: 100000}
       - {column: genres, separator: "|", vocab: file, vocab_file: genres.txt}
+      - {column: history, separator: "|", vocab: shared, shared_with: item_id, max_length: 50}
     dense:
       - {column: price, normalize: log_standard, fill_missing: mean}
     labels:

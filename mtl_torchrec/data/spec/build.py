@@ -19,6 +19,7 @@ from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, sche
 from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
 from mtl_torchrec.data.spec.rows import ChunkValues, check_chunk, sparse_tokens
 from mtl_torchrec.data.spec.sections import ALL_SPLIT, SPLITS, TextFeatureSpec
+from mtl_torchrec.data.spec.sequences import SequenceCounts
 from mtl_torchrec.data.texts import TextRows, text_key
 
 
@@ -100,6 +101,8 @@ class SpecReader:
         self.texts = TextParts(spec, self.pre, self.fitted)
         self.skipped: Dict[str, int] = {}
         self.oov = OovCounts()
+        # A fit checks the training rows' behaviour sequences (:mod:`~mtl_torchrec.data.spec.sequences`).
+        self.sequences = SequenceCounts(spec) if self.fitted else None
         self.rows_read = 0
         # Good rows per split, splits in the order they first appear.
         self.rows_per_split: Dict[str, int] = {}
@@ -113,7 +116,8 @@ class SpecReader:
         :func:`iter_chunks` and :func:`convert_chunk` raise, when reading reaches the chunk."""
         for chunk in iter_chunks(self.spec):
             self.rows_read += len(chunk.frame)
-            converted, split, keep = convert_chunk(self.spec, self.pre, chunk, self.texts, self.skipped, self.oov)
+            converted, split, keep = convert_chunk(self.spec, self.pre, chunk, self.texts, self.skipped, self.oov,
+                                                   self.sequences)
             split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
             for name, rows in split_rows.items():
                 self.rows_per_split[name] = self.rows_per_split.get(name, 0) + len(rows)
@@ -151,10 +155,13 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     vocabulary feature and those unknown to it (``rate``: their share); a fit also keeps the train
     split's rates as ``stats["train_oov"]``, the reference later data is compared with. The
     bundle's ``row_origin`` names the file line of a split's row; its ``texts`` hold each text
-    feature's table (``stats["oov"]`` counts text keys unknown to a fitted run's rows too). Raises
+    feature's table (``stats["oov"]`` counts text keys unknown to a fitted run's rows too). A fit
+    checks behaviour sequences on the training rows (:mod:`~mtl_torchrec.data.spec.sequences`):
+    ``stats["sequences"]`` holds their counts, ``stats["warnings"]`` lines for the user. Raises
     what :func:`fit_preprocessing` and :func:`iter_chunks` raise, ConfigError or DataError for an
     unusable item table (``text[i].items``), and DataError for a bad row (without skip; a normalised
-    dense value beyond float32 included) or an item key missing from its item table.
+    dense value beyond float32 included), an item key missing from its item table, or (fitting) a
+    history empty on every training row or whose ids are mostly unknown.
     """
     reader = SpecReader(spec, preprocessing)
     pre, fitted = reader.pre, reader.fitted
@@ -168,6 +175,11 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
             for col, v in columns.items():
                 b.add(col, v)
             slice_rows.setdefault(name, SliceRows(spec, pre)).add({c: t[rows] for c, t in tokens.items()}, columns)
+    if reader.sequences is not None:
+        sequence_stats = reader.sequences.check()
+        if sequence_stats:
+            pre.stats["sequences"] = sequence_stats
+            pre.stats["warnings"] = [w for c in sequence_stats.values() for w in c["warnings"]]
     pre.texts = {t.feature: reader.texts.rows_of[t.feature] for t in spec.text} if fitted else pre.texts
     schema = schema_for(spec, pre)
     splits = {name: b.table(spec) for name, b in builders.items()}
@@ -204,7 +216,8 @@ def check_feature_layout(spec: DataSpec, pre: Preprocessing) -> None:
 
 
 def convert_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, texts: "TextParts", skipped: Dict[str, int],
-                  oov: Optional["OovCounts"] = None) -> Tuple[Dict[str, Any], np.ndarray, np.ndarray]:
+                  oov: Optional["OovCounts"] = None, sequences: Optional[SequenceCounts] = None,
+                  ) -> Tuple[Dict[str, Any], np.ndarray, np.ndarray]:
     """One chunk mapped with the fitted ``pre`` exactly as training maps it: ``(columns, split, keep)``.
 
     ``columns``: table column -> values of the chunk's good rows (sparse ids, :class:`Jagged` for
@@ -213,7 +226,8 @@ def convert_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, texts: "Text
     good. A spec without labels (or without a split rule) converts too: that is how rows without
     labels are scored (:mod:`mtl_torchrec.data.spec.features`). Bad rows raise DataError naming file,
     line and column, or with ``on_bad_rows: skip`` are dropped and counted in ``skipped``; ``oov``
-    (optional) counts unknown ids per split.
+    (optional) counts unknown ids per split, ``sequences`` (optional) the training rows' behaviour
+    sequences.
     """
     checked, dense = checked_chunk(spec, pre, chunk, spec.on_bad_rows == "skip", skipped)
     keep = ~checked.bad.bad
@@ -221,17 +235,20 @@ def convert_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, texts: "Text
     split = checked.split[keep]
     converted: Dict[str, Any] = {}
     split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
+    keys_of: Dict[str, np.ndarray] = {}
     for s in spec.sparse:
         tokens, lengths = sparse_tokens(s, frame)
         vocab = pre.vocabs[s.feature]
         if vocab.mode in ("build", "file"):
-            keys = vocab.keys(tokens)
+            keys = keys_of[s.feature] = vocab.keys(tokens)
             ids = vocab.lookup_keys(keys)
             if oov is not None:
                 oov.add(s.feature, split_rows, keys, ids, lengths)
         else:
             ids = vocab.lookup(tokens)
         converted[s.feature] = ids if lengths is None else Jagged(ids, lengths)
+    if sequences is not None:
+        sequences.add(converted, keys_of, split_rows.get("train", np.zeros(0, dtype=np.int64)))
     for i, t in enumerate(spec.text):
         keys, rows, unknown = texts.rows(i, t, frame, chunk, np.flatnonzero(keep))
         if oov is not None:

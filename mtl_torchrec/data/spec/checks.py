@@ -53,6 +53,8 @@ def check_sparse_column(column: SparseColumn, key: str) -> None:
         raise ConfigError(f"{key}.shared_with: required with vocab: shared (the feature whose vocabulary it uses)")
     if column.shared_with is not None and column.vocab != "shared":
         raise ConfigError(f"{key}.shared_with: only with vocab: shared")
+    if column.allow_unknown_ids and (column.vocab != "shared" or column.separator is None):
+        raise ConfigError(f"{key}.allow_unknown_ids: only for a behaviour sequence (vocab: shared with a separator)")
     if column.max_length is not None:
         if column.separator is None:
             raise ConfigError(f"{key}.max_length: only for multi-valued columns (give a separator)")

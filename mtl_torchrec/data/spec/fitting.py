@@ -3,7 +3,7 @@ good rows only, and the :class:`Schema` they imply."""
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Mapping
 
 import numpy as np
 import pandas as pd
@@ -90,16 +90,10 @@ def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
     """The schema of the spec's tables: table sizes from the fitted vocabularies and text rows, a
     task masked when it is ``maskable`` or has a ``mask_column``, weighted (:func:`weight_column`)
     when it has a ``weight_column``. Raises DataError when ``pre`` lacks a feature."""
-    sparse = []
     for s in spec.sparse:
         if s.feature not in pre.vocabs:
             raise DataError(f"fitted preprocessing has no vocabulary for sparse feature '{s.feature}'")
-        table = s.table
-        if s.vocab == "shared":
-            owner = spec.sparse_by_feature(str(s.shared_with))
-            table = owner.table or owner.feature
-        sparse.append(SparseFeature(s.feature, pre.vocabs[s.feature].num_embeddings, multi_valued=s.separator is not None,
-                                    table=table, pooling=s.pooling))
+    sparse = id_features(spec, {f: v.num_embeddings for f, v in pre.vocabs.items()})
     for t in spec.text:
         if t.feature not in pre.texts:
             raise DataError(f"fitted preprocessing has no text rows for text feature '{t.feature}'")
@@ -113,6 +107,28 @@ def schema_for(spec: DataSpec, pre: Preprocessing) -> Schema:
         sparse=sparse, dense=[DenseFeature(d.feature) for d in spec.dense], labels=labels,
         group=group_column(spec.group) if spec.group else None,
     )
+
+
+def id_features(spec: DataSpec, sizes: Mapping[str, int]) -> List[SparseFeature]:
+    """The spec's sparse columns as the schema's id features, in spec order: multi-valued with a
+    separator, a ``vocab: shared`` feature on the table of its ``shared_with`` feature; ``sizes``:
+    feature -> table rows (features it lacks get 1)."""
+    out = []
+    for s in spec.sparse:
+        table = s.table
+        if s.vocab == "shared":
+            owner = spec.sparse_by_feature(str(s.shared_with))
+            table = owner.table or owner.feature
+        out.append(SparseFeature(s.feature, sizes.get(s.feature, 1), multi_valued=s.separator is not None,
+                                 table=table, pooling=s.pooling))
+    return out
+
+
+def unfitted_schema(spec: DataSpec) -> Schema:
+    """What the schema will be as far as the spec alone tells, before any row is read: its id
+    features (names, multi-valued or not, tables; every table of size 1, sizes come from fitting)
+    and dense features, no labels. For checking a model config against the data in seconds."""
+    return Schema(sparse=id_features(spec, {}), dense=[DenseFeature(d.feature) for d in spec.dense], labels=[])
 
 
 def group_column(raw: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.preprocessing import Vocabulary, value_tokens
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.data_spec import DataSpec
@@ -156,6 +157,56 @@ def _cell_lists(raw: pd.Series, separator: str) -> pd.Series:
     return raw.reset_index(drop=True).map(split)
 
 
+def identity_size(spec: DataSpec, column: SparseColumn) -> Optional[int]:
+    """The table size of the ``identity`` vocabulary that maps ``column``: its own, or that of its
+    ``shared_with`` feature under ``vocab: shared``; None for any other vocabulary."""
+    owner = spec.sparse_by_feature(str(column.shared_with)) if column.vocab == "shared" else column
+    return owner.num_embeddings if owner.vocab == "identity" else None
+
+
+def identity_element_problems(column: SparseColumn, frame: pd.DataFrame, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Rows of a multi-valued ``column`` with an element that is not an integer id in ``[0, size)``
+    (every element of the cell, those ``max_length`` cuts off included, as the single-valued column
+    it shares ids with is checked): ``(bad row mask, the first such element of each row)`` (None
+    where the row is good). Elements that hold no id are left to :func:`sequence_problems`."""
+    cells = _cell_lists(frame[column.column], str(column.separator))
+    cells = cells.map(lambda xs: [x for x in xs if not _missing_element(x)])
+    lengths = cells.map(len).to_numpy(dtype=np.int64)
+    flat = np.empty(int(lengths.sum()), dtype=object)
+    flat[:] = [x for xs in cells for x in xs]
+    wrong = Vocabulary.identity(size).lookup(flat) < 0
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    first = np.full(len(lengths), None, dtype=object)
+    # Reversed, so that each row's first wrong element is the one written last.
+    first[row_of[wrong][::-1]] = flat[wrong][::-1]
+    return np.bincount(row_of[wrong], minlength=len(lengths)) > 0, first
+
+
+def _is_text_or_list(value: Any) -> bool:
+    return isinstance(value, str) or _is_list(value) or _missing_element(value)
+
+
+def check_multi_valued_type(column: SparseColumn, key: str, chunk: Chunk, bad: BadRows) -> None:
+    """A multi-valued ``column`` (``key``: its ``sparse[i]``) must hold lists (a Parquet list column)
+    or text split at its ``separator``: a column of numbers, booleans or dates (a Parquet ``int64``
+    column, say) raises DataError naming the file, the column and the types it may have; single
+    cells of another type in a mixed column (a DataFrame given to ``predict``) are bad rows. A column
+    that is missing throughout (every cell empty) passes whatever its type."""
+    values = chunk.frame[column.column]
+    typed = values.dtype != object and not pd.api.types.is_string_dtype(values.dtype)
+    # A column with no value at all (NaN throughout: every history empty) has no type to refuse.
+    if typed and not values.isna().all():
+        raise DataError(
+            f"{chunk.file}: column '{column.column}' ({key}) holds {values.dtype} values; a multi-valued column "
+            f"(separator {column.separator!r}) must be a list column (Parquet list<...>) or text with the ids "
+            f"joined by {column.separator!r}"
+        )
+    if values.dtype == object:
+        wrong = ~values.map(_is_text_or_list).to_numpy(dtype=bool)
+        bad.flag(wrong, column.column, f"neither a list of ids nor text of ids joined by {column.separator!r}",
+                 values.to_numpy(dtype=object))
+
+
 def sequence_problems(column: SparseColumn, frame: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
     """Rows of a behaviour-sequence column (``column.ordered``) with an element that holds no id (an
     empty part of ``"5||7"``, a null in a Parquet list): ``(bad row mask, 1-based position of the first
@@ -202,13 +253,22 @@ def check_chunk(spec: DataSpec, chunk: Chunk, skip: bool, counts: Dict[str, int]
             bad.flag(num < 0, d.column, "negative value under normalize: log_standard (log of a count; set "
                      "clip_negative: true to map negatives to 0)", raw)
         dense[d.feature] = num
-    for s in spec.sparse:
+    for i, s in enumerate(spec.sparse):
+        if s.separator is not None:
+            check_multi_valued_type(s, f"sparse[{i}]", chunk, bad)
         if s.ordered:
             rows, _ = sequence_problems(s, chunk.frame)
             bad.flag(rows, s.column, f"behaviour sequence with an empty or null element (ids separated by "
                      f"{s.separator!r})", chunk.frame[s.column].to_numpy(dtype=object))
-        if s.vocab == "identity":
-            ids = Vocabulary.identity(s.num_embeddings).lookup(chunk.frame[s.column].to_numpy(dtype=object))
-            bad.flag(ids < 0, s.column, f"not an integer id in [0, {s.num_embeddings})",
-                     chunk.frame[s.column].to_numpy())
+        size = identity_size(spec, s)
+        if size is None:
+            continue
+        # One rule for the identity ids of a column and of the history sharing them (vocab: shared).
+        shared = f" (the ids of '{s.shared_with}', vocab: shared)" if s.vocab == "shared" else ""
+        if s.separator is None:
+            ids = Vocabulary.identity(size).lookup(chunk.frame[s.column].to_numpy(dtype=object))
+            bad.flag(ids < 0, s.column, f"not an integer id in [0, {size}){shared}", chunk.frame[s.column].to_numpy())
+        else:
+            rows, first = identity_element_problems(s, chunk.frame, size)
+            bad.flag(rows, s.column, f"an element is not an integer id in [0, {size}){shared}", first)
     return ChunkValues(bad, split, labels, dense, weights)

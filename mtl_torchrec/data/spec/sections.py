@@ -52,7 +52,10 @@ class SparseColumn:
     A behaviour sequence is a multi-valued column (``separator`` in CSV, or a Parquet list column)
     whose ids are ordered **oldest first, most recent last**; ``max_length`` keeps each row's
     ``max_length`` most recent (last) ids. An empty element (``"5||7"``) or a null in a Parquet list
-    of a ``shared`` or ``max_length`` column is a bad row.
+    of a ``shared`` or ``max_length`` column is a bad row. A multi-valued column is a list column or
+    text (its cells split at ``separator``); a column of numbers is refused. The training-split checks
+    of a history (its unknown ids against the candidate's, all rows empty, the row's own candidate in
+    it) are in :mod:`mtl_torchrec.data.spec.sequences`.
     """
 
     column: str
@@ -73,6 +76,9 @@ class SparseColumn:
     shared_with: Optional[str] = None
     # Multi-valued: keep each row's max_length last (most recent) ids; none: every id.
     max_length: Optional[int] = None
+    # vocab: shared history: most of its training ids unknown to the shared vocabulary (and far more
+    # than the candidate's own) is refused unless set (ids in another form than the candidate's).
+    allow_unknown_ids: bool = False
 
     @property
     def feature(self) -> str:
