@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mtl_torchrec.launch.args import doc_summary
+
 NUM_USERS = 50_000
 NUM_ITEMS = 20_000
 
@@ -118,7 +120,7 @@ def measure(run_dir: Path, data: Path, whole: bool) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000], help="evaluated rows per file")
     p.add_argument("--out", type=str, default=None, help="working folder (default: a temporary one)")
     p.add_argument("--whole", action="store_true", help="also measure the whole-bundle path (stream=False)")
