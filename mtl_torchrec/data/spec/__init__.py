@@ -14,7 +14,11 @@ Modules, in the order a spec goes through them:
 * ``bad_rows``, ``splits``, ``rows``: per-row parsing and checks, ``on_bad_rows`` error/skip
   counting, the split of each row;
 * ``fitting`` (first pass: vocabularies, normalisers, schema) and ``build`` (second pass:
-  :func:`build_bundle`), with ``sequences`` (the training-split checks of behaviour sequences).
+  ``SpecReader`` converts chunk by chunk, :func:`build_bundle` keeps every split), with
+  ``sequences`` (the training-split checks of behaviour sequences);
+* ``stream``: one split read chunk by chunk with a run's fitted preprocessing, for evaluation
+  (``SplitStream``: the rows of each chunk, then the split's slices and statistics);
+  ``features``: rows without labels, for scoring.
 
 A spec (paths are relative to the spec file)::
 
