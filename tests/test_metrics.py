@@ -115,3 +115,15 @@ def test_task_metrics_match_sklearn_with_masks_and_row_weights():
     c = mask_c > 0
     assert full.compute()["click"]["auc"] == pytest.approx(roc_auc_score(y[c], p[c]), abs=1e-5)
     assert "auc" not in sliced.compute()["click"]
+
+
+def test_weighted_logloss_does_not_depend_on_the_weights_scale():
+    # A weight sum below 1 once made the logloss shrink by that factor (the sum was clamped at 1).
+    p = torch.tensor([0.2, 0.7, 0.9, 0.4])
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    w = torch.tensor([0.5, 1.0, 2.0, 0.25])
+    expected = float(-(w * (y * p.log() + (1 - y) * (1 - p).log())).sum() / w.sum())
+    for scale in (1.0, 0.001):
+        m = TaskMetrics([TaskSpec(name="click", type="binary")], world_size=1, rank=0, batch_size=4)
+        m.update_rows({"click": p}, {"click": y}, {"click": torch.ones(4)}, {"click": w * scale})
+        assert abs(m.compute()["click"]["logloss"] - expected) < 1e-6

@@ -135,7 +135,9 @@ class TaskMetrics:
                 ll = self._logloss[t.name].clone()
                 if dist.is_initialized() and dist.get_world_size() > 1:
                     dist.all_reduce(ll)
-                res["logloss"] = float(ll[0] / ll[1].clamp_min(1.0))
+                # The mean over the weight sum, whatever its size (weights below 1 are fractions of a
+                # row, not a reason to divide by 1); undefined without weight.
+                res["logloss"] = float(ll[0] / ll[1]) if float(ll[1]) > 0 else float("nan")
                 res["count"] = float(ll[1])
             elif "mse" in res:
                 res["rmse"] = res["mse"] ** 0.5
