@@ -22,23 +22,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from typing import Any, Optional
 
-_LIBC: Optional[Any] = None
-_LOADED = False
 
-
+@functools.lru_cache(maxsize=None)
 def _libc_trim() -> Optional[Any]:
-    """glibc's ``malloc_trim``, or None where the C library has none."""
-    global _LIBC, _LOADED
-    if not _LOADED:
-        _LOADED = True
-        name = ctypes.util.find_library("c")
-        try:
-            _LIBC = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-        except OSError:
-            _LIBC = None
-    return _LIBC
+    """glibc's ``malloc_trim``, or None where the C library has none (looked up once)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 def trim_heap() -> bool:
