@@ -125,8 +125,12 @@ def test_streamed_evaluation_equals_whole_bundle_on_two_ranks(stream_run):
     streamed = run_ranks(_rank_main, 2, str(stream_run), True)
     assert streamed[0]["world_size"] == 2 and streamed[0]["rows"] == 120
     _identical(whole[0], streamed[0])
-    # The other rank gets the cross-rank torchrec metrics, the same ones.
-    _identical(whole[1], streamed[1])
+    # Rank 0 computes every metric from the gathered rows, with no cross-rank reduction: the same
+    # numbers as one rank to the last digit (its batches hold the same rows); the other rank gets none.
+    one = _without_timing(evaluate_1rank(stream_run, **KW).summary)
+    assert one["world_size"] == 1
+    _identical({**one, "world_size": 2}, streamed[0])
+    assert whole[1] == streamed[1] == {"tasks": {}}
 
 
 def test_data_files_evaluate_like_a_spec_without_split(stream_run, tmp_path):

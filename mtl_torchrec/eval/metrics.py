@@ -46,6 +46,8 @@ class TaskMetrics:
         batch_size: rows per update (passed to the torchrec metrics).
         include: limits the torchrec metrics kept (e.g. without ``auc`` when ranking metrics
             are computed exactly elsewhere, see :func:`binary_auc`); default all.
+        reduce: reduce across ranks in :meth:`compute` (a collective); False: this process's
+            updates only, no collective (one rank holding every row, as evaluation's rank 0 does).
     """
 
     def __init__(
@@ -55,8 +57,12 @@ class TaskMetrics:
         rank: int,
         batch_size: int,
         include: Optional[Sequence[str]] = None,
+        reduce: bool = True,
     ) -> None:
         self.tasks = tasks
+        self.reduce = reduce
+        if not reduce:
+            world_size, rank = 1, 0
         self._metrics: Dict[str, Dict[str, object]] = {}
         # Sum of weighted logloss / count per binary task, kept here since torchrec reports NE only.
         self._logloss: Dict[str, torch.Tensor] = {}
@@ -72,6 +78,8 @@ class TaskMetrics:
                     compute_mode=RecComputeMode.UNFUSED_TASKS_COMPUTATION,
                     window_size=10**9,
                     compute_on_all_ranks=True,
+                    # torchmetrics' own switch: without it compute() all-gathers every state.
+                    sync_on_compute=reduce,
                 )
                 for key, cls in kinds.items()
                 if include is None or key in include
@@ -116,7 +124,8 @@ class TaskMetrics:
     def compute(self) -> Dict[str, Dict[str, float]]:
         """Every task's metrics over all updates so far, ``{task: {metric: value}}``, reduced across ranks.
 
-        A collective under a process group: every rank calls it. Binary tasks add ``logloss`` and
+        A collective under a process group (unless built with ``reduce=False``): every rank calls
+        it. Binary tasks add ``logloss`` and
         ``count`` (weighted labelled rows); regression tasks with ``mse`` add ``rmse``.
         """
         import torch.distributed as dist
@@ -133,7 +142,7 @@ class TaskMetrics:
                 res[key] = float(chosen[0].reshape(-1)[0]) if chosen else float("nan")
             if t.type == "binary":
                 ll = self._logloss[t.name].clone()
-                if dist.is_initialized() and dist.get_world_size() > 1:
+                if self.reduce and dist.is_initialized() and dist.get_world_size() > 1:
                     dist.all_reduce(ll)
                 # The mean over the weight sum, whatever its size (weights below 1 are fractions of a
                 # row, not a reason to divide by 1); undefined without weight.

@@ -9,9 +9,10 @@ the batches are the split's consecutive ``batch_size`` rows). Per row only what 
 is kept: predictions, labels, label masks and sample weights per task, and the group id.
 
 The metrics are then computed as on the whole split at once: rank 0 gathers every rank's rows and
-puts them back in row order; each rank updates the ``torchrec.metrics`` of its contiguous share of
-the rows (reduced across ranks: NE, logloss, calibration, positive rate, MSE, MAE); rank 0 adds the
-exact AUC (ties count half), GAUC, ECE and the calibration block from all rows.
+puts them back in row order, and computes every metric from them: the ``torchrec.metrics`` (NE,
+logloss, calibration, positive rate, MSE, MAE; one update per slice, no cross-rank reduction, so
+any rank count gives one rank's numbers to the last bit), the exact AUC (ties count half), GAUC,
+ECE and the calibration block.
 
 Example::
 
@@ -219,31 +220,6 @@ def rows_in_order(scored: RankRows, ctx: DistContext) -> Optional[Dict[str, np.n
     return out
 
 
-def _shard_range(n: int, ctx: DistContext) -> tuple:
-    """``[start, stop)`` of this rank's contiguous share of ``n`` rows (the first ranks take
-    ``ceil(n / world_size)`` each)."""
-    per_rank = math.ceil(n / ctx.world_size)
-    start = min(n, ctx.rank * per_rank)
-    return start, min(n, start + per_rank)
-
-
-def _my_shard(ordered: Optional[Dict[str, np.ndarray]], n: int, ctx: DistContext) -> Dict[str, np.ndarray]:
-    """This rank's contiguous share of the metric columns of ``ordered`` (all rows, on rank 0),
-    scattered from rank 0. Collective."""
-    if ctx.world_size == 1 or not dist.is_initialized():
-        assert ordered is not None
-        return {k: v for k, v in ordered.items() if k[:2] in _METRIC_COLUMNS}
-    shards: Optional[List[Dict[str, np.ndarray]]] = None
-    if ctx.is_main:
-        assert ordered is not None
-        per_rank = math.ceil(n / ctx.world_size)
-        shards = [{k: v[min(n, r * per_rank):min(n, (r + 1) * per_rank)] for k, v in ordered.items()
-                   if k[:2] in _METRIC_COLUMNS} for r in range(ctx.world_size)]
-    got: List[Any] = [None]
-    dist.scatter_object_list(got, shards, src=0)
-    return got[0]
-
-
 def _no_trim() -> bool:
     return False
 
@@ -277,7 +253,7 @@ def split_metrics(
 
     ``tasks`` are the train module's tasks, ``slices`` named row masks over the split's rows (every
     rank), ``group`` the schema's group column. Rank 0 gets ``summary`` with ``tasks`` and ``slices``
-    blocks and the scored rows, the other ranks the cross-rank torchrec metrics only. With
+    blocks and the scored rows, the other ranks an empty ``tasks`` block. With
     ``calibration`` (the one the rows were scored with) ``summary["calibration"]`` adds each binary
     entry's calibration, ECE, logloss and AUC before and after it. ``started`` (a
     ``time.perf_counter()`` value) is when scoring began, for ``summary["timing"]``. Raises
@@ -292,30 +268,28 @@ def split_metrics(
     tasks = metric_tasks(tasks)
     names = [t.name for t in tasks]
     ordered = rows_in_order(scored, ctx)
-    # The torchrec metrics take each rank's contiguous share of the rows in one update per slice:
-    # the sums of one update over the whole split on one rank, reduced across ranks on several.
-    mine = _my_shard(ordered, n, ctx)
+    if not ctx.is_main:
+        return EvalResult(summary={"tasks": {}}, tasks=tasks)
+
+    assert ordered is not None
+    # The summed torchrec metrics over every row at once, here on rank 0, which holds them all in row
+    # order: one update per slice and no collective, so any rank count gives the numbers of one rank
+    # to the last bit (reducing shares across ranks cost ~90 all-gathers, one per metric state).
     trim = trim_heap if n >= TRIM_ROWS else _no_trim
-    start, stop = _shard_range(n, ctx)
-    rows_t = {k: torch.from_numpy(v).to(ctx.device) for k, v in mine.items()}
+    rows_t = {k: torch.from_numpy(v) for k, v in ordered.items() if k[:2] in _METRIC_COLUMNS}
     preds = {t: rows_t[f"p:{t}"] for t in names}
     labels = {t: rows_t[f"y:{t}"] for t in names}
     masks = {t: rows_t[f"m:{t}"] for t in names}
     weights = {t: rows_t[f"w:{t}"] for t in names if f"w:{t}" in rows_t}
-    batch_size = scored.batch_size
-    metrics = {name: TaskMetrics(tasks, ctx.world_size, ctx.rank, batch_size, include=_SUMMED)
+    metrics = {name: TaskMetrics(tasks, 1, 0, scored.batch_size, include=_SUMMED, reduce=False)
                for name in ["all", *slices]}
     for name, m in metrics.items():
-        row_weight = None if name == "all" else torch.from_numpy(slices[name][start:stop].astype(np.float32))
-        m.update_rows(preds, labels, masks, weights, row_weight.to(ctx.device) if row_weight is not None else None)
+        row_weight = None if name == "all" else torch.from_numpy(slices[name].astype(np.float32))
+        m.update_rows(preds, labels, masks, weights, row_weight)
         trim()
     computed = {name: m.compute() for name, m in metrics.items()}
-    del metrics, mine, rows_t, preds, labels, masks, weights
+    del metrics, rows_t, preds, labels, masks, weights
     score_s = time.perf_counter() - t1
-    if not ctx.is_main:
-        return EvalResult(summary={"tasks": computed["all"]}, tasks=tasks)
-
-    assert ordered is not None
     cat = ordered
     rows = ScoredRows(
         predictions={t: cat[f"p:{t}"] for t in names},
@@ -399,7 +373,7 @@ def split_metrics(
             "tasks": before_after(tasks, rows.raw_predictions, rows.predictions, rows.labels, rows.masks),
         }
     rank0_s = time.perf_counter() - t1 - score_s
-    # rows_per_s: scoring (with reading the rows, when they are streamed) plus the cross-rank metric
-    # reduction and gather; exact ranking metrics and slices on rank 0 are timed separately.
+    # rows_per_s: scoring (with reading the rows, when they are streamed), the gather to rank 0 and
+    # the summed torchrec metrics there; exact ranking metrics and slices on rank 0 are timed separately.
     summary["timing"] = {"score_s": score_s, "rank0_metrics_s": rank0_s, "rows_per_s": n / max(score_s, 1e-9)}
     return EvalResult(summary=summary, rows=rows, slices=slices, tasks=tasks)
