@@ -36,6 +36,7 @@ Run it on an otherwise idle machine: other load changes every contestant's speed
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -394,6 +395,11 @@ def main(argv: Any = None) -> int:
                 if dc is None and world == 1:
                     print("deepctr: not importable; to include it, run with PYTHONPATH=<folder with deepctr-torch> "
                           "(e.g. pip install --no-deps --target <folder> deepctr-torch), as in the README")
+            # Scoring starts from a clean slate: the training contestants' models, optimizer state and
+            # pipelines are released first.
+            trainer.close()
+            del trainer, ptrain, contestants, dc
+            gc.collect()
         if args.only in (None, "score"):
             test = data.splits["train"].take(np.arange(min(args.score_rows, len(train))))
             rows = len(test)
