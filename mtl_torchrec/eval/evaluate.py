@@ -38,7 +38,7 @@ import torch.distributed as dist
 from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.preprocessing import Preprocessing, far_above
+from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import load_spec
 from mtl_torchrec.data.spec.build import check_feature_layout
@@ -186,30 +186,6 @@ def _files_source(cfg: Config, pre: Preprocessing, data: str, split: str, slice_
     cfg.data.source, cfg.data.spec = "spec", data
     return StreamSource(spec, pre, split, cfg.model.tasks, cfg.model.text.enabled, slice_columns, slice_top,
                         check_layout=False)
-
-
-def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str] = ()) -> List[str]:
-    """One warning per sparse feature whose share of unknown ids (``stats["oov"][split]``) is far
-    above the training split's (``stats["train_oov"]``): above ``max(2 x train, train + 0.2)``. Ids in
-    another form than in training (``"u12"`` vs ``"12"``) all fall in the out-of-vocabulary row
-    without a word otherwise. Features without a reference rate (runs saved before it) are skipped.
-    For ``text_features`` any unknown key or text is a warning: such rows read the "no text" vector
-    (the run's text table was encoded from the training run's data)."""
-    reference = stats.get("train_oov") or {}
-    out: List[str] = []
-    for feature, c in (stats.get("oov") or {}).get(split, {}).items():
-        if feature in text_features:
-            if c.get("unknown"):
-                out.append(f"text feature '{feature}': {c['unknown']} of {c['tokens']} rows in split '{split}' have a "
-                           f"text or key the run did not encode in training; they read the \"no text\" vector")
-            continue
-        base, rate = reference.get(feature), c.get("rate")
-        if base is None or rate is None or not far_above(rate, base):
-            continue
-        out.append(f"sparse feature '{feature}': {rate:.1%} of its ids in split '{split}' ({c['unknown']} of "
-                   f"{c['tokens']}) are unknown to the run's vocabulary, against {base:.1%} in training; check that "
-                   f"the ids have the same form as in the training data")
-    return out
 
 
 def evaluate_split(
