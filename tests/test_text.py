@@ -491,3 +491,29 @@ def test_id_dropouts_on_user_and_item_ids() -> None:
     cfg.text.id_dropout_features = ["user_id", "zip"]
     with pytest.raises(ConfigError, match="model.text.id_dropout_features: 'zip'"):
         item_id_dropout(cfg, schema)
+
+
+def test_unused_text_note_only_for_a_spec_that_declares_text(tmp_path: Path, capsys) -> None:
+    """``train`` notes that text features are not used only when the user's data spec declares ``text:``
+    and ``model.text.enabled`` is false; never for a built-in source (whose item text always exists) nor
+    for a spec without text."""
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
+    from tests.eval_fixtures import spec_dict, train_spec_run, write_case
+    from tests.mtl_helpers import SMALL_SYNTHETIC
+
+    note = "but model.text.enabled is false: they are not used"
+    train_spec_run(write_case(tmp_path / "text"), tmp_path / "run_text", ["train.max_steps=1"])
+    out = capsys.readouterr().out
+    assert "note: the data has text features ['title_text'], " + note in out, out
+    train_spec_run(write_case(tmp_path / "plain", spec=spec_dict(text=[])), tmp_path / "run_plain",
+                   ["train.max_steps=1"])
+    assert note not in capsys.readouterr().out
+    cfg = load_config(None, [*SMALL_SYNTHETIC, "data.synthetic.num_impressions=3000", "train.max_steps=1",
+                             "train.progress=false", f"run_dir={tmp_path / 'run_syn'}"])
+    ctx = init_distributed()
+    try:
+        train(cfg, ctx)
+    finally:
+        close_distributed(ctx)
+    assert note not in capsys.readouterr().out
