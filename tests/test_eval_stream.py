@@ -145,10 +145,21 @@ def test_data_files_evaluate_like_a_spec_without_split(stream_run, tmp_path):
         _identical(base["slices"], got["slices"], str(data))
     with pytest.raises(FileNotFoundError, match="--data: nothing matches"):
         evaluate_1rank(stream_run, data_spec=str(tmp_path / "nope*.csv"))
+    # Columns in another order than in training, and columns the spec does not read: the same numbers.
+    frame[list(reversed(frame.columns))].to_csv(tmp_path / "reordered.csv", index=False)
+    frame.assign(extra=1, note="x").to_parquet(tmp_path / "extra.parquet", index=False)
+    for data in (tmp_path / "reordered.csv", tmp_path / "extra.parquet"):
+        got = evaluate_1rank(stream_run, data_spec=str(data), **KW).summary
+        _identical(base["tasks"], got["tasks"], str(data))
+    # A missing label, mask or weight column: one error naming the file, the column and its spec key.
     frame.drop(columns=["rating"]).to_csv(tmp_path / "nolabel.csv", index=False)
-    lacks = r"--data: .*nolabel.csv lacks the label column\(s\) 'rating' \(task 'rating'\)"
+    lacks = r"--data: .*nolabel.csv lacks the label column\(s\) 'rating' \(task 'rating': labels\[1\]\.column\)"
     with pytest.raises(DataError, match=lacks):
         evaluate_1rank(stream_run, data_spec=str(tmp_path / "nolabel.csv"))
+    frame.drop(columns=["w"]).to_csv(tmp_path / "noweight.csv", index=False)
+    lacks = r"--data: .*noweight.csv lacks the label column\(s\) 'w' \(task 'click': labels\[0\]\.weight_column\);"
+    with pytest.raises(DataError, match=lacks):
+        evaluate_1rank(stream_run, data_spec=str(tmp_path / "noweight.csv"))
     frame.drop(columns=["price"]).to_csv(tmp_path / "nofeature.csv", index=False)
     with pytest.raises(DataError, match=r"missing feature column\(s\) \['price'\]: 'price' \(dense\[0\].column\)"):
         evaluate_1rank(stream_run, data_spec=str(tmp_path / "nofeature.csv"))

@@ -40,9 +40,10 @@ from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.data.spec import load_spec
+from mtl_torchrec.data.spec import DataSpec, load_spec, spec_files
 from mtl_torchrec.data.spec.build import check_feature_layout
-from mtl_torchrec.data.spec.features import files_spec
+from mtl_torchrec.data.spec.features import file_columns, files_spec
+from mtl_torchrec.data.spec.sections import LabelColumn
 from mtl_torchrec.distributed.checkpoint import (
     BEST,
     LATEST,
@@ -180,12 +181,28 @@ def _files_source(cfg: Config, pre: Preprocessing, data: str, split: str, slice_
     tasks = {t.name for t in cfg.model.tasks}
     missing = [lab for lab in run_spec.labels if lab.task in tasks and lab.task not in have]
     if missing:
-        named = ", ".join(f"'{lab.column}' (task '{lab.task}')" for lab in missing)
-        raise DataError(f"--data: {data} lacks the label column(s) {named} (a mask or weight column included); "
-                        f"evaluation needs every task's labels (mtl-torchrec predict scores rows without them)")
+        raise DataError(f"--data: {_lacking_labels(run_spec, spec, missing)}; evaluation needs every task's labels "
+                        f"(mtl-torchrec predict scores rows without them)")
     cfg.data.source, cfg.data.spec = "spec", data
     return StreamSource(spec, pre, split, cfg.model.tasks, cfg.model.text.enabled, slice_columns, slice_top,
                         check_layout=False)
+
+
+def _lacking_labels(run_spec: DataSpec, spec: DataSpec, missing: Sequence[LabelColumn]) -> str:
+    """``"<file> lacks the label column(s) 'w' (task 'click': labels[0].weight_column), ..."``: the first
+    of ``spec``'s files lacking a column of each ``missing`` label (its label, mask or weight column)."""
+    parts: Dict[str, List[str]] = {}
+    for lab in missing:
+        i = run_spec.labels.index(lab)
+        keys = [(c, k) for c, k in ((lab.column, "column"), (lab.mask_column, "mask_column"),
+                                    (lab.weight_column, "weight_column")) if c]
+        for path, _ in spec_files(spec):
+            have = set(file_columns(spec, path))
+            gone = [f"'{c}' (task '{lab.task}': labels[{i}].{k})" for c, k in keys if c not in have]
+            if gone:
+                parts.setdefault(path, []).extend(gone)
+                break
+    return "; ".join(f"{path} lacks the label column(s) {', '.join(named)}" for path, named in parts.items())
 
 
 def evaluate_split(
