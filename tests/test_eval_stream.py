@@ -303,3 +303,15 @@ def test_label_check_per_piece_words_errors_as_on_the_whole_split(tmp_path):
     assert check.finish() == check_esmm_labels(DataBundle(schema=schema, splits={"test": table.take(np.arange(n))}),
                                                derive, ["test"])
     assert sum(float(p["conversion"].sum()) for p in parts) == 2.0
+
+
+def test_a_split_the_rule_leaves_empty_is_one_error_before_anything_else(stream_run, tmp_path, capsys):
+    """Streamed evaluation of a split that the split rule leaves without rows: one error naming the
+    split and the rows per split read, before any warning (empty slices) or file; never a NaN eval.json."""
+    frame = _frame(n=300).assign(split="train")
+    spec = write_case(tmp_path, frame, _spec("all_train.csv"), name="all_train.csv", spec_name="all_train.yaml")
+    capsys.readouterr()
+    with pytest.raises(DataError, match=r"^split 'test' has no rows \(of the 300 rows read, per split: "
+                                        r"\{'train': 300, 'val': 0, 'test': 0\}\): nothing to evaluate"):
+        evaluate_1rank(stream_run, data_spec=str(spec), split="test", progress=True)
+    assert "warning" not in capsys.readouterr().err

@@ -400,6 +400,12 @@ def evaluate_run(
     stats = report.stats
     if streamed:
         note(f"read {stats.get('rows_read')} rows in {time.perf_counter() - t0:.1f} s; '{split}' has {scored.total}")
+    if scored.total == 0:
+        # Before any note, warning or file: a split the split rule leaves empty has nothing to measure.
+        per_split = stats.get("rows_per_split")
+        read = f" (of the {stats.get('rows_read')} rows read, per split: {per_split})" if per_split else ""
+        raise DataError(f"split '{split}' has no rows{read}: nothing to evaluate; check the data's split rule or "
+                        f"choose another --split")
     notes = report.notes + late_notes
     warnings = oov_warnings(stats, split, [f.name for f in data.schema.text_features])
     warnings += [f"text feature '{name}': {n} item texts differ from those the run encoded in training; the run's "
