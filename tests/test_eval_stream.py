@@ -149,10 +149,21 @@ def test_data_files_evaluate_like_a_spec_without_split(stream_run, tmp_path):
         _identical(base["slices"], got["slices"], str(data))
     with pytest.raises(FileNotFoundError, match="--data: nothing matches"):
         evaluate_1rank(stream_run, data_spec=str(tmp_path / "nope*.csv"))
+    # Columns in another order than in training, and columns the spec does not read: the same numbers.
+    frame[list(reversed(frame.columns))].to_csv(tmp_path / "reordered.csv", index=False)
+    frame.assign(extra=1, note="x").to_parquet(tmp_path / "extra.parquet", index=False)
+    for data in (tmp_path / "reordered.csv", tmp_path / "extra.parquet"):
+        got = evaluate_1rank(stream_run, data_spec=str(data), **KW).summary
+        _identical(base["tasks"], got["tasks"], str(data))
+    # A missing label, mask or weight column: one error naming the file, the column and its spec key.
     frame.drop(columns=["rating"]).to_csv(tmp_path / "nolabel.csv", index=False)
-    lacks = r"--data: .*nolabel.csv lacks the label column\(s\) 'rating' \(task 'rating'\)"
+    lacks = r"--data: .*nolabel.csv lacks the label column\(s\) 'rating' \(task 'rating': labels\[1\]\.column\)"
     with pytest.raises(DataError, match=lacks):
         evaluate_1rank(stream_run, data_spec=str(tmp_path / "nolabel.csv"))
+    frame.drop(columns=["w"]).to_csv(tmp_path / "noweight.csv", index=False)
+    lacks = r"--data: .*noweight.csv lacks the label column\(s\) 'w' \(task 'click': labels\[0\]\.weight_column\);"
+    with pytest.raises(DataError, match=lacks):
+        evaluate_1rank(stream_run, data_spec=str(tmp_path / "noweight.csv"))
     frame.drop(columns=["price"]).to_csv(tmp_path / "nofeature.csv", index=False)
     with pytest.raises(DataError, match=r"missing feature column\(s\) \['price'\]: 'price' \(dense\[0\].column\)"):
         evaluate_1rank(stream_run, data_spec=str(tmp_path / "nofeature.csv"))
@@ -296,3 +307,15 @@ def test_label_check_per_piece_words_errors_as_on_the_whole_split(tmp_path):
     assert check.finish() == check_esmm_labels(DataBundle(schema=schema, splits={"test": table.take(np.arange(n))}),
                                                derive, ["test"])
     assert sum(float(p["conversion"].sum()) for p in parts) == 2.0
+
+
+def test_a_split_the_rule_leaves_empty_is_one_error_before_anything_else(stream_run, tmp_path, capsys):
+    """Streamed evaluation of a split that the split rule leaves without rows: one error naming the
+    split and the rows per split read, before any warning (empty slices) or file; never a NaN eval.json."""
+    frame = _frame(n=300).assign(split="train")
+    spec = write_case(tmp_path, frame, _spec("all_train.csv"), name="all_train.csv", spec_name="all_train.yaml")
+    capsys.readouterr()
+    with pytest.raises(DataError, match=r"^split 'test' has no rows \(of the 300 rows read, per split: "
+                                        r"\{'train': 300, 'val': 0, 'test': 0\}\): nothing to evaluate"):
+        evaluate_1rank(stream_run, data_spec=str(spec), split="test", progress=True)
+    assert "warning" not in capsys.readouterr().err

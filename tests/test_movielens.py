@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,36 @@ def test_malformed_files_name_file_and_line(tmp_path: Path) -> None:
         load_movielens(MovieLensConfig(path=str(root)))
     with pytest.raises(DataError, match="data.movielens.path"):
         load_movielens(MovieLensConfig(path=str(tmp_path / "nowhere")))
+
+
+def test_a_missing_folder_says_where_to_get_movielens(tmp_path: Path, capsys) -> None:
+    """MovieLens-100K is not shipped: a missing folder (the built-in source and the export example) or
+    file is one error naming the path, the setting that points at it and the GroupLens page and zip."""
+    import importlib.util
+
+    where = r"download ml-100k\.zip from https://grouplens\.org/datasets/movielens/100k/, unzip it and set "
+    missing = tmp_path / "nowhere"
+    at = re.escape(str(missing))
+    with pytest.raises(DataError, match=rf"^data\.movielens\.path: {at} \(here {at}\) is not a folder\. "
+                                        rf"MovieLens-100K is not shipped \(its licence forbids redistribution\): "
+                                        rf"{where}data\.movielens\.path to the folder it holds, ml-100k/"):
+        load_data(DataConfig(source="movielens", movielens=MovieLensConfig(path=str(missing))))
+    root = write_tiny(tmp_path / "ml")
+    (root / "u.item").unlink()
+    with pytest.raises(DataError, match=rf"u\.item: file not found .*{where}"):
+        load_movielens(MovieLensConfig(path=str(root)))
+    path = Path(__file__).resolve().parents[1] / "examples" / "movielens" / "export_csv.py"
+    module_spec = importlib.util.spec_from_file_location("export_csv", path)
+    export = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(export)
+    for folder, says in ((missing, rf"--path: {at} .*is not a folder\. .*{where}--path to the folder"),
+                         (root, rf"u\.item: file not found .*{where}")):
+        with pytest.raises(SystemExit) as e:
+            export.main(["--out", str(tmp_path / "out"), "--path", str(folder)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(says, err) and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_title_has_no_text(tmp_path: Path) -> None:

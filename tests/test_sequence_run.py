@@ -146,6 +146,28 @@ def test_evaluate_predict_and_export_carry_the_history(run: Path, tmp_path: Path
     torch.testing.assert_close(got_p["click"], eager["click"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_evaluate_and_predict_warn_alike_when_history_ids_are_unknown(run: Path, tmp_path: Path, capsys) -> None:
+    """History ids in another form than in training ('i7' -> 'x7') all read the out-of-vocabulary row:
+    ``evaluate --data`` and ``predict`` print the same warning (one function), and predict's scores are
+    those of :func:`predict_frame` (the output file is unchanged by the warning)."""
+    from mtl_torchrec.launch.cli import main
+
+    rows = _test_rows(labels=True)
+    rows = rows.assign(history=rows["history"].str.replace("i", "x"))
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "ev"),
+                 "--no-plots", "--no-progress"]) == 0
+    expected = [line for line in capsys.readouterr().err.splitlines() if "unknown to the run's" in line]
+    assert len(expected) == 1 and expected[0].startswith("warning: sparse feature 'history': 100.0% of its ids")
+    out = tmp_path / "scores.parquet"
+    assert main(["predict", "--run", str(run), "--data", str(tmp_path / "rows.csv"), "--out", str(out)]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if "unknown to the run's" in line] == expected
+    got, direct = pd.read_parquet(out), predict_frame(run, rows.drop(columns=LABELS))
+    np.testing.assert_allclose(got["click"], direct["click"], rtol=0, atol=1e-6)
+
+
 # ---- the synthetic history carries signal, and the attention learns it -----------------------
 
 # The built-in synthetic data with 30 past clicks per user; 6000 users with ~8 training rows each,

@@ -121,6 +121,33 @@ def test_predict_command_streams_chunks_to_parquet(run: Path, tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv", "scores.parquet"]  # no temporary file left
 
 
+def _unknown_id_lines(err: str) -> list:
+    return [line for line in err.splitlines() if line.startswith("warning:") and "unknown to the run's" in line]
+
+
+@pytest.mark.slow
+def test_predict_warns_like_evaluate_when_ids_are_unknown(run: Path, tmp_path: Path, capsys) -> None:
+    """User ids in another form than in training ('u12' -> '12') all read the out-of-vocabulary row:
+    ``predict`` (the command and :func:`predict_frame`) prints the very warning ``evaluate`` prints for
+    the same file, and scores the rows as they are; rows as in training give no warning."""
+    rows = _test_rows(labels=True).assign(user=lambda f: f["user"].str[1:])
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "ev"),
+                 "--no-plots", "--no-progress"]) == 0
+    expected = _unknown_id_lines(capsys.readouterr().err)
+    assert expected == ["warning: sparse feature 'user': 100.0% of its ids in split 'all' (60 of 60) are unknown to "
+                        "the run's vocabulary, against 0.0% in training; check that the ids have the same form as "
+                        "in the training data"]
+    out = tmp_path / "scores.parquet"
+    assert main(["predict", "--run", str(run), "--data", str(tmp_path / "rows.csv"), "--out", str(out)]) == 0
+    assert _unknown_id_lines(capsys.readouterr().err) == expected
+    assert_scores_close(pd.read_parquet(out), predict_frame(run, rows.drop(columns=LABELS)), run)
+    assert _unknown_id_lines(capsys.readouterr().err) == expected
+    predict_frame(run, _test_rows())
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_predict_two_ranks_equals_one(run: Path, tmp_path: Path) -> None:
     frame = make_frame().drop(columns=LABELS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -12,12 +13,14 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.config import ConfigError, TextConfig, TextEncoderConfig, load_config
+from mtl_torchrec.core import progress
+from mtl_torchrec.core.progress import progress_bar
 from mtl_torchrec.data.item_table import read_item_table
 from mtl_torchrec.data.schema import DataError
 from mtl_torchrec.model.text import build_text_feature
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
 from mtl_torchrec.modules.text_feature import TextFeature, table_width
-from mtl_torchrec.text.encoder import TextEncoder
+from mtl_torchrec.text.encoder import LOG_MIN_TEXTS, TextEncoder
 from mtl_torchrec.text.store import (
     BY_TEXT,
     INDEX_FILE,
@@ -82,6 +85,33 @@ def test_cls_pooling_and_batching_invariance(tiny_model: str) -> None:
     torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)
     mean, _ = TextEncoder(enc_cfg(tiny_model, pooling="mean")).encode(TEXTS)
     assert not torch.allclose(one, mean)
+
+
+def test_encoding_progress_in_a_log_file_is_lines(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    """stderr in a file (a job's log): 512 texts or more encoded without a bar still print where they are
+    (docs/text.md: a line every 15 s, a last one at 100%), and a bar (progress=True) is written as the
+    same lines; never a '\\r'. The interval is shortened here; its default is the documented 15 s."""
+    bar = progress_bar(total=1, desc="x", lines=True)
+    assert bar.mininterval == 15.0
+    bar.close()
+    texts = [f"item {i} " + "word " * (i % 7) for i in range(LOG_MIN_TEXTS + 88)]
+    enc = TextEncoder(enc_cfg(tiny_model, batch_size=64))
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    for shown in (False, True):
+        log = tmp_path / f"stderr_{shown}.log"
+        with open(log, "w") as f, monkeypatch.context() as m:
+            m.setattr(sys, "stderr", f)
+            enc.encode(texts, progress=shown, desc="encode text")
+        text = log.read_text()
+        assert "\r" not in text
+        lines = [line for line in text.splitlines() if line.startswith("encode text: ") and "text/s" in line]
+        assert len(lines) >= 5, text
+        assert lines[-1].startswith("encode text: 100% 600/600 ["), lines[-1]
+    # Below LOG_MIN_TEXTS without a bar: nothing.
+    with open(tmp_path / "small.log", "w") as f, monkeypatch.context() as m:
+        m.setattr(sys, "stderr", f)
+        enc.encode(texts[:10], desc="encode text")
+    assert (tmp_path / "small.log").read_text() == ""
 
 
 def test_overlong_text_is_truncated_and_counted(tiny_model: str) -> None:
@@ -461,3 +491,29 @@ def test_id_dropouts_on_user_and_item_ids() -> None:
     cfg.text.id_dropout_features = ["user_id", "zip"]
     with pytest.raises(ConfigError, match="model.text.id_dropout_features: 'zip'"):
         item_id_dropout(cfg, schema)
+
+
+def test_unused_text_note_only_for_a_spec_that_declares_text(tmp_path: Path, capsys) -> None:
+    """``train`` notes that text features are not used only when the user's data spec declares ``text:``
+    and ``model.text.enabled`` is false; never for a built-in source (whose item text always exists) nor
+    for a spec without text."""
+    from mtl_torchrec.distributed.context import close_distributed, init_distributed
+    from mtl_torchrec.launch.train_cmd import train
+    from tests.eval_fixtures import spec_dict, train_spec_run, write_case
+    from tests.mtl_helpers import SMALL_SYNTHETIC
+
+    note = "but model.text.enabled is false: they are not used"
+    train_spec_run(write_case(tmp_path / "text"), tmp_path / "run_text", ["train.max_steps=1"])
+    out = capsys.readouterr().out
+    assert "note: the data has text features ['title_text'], " + note in out, out
+    train_spec_run(write_case(tmp_path / "plain", spec=spec_dict(text=[])), tmp_path / "run_plain",
+                   ["train.max_steps=1"])
+    assert note not in capsys.readouterr().out
+    cfg = load_config(None, [*SMALL_SYNTHETIC, "data.synthetic.num_impressions=3000", "train.max_steps=1",
+                             "train.progress=false", f"run_dir={tmp_path / 'run_syn'}"])
+    ctx = init_distributed()
+    try:
+        train(cfg, ctx)
+    finally:
+        close_distributed(ctx)
+    assert note not in capsys.readouterr().out

@@ -101,12 +101,22 @@ def _check_run_dir(stdout: str) -> Path:
 
 @pytest.mark.slow
 def test_cli_single_process_writes_run(tmp_path):
+    """The CLI with stderr in a log file (as under torchx or CI): a run is written, and the progress bars
+    (train.progress is on by default) are whole lines of tqdm's status, never '\\r' redraws."""
     args = [sys.executable, "-m", "mtl_torchrec", "train", "--config", "default"]
     args += [*CLI_DATA, "train.epochs=1", f"output_dir={tmp_path}"]
-    proc = _run_cli(args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        proc = subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True, timeout=600)
+    stderr = log.read_text()
+    assert proc.returncode == 0, stderr[-3000:]
     assert "test metrics" in proc.stdout and "auc" in proc.stdout
-    assert _warning_lines(proc.stderr) == []
+    assert _warning_lines(stderr) == []
+    assert "\r" not in stderr
+    # The epoch's last line (every step done) with the losses, and the splits' scoring.
+    assert re.search(r"^epoch 1/1: 100% (\d+)/\1 \[.*total=", stderr, re.M), stderr
+    assert re.search(r"^scoring: 100% ", stderr, re.M), stderr
     _check_run_dir(proc.stdout)
 
 

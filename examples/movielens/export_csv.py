@@ -9,7 +9,11 @@ text feature keyed by the raw movie id, and a cold/warm slice of items unseen in
 impressions are exactly those of ``data.source: movielens`` for the same seed (see
 ``mtl_torchrec/data/movielens.py``).
 
-    python examples/movielens/export_csv.py --out data/ml100k_csv
+MovieLens-100K itself is not shipped (its licence forbids redistribution): download ``ml-100k.zip`` from
+https://grouplens.org/datasets/movielens/100k/, unzip it and pass its folder ``ml-100k/`` as ``--path``
+(default: ``data.movielens.path``'s, ``../shared/data/ml-100k``).
+
+    python examples/movielens/export_csv.py --out data/ml100k_csv --path data/ml-100k
     python examples/movielens/export_csv.py --out data/ml100k_csv --history-length 50   # + item_history, spec_history.yaml
     python examples/movielens/run.py --config examples/movielens/spec_config.yaml data.spec=data/ml100k_csv/spec.yaml
 """
@@ -24,9 +28,10 @@ from typing import Any, List
 import numpy as np
 import pandas as pd
 
+from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.core.io import atomic_write_text
 from mtl_torchrec.data.config import MovieLensConfig
-from mtl_torchrec.data.movielens import load_movielens
+from mtl_torchrec.data.movielens import download_hint, load_movielens
 from mtl_torchrec.launch.args import doc_summary
 
 SPEC = """\
@@ -81,7 +86,8 @@ def main(argv: Any = None) -> int:
     p = argparse.ArgumentParser(description=doc_summary(__doc__))
     p.add_argument("--out", required=True,
                    help="folder for impressions.csv, items.csv and spec.yaml (and spec_history.yaml)")
-    p.add_argument("--path", default=MovieLensConfig().path, help="the ml-100k folder")
+    p.add_argument("--path", default=MovieLensConfig().path,
+                   help="the ml-100k folder unzipped from ml-100k.zip (https://grouplens.org/datasets/movielens/100k/)")
     p.add_argument("--seed", type=int, default=0, help="seed of the negative sampling (data.movielens.seed)")
     p.add_argument("--history-length", type=int, default=0,
                    help="> 0: also write the column item_history (the user's movies rated strictly before the "
@@ -90,7 +96,12 @@ def main(argv: Any = None) -> int:
     args = p.parse_args(argv)
     if args.history_length < 0:
         p.error("--history-length: must be >= 0")
-    bundle = load_movielens(MovieLensConfig(path=args.path, seed=args.seed, history_length=args.history_length))
+    if not Path(args.path).is_dir():
+        p.error(f"--path: {args.path} (here {Path(args.path).resolve()}) is not a folder. {download_hint('--path')}")
+    try:
+        bundle = load_movielens(MovieLensConfig(path=args.path, seed=args.seed, history_length=args.history_length))
+    except DataError as e:
+        p.error(str(e))
     frames = []
     first_split = np.full(bundle.schema.sparse[1].num_embeddings, "", dtype=object)
     for split in ("test", "val", "train"):

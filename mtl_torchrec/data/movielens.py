@@ -22,6 +22,11 @@ impression has its positive's time), oldest first, at most ``history_length`` mo
 ``item_id``'s table (see :func:`rated_before`). Item text: "title. Year: y.
 Genres: a, b." (items whose title is "unknown" have no text).
 
+The files are not shipped (the GroupLens licence forbids redistributing them): download
+``ml-100k.zip`` from https://grouplens.org/datasets/movielens/100k/ and unzip it; its folder
+``ml-100k/`` (``u.data``, ``u.item``, ``u.user``, ``u.genre``, ...) is what ``data.movielens.path``
+names (:func:`download_hint`).
+
 Example::
 
     bundle = load_movielens(MovieLensConfig(path="../shared/data/ml-100k"))
@@ -51,11 +56,22 @@ from mtl_torchrec.data.schema import (
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # buckets <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+
 NUM_GENRE_FLAGS = 19
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
+# Where MovieLens-100K comes from; its licence forbids redistribution, so no copy is shipped.
+ML100K_PAGE = "https://grouplens.org/datasets/movielens/100k/"
+ML100K_ZIP = "ml-100k.zip"
+
+
+def download_hint(key: str = "data.movielens.path") -> str:
+    """How to get MovieLens-100K, for errors about a missing folder or file; ``key`` names the setting
+    (config key or command-line flag) that points at the folder."""
+    return (f"MovieLens-100K is not shipped (its licence forbids redistribution): download {ML100K_ZIP} from "
+            f"{ML100K_PAGE}, unzip it and set {key} to the folder it holds, ml-100k/ (u.data, u.item, u.user, "
+            f"u.genre; a relative path is from the working directory)")
 
 
 def _read_lines(path: Path) -> List[str]:
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected the GroupLens ml-100k layout)")
+        raise DataError(f"{path}: file not found (expected the GroupLens ml-100k layout); {download_hint()}")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -238,12 +254,12 @@ def rated_before(ratings: np.ndarray, users: np.ndarray, items: np.ndarray, time
 def load_movielens(cfg: MovieLensConfig) -> DataBundle:
     """Reads ml-100k from ``cfg.path`` and derives the impression data described in the module docstring.
 
-    Raises DataError naming the ``data.movielens`` key for bad settings, and the file and line for
-    malformed input files.
+    Raises DataError naming the ``data.movielens`` key for bad settings (a missing folder: with
+    :func:`download_hint`), and the file and line for malformed input files.
     """
     root = Path(cfg.path)
     if not root.is_dir():
-        raise DataError(f"data.movielens.path: {root} is not a folder (download ml-100k from GroupLens)")
+        raise DataError(f"data.movielens.path: {root} (here {root.resolve()}) is not a folder. {download_hint()}")
     if cfg.negatives_per_positive < 1:
         raise DataError("data.movielens.negatives_per_positive must be >= 1")
     if not (0 < cfg.test_fraction < 1 and 0 <= cfg.val_fraction < 1 and cfg.test_fraction + cfg.val_fraction < 1):

@@ -62,6 +62,31 @@ def far_above(rate: float, reference: float) -> bool:
     return rate > max(OOV_FACTOR * reference, reference + OOV_MARGIN)
 
 
+def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str] = ()) -> List[str]:
+    """One warning per sparse feature whose share of unknown ids (``stats["oov"][split]``) is far
+    above the training split's (``stats["train_oov"]``): above ``max(2 x train, train + 0.2)``. Ids in
+    another form than in training (``"u12"`` vs ``"12"``) all fall in the out-of-vocabulary row
+    without a word otherwise. Features without a reference rate (runs saved before it) are skipped.
+    For ``text_features`` any unknown key or text is a warning: such rows read the "no text" vector
+    (the run's text table was encoded from the training run's data). The one rule of ``evaluate``'s and
+    ``predict``'s warnings about unknown ids."""
+    reference = stats.get("train_oov") or {}
+    out: List[str] = []
+    for feature, c in (stats.get("oov") or {}).get(split, {}).items():
+        if feature in text_features:
+            if c.get("unknown"):
+                out.append(f"text feature '{feature}': {c['unknown']} of {c['tokens']} rows in split '{split}' have a "
+                           f"text or key the run did not encode in training; they read the \"no text\" vector")
+            continue
+        base, rate = reference.get(feature), c.get("rate")
+        if base is None or rate is None or not far_above(rate, base):
+            continue
+        out.append(f"sparse feature '{feature}': {rate:.1%} of its ids in split '{split}' ({c['unknown']} of "
+                   f"{c['tokens']}) are unknown to the run's vocabulary, against {base:.1%} in training; check that "
+                   f"the ids have the same form as in the training data")
+    return out
+
+
 def stable_hash(values: np.ndarray) -> np.ndarray:
     """A deterministic uint64 hash of each value's string form."""
     return pd.util.hash_array(np.asarray(values, dtype=object).astype(str), hash_key=_HASH_KEY, categorize=True)

@@ -38,11 +38,12 @@ import torch.distributed as dist
 from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.preprocessing import Preprocessing, far_above
+from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.data.spec import load_spec
+from mtl_torchrec.data.spec import DataSpec, load_spec, spec_files
 from mtl_torchrec.data.spec.build import check_feature_layout
-from mtl_torchrec.data.spec.features import files_spec
+from mtl_torchrec.data.spec.features import file_columns, files_spec
+from mtl_torchrec.data.spec.sections import LabelColumn
 from mtl_torchrec.distributed.checkpoint import (
     BEST,
     LATEST,
@@ -180,36 +181,28 @@ def _files_source(cfg: Config, pre: Preprocessing, data: str, split: str, slice_
     tasks = {t.name for t in cfg.model.tasks}
     missing = [lab for lab in run_spec.labels if lab.task in tasks and lab.task not in have]
     if missing:
-        named = ", ".join(f"'{lab.column}' (task '{lab.task}')" for lab in missing)
-        raise DataError(f"--data: {data} lacks the label column(s) {named} (a mask or weight column included); "
-                        f"evaluation needs every task's labels (mtl-torchrec predict scores rows without them)")
+        raise DataError(f"--data: {_lacking_labels(run_spec, spec, missing)}; evaluation needs every task's labels "
+                        f"(mtl-torchrec predict scores rows without them)")
     cfg.data.source, cfg.data.spec = "spec", data
     return StreamSource(spec, pre, split, cfg.model.tasks, cfg.model.text.enabled, slice_columns, slice_top,
                         check_layout=False)
 
 
-def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str] = ()) -> List[str]:
-    """One warning per sparse feature whose share of unknown ids (``stats["oov"][split]``) is far
-    above the training split's (``stats["train_oov"]``): above ``max(2 x train, train + 0.2)``. Ids in
-    another form than in training (``"u12"`` vs ``"12"``) all fall in the out-of-vocabulary row
-    without a word otherwise. Features without a reference rate (runs saved before it) are skipped.
-    For ``text_features`` any unknown key or text is a warning: such rows read the "no text" vector
-    (the run's text table was encoded from the training run's data)."""
-    reference = stats.get("train_oov") or {}
-    out: List[str] = []
-    for feature, c in (stats.get("oov") or {}).get(split, {}).items():
-        if feature in text_features:
-            if c.get("unknown"):
-                out.append(f"text feature '{feature}': {c['unknown']} of {c['tokens']} rows in split '{split}' have a "
-                           f"text or key the run did not encode in training; they read the \"no text\" vector")
-            continue
-        base, rate = reference.get(feature), c.get("rate")
-        if base is None or rate is None or not far_above(rate, base):
-            continue
-        out.append(f"sparse feature '{feature}': {rate:.1%} of its ids in split '{split}' ({c['unknown']} of "
-                   f"{c['tokens']}) are unknown to the run's vocabulary, against {base:.1%} in training; check that "
-                   f"the ids have the same form as in the training data")
-    return out
+def _lacking_labels(run_spec: DataSpec, spec: DataSpec, missing: Sequence[LabelColumn]) -> str:
+    """``"<file> lacks the label column(s) 'w' (task 'click': labels[0].weight_column), ..."``: the first
+    of ``spec``'s files lacking a column of each ``missing`` label (its label, mask or weight column)."""
+    parts: Dict[str, List[str]] = {}
+    for lab in missing:
+        i = run_spec.labels.index(lab)
+        keys = [(c, k) for c, k in ((lab.column, "column"), (lab.mask_column, "mask_column"),
+                                    (lab.weight_column, "weight_column")) if c]
+        for path, _ in spec_files(spec):
+            have = set(file_columns(spec, path))
+            gone = [f"'{c}' (task '{lab.task}': labels[{i}].{k})" for c, k in keys if c not in have]
+            if gone:
+                parts.setdefault(path, []).extend(gone)
+                break
+    return "; ".join(f"{path} lacks the label column(s) {', '.join(named)}" for path, named in parts.items())
 
 
 def evaluate_split(
@@ -407,6 +400,12 @@ def evaluate_run(
     stats = report.stats
     if streamed:
         note(f"read {stats.get('rows_read')} rows in {time.perf_counter() - t0:.1f} s; '{split}' has {scored.total}")
+    if scored.total == 0:
+        # Before any note, warning or file: a split the split rule leaves empty has nothing to measure.
+        per_split = stats.get("rows_per_split")
+        read = f" (of the {stats.get('rows_read')} rows read, per split: {per_split})" if per_split else ""
+        raise DataError(f"split '{split}' has no rows{read}: nothing to evaluate; check the data's split rule or "
+                        f"choose another --split")
     notes = report.notes + late_notes
     warnings = oov_warnings(stats, split, [f.name for f in data.schema.text_features])
     warnings += [f"text feature '{name}': {n} item texts differ from those the run encoded in training; the run's "

@@ -31,10 +31,10 @@ from typing import Any, Dict, Iterable, List, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.core.memory import trim_heap
+from mtl_torchrec.core.progress import progress_bar
 from mtl_torchrec.data.loader import BatchDataset, interleaved_rows, make_loader
 from mtl_torchrec.data.schema import ColumnTable, Schema
 from mtl_torchrec.distributed.context import DistContext
@@ -124,8 +124,8 @@ def score_rows(
     step_rows = batch_size * ctx.world_size
     parts: Dict[str, List[np.ndarray]] = {}
     total = 0
-    bar = tqdm(total=None if total_rows is None else math.ceil(total_rows / step_rows), desc="scoring",
-               unit="batch", disable=not (progress and ctx.is_main), leave=False)
+    bar = progress_bar(total=None if total_rows is None else math.ceil(total_rows / step_rows), desc="scoring",
+                       unit="batch", enabled=progress and ctx.is_main)
 
     def run(segment: ColumnTable) -> None:
         ds = BatchDataset(segment, schema, batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size,

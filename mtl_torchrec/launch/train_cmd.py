@@ -145,6 +145,7 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
     data = load_data(cfg.data)
     notes = check_splits(data, cfg.data.batch_size, ctx.world_size)
     notes += check_esmm_labels(data, cfg.model.tasks)
+    # Only text the user's spec declares (built-in sources always carry item text, used or not).
     if cfg.data.source == "spec" and data.texts and not cfg.model.text.enabled:
         notes.append(f"the data has text features {sorted(data.texts)}, but model.text.enabled is false: they are "
                      f"not used (set model.text.enabled=true to train with them)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
@@ -115,6 +116,7 @@ def predict_frame(run: Union[Path, str, LoadedRun], frame: pd.DataFrame, keep: S
     _check_keep(keep, frame.columns, "keep", "the DataFrame")
     rows = FeatureRows(spec, run.preprocessing)
     part = rows.convert_frame(frame)
+    warn_unknown_ids(rows)
     scores = score_table(run, part.table, rows, rows_per_step(batch_size, run.cfg.data.eval_batch_size))
     return _frame_of(FeatureChunk(part.table, part.rows, frame.reset_index(drop=True).iloc[part.rows]), scores, keep)
 
@@ -172,7 +174,16 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
         finally:
             if writer is not None:
                 writer.close()
+    if ctx.is_main:
+        warn_unknown_ids(rows)
     return written
+
+
+def warn_unknown_ids(rows: FeatureRows) -> None:
+    """Prints ``warning: ...`` on stderr for each of :meth:`FeatureRows.unknown_id_warnings` (ids
+    mostly unknown to the run, in another form than in training): the lines ``evaluate`` prints."""
+    for message in rows.unknown_id_warnings():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _gather(frame: pd.DataFrame, ctx: DistContext) -> List[pd.DataFrame]:

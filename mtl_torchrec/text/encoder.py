@@ -16,15 +16,14 @@ import hashlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import torch
-from tqdm import tqdm
 
 from mtl_torchrec.core.errors import ConfigError
+from mtl_torchrec.core.progress import progress_bar
 from mtl_torchrec.text.config import TextEncoderConfig
 
 # Files whose content defines what a local model computes (weights, architecture, tokenizer).
@@ -81,9 +80,9 @@ def model_fingerprint(name: Optional[str], trust_remote_code: bool = False) -> T
     return (path, str(getattr(config, "_commit_hash", None) or "unknown"))
 
 
-# Encodes of at least this many texts print a progress line every LOG_EVERY_S seconds when no bar is shown.
+# Encodes of at least this many texts print a progress line every core.progress.LOG_EVERY_S seconds (15)
+# when no bar is shown.
 LOG_MIN_TEXTS = 512
-LOG_EVERY_S = 15.0
 
 
 @dataclass
@@ -157,13 +156,13 @@ class TextEncoder:
         stats.truncated = sum(n > self.cfg.max_length for n in lengths)
         order = sorted(range(len(texts)), key=lambda i: lengths[i]) if by_length else list(range(len(texts)))
         bs = self.cfg.batch_size
-        # Without a bar, long encodes still say where they are (a line every LOG_EVERY_S seconds).
+        # Without a bar, long encodes still say where they are: tqdm's lines, every LOG_EVERY_S seconds.
         log = not progress and len(texts) >= LOG_MIN_TEXTS
-        start_t = last = time.monotonic()
         if log:
             print(f"{desc}: {len(texts)} texts with {self.path} ...", file=sys.stderr, flush=True)
+        bar = progress_bar(total=len(texts), desc=desc, unit="text", enabled=progress, lines=log)
         with torch.inference_mode():
-            for start in tqdm(range(0, len(order), bs), desc=desc, disable=not progress, leave=False):
+            for start in range(0, len(order), bs):
                 idx = order[start : start + bs]
                 enc = self.tokenizer(
                     [texts[i] for i in idx],
@@ -181,15 +180,8 @@ class TextEncoder:
                 if self.cfg.normalize:
                     pooled = torch.nn.functional.normalize(pooled, dim=1)
                 out[torch.tensor(idx)] = pooled.float().cpu()
-                now = time.monotonic()
-                if log and now - last >= LOG_EVERY_S:
-                    done = start + len(idx)
-                    print(f"{desc}: {done}/{len(texts)} ({100 * done / len(texts):.0f}%), "
-                          f"{done / (now - start_t):.0f} texts/s", file=sys.stderr, flush=True)
-                    last = now
-        if log:
-            print(f"{desc}: {len(texts)}/{len(texts)} (100%), {len(texts) / max(time.monotonic() - start_t, 1e-9):.0f} "
-                  f"texts/s", file=sys.stderr, flush=True)
+                bar.update(len(idx))
+        bar.close()
         stats.encoded = len(texts)
         return out, stats
 

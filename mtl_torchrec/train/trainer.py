@@ -41,6 +41,7 @@ from tqdm import tqdm
 from mtl_torchrec.config import Config, parse_select_by, to_dict
 from mtl_torchrec.core.errors import CheckpointError, DataError
 from mtl_torchrec.core.io import write_json
+from mtl_torchrec.core.progress import progress_bar
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
@@ -302,9 +303,10 @@ class Trainer:
         return box[0]
 
     def set_progress_postfix(self, values: Dict[str, str]) -> None:
-        """Shows ``values`` beside the running epoch's progress bar (nothing outside an epoch)."""
+        """Shows ``values`` beside the running epoch's progress bar (nothing outside an epoch), from
+        its next redraw (a log's bar writes a line per redraw, not per call)."""
         if self._bar is not None:
-            self._bar.set_postfix(values)
+            self._bar.set_postfix(values, refresh=False)
 
     def total_steps(self) -> int:
         """The step training ends at: ``train.max_steps`` if set and reached before the last
@@ -574,11 +576,10 @@ class Trainer:
             self._pipeline = self._make_pipeline()
             self._attached = True
             it = self._batches()
-            self._bar = tqdm(
+            self._bar = progress_bar(
                 total=len(self.train_ds),
                 desc=f"epoch {self.state.epoch + 1}/{cfg.epochs}",
-                disable=not (cfg.progress and self.ctx.is_main),
-                leave=False,
+                enabled=cfg.progress and self.ctx.is_main,
             )
             self._start_clock()
             while True:

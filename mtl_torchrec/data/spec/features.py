@@ -7,7 +7,8 @@ through :func:`~mtl_torchrec.data.spec.build.convert_chunk`, the function traini
 use: the same vocabularies (unknown ids -> the out-of-vocabulary row 0, hashing, multi-valued
 separators), the same dense normalisers and missing-value rule (``fill_missing``), the same text
 keys. Rows a spec with ``on_bad_rows: skip`` drops are left out; :attr:`FeatureChunk.rows` says which
-input rows the table holds.
+input rows the table holds. Unknown ids are counted as evaluation counts them, and
+:meth:`FeatureRows.unknown_id_warnings` gives evaluation's warnings for them.
 
 Example::
 
@@ -29,13 +30,13 @@ import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import DataError
-from mtl_torchrec.data.preprocessing import Preprocessing
+from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings
 from mtl_torchrec.data.schema import ColumnTable, Schema
-from mtl_torchrec.data.spec.build import TextParts, convert_chunk
+from mtl_torchrec.data.spec.build import OovCounts, TextParts, convert_chunk
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.fitting import schema_for
 from mtl_torchrec.data.spec.reading import Chunk, file_format, iter_chunks, read_header, spec_files
-from mtl_torchrec.data.spec.sections import LabelColumn
+from mtl_torchrec.data.spec.sections import ALL_SPLIT, LabelColumn
 
 
 def feature_columns(spec: DataSpec) -> Dict[str, str]:
@@ -141,10 +142,12 @@ class FeatureRows:
         self.schema: Schema = schema_for(spec, pre)
         self.texts = TextParts(spec, pre, fitted=False)
         self.skipped: Dict[str, int] = {}
+        # Unknown ids per feature of every row converted (all in split ALL_SPLIT: no split rule).
+        self.oov = OovCounts()
         self._seen = 0
 
     def _convert(self, chunk: Chunk) -> FeatureChunk:
-        converted, _, keep = convert_chunk(self.spec, self.pre, chunk, self.texts, self.skipped)
+        converted, _, keep = convert_chunk(self.spec, self.pre, chunk, self.texts, self.skipped, self.oov)
         positions = np.arange(self._seen, self._seen + len(chunk.frame))[keep]
         self._seen += len(chunk.frame)
         return FeatureChunk(ColumnTable(converted), positions, chunk.frame[keep])
@@ -161,3 +164,10 @@ class FeatureRows:
         """Every chunk of the spec's files (``chunk_rows`` rows each), converted."""
         for chunk in iter_chunks(self.spec):
             yield self._convert(chunk)
+
+    def unknown_id_warnings(self) -> List[str]:
+        """The warnings ``mtl-torchrec evaluate`` gives (:func:`~mtl_torchrec.data.preprocessing.oov_warnings`)
+        for the rows converted so far: id features (behaviour-sequence histories included) whose share of
+        ids unknown to the run's vocabularies is far above training's, text features with unknown keys."""
+        stats = {"oov": self.oov.stats(), "train_oov": self.pre.stats.get("train_oov")}
+        return oov_warnings(stats, ALL_SPLIT, [t.feature for t in self.spec.text])
