@@ -319,3 +319,31 @@ def test_a_split_the_rule_leaves_empty_is_one_error_before_anything_else(stream_
                                         r"\{'train': 300, 'val': 0, 'test': 0\}\): nothing to evaluate"):
         evaluate_1rank(stream_run, data_spec=str(spec), split="test", progress=True)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_rows_skipped_as_bad_are_a_warning_in_evaluate_and_predict(stream_run, tmp_path, capsys):
+    """Rows dropped under ``on_bad_rows: skip`` have no metric and no prediction: evaluate lists them in
+    eval.json's warnings (and prints them), predict prints the same line; nothing when none is skipped."""
+    from mtl_torchrec.serve.predict import predict_files
+    from mtl_torchrec.serve.runs import load_run
+
+    frame = _frame(n=200).astype({"price": object})
+    frame.loc[[4, 77], "price"] = "cheap"
+    del frame["split"]
+    spec = _spec("bad.csv", on_bad_rows="skip")
+    del spec["split"]
+    path = write_case(tmp_path, frame, spec, name="bad.csv", spec_name="bad.yaml")
+    line = "2 bad rows skipped while reading (on_bad_rows: skip); by reason: price: not a finite number: 2"
+    got = evaluate_1rank(stream_run, data_spec=str(path), **KW).summary
+    assert got["rows"] == 198 and got["warnings"][0] == line
+    assert f"warning: {line}" in capsys.readouterr().err
+    ctx = init_distributed()
+    try:
+        written = predict_files(load_run(stream_run), str(path), tmp_path / "p.parquet", ctx)
+    finally:
+        close_distributed(ctx)
+    assert written == 198 and f"warning: {line}" in capsys.readouterr().err
+    clean = _frame(n=50)
+    del clean["split"]
+    clean_path = write_case(tmp_path / "clean", clean, spec, name="bad.csv", spec_name="clean.yaml")
+    assert not any("skipped" in w for w in evaluate_1rank(stream_run, data_spec=str(clean_path), **KW).summary["warnings"])

@@ -87,6 +87,21 @@ def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str]
     return out
 
 
+def skipped_rows_warnings(stats: Dict[str, Any]) -> List[str]:
+    """A warning when rows were dropped under ``on_bad_rows: skip`` (``stats["skipped_rows"]``, with
+    ``stats["skipped_by_reason"]``): the rows are gone from every metric and prediction, which the
+    user must hear of, not only find in a statistics file. The one rule of train's, ``evaluate``'s
+    and ``predict``'s warnings about skipped rows; empty when nothing was skipped."""
+    n = int(stats.get("skipped_rows") or 0)
+    if not n:
+        return []
+    # Most frequent reason first.
+    by_reason = sorted((stats.get("skipped_by_reason") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    reasons = ", ".join(f"{k}: {v}" for k, v in by_reason)
+    return [f"{n} bad row{'s' if n != 1 else ''} skipped while reading (on_bad_rows: skip)"
+            + (f"; by reason: {reasons}" if reasons else "")]
+
+
 def stable_hash(values: np.ndarray) -> np.ndarray:
     """A deterministic uint64 hash of each value's string form."""
     return pd.util.hash_array(np.asarray(values, dtype=object).astype(str), hash_key=_HASH_KEY, categorize=True)

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings
+from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings, skipped_rows_warnings
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import DataSpec, load_spec, spec_files
 from mtl_torchrec.data.spec.build import check_feature_layout
@@ -407,7 +407,7 @@ def evaluate_run(
         raise DataError(f"split '{split}' has no rows{read}: nothing to evaluate; check the data's split rule or "
                         f"choose another --split")
     notes = report.notes + late_notes
-    warnings = oov_warnings(stats, split, [f.name for f in data.schema.text_features])
+    warnings = skipped_rows_warnings(stats) + oov_warnings(stats, split, [f.name for f in data.schema.text_features])
     warnings += [f"text feature '{name}': {n} item texts differ from those the run encoded in training; the run's "
                  f"vectors (the checkpoint) are used, not the new texts" for name, n in
                  (stats.get("text_changed") or {}).items() if n]

@@ -116,7 +116,7 @@ def predict_frame(run: Union[Path, str, LoadedRun], frame: pd.DataFrame, keep: S
     _check_keep(keep, frame.columns, "keep", "the DataFrame")
     rows = FeatureRows(spec, run.preprocessing)
     part = rows.convert_frame(frame)
-    warn_unknown_ids(rows)
+    warn_about_rows(rows)
     scores = score_table(run, part.table, rows, rows_per_step(batch_size, run.cfg.data.eval_batch_size))
     return _frame_of(FeatureChunk(part.table, part.rows, frame.reset_index(drop=True).iloc[part.rows]), scores, keep)
 
@@ -175,14 +175,16 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
             if writer is not None:
                 writer.close()
     if ctx.is_main:
-        warn_unknown_ids(rows)
+        warn_about_rows(rows)
     return written
 
 
-def warn_unknown_ids(rows: FeatureRows) -> None:
-    """Prints ``warning: ...`` on stderr for each of :meth:`FeatureRows.unknown_id_warnings` (ids
-    mostly unknown to the run, in another form than in training): the lines ``evaluate`` prints."""
-    for message in rows.unknown_id_warnings():
+def warn_about_rows(rows: FeatureRows) -> None:
+    """Prints ``warning: ...`` on stderr for each of :meth:`FeatureRows.skipped_rows_warnings` (rows
+    dropped under ``on_bad_rows: skip``: they have no prediction) and
+    :meth:`FeatureRows.unknown_id_warnings` (ids mostly unknown to the run, in another form than in
+    training): the lines ``evaluate`` prints."""
+    for message in rows.skipped_rows_warnings() + rows.unknown_id_warnings():
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 

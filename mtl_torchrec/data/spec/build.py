@@ -12,7 +12,13 @@ import pandas as pd
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.bundle import DataBundle, TextTable
 from mtl_torchrec.data.item_table import compose_texts, read_item_table
-from mtl_torchrec.data.preprocessing import Preprocessing, canonical_tokens, stable_hash, value_tokens
+from mtl_torchrec.data.preprocessing import (
+    Preprocessing,
+    canonical_tokens,
+    skipped_rows_warnings,
+    stable_hash,
+    value_tokens,
+)
 from mtl_torchrec.data.schema import ColumnTable, Jagged, Schema
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for, weight_column
@@ -157,7 +163,8 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     bundle's ``row_origin`` names the file line of a split's row; its ``texts`` hold each text
     feature's table (``stats["oov"]`` counts text keys unknown to a fitted run's rows too). A fit
     checks behaviour sequences on the training rows (:mod:`~mtl_torchrec.data.spec.sequences`):
-    ``stats["sequences"]`` holds their counts, ``stats["warnings"]`` lines for the user. Raises
+    ``stats["sequences"]`` holds their counts, ``stats["warnings"]`` lines for the user (with the
+    rows ``on_bad_rows: skip`` dropped, :func:`~mtl_torchrec.data.preprocessing.skipped_rows_warnings`). Raises
     what :func:`fit_preprocessing` and :func:`iter_chunks` raise, ConfigError or DataError for an
     unusable item table (``text[i].items``), and DataError for a bad row (without skip; a normalised
     dense value beyond float32 included), an item key missing from its item table, or (fitting) a
@@ -189,6 +196,7 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     stats = reader.stats()
     if fitted:
         stats["train_oov"] = {f: c["rate"] for f, c in stats["oov"].get("train", {}).items()}
+        stats["warnings"] = list(stats.get("warnings") or []) + skipped_rows_warnings(stats)
         pre.stats = stats
     out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats, texts=pre.texts, seen=pre.seen, features=pre.features)
     return DataBundle(schema=schema, splits=splits, texts=reader.texts.tables(), slices=slices, preprocessing=out_pre,

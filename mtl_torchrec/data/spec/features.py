@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import DataError
-from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings
+from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings, skipped_rows_warnings
 from mtl_torchrec.data.schema import ColumnTable, Schema
 from mtl_torchrec.data.spec.build import OovCounts, TextParts, convert_chunk
 from mtl_torchrec.data.spec.data_spec import DataSpec
@@ -171,3 +171,8 @@ class FeatureRows:
         ids unknown to the run's vocabularies is far above training's, text features with unknown keys."""
         stats = {"oov": self.oov.stats(), "train_oov": self.pre.stats.get("train_oov")}
         return oov_warnings(stats, ALL_SPLIT, [t.feature for t in self.spec.text])
+
+    def skipped_rows_warnings(self) -> List[str]:
+        """The warning ``mtl-torchrec evaluate`` gives when rows converted so far were dropped under
+        ``on_bad_rows: skip`` (:func:`~mtl_torchrec.data.preprocessing.skipped_rows_warnings`)."""
+        return skipped_rows_warnings({"skipped_rows": sum(self.skipped.values()), "skipped_by_reason": self.skipped})
