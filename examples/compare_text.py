@@ -70,9 +70,13 @@ def print_tables(results: Dict[str, Any], split: str, pick: Callable[[Dict[str, 
         print(comparison_table({v: {"s": b["slices"][name]["tasks"]} for v, b in blocks.items()}, "s"))
 
 
-def main(argv: Any = None) -> int:
-    p = argparse.ArgumentParser(description=doc_summary(__doc__))
-    p.add_argument("--config", required=True)
+def main(argv: Any = None, default_config: Optional[str] = None, prog: Optional[str] = None) -> int:
+    """Runs the comparison; ``default_config`` makes ``--config`` optional (the wrappers' own config)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc_summary(__doc__))
+    if default_config is None:
+        p.add_argument("--config", required=True, help="the run config both variants start from")
+    else:
+        p.add_argument("--config", default=default_config, help=f"the run config (default: {default_config})")
     p.add_argument("--output", default=None, help="folder for runs and results.json (default: a temp folder)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--cold-slice", default=None,

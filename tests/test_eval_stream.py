@@ -333,7 +333,8 @@ def test_rows_skipped_as_bad_are_a_warning_in_evaluate_and_predict(stream_run, t
     spec = _spec("bad.csv", on_bad_rows="skip")
     del spec["split"]
     path = write_case(tmp_path, frame, spec, name="bad.csv", spec_name="bad.yaml")
-    line = "2 bad rows skipped while reading (on_bad_rows: skip); by reason: price: not a finite number: 2"
+    line = ("2 bad rows skipped while reading the files (on_bad_rows: skip; counted over every row read, all splits); "
+            "by reason: price: not a finite number: 2")
     got = evaluate_1rank(stream_run, data_spec=str(path), **KW).summary
     assert got["rows"] == 198 and got["warnings"][0] == line
     assert f"warning: {line}" in capsys.readouterr().err

@@ -121,8 +121,11 @@ def test_a_missing_folder_says_where_to_get_movielens(tmp_path: Path, capsys) ->
     module_spec = importlib.util.spec_from_file_location("export_csv", path)
     export = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(export)
+    empty = tmp_path / "empty"
+    empty.mkdir()
     for folder, says in ((missing, rf"--path: {at} .*is not a folder\. .*{where}--path to the folder"),
-                         (root, rf"u\.item: file not found .*{where}")):
+                         (root, rf"--path: .* lacks u\.item of the GroupLens ml-100k layout\. .*{where}--path to"),
+                         (empty, rf"lacks u\.data, u\.item, u\.user, u\.genre .*{where}--path to")):
         with pytest.raises(SystemExit) as e:
             export.main(["--out", str(tmp_path / "out"), "--path", str(folder)])
         assert e.value.code == 2

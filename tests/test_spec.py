@@ -193,7 +193,8 @@ def test_bad_rows_skipped_and_counted_when_opted_in(tmp_path):
     assert stats["skipped_by_reason"] == {"price: not a finite number": 3,
                                           "click: value is neither positive nor negative": 1}
     # The line training prints (and evaluate and predict give for their rows): skipped rows are not silent.
-    assert stats["warnings"] == ["4 bad rows skipped while reading (on_bad_rows: skip); by reason: price: not a "
+    assert stats["warnings"] == ["4 bad rows skipped while reading the files (on_bad_rows: skip; counted over every "
+                                 "row read, all splits); by reason: price: not a "
                                  "finite number: 3, click: value is neither positive nor negative: 1"]
     assert sum(len(t) for t in bundle.splits.values()) == len(frame) - 4
 

@@ -114,6 +114,27 @@ def test_encoding_progress_in_a_log_file_is_lines(tiny_model: str, tmp_path: Pat
     assert (tmp_path / "small.log").read_text() == ""
 
 
+def test_log_lines_keep_their_interval(tmp_path: Path) -> None:
+    """A log bar writes at most one line per interval while it advances (no extra redraws a second
+    or two after a line, as tqdm's monitor thread made) and the final counts once at the end."""
+    import time
+
+    from mtl_torchrec.core.progress import LogLines
+
+    log = tmp_path / "bar.log"
+    with open(log, "w") as f:
+        bar = LogLines(total=40, desc="steps", file=f, mininterval=0.2)
+        for _ in range(40):
+            time.sleep(0.03)
+            bar.update(1)
+        bar.close()
+    lines = log.read_text().splitlines()
+    assert lines[-1].startswith("steps: 100% 40/40") and "\r" not in log.read_text()
+    # 1.2 s of updates at one line per 0.2 s: at most 6 lines before the last, never one per update.
+    assert 3 <= len(lines) <= 7, lines
+    assert sum(line.startswith("steps: 100%") for line in lines) == 1, lines
+
+
 def test_overlong_text_is_truncated_and_counted(tiny_model: str) -> None:
     long_text = " ".join(["story"] * 200)
     enc = TextEncoder(enc_cfg(tiny_model, max_length=16))

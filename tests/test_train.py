@@ -115,8 +115,9 @@ def test_cli_single_process_writes_run(tmp_path):
     assert _warning_lines(stderr) == []
     assert "\r" not in stderr
     # The epoch's last line (every step done) with the losses, and the splits' scoring.
-    assert re.search(r"^epoch 1/1: 100% (\d+)/\1 \[.*total=", stderr, re.M), stderr
-    assert re.search(r"^scoring: 100% ", stderr, re.M), stderr
+    # The losses are named by the step they are from (the last logged one, not necessarily the last step).
+    assert re.search(r"^epoch 1/1: 100% (\d+)/\1 \[.*loss@step=\d+, .*total=", stderr, re.M), stderr
+    assert re.search(r"^scoring test: 100% ", stderr, re.M), stderr
     _check_run_dir(proc.stdout)
 
 

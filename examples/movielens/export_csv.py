@@ -31,7 +31,7 @@ import pandas as pd
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.core.io import atomic_write_text
 from mtl_torchrec.data.config import MovieLensConfig
-from mtl_torchrec.data.movielens import download_hint, load_movielens
+from mtl_torchrec.data.movielens import ML100K_FILES, download_hint, load_movielens
 from mtl_torchrec.launch.args import doc_summary
 
 SPEC = """\
@@ -98,6 +98,10 @@ def main(argv: Any = None) -> int:
         p.error("--history-length: must be >= 0")
     if not Path(args.path).is_dir():
         p.error(f"--path: {args.path} (here {Path(args.path).resolve()}) is not a folder. {download_hint('--path')}")
+    missing = [name for name in ML100K_FILES if not (Path(args.path) / name).is_file()]
+    if missing:
+        p.error(f"--path: {args.path} (here {Path(args.path).resolve()}) lacks {', '.join(missing)} of the GroupLens "
+                f"ml-100k layout. {download_hint('--path')}")
     try:
         bundle = load_movielens(MovieLensConfig(path=args.path, seed=args.seed, history_length=args.history_length))
     except DataError as e:

@@ -34,10 +34,13 @@ class LogLines(tqdm):
     :data:`LOG_EVERY_S`) while it advances, and the final counts when it closes. Takes tqdm's
     arguments (``gui`` is set, ``ncols`` is 0, ``file`` is stderr by default)."""
 
+    # No tqdm monitor thread: its forced redraws come on top of the interval's own lines, one or two
+    # seconds apart in a log. With miniters=1 every update checks the interval, so none is needed.
+    monitor_interval = 0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("mininterval", LOG_EVERY_S)
-        # tqdm's monitor thread forces a redraw after maxinterval without one; not more often than a line.
-        kwargs.setdefault("maxinterval", max(kwargs["mininterval"], 10.0))
+        kwargs["miniters"] = 1
         kwargs["ncols"] = 0
         kwargs["gui"] = True
         self._shown_n: Optional[float] = None

@@ -69,6 +69,10 @@ def download_hint(key: str = "data.movielens.path") -> str:
             f"u.genre; a relative path is from the working directory)")
 
 
+# The files of the GroupLens layout that the loader reads.
+ML100K_FILES = ("u.data", "u.item", "u.user", "u.genre")
+
+
 def _read_lines(path: Path) -> List[str]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected the GroupLens ml-100k layout); {download_hint()}")

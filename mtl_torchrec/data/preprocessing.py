@@ -98,7 +98,8 @@ def skipped_rows_warnings(stats: Dict[str, Any]) -> List[str]:
     # Most frequent reason first.
     by_reason = sorted((stats.get("skipped_by_reason") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
     reasons = ", ".join(f"{k}: {v}" for k, v in by_reason)
-    return [f"{n} bad row{'s' if n != 1 else ''} skipped while reading (on_bad_rows: skip)"
+    return [f"{n} bad row{'s' if n != 1 else ''} skipped while reading the files (on_bad_rows: skip; counted over "
+            "every row read, all splits)"
             + (f"; by reason: {reasons}" if reasons else "")]
 
 

@@ -225,7 +225,7 @@ def evaluate_split(
     table = bundle.splits[split]
     started = time.perf_counter()
     scored = score_rows(module, tasks, [table], bundle.schema, ctx, batch_size, num_workers, progress, calibration,
-                        total_rows=len(table))
+                        total_rows=len(table), desc=f"scoring {split}")
     return split_metrics(scored, tasks, split, ctx, slices, bundle.schema.group, calibration, started)
 
 
@@ -395,7 +395,8 @@ def evaluate_run(
         calibration = None
     started = time.perf_counter()
     scored = score_rows(dmp, module.tasks, source.tables(), data.schema, ctx, batch_size or cfg.data.eval_batch_size,
-                        cfg.data.num_workers, progress, calibration, total_rows=source.total_rows)
+                        cfg.data.num_workers, progress, calibration, total_rows=source.total_rows,
+                        desc=f"scoring {split}")
     report = source.finish()
     stats = report.stats
     if streamed:

@@ -107,6 +107,7 @@ def score_rows(
     progress: bool = False,
     calibration: Optional[Calibration] = None,
     total_rows: Optional[int] = None,
+    desc: str = "scoring",
 ) -> RankRows:
     """Runs the model over the rows of ``tables`` (consecutive pieces of one split, in row order;
     every rank gets the same ones) in batches of ``batch_size`` per rank, in evaluation mode
@@ -116,7 +117,8 @@ def score_rows(
     :func:`~mtl_torchrec.model.tasks.metric_tasks` of them. Tables are batched as they come, so
     only the rows of one table and fewer than ``batch_size * world_size`` rows carried over from
     the previous ones are held besides the kept columns. With ``progress``, rank 0 shows a progress
-    bar over its batches (``total_rows``, when known, sizes it). With ``calibration`` the
+    bar over its batches (``total_rows``, when known, sizes it; ``desc`` labels it, e.g. with the
+    split). With ``calibration`` the
     predictions are calibrated and the raw ones kept as ``r:<task>``.
     """
     train_tasks, tasks = tasks, metric_tasks(tasks)
@@ -124,7 +126,7 @@ def score_rows(
     step_rows = batch_size * ctx.world_size
     parts: Dict[str, List[np.ndarray]] = {}
     total = 0
-    bar = progress_bar(total=None if total_rows is None else math.ceil(total_rows / step_rows), desc="scoring",
+    bar = progress_bar(total=None if total_rows is None else math.ceil(total_rows / step_rows), desc=desc,
                        unit="batch", enabled=progress and ctx.is_main)
 
     def run(segment: ColumnTable) -> None:

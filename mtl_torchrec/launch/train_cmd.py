@@ -155,7 +155,9 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
         # What the data spec's checks found on the training split (e.g. a history holding the candidate).
         for message in (data.preprocessing.stats.get("warnings") or []) if data.preprocessing is not None else []:
             print(f"warning: {message}", file=sys.stderr)
-        for split, table in data.splits.items():
+        # train, val, test first (the order the files list them in varies), then any other split.
+        order = {"train": 0, "val": 1, "test": 2}
+        for split, table in sorted(data.splits.items(), key=lambda kv: order.get(kv[0], 3)):
             print(describe(table, data.schema, split))
         for split, masks in data.slices.items():
             for name, mask in masks.items():

@@ -90,7 +90,8 @@ class LossLogging(Callback):
         step = trainer.state.global_step
         running = {k: float(v) for k, v in out.task_losses.items()}
         running["total"] = float(out.loss)
-        trainer.set_progress_postfix({k: f"{v:.4f}" for k, v in running.items()})
+        # Named by its step: the bar's last line may come many steps later (every > the epoch's steps).
+        trainer.set_progress_postfix({"loss@step": str(step), **{k: f"{v:.4f}" for k, v in running.items()}})
         trainer.log_scalars("train/loss", running, step)
         weights = trainer.loss_weights()
         trainer.log_scalars("train/loss_weight", weights, step)
