@@ -24,7 +24,8 @@ from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.serve import load_run, predict_frame
 from mtl_torchrec.serve.export import export_run, load_artifact
-from tests.eval_fixtures import evaluate_1rank, make_frame, spec_dict, train_spec_run
+from tests.distributed import run_ranks
+from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, make_frame, spec_dict, train_spec_run
 from tests.mtl_helpers import SMALL_SYNTHETIC
 from tests.test_serve import _fresh_process_outputs
 
@@ -209,3 +210,33 @@ def test_synthetic_history_is_learned_through_the_attention(tmp_path: Path, monk
     monkeypatch.setattr(target_attention.TargetAttention, "forward", broken)
     ignored = _click_auc(tmp_path / "broken", SEQUENCE_ON)
     assert with_history > ignored + 0.003, (with_history, ignored)
+
+
+def _paused_rank(rank: int, world: int, spec: str, run_dir: str, pauses: List[str]) -> Dict[str, float]:
+    cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}",
+                             *SEQUENCE, "train.epochs=4", "train.max_steps=8", "train.progress=false", *pauses])
+    ctx = init_distributed(backend="gloo")
+    try:
+        return train(cfg, ctx)["metrics"]
+    finally:
+        close_distributed(ctx)
+
+
+@pytest.mark.slow
+def test_two_ranks_pause_mid_epoch_with_a_sequence_table(tmp_path: Path) -> None:
+    """A checkpoint or a validation in the middle of an epoch detaches TorchRec's pipeline and attaches
+    it again; on 2 ranks the sharded sequence table (an EmbeddingCollection) then crashed the next step
+    (gloo all-to-all sizes disagreed). Now training goes on, and checkpoints change nothing."""
+    spec = spec_dict("data.csv", text=[], slices=[])
+    spec["sparse"].append({"column": "history", "separator": "|", "vocab": "shared", "shared_with": "item",
+                           "max_length": 5})
+    history_frame().to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    spec_path = str(tmp_path / "spec.yaml")
+    # 3 steps an epoch on 2 ranks: a pause every 2 steps falls inside epochs.
+    plain = run_ranks(_paused_rank, 2, spec_path, str(tmp_path / "plain"), ["train.checkpoint_every=0"])
+    ckpt = run_ranks(_paused_rank, 2, spec_path, str(tmp_path / "ckpt"), ["train.checkpoint_every=2"])
+    assert ckpt[0] == plain[0] and plain[0]["click"]["auc"] == plain[0]["click"]["auc"]
+    assert (tmp_path / "ckpt" / "checkpoints" / "step_000004").is_dir()  # mid-epoch (the oldest are pruned)
+    validated = run_ranks(_paused_rank, 2, spec_path, str(tmp_path / "val"), ["train.eval_every=2"])
+    assert validated[0]["click"]["count"] == plain[0]["click"]["count"]

@@ -255,6 +255,12 @@ class Trainer:
         finally:
             if detach:
                 self._pipeline.attach(self.dmp)
+                # attach() restarts the in-flight batch's input dist (its splits all-to-all) but, unlike
+                # the pipeline's own fill, does not run the second part; without it a sharded
+                # EmbeddingCollection (behaviour sequences) on several ranks reads stale lengths and its
+                # all-to-all sizes disagree across ranks (a gloo "in->size == out->size" crash).
+                if self._pipeline.contexts:
+                    self._pipeline.wait_sparse_data_dist(self._pipeline.contexts[0])
                 self._attached = True
             if self._pipeline is not None:
                 self._start_clock()
