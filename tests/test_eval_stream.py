@@ -344,6 +344,18 @@ def test_rows_skipped_as_bad_are_a_warning_in_evaluate_and_predict(stream_run, t
     finally:
         close_distributed(ctx)
     assert written == 198 and f"warning: {line}" in capsys.readouterr().err
+    # Every row bad: one error saying why there is nothing, and no output file (not an empty one).
+    frame["price"] = "cheap"
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"has no rows.*200 bad rows skipped"):
+        evaluate_1rank(stream_run, data_spec=str(path), **KW)
+    ctx = init_distributed()
+    try:
+        with pytest.raises(DataError, match=r"has no rows to score; 200 bad rows skipped"):
+            predict_files(load_run(stream_run), str(path), tmp_path / "none.parquet", ctx)
+    finally:
+        close_distributed(ctx)
+    assert not (tmp_path / "none.parquet").exists()
     clean = _frame(n=50)
     del clean["split"]
     clean_path = write_case(tmp_path / "clean", clean, spec, name="bad.csv", spec_name="clean.yaml")

@@ -197,6 +197,11 @@ def test_bad_rows_skipped_and_counted_when_opted_in(tmp_path):
                                  "row read, all splits); by reason: price: not a "
                                  "finite number: 3, click: value is neither positive nor negative: 1"]
     assert sum(len(t) for t in bundle.splits.values()) == len(frame) - 4
+    # Every row bad: the error says the rows were skipped, not only that the split is empty.
+    frame["price"] = "n/a?"
+    path = write_case(tmp_path, frame, spec_dict(on_bad_rows="skip"))
+    with pytest.raises(DataError, match=r"training split has no rows .*; 600 bad rows skipped .*not a finite number"):
+        build_bundle(load_spec(path))
 
 
 def test_label_mapping_threshold_and_missing_label(tmp_path):

@@ -405,8 +405,9 @@ def evaluate_run(
         # Before any note, warning or file: a split the split rule leaves empty has nothing to measure.
         per_split = stats.get("rows_per_split")
         read = f" (of the {stats.get('rows_read')} rows read, per split: {per_split})" if per_split else ""
+        why = skipped_rows_warnings(stats)
         raise DataError(f"split '{split}' has no rows{read}: nothing to evaluate; check the data's split rule or "
-                        f"choose another --split")
+                        f"choose another --split" + (f"; {why[0]}" if why else ""))
     notes = report.notes + late_notes
     warnings = skipped_rows_warnings(stats) + oov_warnings(stats, split, [f.name for f in data.schema.text_features])
     warnings += [f"text feature '{name}': {n} item texts differ from those the run encoded in training; the run's "

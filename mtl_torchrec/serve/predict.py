@@ -169,8 +169,10 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
                     writer = pq.ParquetWriter(str(tmp), table.schema)
                 writer.write_table(table)
                 written += len(whole)
-            if ctx.is_main and writer is None:
-                raise DataError(f"--data: '{data}' has no rows to score")
+            if ctx.is_main and written == 0:
+                # Nothing is renamed over --out: an empty prediction file would read as a success.
+                why = rows.skipped_rows_warnings()
+                raise DataError(f"--data: '{data}' has no rows to score" + (f"; {why[0]}" if why else ""))
         finally:
             if writer is not None:
                 writer.close()

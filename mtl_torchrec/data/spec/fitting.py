@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import ConfigError, DataError
-from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary, canonical_tokens
+from mtl_torchrec.data.preprocessing import (
+    Normalizer,
+    Preprocessing,
+    Vocabulary,
+    canonical_tokens,
+    skipped_rows_warnings,
+)
 from mtl_torchrec.data.schema import DenseFeature, LabelSpec, Schema, SparseFeature
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
@@ -54,7 +60,9 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
         for i, d in enumerate(spec.dense):
             _fit_dense(norms[d.feature], checked.dense[d.feature], keep, chunk, f"dense[{i}]", d.column)
     if train_rows == 0:
-        raise DataError("data spec: the training split has no rows (check files and split rule)")
+        why = skipped_rows_warnings({"skipped_rows": sum(skipped.values()), "skipped_by_reason": skipped})
+        raise DataError("data spec: the training split has no rows (check files and split rule)"
+                        + (f"; {why[0]}" if why else ""))
     vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse if s.vocab != "shared"}
     # vocab: shared: the owner's vocabulary (validate() checked that the owner has one of its own).
     vocabs.update({s.feature: vocabs[str(s.shared_with)] for s in spec.sparse if s.vocab == "shared"})
