@@ -279,3 +279,12 @@ def test_two_ranks_take_the_same_decisions(tmp_path):
     assert results[0]["best"] == results[1]["best"] == results[1]["summary"]["tested_checkpoint"]
     saved = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert saved["checkpoint_step"] == sel["best_step"] and set(saved["tasks"]) == {"click", "conversion"}
+
+
+@pytest.mark.slow
+def test_max_steps_on_an_epoch_end_still_validates_it(tmp_path):
+    """Training cut by train.max_steps exactly at an epoch's last batch has finished that epoch: its
+    end-of-epoch validation runs (the final state is a candidate), as in a run with more epochs."""
+    s = _train(tmp_path / "cut", "train.max_steps=62", "train.patience=100", "train.eval_every=25")["summary"]
+    steps = [c["step"] for c in s["selection"]["curve"]]
+    assert steps == [25, 50, 62], steps

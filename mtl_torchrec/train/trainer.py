@@ -604,12 +604,14 @@ class Trainer:
             if self._attached and isinstance(self._pipeline, TrainPipelineSparseDist):
                 self._pipeline.detach()
             self._pipeline, self._attached = None, False
-            if not done:
+            # An epoch whose every batch ran has ended, also when max_steps (or a stop) falls on its last
+            # batch: its end-of-epoch work (validation, epoch losses) is due as in a longer run.
+            if not done or self.state.batch_in_epoch >= self.train_ds.num_batches():
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
                 for cb in self.callbacks:
                     cb.on_epoch_end(self)
-                done = self._stop
+                done = done or self._stop
         for cb in self.callbacks:
             cb.on_fit_end(self)
         # The final state is always checkpointed (also what evaluation loads).
