@@ -99,6 +99,24 @@ def test_malformed_files_name_file_and_line(tmp_path: Path) -> None:
         load_movielens(MovieLensConfig(path=str(root)))
     with pytest.raises(DataError, match="data.movielens.path"):
         load_movielens(MovieLensConfig(path=str(tmp_path / "nowhere")))
+    # An id 0 or a repeated id took another entry's row without a word; an empty file was a traceback;
+    # one huge id sized every per-id array by it (tens of GB). Each is one error naming the file.
+    item_line = "|Zero Movie (1995)|01-Jan-1995||http://x|" + "|".join(["0"] * 19) + "\n"
+    cases = [("u.item", "0" + item_line, r"u\.item:13: movie id must be >= 1 .*got 0"),
+             ("u.item", "3" + item_line, r"u\.item:13: movie id 3 repeats line 3"),
+             ("u.item", "2000000000" + item_line, r"u\.item: movie id 2000000000 is above both the number of entries"),
+             ("u.user", "0|30|M|writer|12345\n", r"u\.user:7: user id must be >= 1"),
+             ("u.user", "2|30|M|writer|12345\n", r"u\.user:7: user id 2 repeats line 2")]
+    for k, (name, extra, says) in enumerate(cases):
+        root = write_tiny(tmp_path / f"ids{k}")
+        (root / name).write_text((root / name).read_text() + extra)
+        with pytest.raises(DataError, match=says):
+            load_movielens(MovieLensConfig(path=str(root)))
+    for name, says in (("u.item", "no movies"), ("u.user", "no users")):
+        root = write_tiny(tmp_path / f"empty_{name}")
+        (root / name).write_text("")
+        with pytest.raises(DataError, match=rf"{name}: {says}"):
+            load_movielens(MovieLensConfig(path=str(root)))
 
 
 def test_a_missing_folder_says_where_to_get_movielens(tmp_path: Path, capsys) -> None:

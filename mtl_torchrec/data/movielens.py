@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -92,6 +92,26 @@ def _int(value: str, path: Path, line: int, what: str) -> int:
         raise DataError(f"{path}:{line}: {what} must be an integer, got {value!r}") from None
 
 
+def _check_new_id(value: int, known: Dict[int, Any], lines: Dict[int, int], path: Path, n: int, what: str) -> None:
+    """Ids of u.item / u.user start at 1 and appear once: a 0 or a repeat would silently take another
+    entry's row (ids index arrays from 1)."""
+    if value < 1:
+        raise DataError(f"{path}:{n}: {what} must be >= 1 (the GroupLens ids start at 1), got {value}")
+    if value in known:
+        raise DataError(f"{path}:{n}: {what} {value} repeats line {lines[value]}")
+
+
+def _check_id_range(ids: Dict[int, Any], rated: int, path: Path, what: str) -> int:
+    """The id range ``max(ids, rated)``; DataError when an id of ``path`` exceeds both the number of
+    its entries and the largest rated id (GroupLens ids are dense, 1..N; a stray huge id would size
+    every per-id array by it)."""
+    top = max(ids)
+    if top > max(len(ids), rated):
+        raise DataError(f"{path}: {what} {top} is above both the number of entries ({len(ids)}) and the largest "
+                        f"rated id ({rated}); ids are 1..N in the GroupLens layout")
+    return max(top, rated)
+
+
 def read_ratings(path: Path) -> np.ndarray:
     """``[n, 4]`` int64: user (1-based), item (1-based), rating, timestamp."""
     rows = []
@@ -115,6 +135,7 @@ def read_ratings(path: Path) -> np.ndarray:
 def read_items(path: Path) -> Dict[int, Tuple[str, Optional[int], List[int]]]:
     """item id -> (title without year, year or None, genre flag indices)."""
     items: Dict[int, Tuple[str, Optional[int], List[int]]] = {}
+    lines: Dict[int, int] = {}
     for n, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
@@ -131,7 +152,11 @@ def read_items(path: Path) -> Dict[int, Tuple[str, Optional[int], List[int]]]:
             title, year = m.group(1), int(m.group(2))
         elif parts[2][-4:].isdigit():
             year = int(parts[2][-4:])
+        _check_new_id(item, items, lines, path, n, "movie id")
+        lines[item] = n
         items[item] = (title, year, [g for g, f in enumerate(flags) if f == "1"])
+    if not items:
+        raise DataError(f"{path}: no movies")
     return items
 
 
@@ -153,7 +178,8 @@ def read_genres(path: Path) -> List[str]:
 
 def read_users(path: Path) -> Dict[int, Tuple[int, str, str, str]]:
     """user id -> (age, gender, occupation, zip)."""
-    users = {}
+    users: Dict[int, Tuple[int, str, str, str]] = {}
+    lines: Dict[int, int] = {}
     for n, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
@@ -161,10 +187,14 @@ def read_users(path: Path) -> Dict[int, Tuple[int, str, str, str]]:
         if len(parts) != 5:
             raise DataError(f"{path}:{n}: expected 5 '|'-separated fields (id, age, gender, occupation, zip), got {len(parts)}")
         uid = _int(parts[0], path, n, "user id")
+        _check_new_id(uid, users, lines, path, n, "user id")
+        lines[uid] = n
         age = _int(parts[1], path, n, "age")
         if parts[2] not in ("M", "F"):
             raise DataError(f"{path}:{n}: gender must be M or F, got {parts[2]!r}")
         users[uid] = (age, parts[2], parts[3], parts[4])
+    if not users:
+        raise DataError(f"{path}: no users")
     return users
 
 
@@ -272,8 +302,8 @@ def load_movielens(cfg: MovieLensConfig) -> DataBundle:
     items = read_items(root / "u.item")
     users = read_users(root / "u.user")
     genres = read_genres(root / "u.genre")
-    num_items = max(max(items), int(ratings[:, 1].max()))
-    num_users = max(max(users), int(ratings[:, 0].max()))
+    num_items = _check_id_range(items, int(ratings[:, 1].max()), root / "u.item", "movie id")
+    num_users = _check_id_range(users, int(ratings[:, 0].max()), root / "u.user", "user id")
     for col, known, name in ((1, items, "u.item"), (0, users, "u.user")):
         unknown = np.setdiff1d(np.unique(ratings[:, col]), np.fromiter(known, dtype=np.int64))
         if len(unknown):
