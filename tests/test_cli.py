@@ -77,3 +77,16 @@ def test_the_checker_sees_torch() -> None:
     proc = _run(["-c", "import torch"])
     assert proc.returncode == 0
     assert "torch" in _imported_top_level(proc.stderr)
+
+
+@pytest.mark.slow
+def test_a_stderr_that_cannot_be_written_costs_the_messages_not_the_run(tmp_path: Path) -> None:
+    """stderr on a full disk (/dev/full): notes and progress cannot be printed; the command still
+    trains and writes its run (it used to stop at its first note with nothing on stdout)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    args = [sys.executable, "-m", "mtl_torchrec", "train", "--config", "default", "data.synthetic.num_impressions=3000",
+            "train.epochs=1", f"run_dir={tmp_path / 'run'}"]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=full, text=True, timeout=600)
+    assert proc.returncode == 0 and "test metrics" in proc.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()
