@@ -360,3 +360,23 @@ def test_rows_skipped_as_bad_are_a_warning_in_evaluate_and_predict(stream_run, t
     del clean["split"]
     clean_path = write_case(tmp_path / "clean", clean, spec, name="bad.csv", spec_name="clean.yaml")
     assert not any("skipped" in w for w in evaluate_1rank(stream_run, data_spec=str(clean_path), **KW).summary["warnings"])
+
+
+def test_predict_reads_no_label_so_a_bad_label_keeps_its_row(stream_run, tmp_path):
+    """Scoring reads features only: a label cell that evaluation refuses (or skips) costs predict nothing."""
+    from mtl_torchrec.serve.predict import predict_files
+    from mtl_torchrec.serve.runs import load_run
+
+    frame = _frame(n=50)
+    del frame["split"]
+    frame.loc[3, "click"] = "maybe"
+    spec = _spec("lab.csv", on_bad_rows="skip")
+    del spec["split"]
+    path = write_case(tmp_path, frame, spec, name="lab.csv", spec_name="lab.yaml")
+    assert evaluate_1rank(stream_run, data_spec=str(path), **KW).summary["rows"] == 49
+    ctx = init_distributed()
+    try:
+        written = predict_files(load_run(stream_run), str(path), tmp_path / "p.parquet", ctx)
+    finally:
+        close_distributed(ctx)
+    assert written == 50 and pd.read_parquet(tmp_path / "p.parquet")["row"].tolist() == list(range(50))

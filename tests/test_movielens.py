@@ -112,7 +112,7 @@ def test_malformed_files_name_file_and_line(tmp_path: Path) -> None:
         (root / name).write_text((root / name).read_text() + extra)
         with pytest.raises(DataError, match=says):
             load_movielens(MovieLensConfig(path=str(root)))
-    for name, says in (("u.item", "no movies"), ("u.user", "no users")):
+    for name, says in (("u.item", "no movies"), ("u.user", "no users"), ("u.genre", "no genres")):
         root = write_tiny(tmp_path / f"empty_{name}")
         (root / name).write_text("")
         with pytest.raises(DataError, match=rf"{name}: {says}"):

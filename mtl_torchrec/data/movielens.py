@@ -173,6 +173,9 @@ def read_genres(path: Path) -> List[str]:
         if len(parts) != 2:
             raise DataError(f"{path}:{n}: expected 'name|index', got {line!r}")
         names[_int(parts[1], path, n, "genre index")] = parts[0]
+    if not names:
+        # Item texts would name genres genre0..genre18 without a word.
+        raise DataError(f"{path}: no genres")
     return [names.get(g, f"genre{g}") for g in range(NUM_GENRE_FLAGS)]
 
 

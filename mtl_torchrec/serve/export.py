@@ -202,7 +202,7 @@ class Artifact:
         ``row``, the ``keep`` columns, the predictions (calibrated when the artifact has a
         calibration, then also ``<name>_raw``). DataError naming missing feature columns or a bad row."""
         spec = feature_spec(self.spec, list(frame.columns), text=bool(self.info["text_features"]),
-                            where="the DataFrame")
+                            where="the DataFrame", labels=False)
         missing = [c for c in keep if c not in frame.columns]
         if missing:
             raise ConfigError(f"keep: column(s) {missing} are not in the DataFrame (columns: {sorted(frame.columns)})")

@@ -112,7 +112,8 @@ def predict_frame(run: Union[Path, str, LoadedRun], frame: pd.DataFrame, keep: S
     """
     if not isinstance(run, LoadedRun):
         run = load_run(Path(run), checkpoint)
-    spec = feature_spec(run.spec, list(frame.columns), text=run.cfg.model.text.enabled, where="the DataFrame")
+    spec = feature_spec(run.spec, list(frame.columns), text=run.cfg.model.text.enabled, where="the DataFrame",
+                        labels=False)
     _check_keep(keep, frame.columns, "keep", "the DataFrame")
     rows = FeatureRows(spec, run.preprocessing)
     part = rows.convert_frame(frame)
@@ -128,12 +129,12 @@ def data_rows(run: LoadedRun, data: str) -> FeatureRows:
     text = run.cfg.model.text.enabled
     if data.endswith((".yaml", ".yml")):
         own = load_spec(data)
-        spec = files_spec(own, [p for p, _ in spec_files(own)], text)
+        spec = files_spec(own, [p for p, _ in spec_files(own)], text, labels=False)
     else:
         found = sorted(glob.glob(data))
         if not found:
             raise FileNotFoundError(f"--data: nothing matches '{data}'")
-        spec = files_spec(run.spec, found, text)
+        spec = files_spec(run.spec, found, text, labels=False)
     return FeatureRows(spec, run.preprocessing)
 
 

@@ -57,13 +57,14 @@ def feature_columns(spec: DataSpec) -> Dict[str, str]:
 
 
 def feature_spec(spec: DataSpec, columns: Sequence[str], text: bool = True, where: str = "the data",
-                 slices: bool = False) -> DataSpec:
+                 slices: bool = False, labels: bool = True) -> DataSpec:
     """``spec`` narrowed to rows that have ``columns``: every feature column is required (DataError
     naming all missing ones with their spec keys, before any row is read); a label is kept only when
     its column (and mask / weight column) is present; the group column only when present; no split
     rule (every row is in split ``all``), no per-split files, no slices (with ``slices``, the
     spec's slices whose column is present: evaluation reports them). ``text=False`` drops the text
-    features (a run trained without them does not read their columns)."""
+    features (a run trained without them does not read their columns); ``labels=False`` drops every
+    label (scoring reads none, so a bad label cell must not cost its row a prediction)."""
     if not text:
         spec = dataclasses.replace(spec, text=[])
     have = set(str(c) for c in columns)
@@ -78,7 +79,7 @@ def feature_spec(spec: DataSpec, columns: Sequence[str], text: bool = True, wher
         return all(c is None or c in have for c in cols)
 
     return dataclasses.replace(
-        spec, labels=[lab for lab in spec.labels if present(lab)], split=None,
+        spec, labels=[lab for lab in spec.labels if labels and present(lab)], split=None,
         slices=[sl for sl in spec.slices if spec.raw_column_of(sl.column) in have] if slices else [],
         group=spec.group if spec.group in have else None,
         files=spec.files if not isinstance(spec.files, dict) else [p for v in spec.files.values() if v
@@ -99,10 +100,11 @@ def file_columns(spec: DataSpec, path: str) -> List[str]:
     return header.names
 
 
-def files_spec(spec: DataSpec, files: Sequence[str], text: bool = True, slices: bool = False) -> DataSpec:
+def files_spec(spec: DataSpec, files: Sequence[str], text: bool = True, slices: bool = False,
+               labels: bool = True) -> DataSpec:
     """The run's ``spec`` reading ``files`` (absolute paths, or relative to the working directory)
     instead of its own, narrowed by :func:`feature_spec` to the columns every one of them has
-    (``slices``: keeping the spec's slices whose column they have)."""
+    (``slices``: keeping the spec's slices whose column they have; ``labels``: as there)."""
     paths = [str(Path(f).resolve()) for f in files]
     spec = dataclasses.replace(spec, files=paths)
     common: Optional[List[str]] = None
@@ -112,7 +114,7 @@ def files_spec(spec: DataSpec, files: Sequence[str], text: bool = True, slices: 
         if missing:
             feature_spec(spec, cols, text, where=path)  # raises, naming the file and the columns
         common = cols if common is None else [c for c in common if c in cols]
-    return feature_spec(spec, common or [], text, slices=slices)
+    return feature_spec(spec, common or [], text, slices=slices, labels=labels)
 
 
 class FeatureChunk(NamedTuple):
