@@ -72,7 +72,9 @@ def print_tables(results: Dict[str, Any], split: str, pick: Callable[[Dict[str, 
 
 def main(argv: Any = None, default_config: Optional[str] = None, prog: Optional[str] = None) -> int:
     """Runs the comparison; ``default_config`` makes ``--config`` optional (the wrappers' own config)."""
-    p = argparse.ArgumentParser(prog=prog, description=doc_summary(__doc__))
+    p = argparse.ArgumentParser(description=doc_summary(__doc__))
+    if prog is not None:
+        p.prog = prog
     if default_config is None:
         p.add_argument("--config", required=True, help="the run config both variants start from")
     else:
