@@ -33,7 +33,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -87,20 +87,18 @@ def oov_warnings(stats: Dict[str, Any], split: str, text_features: Sequence[str]
     return out
 
 
-def skipped_rows_warnings(stats: Dict[str, Any]) -> List[str]:
-    """A warning when rows were dropped under ``on_bad_rows: skip`` (``stats["skipped_rows"]``, with
+def skipped_rows_warnings(by_reason: Mapping[str, int]) -> List[str]:
+    """A warning when rows were dropped under ``on_bad_rows: skip`` (``by_reason``: reason -> rows, as
     ``stats["skipped_by_reason"]``): the rows are gone from every metric and prediction, which the
     user must hear of, not only find in a statistics file. The one rule of train's, ``evaluate``'s
-    and ``predict``'s warnings about skipped rows; empty when nothing was skipped."""
-    n = int(stats.get("skipped_rows") or 0)
+    and ``predict``'s warnings (and errors) about skipped rows; empty when nothing was skipped."""
+    n = int(sum(by_reason.values()))
     if not n:
         return []
     # Most frequent reason first.
-    by_reason = sorted((stats.get("skipped_by_reason") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
-    reasons = ", ".join(f"{k}: {v}" for k, v in by_reason)
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
     return [f"{n} bad row{'s' if n != 1 else ''} skipped while reading the files (on_bad_rows: skip; counted over "
-            "every row read, all splits)"
-            + (f"; by reason: {reasons}" if reasons else "")]
+            f"every row read, all splits); by reason: {reasons}"]
 
 
 def stable_hash(values: np.ndarray) -> np.ndarray:

@@ -7,9 +7,10 @@ are streamed chunk by chunk (:mod:`mtl_torchrec.eval.sources`): each chunk is co
 evaluated split's rows are scored, and per row only what the metrics need is kept, so memory
 does not grow with the rows' features. Built-in sources are loaded whole. Either way the rows go
 through one scoring and metrics path (:mod:`mtl_torchrec.eval.scoring`): every rank scores its
-share of each step's rows; metrics that add up over rows (NE, logloss, calibration, positive
-rate, MSE, MAE) go through ``torchrec.metrics`` across ranks; the scored rows are gathered on rank
-0 for the ranking metrics (exact AUC with ties, GAUC per group), slices and plots. A task with
+share of each step's rows; the scored rows are gathered on rank 0, which computes every metric
+from them: those that add up over rows (NE, logloss, calibration, positive rate, MSE, MAE) through
+``torchrec.metrics``, the ranking metrics (exact AUC with ties, GAUC per group), slices and plots;
+so any rank count gives one rank's numbers. A task with
 sample weights (``labels[i].weight_column`` of a data spec) is weighted in every metric: a row of
 weight 2 counts as two copies of it, one of weight 0 as none (``count`` is then the labelled rows
 of positive weight and ``weight_sum`` their total weight).
@@ -401,15 +402,16 @@ def evaluate_run(
     stats = report.stats
     if streamed:
         note(f"read {stats.get('rows_read')} rows in {time.perf_counter() - t0:.1f} s; '{split}' has {scored.total}")
+    # Rows dropped under on_bad_rows: skip (reason -> rows; none for built-in sources).
+    skipped = stats.get("skipped_by_reason") or {}
     if scored.total == 0:
         # Before any note, warning or file: a split the split rule leaves empty has nothing to measure.
         per_split = stats.get("rows_per_split")
         read = f" (of the {stats.get('rows_read')} rows read, per split: {per_split})" if per_split else ""
-        why = skipped_rows_warnings(stats)
         raise DataError(f"split '{split}' has no rows{read}: nothing to evaluate; check the data's split rule or "
-                        f"choose another --split" + (f"; {why[0]}" if why else ""))
+                        f"choose another --split" + "".join(f"; {w}" for w in skipped_rows_warnings(skipped)))
     notes = report.notes + late_notes
-    warnings = skipped_rows_warnings(stats) + oov_warnings(stats, split, [f.name for f in data.schema.text_features])
+    warnings = skipped_rows_warnings(skipped) + oov_warnings(stats, split, [f.name for f in data.schema.text_features])
     warnings += [f"text feature '{name}': {n} item texts differ from those the run encoded in training; the run's "
                  f"vectors (the checkpoint) are used, not the new texts" for name, n in
                  (stats.get("text_changed") or {}).items() if n]

@@ -292,18 +292,17 @@ def split_metrics(
     computed = {name: m.compute() for name, m in metrics.items()}
     del metrics, rows_t, preds, labels, masks, weights
     score_s = time.perf_counter() - t1
-    cat = ordered
     rows = ScoredRows(
-        predictions={t: cat[f"p:{t}"] for t in names},
-        labels={t: cat[f"y:{t}"] for t in names},
-        masks={t: cat[f"m:{t}"] > 0 for t in names},
-        group=cat["group"] if group else None,
+        predictions={t: ordered[f"p:{t}"] for t in names},
+        labels={t: ordered[f"y:{t}"] for t in names},
+        masks={t: ordered[f"m:{t}"] > 0 for t in names},
+        group=ordered["group"] if group else None,
         # An unweighted task's weights: a read-only view of 1.0 repeated (no memory per row).
-        weights={t: cat[f"w:{t}"].astype(np.float64) if f"w:{t}" in cat else np.broadcast_to(np.float64(1.0), (n,))
+        weights={t: ordered[f"w:{t}"].astype(np.float64) if f"w:{t}" in ordered else np.broadcast_to(np.float64(1.0), (n,))
                  for t in names},
-        raw_predictions={t: cat[f"r:{t}"] for t in names} if calibration is not None else None,
+        raw_predictions={t: ordered[f"r:{t}"] for t in names} if calibration is not None else None,
     )
-    weighted = {t for t in names if f"w:{t}" in cat}
+    weighted = {t for t in names if f"w:{t}" in ordered}
 
     def task_block(sel: Optional[np.ndarray], summed: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
         block: Dict[str, Dict[str, Any]] = {}

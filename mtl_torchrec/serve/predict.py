@@ -172,8 +172,8 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
                 written += len(whole)
             if ctx.is_main and written == 0:
                 # Nothing is renamed over --out: an empty prediction file would read as a success.
-                why = rows.skipped_rows_warnings()
-                raise DataError(f"--data: '{data}' has no rows to score" + (f"; {why[0]}" if why else ""))
+                raise DataError(f"--data: '{data}' has no rows to score"
+                                + "".join(f"; {w}" for w in rows.skipped_rows_warnings()))
         finally:
             if writer is not None:
                 writer.close()

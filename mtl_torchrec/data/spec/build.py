@@ -196,7 +196,7 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     stats = reader.stats()
     if fitted:
         stats["train_oov"] = {f: c["rate"] for f, c in stats["oov"].get("train", {}).items()}
-        stats["warnings"] = list(stats.get("warnings") or []) + skipped_rows_warnings(stats)
+        stats["warnings"] = list(stats.get("warnings") or []) + skipped_rows_warnings(stats["skipped_by_reason"])
         pre.stats = stats
     out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats, texts=pre.texts, seen=pre.seen, features=pre.features)
     return DataBundle(schema=schema, splits=splits, texts=reader.texts.tables(), slices=slices, preprocessing=out_pre,

@@ -177,4 +177,4 @@ class FeatureRows:
     def skipped_rows_warnings(self) -> List[str]:
         """The warning ``mtl-torchrec evaluate`` gives when rows converted so far were dropped under
         ``on_bad_rows: skip`` (:func:`~mtl_torchrec.data.preprocessing.skipped_rows_warnings`)."""
-        return skipped_rows_warnings({"skipped_rows": sum(self.skipped.values()), "skipped_by_reason": self.skipped})
+        return skipped_rows_warnings(self.skipped)

@@ -60,9 +60,8 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
         for i, d in enumerate(spec.dense):
             _fit_dense(norms[d.feature], checked.dense[d.feature], keep, chunk, f"dense[{i}]", d.column)
     if train_rows == 0:
-        why = skipped_rows_warnings({"skipped_rows": sum(skipped.values()), "skipped_by_reason": skipped})
         raise DataError("data spec: the training split has no rows (check files and split rule)"
-                        + (f"; {why[0]}" if why else ""))
+                        + "".join(f"; {w}" for w in skipped_rows_warnings(skipped)))
     vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse if s.vocab != "shared"}
     # vocab: shared: the owner's vocabulary (validate() checked that the owner has one of its own).
     vocabs.update({s.feature: vocabs[str(s.shared_with)] for s in spec.sparse if s.vocab == "shared"})
