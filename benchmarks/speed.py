@@ -16,15 +16,22 @@ element-wise Adagrad 0.1 on the tables.
   gate as one matmul, the other expert layer as one ``baddbmm``; its batches are tensor slices of
   arrays built before timing (as a hand-written loop over in-memory data would).
 * **deepctr**: ``deepctr_torch.models.MMOE`` over the same features and layer sizes, when
-  ``import deepctr_torch`` works; this benchmark installs nothing: run it with
+  ``import deepctr_torch`` works, twice: ``deepctr`` steps its network in a loop written here
+  (like plain), ``deepctr fit`` trains it through DeepCTR's own ``fit`` (its DataLoader and
+  bookkeeping: what a DeepCTR user runs). This benchmark installs nothing: run it with
   ``PYTHONPATH=<folder with deepctr-torch>`` (e.g. a folder filled by
   ``pip install --no-deps --target <folder> deepctr-torch``), as the README's speed section does.
+* **ours' matmuls** (training): the matrix products of one of our training steps, recorded with
+  ``torch.profiler`` and replayed alone on tensors of the same shapes: how fast a step would be if
+  everything else in it took no time.
 
 Each round times every contestant for the same number of steps, alternating the order; the
-medians are compared (ratios to the fastest plain variant). The compute floor is the dense matmul FLOPs per sample (counted with
-``torch.utils.flop_counter.FlopCounterMode`` on the plain network: forward, and forward +
-backward for training) divided by the machine's matmul peak, measured in the same run with
-``torch.mm`` on 2048 x 2048 float32 at the same thread count.
+medians are compared (ratios to the fastest plain variant). The compute floor is the dense matmul
+FLOPs per sample (counted with ``torch.utils.flop_counter.FlopCounterMode`` on the plain network:
+forward, and forward + backward for training) divided by the machine's matmul peak, measured with
+``torch.mm`` on 2048 x 2048 float32 at the same thread count at the start of every round (the
+machine's speed drifts between rounds); "% of floor" is the median over rounds of each round's
+rate against that round's peak.
 
     OMP_NUM_THREADS=2 python benchmarks/speed.py                      # 1 process x 2 threads
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 benchmarks/speed.py   # 2 ranks x 1 thread
@@ -36,7 +43,10 @@ Run it on an otherwise idle machine: other load changes every contestant's speed
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
+import io
 import os
 import statistics
 import sys
@@ -214,8 +224,14 @@ def plain_scores(data: PlainData, model: PlainMMoE, batch_size: int, rows: int) 
 # --------------------------------------------------------------------------- DeepCTR-Torch (optional)
 
 
-def deepctr_trainer(table: ColumnTable, schema: Schema, batch_size: int) -> Optional[Callable[[], None]]:
-    """One training step of DeepCTR-Torch's MMOE on the same features, or None when not installed."""
+def deepctr_trainer(table: ColumnTable, schema: Schema, batch_size: int,
+                    steps: int) -> Optional[Tuple[Callable[[], None], Callable[[], None]]]:
+    """DeepCTR-Torch's MMOE on the same features, or None when it is not installed: ``(step, fit)``.
+
+    ``step`` is one training step of its network in a loop written here (batches sliced from
+    tensors built before timing, like the plain reference); ``fit`` trains it on the next
+    ``steps`` batches through DeepCTR's own ``BaseModel.fit`` (its DataLoader over a
+    TensorDataset, shuffled, with its per-step loss bookkeeping): what a DeepCTR user runs."""
     try:
         from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
         from deepctr_torch.models import MMOE
@@ -266,7 +282,19 @@ def deepctr_trainer(table: ColumnTable, schema: Schema, batch_size: int) -> Opti
         loss.backward()
         opt.step()
 
-    return step
+    y_np = ys.numpy()
+    fit_pos = [0]
+
+    def fit() -> None:
+        rows = steps * batch_size
+        lo = fit_pos[0] if fit_pos[0] + rows <= len(y_np) else 0
+        fit_pos[0] = lo + rows
+        # fit() prints the device and a "Train on ..." line each call; verbose=0 turns off its bar.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.fit({k: v[lo:lo + rows] for k, v in inputs.items()}, y_np[lo:lo + rows], batch_size=batch_size,
+                      epochs=1, verbose=0)
+
+    return step, fit
 
 
 # --------------------------------------------------------------------------- measuring
@@ -300,16 +328,48 @@ def plain_flops(model: PlainMMoE, data: PlainData, batch: int) -> Tuple[float, f
     return fwd.get_total_flops() / batch, both.get_total_flops() / batch
 
 
-def rounds(contestants: Dict[str, Callable[[], float]], n: int, world: int) -> Dict[str, List[float]]:
-    """Runs every contestant once per round (order alternating); each returns its rate."""
+def rounds(contestants: Dict[str, Callable[[], float]], n: int, world: int) -> Tuple[Dict[str, List[float]], List[float]]:
+    """Runs every contestant once per round (order alternating); each returns its rate. Each round
+    starts with a ``torch.mm`` peak measurement (all ranks at once), so that the floor follows the
+    machine's speed through the run: returns the rates and the peak of every round (FLOP/s per rank)."""
     rates: Dict[str, List[float]] = {k: [] for k in contestants}
+    peaks: List[float] = []
     names = list(contestants)
     for r in range(n):
+        if world > 1:
+            dist.barrier()
+        peaks.append(matmul_peak(0.5))
         for name in names if r % 2 == 0 else names[::-1]:
             if world > 1:
                 dist.barrier()
             rates[name].append(contestants[name]())
-    return rates
+    return rates, peaks
+
+
+def matmuls_of(step: Callable[[], Any]) -> Tuple[Callable[[], None], int]:
+    """The matrix products that one call of ``step`` runs (``aten::mm``, ``addmm``, ``bmm``,
+    ``baddbmm``, recorded with ``torch.profiler``), replayed back to back on random contiguous
+    tensors of the same shapes: ``(replay, count)``. Its rate is the ceiling of a step whose
+    other work (lookups, elementwise ops, optimizers, Python) took no time at all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    calls: List[Callable[[], Any]] = []
+    for event in prof.events():
+        shapes = [tuple(s) for s in event.input_shapes if s]
+        if event.name in ("aten::mm", "aten::bmm"):
+            a, b = torch.randn(*shapes[0]), torch.randn(*shapes[1])
+            calls.append(functools.partial(torch.mm if event.name == "aten::mm" else torch.bmm, a, b))
+        elif event.name in ("aten::addmm", "aten::baddbmm"):
+            c, a, b = (torch.randn(*x) for x in shapes[:3])
+            calls.append(functools.partial(torch.addmm if event.name == "aten::addmm" else torch.baddbmm, c, a, b))
+
+    def replay() -> None:
+        for call in calls:
+            call()
+
+    return replay, len(calls)
 
 
 def timed(fn: Callable[[], Any], steps: int, rows_per_step: int) -> Callable[[], float]:
@@ -322,15 +382,16 @@ def timed(fn: Callable[[], Any], steps: int, rows_per_step: int) -> Callable[[],
     return run
 
 
-def report(title: str, rates: Dict[str, List[float]], flops: float, peak: float) -> None:
-    """Median rows/s of each contestant, its ratio to the fastest plain variant and % of the floor."""
+def report(title: str, rates: Dict[str, List[float]], flops: float, peaks: List[float], world: int) -> None:
+    """Median rows/s of each contestant, its ratio to the fastest plain variant and % of the floor
+    (median over rounds of the round's rate against that round's matmul peak)."""
     med = {k: statistics.median(v) for k, v in rates.items()}
     plain = max(v for k, v in med.items() if k.startswith("plain"))
-    print(f"\n{title}")
-    print(f"{'':<12}{'median rows/s':>15}{'vs plain':>10}{'% of floor':>12}   rounds")
+    print(f"\n{title}; matmul peak per rank by round: " + ", ".join(f"{p / 1e9:.0f}" for p in peaks) + " GFLOP/s")
+    print(f"{'':<16}{'median rows/s':>15}{'vs plain':>10}{'% of floor':>12}   rounds")
     for k, v in med.items():
-        print(f"{k:<12}{v:>15,.0f}{v / plain:>9.2f}x{100 * v * flops / peak:>11.1f}%   "
-              + ", ".join(f"{x:,.0f}" for x in rates[k]))
+        floor = statistics.median(r * flops / (p * world) for r, p in zip(rates[k], peaks))
+        print(f"{k:<16}{v:>15,.0f}{v / plain:>9.2f}x{100 * floor:>11.1f}%   " + ", ".join(f"{x:,.0f}" for x in rates[k]))
 
 
 def main(argv: Any = None) -> int:
@@ -359,19 +420,15 @@ def main(argv: Any = None) -> int:
     plain = PlainMMoE([f.num_embeddings for f in feats], [f.multi_valued for f in feats], len(schema.dense_names))
     pdata = PlainData(train, schema, plain)
     fwd_flops, train_flops = plain_flops(plain, pdata, 256)
-    # Ranks measure the peak at the same time: the floor of several ranks is what the cores give
-    # when every rank multiplies at once (shared caches, memory and clock).
-    if world > 1:
-        dist.barrier()
-    peak = matmul_peak()
     bs = cfg.data.batch_size
     if ctx.is_main:
-        print(f"{world} rank(s) x {torch.get_num_threads()} thread(s); batch {bs} per rank; matmul peak "
-              f"{peak / 1e9:.1f} GFLOP/s per rank; matmul FLOPs per sample: forward {fwd_flops / 1e6:.2f} M, "
-              f"train step {train_flops / 1e6:.2f} M")
-    # The floor in rows/s over all ranks is world x peak / FLOPs per sample.
-    peak_all = peak * world
+        print(f"{world} rank(s) x {torch.get_num_threads()} thread(s); batch {bs} per rank; matmul FLOPs per sample: "
+              f"forward {fwd_flops / 1e6:.2f} M, train step {train_flops / 1e6:.2f} M")
+    # The floor in rows/s over all ranks is world x peak / FLOPs per sample. Ranks measure the peak at
+    # the same time (rounds()): the floor of several ranks is what the cores give when every rank
+    # multiplies at once (shared caches, memory and clock).
     results: Dict[str, Dict[str, List[float]]] = {}
+    all_peaks: List[float] = []
     with tempfile.TemporaryDirectory() as out:
         if args.only in (None, "train"):
             trainer = make_trainer(cfg, data, ctx, Path(out) / "run")
@@ -382,16 +439,22 @@ def main(argv: Any = None) -> int:
             }
             if args.ours_only:
                 del contestants["plain"]
-            dc = deepctr_trainer(train, schema, bs) if world == 1 and not args.ours_only else None
+            dc = deepctr_trainer(train, schema, bs, args.steps) if world == 1 and not args.ours_only else None
             if dc is not None:
-                contestants["deepctr"] = timed(dc, args.steps, bs)
+                contestants["deepctr"] = timed(dc[0], args.steps, bs)
+                contestants["deepctr fit"] = timed(dc[1], 1, args.steps * bs)
             for fn in contestants.values():  # warm-up
                 fn()
-            rates = rounds(contestants, args.rounds, world)
+            if not args.ours_only:
+                replay, count = matmuls_of(lambda: trainer.run_steps(1))
+                contestants["ours' matmuls"] = timed(replay, args.steps, bs * world)
+            rates, peaks = rounds(contestants, args.rounds, world)
+            all_peaks += peaks
             results["train"] = rates
             if ctx.is_main and not args.ours_only:
                 report(f"training ({args.rounds} rounds x {args.steps} steps; rows/s over all ranks)", rates,
-                       train_flops, peak_all)
+                       train_flops, peaks, world)
+                print(f"(ours' matmuls: the {count} matrix products of one of our steps alone, back to back)")
                 if dc is None and world == 1:
                     print("deepctr: not importable; to include it, run with PYTHONPATH=<folder with deepctr-torch> "
                           "(e.g. pip install --no-deps --target <folder> deepctr-torch), as in the README")
@@ -436,16 +499,18 @@ def main(argv: Any = None) -> int:
                 contestants = {"ours": ours}
             for fn in contestants.values():
                 fn()
-            rates = rounds(contestants, args.rounds, world)
+            rates, peaks = rounds(contestants, args.rounds, world)
+            all_peaks += peaks
             results["score"] = rates
             if ctx.is_main and not args.ours_only:
                 report(f"scoring ({rows:,} rows per round, batch {args.score_batch}; ours includes torchrec metrics "
-                       f"and the gather; rows/s over all ranks)", rates, fwd_flops, peak_all)
+                       f"and the gather; rows/s over all ranks)", rates, fwd_flops, peaks, world)
                 print(f"(ours' exact AUC/GAUC on rank 0 afterwards: median {statistics.median(scoring_t):.2f} s "
                       f"per round, not in the rate)")
     if args.json is not None and ctx.is_main:
         write_json(args.json, {"world_size": world, "threads": torch.get_num_threads(),
-                                "matmul_peak_per_rank": peak, **results})
+                                "matmul_peak_per_rank": statistics.median(all_peaks),
+                                "matmul_peak_rounds": all_peaks, **results})
     close_distributed(ctx)
     return 0
 

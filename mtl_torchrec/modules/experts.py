@@ -53,10 +53,9 @@ class BatchedExperts(nn.Module):
             prev = size
         # No parameters with the default options, so the state and initialisation stay as they were.
         self.norms = nn.ModuleList(expert_norm(options, num_experts, size) for size in layer_sizes)
-        self.activation = activation(options)
-        # For pre-activations that only the activation reads (matmul backward keeps its inputs,
-        # not its output).
-        self.activation_inplace = activation(options, inplace=True)
+        # In place (for ReLU): every pre-activation is a fresh tensor that only the norm or the
+        # activation reads (matmul backward keeps its inputs, not its output).
+        self.activation = activation(options, inplace=True)
         self.dropout = dropout(options)
         self.reset_parameters()
 
@@ -70,15 +69,12 @@ class BatchedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, in]``, read by every expert; returns ``[E, B, out]``."""
-        # The first layer of all experts is one matmul, [B, in] x [in, E*out], and the biases are
-        # added in that contiguous layout; the next layers read it as [E, B, out] in place (a
-        # strided view that batched matmuls take without a copy). Not addmm: TorchScript splits
-        # it into mm + add, so the scripted model would differ from the eager one in the last bit.
-        # The add is in place: a second [B, E*out] tensor costs more than the add on 2 CPU threads.
-        w0, b0 = self.weights[0], self.biases[0]
-        e, i, o = w0.shape
-        h = torch.mm(x, w0.permute(1, 0, 2).reshape(i, e * o)).add_(b0.reshape(1, e * o))
-        return self._layers(h.view(-1, e, o).transpose(0, 1))
+        # The first layer reads x through a stride-0 expand: one batched matmul whose output is a
+        # contiguous [E, B, out]. One [B, in] x [in, E*out] matmul read as [E, B, out] instead gives a
+        # strided view: the activation cannot run in place on it in training (autograd would copy the
+        # base) and every elementwise pass over it, forward and backward, walks the strides. Measured
+        # on 2 CPU threads (benchmarks/speed.py reference config): 4-6% of the step.
+        return self._layers(torch.baddbmm(self.biases[0], x.expand(self.num_experts, -1, -1), self.weights[0]))
 
     def forward_each(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[E, B, in]``, one input per expert; returns ``[E, B, out]``."""
@@ -92,10 +88,7 @@ class BatchedExperts(nn.Module):
         for w, b, norm in zip(self.weights, self.biases, self.norms):
             if layer > 0:
                 h = torch.baddbmm(b, h, w)
-            h = norm(h)
-            # In place saves a [E, B, out] allocation and pass, except on the first layer in
-            # training: there ``h`` is a view of [B, E*out], and autograd would copy its base.
-            h = self.activation(h) if layer == 0 and torch.is_grad_enabled() else self.activation_inplace(h)
+            h = self.activation(norm(h))
             h = self.dropout(h)
             layer += 1
         return h
