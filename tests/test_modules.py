@@ -29,10 +29,10 @@ def test_batched_experts_match_separate_mlps():
         torch.testing.assert_close(out[e], h)
 
 
-@pytest.mark.parametrize("norm", ["none", "layer"])
+@pytest.mark.parametrize("norm", ["none", "layer", "batch"])
 def test_batched_experts_in_place_activations_keep_values_and_gradients(norm):
-    # ReLU overwrites the pre-activation except on the first layer in training (a view there):
-    # values under no_grad and every gradient must equal the out-of-place per-expert reference.
+    # ReLU overwrites every layer's pre-activation (after the norm), in training too: values and
+    # every gradient must equal the out-of-place per-expert reference.
     torch.manual_seed(0)
     experts = BatchedExperts(12, num_experts=3, layer_sizes=[16, 8, 4], options=MLPOptions(norm=norm))
     x = torch.randn(5, 12, requires_grad=True)
@@ -42,16 +42,23 @@ def test_batched_experts_in_place_activations_keep_values_and_gradients(norm):
     x_grad = x.grad.clone()
     experts.zero_grad()
     x.grad = None
-    with torch.no_grad():
-        torch.testing.assert_close(experts(x), out.detach(), rtol=0, atol=0)
+    if norm != "batch":  # batch norm in training normalises by the batch and moves its running stats
+        with torch.no_grad():
+            torch.testing.assert_close(experts(x), out.detach(), rtol=0, atol=0)
     ref = []
     for e in range(3):
         h = x
         for w, b, n in zip(experts.weights, experts.biases, experts.norms):
-            pre = (h @ w[e] + b[e, 0]).unsqueeze(0)
-            h = torch.relu(pre if norm == "none" else torch.nn.functional.layer_norm(
-                pre, pre.shape[-1:], n.weight[e, 0], n.bias[e, 0]))[0]
+            pre = h @ w[e] + b[e, 0]
+            if norm == "layer":
+                pre = torch.nn.functional.layer_norm(pre, pre.shape[-1:], n.weight[e, 0], n.bias[e, 0])
+            elif norm == "batch":
+                d = pre.shape[-1]
+                pre = torch.nn.functional.batch_norm(pre, None, None, n.norm.weight[e * d:(e + 1) * d],
+                                                     n.norm.bias[e * d:(e + 1) * d], training=True)
+            h = torch.relu(pre)
         ref.append(h)
+    torch.testing.assert_close(torch.stack(ref), out)
     torch.stack(ref).square().sum().backward()
     for got, p in zip(grads, experts.parameters()):
         torch.testing.assert_close(got, p.grad)

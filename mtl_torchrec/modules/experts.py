@@ -73,7 +73,7 @@ class BatchedExperts(nn.Module):
         # contiguous [E, B, out]. One [B, in] x [in, E*out] matmul read as [E, B, out] instead gives a
         # strided view: the activation cannot run in place on it in training (autograd would copy the
         # base) and every elementwise pass over it, forward and backward, walks the strides. Measured
-        # on 2 CPU threads (benchmarks/speed.py reference config): 4-6% of the step.
+        # on 2 CPU threads (benchmarks/speed.py reference config): 4-6% of forward + backward.
         return self._layers(torch.baddbmm(self.biases[0], x.expand(self.num_experts, -1, -1), self.weights[0]))
 
     def forward_each(self, x: torch.Tensor) -> torch.Tensor:
