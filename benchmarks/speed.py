@@ -8,8 +8,8 @@ click (BCE), conversion (BCE) and rating (masked MSE), batch 1024, Adam 2e-3 on 
 element-wise Adagrad 0.1 on the tables.
 
 * **ours**: the real ``Trainer`` (DMP, fused table optimizer, ``TrainPipelineSparseDist``, our data
-  loader, per-step callbacks) and the real ``evaluate_split`` scoring loop (torchrec metrics
-  updated with each rank's scored rows and reduced across ranks, rows gathered to rank 0; the exact
+  loader, per-step callbacks) and the real ``evaluate_split`` scoring loop (every rank scores its
+  rows, which are gathered to rank 0; rank 0 computes the torchrec metrics from them; the exact
   AUC/GAUC computed there afterwards is timed apart).
 * **plain**: the network written out in plain PyTorch in this file: one ``nn.Embedding`` over all
   features' ids (sparse gradients, ``torch.optim.Adagrad``), the first layer of every expert and

@@ -29,6 +29,14 @@ def test_batched_experts_match_separate_mlps():
         torch.testing.assert_close(out[e], h)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 12), (1, 5, 12), (12,)])
+def test_batched_experts_forward_refuses_inputs_that_are_not_one_shared_matrix(shape):
+    # forward takes one [B, in] input for every expert; [E, B, in] is forward_each's and must not pass.
+    experts = BatchedExperts(12, num_experts=3, layer_sizes=[8])
+    with pytest.raises((RuntimeError, IndexError)):
+        experts(torch.randn(*shape))
+
+
 @pytest.mark.parametrize("norm", ["none", "layer", "batch"])
 def test_batched_experts_in_place_activations_keep_values_and_gradients(norm):
     # ReLU overwrites every layer's pre-activation (after the norm), in training too: values and

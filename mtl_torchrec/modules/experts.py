@@ -74,7 +74,9 @@ class BatchedExperts(nn.Module):
         # strided view: the activation cannot run in place on it in training (autograd would copy the
         # base) and every elementwise pass over it, forward and backward, walks the strides. Measured
         # on 2 CPU threads (benchmarks/speed.py reference config): 4-6% of forward + backward.
-        return self._layers(torch.baddbmm(self.biases[0], x.expand(self.num_experts, -1, -1), self.weights[0]))
+        # Indexed as a matrix first: a vector or forward_each's [E, B, in] must not pass as a shared input.
+        shared = x[None, :, :].expand(self.num_experts, -1, -1)
+        return self._layers(torch.baddbmm(self.biases[0], shared, self.weights[0]))
 
     def forward_each(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[E, B, in]``, one input per expert; returns ``[E, B, out]``."""
