@@ -23,7 +23,8 @@ element-wise Adagrad 0.1 on the tables.
   ``pip install --no-deps --target <folder> deepctr-torch``), as the README's speed section does.
 * **ours' matmuls** (training): the matrix products of one of our training steps, recorded with
   ``torch.profiler`` and replayed alone on tensors of the same shapes: how fast a step would be if
-  everything else in it took no time.
+  everything else in it took no time (``torch.profiler`` prints two ``USDT: ... profiler_start/stop``
+  lines on stderr while it records them).
 
 Each round times every contestant for the same number of steps, alternating the order; the
 medians are compared (ratios to the fastest plain variant). The compute floor is the dense matmul
