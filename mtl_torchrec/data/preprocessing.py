@@ -101,6 +101,12 @@ def skipped_rows_warnings(by_reason: Mapping[str, int]) -> List[str]:
             f"every row read, all splits); by reason: {reasons}"]
 
 
+def skipped_rows_suffix(by_reason: Mapping[str, int]) -> str:
+    """``"; <the skipped-rows warning>"``, or ``""`` when nothing was skipped: the tail of a "no rows"
+    error, so that a split or a file left empty by ``on_bad_rows: skip`` says why."""
+    return "".join(f"; {w}" for w in skipped_rows_warnings(by_reason))
+
+
 def stable_hash(values: np.ndarray) -> np.ndarray:
     """A deterministic uint64 hash of each value's string form."""
     return pd.util.hash_array(np.asarray(values, dtype=object).astype(str), hash_key=_HASH_KEY, categorize=True)

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from mtl_torchrec.config import Config, ConfigError, load_config, to_dict
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings, skipped_rows_warnings
+from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings, skipped_rows_suffix, skipped_rows_warnings
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import DataSpec, load_spec, spec_files
 from mtl_torchrec.data.spec.build import check_feature_layout
@@ -409,7 +409,7 @@ def evaluate_run(
         per_split = stats.get("rows_per_split")
         read = f" (of the {stats.get('rows_read')} rows read, per split: {per_split})" if per_split else ""
         raise DataError(f"split '{split}' has no rows{read}: nothing to evaluate; check the data's split rule or "
-                        f"choose another --split" + "".join(f"; {w}" for w in skipped_rows_warnings(skipped)))
+                        f"choose another --split" + skipped_rows_suffix(skipped))
     notes = report.notes + late_notes
     warnings = skipped_rows_warnings(skipped) + oov_warnings(stats, split, [f.name for f in data.schema.text_features])
     warnings += [f"text feature '{name}': {n} item texts differ from those the run encoded in training; the run's "

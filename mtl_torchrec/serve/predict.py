@@ -36,6 +36,7 @@ import torch.distributed as dist
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.core.io import atomic_path
 from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.data.preprocessing import skipped_rows_suffix
 from mtl_torchrec.data.schema import ColumnTable
 from mtl_torchrec.data.spec import load_spec, spec_files
 from mtl_torchrec.data.spec.features import FeatureChunk, FeatureRows, feature_spec, files_spec
@@ -173,7 +174,7 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
             if ctx.is_main and written == 0:
                 # Nothing is renamed over --out: an empty prediction file would read as a success.
                 raise DataError(f"--data: '{data}' has no rows to score"
-                                + "".join(f"; {w}" for w in rows.skipped_rows_warnings()))
+                                + skipped_rows_suffix(rows.skipped))
         finally:
             if writer is not None:
                 writer.close()

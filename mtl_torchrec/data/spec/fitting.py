@@ -14,7 +14,7 @@ from mtl_torchrec.data.preprocessing import (
     Preprocessing,
     Vocabulary,
     canonical_tokens,
-    skipped_rows_warnings,
+    skipped_rows_suffix,
 )
 from mtl_torchrec.data.schema import DenseFeature, LabelSpec, Schema, SparseFeature
 from mtl_torchrec.data.spec.data_spec import DataSpec
@@ -61,7 +61,7 @@ def fit_preprocessing(spec: DataSpec) -> Preprocessing:
             _fit_dense(norms[d.feature], checked.dense[d.feature], keep, chunk, f"dense[{i}]", d.column)
     if train_rows == 0:
         raise DataError("data spec: the training split has no rows (check files and split rule)"
-                        + "".join(f"; {w}" for w in skipped_rows_warnings(skipped)))
+                        + skipped_rows_suffix(skipped))
     vocabs = {s.feature: _vocabulary(spec, s, counts) for s in spec.sparse if s.vocab != "shared"}
     # vocab: shared: the owner's vocabulary (validate() checked that the owner has one of its own).
     vocabs.update({s.feature: vocabs[str(s.shared_with)] for s in spec.sparse if s.vocab == "shared"})
