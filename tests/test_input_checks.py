@@ -20,11 +20,13 @@ import pytest
 import yaml
 
 from mtl_torchrec.core.errors import ConfigError, DataError
-from mtl_torchrec.data.preprocessing import Preprocessing, Vocabulary, canonical_tokens, stable_hash
+from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.spec import build_bundle, load_spec
 from mtl_torchrec.data.spec import records as records_module
 from mtl_torchrec.data.spec.records import RecordIndex
 from mtl_torchrec.data.spec.sections import CsvOptions
+from mtl_torchrec.data.tokens import canonical_tokens, stable_hash
+from mtl_torchrec.data.vocabulary import Vocabulary
 from mtl_torchrec.model.config import TaskConfig
 from mtl_torchrec.model.esmm import check_esmm_labels
 from tests.eval_fixtures import int_id_frame, make_frame, spec_dict, write_case

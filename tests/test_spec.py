@@ -10,19 +10,16 @@ import pytest
 import yaml
 
 from mtl_torchrec.config import ConfigError, DataConfig
-from mtl_torchrec.data.preprocessing import Normalizer, Preprocessing, Vocabulary
+from mtl_torchrec.data.normalizer import Normalizer
+from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.schema import DataError, Jagged
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import build_bundle, load_spec
-from mtl_torchrec.data.spec.checks import (
-    check_files,
-    check_label_column,
-    check_slice,
-    check_sparse_column,
-    check_split_rule,
-    check_text_feature,
-)
-from mtl_torchrec.data.spec.sections import LabelColumn, SliceSpec, SparseColumn, SplitRule, TextFeatureSpec
+from mtl_torchrec.data.spec.checks import check_files, check_label_column, check_slice, check_split_rule
+from mtl_torchrec.data.spec.kinds.ids import SparseColumn, check_sparse_column
+from mtl_torchrec.data.spec.kinds.text import TextFeatureSpec, check_text_feature
+from mtl_torchrec.data.spec.sections import LabelColumn, SliceSpec, SplitRule
+from mtl_torchrec.data.vocabulary import Vocabulary
 from tests.eval_fixtures import make_frame, spec_dict, write_case
 
 
@@ -111,7 +108,7 @@ def test_hash_is_stable_across_processes(tmp_path):
     import subprocess
     import sys
 
-    code = ("import numpy as np; from mtl_torchrec.data.preprocessing import Vocabulary; "
+    code = ("import numpy as np; from mtl_torchrec.data.vocabulary import Vocabulary; "
             "print(list(Vocabulary.hashed(1000).lookup(np.array(['alpha','beta'], dtype=object))))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(s)}).stdout

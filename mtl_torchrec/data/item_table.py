@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import ConfigError, DataError
-from mtl_torchrec.data.preprocessing import value_tokens
+from mtl_torchrec.data.tokens import value_tokens
 
 
 def template_fields(template: str, columns: Sequence[str], key: str = "template") -> None:
@@ -118,7 +118,7 @@ def read_item_table(
     separator: str = " | ",
 ) -> Tuple[List[str], List[Optional[str]]]:
     """``(keys, texts)`` of an item file, in file order: each item's raw key (in the id-token form of
-    :func:`~mtl_torchrec.data.preprocessing.value_tokens`, so ``5``, ``5.0`` and ``" 5 "`` are one
+    :func:`~mtl_torchrec.data.tokens.value_tokens`, so ``5``, ``5.0`` and ``" 5 "`` are one
     key) and its composed text (None: no text, see :func:`compose_texts`).
 
     Raises FileNotFoundError, ConfigError for no text column or a template field that is not a text

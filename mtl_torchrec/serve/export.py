@@ -45,13 +45,13 @@ import pandas as pd
 import torch
 import torchrec
 
-from mtl_torchrec.core.config import from_dict
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.preprocessing import FILE_NAME as PREPROCESSING_FILE
 from mtl_torchrec.data.preprocessing import Preprocessing
-from mtl_torchrec.data.spec import DataSpec
+from mtl_torchrec.data.schema import Schema
+from mtl_torchrec.data.spec import DataSpec, spec_from_dict
 from mtl_torchrec.data.spec.build import check_feature_layout
 from mtl_torchrec.data.spec.features import FeatureRows, feature_spec
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
@@ -81,7 +81,7 @@ def scoring_module(run: LoadedRun, int8: bool = False) -> torch.nn.Module:
     """The run's model in scoring form (a copy: the run's own module is left as it is), its tables
     quantised to int8 when ``int8``; not yet scripted."""
     model = copy.deepcopy(run.module.model).eval()
-    keys = [f.name for f in model_schema_sparse(run)]
+    keys = [f.name for f in model_schema(run).sparse]
     scoring = ScoringModel.from_model(model, run.tasks, keys)
     if int8:
         from torchrec.inference.modules import quantize_embeddings
@@ -90,10 +90,11 @@ def scoring_module(run: LoadedRun, int8: bool = False) -> torch.nn.Module:
     return scoring.eval()
 
 
-def model_schema_sparse(run: LoadedRun) -> List[Any]:
-    """The sparse features the model reads, in batch order (text features only when the run uses them)."""
+def model_schema(run: LoadedRun) -> Schema:
+    """The schema of the rows the model reads: its sparse features in batch order (text features
+    only when the run uses them) and its dense columns, from every feature kind of the run's spec."""
     spec = feature_spec(run.spec, _spec_columns(run.spec), text=run.cfg.model.text.enabled)
-    return list(FeatureRows(spec, run.preprocessing).schema.sparse)
+    return FeatureRows(spec, run.preprocessing).schema
 
 
 def _spec_columns(spec: DataSpec) -> List[str]:
@@ -139,9 +140,10 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
         raise ConfigError(f"--out: {out} exists (remove it or pass --overwrite)")
     run = load_run(Path(run_dir), checkpoint, calibrate=calibrate)
     scoring = scoring_module(run, int8)
-    keys = model_schema_sparse(run)
+    schema = model_schema(run)
+    keys = schema.sparse
     model: Any = (script_module(scoring, int8) if fmt == "torchscript"
-                  else export_program(scoring, len(keys), len(run.spec.dense)))
+                  else export_program(scoring, len(keys), len(schema.dense)))
     info = {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,
@@ -155,7 +157,7 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
         "checkpoint": run.checkpoint.name,
         "checkpoint_step": run.step,
         "inputs": {"sparse": [f.name for f in keys],
-                   "dense": [d.feature for d in run.spec.dense]},
+                   "dense": [d.name for d in schema.dense]},
         "outputs": output_names(run),
         "tasks": [{"name": t.name, "type": t.type, "esmm_parent": t.esmm_parent} for t in run.tasks],
         "text_features": bool(run.cfg.model.text.enabled),
@@ -264,7 +266,7 @@ def load_artifact(path: Union[str, Path]) -> Artifact:
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path / PREPROCESSING_FILE}: cannot be read ({type(e).__name__}: {e})") from None
     try:
-        spec = from_dict(DataSpec, info["spec"])
+        spec = spec_from_dict(info["spec"])
     except (ConfigError, TypeError, ValueError) as e:
         raise DataError(f"{info_path}: its spec cannot be read ({e})") from None
     # The spec decides the model's input order; one edited in the artifact would feed other columns.

@@ -21,7 +21,8 @@ from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.preprocessing import FILE_NAME, Preprocessing
 from mtl_torchrec.data.spec import DataSpec, load_spec, schema_for
-from mtl_torchrec.data.spec.build import TextParts, check_feature_layout
+from mtl_torchrec.data.spec.build import check_feature_layout
+from mtl_torchrec.data.spec.kinds import TextParts
 from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
 from mtl_torchrec.eval.evaluate import load_eval_data, load_run_config, run_checkpoint

@@ -52,30 +52,32 @@ Example::
 
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.build import build_bundle
-from mtl_torchrec.data.spec.data_spec import DataSpec, load_spec
+from mtl_torchrec.data.spec.data_spec import DataSpec, load_spec, spec_from_dict
 from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for, weight_column
-from mtl_torchrec.data.spec.reading import Chunk, iter_chunks, spec_files
-from mtl_torchrec.data.spec.sections import (
-    ALL_SPLIT,
-    SPLITS,
-    CsvOptions,
+from mtl_torchrec.data.spec.kinds import (
+    FEATURE_KINDS,
+    BucketColumn,
     DenseColumn,
+    FeatureKind,
     ItemTable,
-    LabelColumn,
-    SliceSpec,
     SparseColumn,
-    SplitRule,
     TextFeatureSpec,
+    register_kind,
 )
+from mtl_torchrec.data.spec.reading import Chunk, iter_chunks, spec_files
+from mtl_torchrec.data.spec.sections import ALL_SPLIT, SPLITS, CsvOptions, LabelColumn, SliceSpec, SplitRule
 
 __all__ = [
     "ALL_SPLIT",
+    "FEATURE_KINDS",
     "SPLITS",
     "BadRows",
+    "BucketColumn",
     "Chunk",
     "CsvOptions",
     "DataSpec",
     "DenseColumn",
+    "FeatureKind",
     "ItemTable",
     "LabelColumn",
     "SliceSpec",
@@ -87,7 +89,9 @@ __all__ = [
     "group_column",
     "iter_chunks",
     "load_spec",
+    "register_kind",
     "schema_for",
     "spec_files",
+    "spec_from_dict",
     "weight_column",
 ]

@@ -3,30 +3,24 @@ column table per split, plus item texts and slices, as a :class:`DataBundle`."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from mtl_torchrec.core.errors import ConfigError, DataError
-from mtl_torchrec.data.bundle import DataBundle, TextTable
-from mtl_torchrec.data.item_table import compose_texts, read_item_table
-from mtl_torchrec.data.preprocessing import (
-    Preprocessing,
-    canonical_tokens,
-    skipped_rows_warnings,
-    stable_hash,
-    value_tokens,
-)
+from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.data.bundle import DataBundle
+from mtl_torchrec.data.preprocessing import Preprocessing, skipped_rows_warnings
 from mtl_torchrec.data.schema import ColumnTable, Jagged, Schema
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.fitting import fit_preprocessing, group_column, schema_for, weight_column
+from mtl_torchrec.data.spec.kinds import TEXT, ConvertContext, OovCounts, TextParts, kinds
 from mtl_torchrec.data.spec.reading import Chunk, iter_chunks
-from mtl_torchrec.data.spec.rows import ChunkValues, check_chunk, sparse_tokens
-from mtl_torchrec.data.spec.sections import ALL_SPLIT, SPLITS, TextFeatureSpec
-from mtl_torchrec.data.spec.sequences import SequenceCounts
-from mtl_torchrec.data.texts import TextRows, text_key
+from mtl_torchrec.data.spec.rows import ChunkValues, check_chunk
+from mtl_torchrec.data.spec.sections import ALL_SPLIT, SPLITS
+from mtl_torchrec.data.tokens import canonical_tokens, stable_hash
 
 
 class SplitParts:
@@ -39,12 +33,11 @@ class SplitParts:
         """Appends one chunk's rows of column ``name`` (ndarray or :class:`Jagged`)."""
         self.parts.setdefault(name, []).append(value)
 
-    def table(self, spec: DataSpec) -> ColumnTable:
-        """The parts joined into one table (multi-valued sparse features as :class:`Jagged`)."""
+    def table(self) -> ColumnTable:
+        """The parts joined into one table (multi-valued id features as :class:`Jagged`)."""
         cols: Dict[str, Any] = {}
-        multi = {s.feature for s in spec.sparse if s.separator is not None}
         for name, parts in self.parts.items():
-            if name in multi:
+            if isinstance(parts[0], Jagged):
                 cols[name] = Jagged(np.concatenate([p.values for p in parts]), np.concatenate([p.lengths for p in parts]))
             else:
                 cols[name] = np.concatenate(parts)
@@ -83,6 +76,13 @@ def take_rows(columns: Dict[str, Any], rows: np.ndarray) -> Dict[str, Any]:
     return {name: v.take(rows) if isinstance(v, Jagged) else v[rows] for name, v in columns.items()}
 
 
+def reader_states(spec: DataSpec, pre: Preprocessing, fitting: bool) -> Dict[str, Any]:
+    """Each feature kind's state across the chunks of one read, by section
+    (:meth:`~mtl_torchrec.data.spec.kinds.FeatureKind.reader`: text rows, a fit's behaviour-sequence
+    counts), for :func:`convert_chunk`. Raises what setting one up raises (an unreadable item table)."""
+    return {kind.section: kind.reader(spec.entries(kind), spec, pre, fitting) for kind in kinds()}
+
+
 class SpecReader:
     """A spec's files read chunk by chunk and converted with a preprocessing (:func:`convert_chunk`),
     counting what :func:`build_bundle` reports: rows read, rows per split, skipped bad rows, unknown
@@ -104,11 +104,10 @@ class SpecReader:
         if preprocessing is not None and check_layout:
             check_feature_layout(spec, preprocessing)
         self.pre: Preprocessing = fit_preprocessing(spec) if preprocessing is None else preprocessing
-        self.texts = TextParts(spec, self.pre, self.fitted)
+        self.states = reader_states(spec, self.pre, self.fitted)
+        self.texts: TextParts = self.states[TEXT.section]
         self.skipped: Dict[str, int] = {}
         self.oov = OovCounts()
-        # A fit checks the training rows' behaviour sequences (:mod:`~mtl_torchrec.data.spec.sequences`).
-        self.sequences = SequenceCounts(spec) if self.fitted else None
         self.rows_read = 0
         # Good rows per split, splits in the order they first appear.
         self.rows_per_split: Dict[str, int] = {}
@@ -122,8 +121,8 @@ class SpecReader:
         :func:`iter_chunks` and :func:`convert_chunk` raise, when reading reaches the chunk."""
         for chunk in iter_chunks(self.spec):
             self.rows_read += len(chunk.frame)
-            converted, split, keep = convert_chunk(self.spec, self.pre, chunk, self.texts, self.skipped, self.oov,
-                                                   self.sequences)
+            converted, split, keep = convert_chunk(self.spec, self.pre, chunk, self.states, self.skipped, self.oov,
+                                                   fitting=self.fitted)
             split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
             for name, rows in split_rows.items():
                 self.rows_per_split[name] = self.rows_per_split.get(name, 0) + len(rows)
@@ -182,14 +181,11 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
             for col, v in columns.items():
                 b.add(col, v)
             slice_rows.setdefault(name, SliceRows(spec, pre)).add({c: t[rows] for c, t in tokens.items()}, columns)
-    if reader.sequences is not None:
-        sequence_stats = reader.sequences.check()
-        if sequence_stats:
-            pre.stats["sequences"] = sequence_stats
-            pre.stats["warnings"] = [w for c in sequence_stats.values() for w in c["warnings"]]
-    pre.texts = {t.feature: reader.texts.rows_of[t.feature] for t in spec.text} if fitted else pre.texts
+    if fitted:
+        for kind in kinds():
+            kind.finish_read(spec.entries(kind), reader.states[kind.section], pre)
     schema = schema_for(spec, pre)
-    splits = {name: b.table(spec) for name, b in builders.items()}
+    splits = {name: b.table() for name, b in builders.items()}
     for name in reader.split_names():
         splits.setdefault(name, empty_table(schema))
     slices = {name: sl.masks() for name, sl in slice_rows.items()}
@@ -198,7 +194,7 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
         stats["train_oov"] = {f: c["rate"] for f, c in stats["oov"].get("train", {}).items()}
         stats["warnings"] = list(stats.get("warnings") or []) + skipped_rows_warnings(stats["skipped_by_reason"])
         pre.stats = stats
-    out_pre = Preprocessing(pre.vocabs, pre.normalizers, stats, texts=pre.texts, seen=pre.seen, features=pre.features)
+    out_pre = dataclasses.replace(pre, stats=stats)
     return DataBundle(schema=schema, splits=splits, texts=reader.texts.tables(), slices=slices, preprocessing=out_pre,
                       row_origin=functools.partial(locate_rows, spec, pre))
 
@@ -223,47 +219,34 @@ def check_feature_layout(spec: DataSpec, pre: Preprocessing) -> None:
             )
 
 
-def convert_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, texts: "TextParts", skipped: Dict[str, int],
-                  oov: Optional["OovCounts"] = None, sequences: Optional[SequenceCounts] = None,
+def convert_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, states: Dict[str, Any], skipped: Dict[str, int],
+                  oov: Optional[OovCounts] = None, fitting: bool = False,
                   ) -> Tuple[Dict[str, Any], np.ndarray, np.ndarray]:
     """One chunk mapped with the fitted ``pre`` exactly as training maps it: ``(columns, split, keep)``.
 
-    ``columns``: table column -> values of the chunk's good rows (sparse ids, :class:`Jagged` for
-    multi-valued ones, text rows, normalised dense values, the labels and weights of the spec's
-    labels, group ids); ``split``: each good row's split; ``keep``: which of the chunk's rows are
-    good. A spec without labels (or without a split rule) converts too: that is how rows without
-    labels are scored (:mod:`mtl_torchrec.data.spec.features`). Bad rows raise DataError naming file,
-    line and column, or with ``on_bad_rows: skip`` are dropped and counted in ``skipped``; ``oov``
-    (optional) counts unknown ids per split, ``sequences`` (optional) the training rows' behaviour
-    sequences.
+    ``columns``: table column -> values of the chunk's good rows (each feature kind's columns:
+    sparse ids, :class:`Jagged` for multi-valued ones, text rows, normalised dense values, bucket
+    ids; then the labels and weights of the spec's labels, group ids); ``split``: each good row's
+    split; ``keep``: which of the chunk's rows are good. ``states``: each kind's reader state by
+    section (:meth:`~mtl_torchrec.data.spec.kinds.FeatureKind.reader`); ``fitting``: whether the read
+    fits a run. A spec without labels (or without a split rule) converts too: that is how rows
+    without labels are scored (:mod:`mtl_torchrec.data.spec.features`). Bad rows raise DataError
+    naming file, line and column, or with ``on_bad_rows: skip`` are dropped and counted in
+    ``skipped``; ``oov`` (optional) counts unknown ids per split.
     """
-    checked, dense = checked_chunk(spec, pre, chunk, spec.on_bad_rows == "skip", skipped)
+    checked, values = checked_chunk(spec, pre, chunk, spec.on_bad_rows == "skip", skipped)
     keep = ~checked.bad.bad
     frame = chunk.frame[keep]
     split = checked.split[keep]
     converted: Dict[str, Any] = {}
     split_rows = {str(name): np.flatnonzero(split == name) for name in np.unique(split)}
-    keys_of: Dict[str, np.ndarray] = {}
-    for s in spec.sparse:
-        tokens, lengths = sparse_tokens(s, frame)
-        vocab = pre.vocabs[s.feature]
-        if vocab.mode in ("build", "file"):
-            keys = keys_of[s.feature] = vocab.keys(tokens)
-            ids = vocab.lookup_keys(keys)
-            if oov is not None:
-                oov.add(s.feature, split_rows, keys, ids, lengths)
-        else:
-            ids = vocab.lookup(tokens)
-        converted[s.feature] = ids if lengths is None else Jagged(ids, lengths)
-    if sequences is not None:
-        sequences.add(converted, keys_of, split_rows.get("train", np.zeros(0, dtype=np.int64)))
-    for i, t in enumerate(spec.text):
-        keys, rows, unknown = texts.rows(i, t, frame, chunk, np.flatnonzero(keep))
-        if oov is not None:
-            oov.add(t.feature, split_rows, keys, np.where(unknown, 0, 1), None)
-        converted[t.feature] = rows
-    for d in spec.dense:
-        converted[d.feature] = dense[d.feature][keep]
+    for kind in kinds():
+        entries = spec.entries(kind)
+        if not entries:
+            continue
+        ctx = ConvertContext(spec, pre, chunk, frame, np.flatnonzero(keep), split_rows, oov, states.get(kind.section),
+                             fitting)
+        converted.update(kind.convert(entries, values[kind.section], ctx))
     for task, y in checked.labels.items():
         converted[task] = y[keep]
     for task, w in checked.weights.items():
@@ -275,119 +258,19 @@ def convert_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, texts: "Text
     return converted, split, keep
 
 
-class TextParts:
-    """The rows of every text feature while a spec's chunks are read (see :mod:`mtl_torchrec.data.texts`).
-
-    Fitting (a training run), item tables are read once and the other kinds grow a row per new text
-    or key; with a run's fitted preprocessing every mapping is frozen (unknown -> row 0, no text).
-    """
-
-    def __init__(self, spec: DataSpec, pre: Preprocessing, fitted: bool) -> None:
-        self.spec = spec
-        self.rows_of: Dict[str, TextRows] = {}
-        self.texts_of: Dict[str, Optional[List[Optional[str]]]] = {}
-        self.item_files: Dict[str, str] = {}
-        # Keys of each item table as read now (at evaluation: keys the run lacks but the table has
-        # are new items, not errors).
-        self.item_keys: Dict[str, set] = {}
-        # Item-table rows whose text differs from the one the run encoded (evaluation only).
-        self.changed: Dict[str, int] = {}
-        for i, t in enumerate(spec.text):
-            text_of: Optional[List[Optional[str]]] = None
-            if t.kind == "item":
-                assert t.items is not None and t.key is not None
-                path = spec.resolve(t.items.file)
-                self.item_files[t.feature] = path
-                try:
-                    keys, item_texts = read_item_table(path, t.items.key or t.key, t.columns, t.template, t.separator)
-                except (ConfigError, DataError) as e:
-                    raise type(e)(f"text[{i}].items: {e}") from None
-                except FileNotFoundError:
-                    raise ConfigError(f"text[{i}].items.file: {path} not found") from None
-                self.item_keys[t.feature] = set(keys)
-            if not fitted:
-                saved = pre.texts.get(t.feature)
-                if saved is None:
-                    raise DataError(f"text[{i}]: the run has no text feature '{t.feature}' (its text features: "
-                                    f"{sorted(pre.texts)})")
-                if saved.kind != t.kind:
-                    raise DataError(f"text[{i}]: the run's text feature '{t.feature}' is of kind '{saved.kind}', this "
-                                    f"spec declares kind '{t.kind}' (item table / row / store)")
-                self.rows_of[t.feature] = saved.frozen_copy()
-                if t.kind == "item" and saved.hashes:
-                    now = {k: text_key(x) or "" for k, x in zip(keys, item_texts)}
-                    self.changed[t.feature] = sum(1 for k, h in zip(saved.keys, saved.hashes)
-                                                  if k in now and now[k] != h)
-                # The run's checkpoint holds the vectors: nothing is encoded again.
-            elif t.kind == "item":
-                self.rows_of[t.feature] = TextRows("item", keys, frozen=True,
-                                                   hashes=[text_key(x) or "" for x in item_texts])
-                text_of = [None] + item_texts
-            else:
-                self.rows_of[t.feature] = TextRows(t.kind)
-                text_of = [None] if t.kind == "row" else None
-            self.texts_of[t.feature] = text_of
-
-    def rows(self, index: int, t: TextFeatureSpec, frame: pd.DataFrame, chunk: Chunk,
-             chunk_rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(keys, rows, unknown)`` of the chunk's good rows ``frame`` (``chunk_rows``: their
-        positions in the chunk, for messages). Raises DataError naming the file line of the first
-        row whose item key is missing from the item table (unless ``missing: no_text``)."""
-        rows_of = self.rows_of[t.feature]
-        if t.kind == "row":
-            texts = compose_texts(frame, t.columns, t.template, t.separator)
-            keys = np.array([text_key(x) for x in texts], dtype=object)
-        else:
-            assert t.key is not None
-            keys = value_tokens(frame[t.key])
-        before = rows_of.num_rows
-        rows, unknown = rows_of.lookup(keys)
-        text_of = self.texts_of[t.feature]
-        if t.kind == "row" and text_of is not None and rows_of.num_rows > before:
-            new = rows >= before
-            first = pd.Series(np.flatnonzero(new)).groupby(rows[new]).first()
-            text_of.extend(texts[first.to_numpy()])
-        not_in_table = unknown
-        if t.kind == "item" and unknown.any():
-            # At evaluation, an item the current table has but the run lacks is a new item: no text.
-            table_keys = self.item_keys[t.feature]
-            not_in_table = unknown & np.array([k not in table_keys for k in keys], dtype=bool)
-        if t.kind == "item" and t.missing == "error" and not_in_table.any():
-            bad = np.flatnonzero(not_in_table)
-            raise DataError(
-                f"{chunk.where(int(chunk_rows[bad[0]]))} column '{t.key}' (text[{index}].key): item key "
-                f"{keys[bad[0]]!r} is not in the item table {self.item_files[t.feature]} ({len(bad)} such rows in "
-                f"this chunk); add it, or set text[{index}].missing: no_text to serve such rows the no-text vector"
-            )
-        return keys, rows, unknown
-
-    def tables(self) -> Dict[str, TextTable]:
-        """The :class:`TextTable` of each text feature, for the model's text modules."""
-        out: Dict[str, TextTable] = {}
-        for t in self.spec.text:
-            rows_of = self.rows_of[t.feature]
-            out[t.feature] = TextTable(
-                feature=t.feature, kind=t.kind, keys=[None] + list(rows_of.keys), texts=self.texts_of[t.feature],
-                store=self.spec.resolve(t.store) if t.store else None,
-                key_column=t.key, store_key=t.store_key or t.key,
-            )
-        return out
-
-
 def checked_chunk(spec: DataSpec, pre: Preprocessing, chunk: Chunk, skip: bool,
-                  counts: Dict[str, int]) -> Tuple[ChunkValues, Dict[str, np.ndarray]]:
-    """:func:`check_chunk` plus the fitted dense normalisation of every row: a value whose
-    normalised form overflows float32 (e.g. ``1e308`` under ``standard``) is a bad row too.
-    Returns the checks and feature -> float32 normalised values (all rows of the chunk)."""
+                  counts: Dict[str, int]) -> Tuple[ChunkValues, Dict[str, Dict[str, Any]]]:
+    """:func:`check_chunk` plus each feature kind's checks against the fitted ``pre``
+    (:meth:`~mtl_torchrec.data.spec.kinds.FeatureKind.check_fitted`: a dense value whose normalised
+    form overflows float32 is a bad row, say). Returns the checks and section -> feature -> the
+    values the kind converts (all rows of the chunk)."""
     checked = check_chunk(spec, chunk, skip, counts)
-    dense: Dict[str, np.ndarray] = {}
-    for d in spec.dense:
-        with np.errstate(over="ignore", invalid="ignore"):
-            y = pre.normalizers[d.feature].transform(checked.dense[d.feature])
-        checked.bad.flag(~np.isfinite(y) & ~checked.bad.bad, d.column,
-                         "too large: its normalised value overflows float32", chunk.frame[d.column].to_numpy())
-        dense[d.feature] = y
-    return checked, dense
+    values: Dict[str, Dict[str, Any]] = {}
+    for kind in kinds():
+        entries = spec.entries(kind)
+        parsed = checked.features[kind.section]
+        values[kind.section] = kind.check_fitted(entries, parsed, pre, chunk, checked.bad) if entries else parsed
+    return checked, values
 
 
 def locate_rows(spec: DataSpec, pre: Preprocessing, split: str, rows: Sequence[int]) -> List[Optional[str]]:
@@ -407,33 +290,6 @@ def locate_rows(spec: DataSpec, pre: Preprocessing, split: str, rows: Sequence[i
             found[r] = chunk.where(int(here[r - seen]))
         seen += len(here)
     return [found.get(int(r)) for r in rows]
-
-
-class OovCounts:
-    """Tokens and unknown tokens (id 0 though present) per split and feature, summed over chunks."""
-
-    def __init__(self) -> None:
-        self.counts: Dict[str, Dict[str, List[int]]] = {}
-
-    def add(self, feature: str, split_rows: Dict[str, np.ndarray], keys: np.ndarray, ids: np.ndarray,
-            lengths: Optional[np.ndarray]) -> None:
-        """Counts one chunk: ``keys`` (None = missing) and ``ids`` per token, ``lengths`` tokens per
-        row (None: one per row), ``split_rows`` the row indices of each split."""
-        present = ~np.asarray(pd.isna(keys), dtype=bool)
-        unknown = present & (ids == 0)
-        if lengths is not None:
-            row = np.repeat(np.arange(len(lengths)), lengths)
-            present = np.bincount(row, weights=present, minlength=len(lengths))
-            unknown = np.bincount(row, weights=unknown, minlength=len(lengths))
-        for name, rows in split_rows.items():
-            c = self.counts.setdefault(name, {}).setdefault(feature, [0, 0])
-            c[0] += int(present[rows].sum())
-            c[1] += int(unknown[rows].sum())
-
-    def stats(self) -> Dict[str, Dict[str, Dict[str, Any]]]:
-        """``{split: {feature: {"tokens": n, "unknown": k, "rate": k / n (None without tokens)}}}``."""
-        return {split: {f: {"tokens": n, "unknown": k, "rate": k / n if n else None} for f, (n, k) in feats.items()}
-                for split, feats in self.counts.items()}
 
 
 def empty_table(schema: Schema) -> ColumnTable:

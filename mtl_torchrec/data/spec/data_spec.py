@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 from mtl_torchrec.core.config import from_dict, read_yaml
 from mtl_torchrec.core.errors import ConfigError
@@ -16,22 +16,11 @@ from mtl_torchrec.data.spec.checks import (
     check_label_not_feature,
     check_labels_given,
     check_names_unique,
-    check_shared_vocabularies,
     check_slice,
-    check_sparse_column,
     check_split_rule,
-    check_text_feature,
 )
-from mtl_torchrec.data.spec.sections import (
-    CsvOptions,
-    DenseColumn,
-    Files,
-    LabelColumn,
-    SliceSpec,
-    SparseColumn,
-    SplitRule,
-    TextFeatureSpec,
-)
+from mtl_torchrec.data.spec.kinds import DenseColumn, FeatureKind, SparseColumn, TextFeatureSpec, kinds
+from mtl_torchrec.data.spec.sections import CsvOptions, Files, LabelColumn, SliceSpec, SplitRule
 
 
 @dataclass
@@ -58,52 +47,68 @@ class DataSpec:
     on_bad_rows: Literal["error", "skip"] = "error"
     # Directory that relative paths are resolved against (set by load_spec).
     base_dir: str = "."
+    # The entries of the other registered feature kinds (data/spec/kinds), by section name: a kind
+    # added as a plug-in needs no field here. Set by load_spec, never read from the YAML as such.
+    sections: Dict[str, List[Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Checks across fields, in a fixed order so that the first problem reported is stable;
         raises ConfigError naming the dotted key."""
         check_labels_given(self.labels)
         check_chunk_rows(self.chunk_rows)
-        for i, s in enumerate(self.sparse):
-            check_sparse_column(s, f"sparse[{i}]")
-        check_names_unique(self.feature_names())
-        check_shared_vocabularies(self.sparse)
-        for i, lab in enumerate(self.labels):
-            check_label_column(lab, f"labels[{i}]")
-        check_label_not_feature(self.labels, self.sparse, self.dense)
-        check_csv_options(self.csv)
-        check_files(self.files, self.split)
-        if self.split is not None:
-            check_split_rule(self.split)
         if self.item_text is not None:
             raise ConfigError("item_text: replaced by `text:` (docs/text.md). The same texts, each row reading its "
                               "own: text: [{columns: [...]}]; or an item table: text: [{key: <item column>, "
                               "items: {file: items.csv}, columns: [...]}]")
-        for i, t in enumerate(self.text):
-            check_text_feature(t, f"text[{i}]", self.labels)
+        for kind in kinds():
+            kind.validate(self.entries(kind), self)
+        check_names_unique(self.feature_names())
+        for i, lab in enumerate(self.labels):
+            check_label_column(lab, f"labels[{i}]")
+        check_label_not_feature(self.labels, self.feature_columns())
+        check_csv_options(self.csv)
+        check_files(self.files, self.split)
+        if self.split is not None:
+            check_split_rule(self.split)
         for i, sl in enumerate(self.slices):
             check_slice(sl, f"slices[{i}]", self.sparse)
 
+    def entries(self, kind: FeatureKind) -> List[Any]:
+        """The entries of ``kind``'s section (a field of this class, or :attr:`sections`)."""
+        if kind.section in _FIELDS:
+            return list(getattr(self, kind.section))
+        return list(self.sections.get(kind.section, []))
+
+    def feature_entries(self) -> List[Tuple[FeatureKind, int, Any]]:
+        """``(kind, index, entry)`` of every feature entry, kinds in their order, entries in spec order."""
+        return [(kind, i, e) for kind in kinds() for i, e in enumerate(self.entries(kind))]
+
+    def feature_columns(self) -> List[Tuple[str, str, Any]]:
+        """``(dotted key, file column, entry)`` of every file column a feature reads, in feature order
+        (``("sparse[0].column", "user_id", <entry>)``, ``("text[1].columns[0]", "review", <entry>)``)."""
+        return [(f"{kind.key(i)}.{name}", column, e) for kind, i, e in self.feature_entries()
+                for name, column in kind.file_columns(e)]
+
     def feature_names(self) -> List[str]:
-        """Sparse and dense feature names, then label tasks, in spec order (duplicates kept)."""
-        return ([s.feature for s in self.sparse] + [d.feature for d in self.dense] + [t.feature for t in self.text]
-                + [lab.task for lab in self.labels])
+        """Feature names (every kind's, in kind order), then label tasks, in spec order (duplicates kept)."""
+        return [e.feature for _, _, e in self.feature_entries()] + [lab.task for lab in self.labels]
 
     def feature_layout(self) -> List[List[str]]:
-        """What the model's inputs are built from, in order: ``["sparse", feature, column]``,
-        ``["dense", feature, column]``, ``["text", feature]``. A fitted run saves it
-        (``preprocessing.json``) so that a spec edited afterwards cannot silently feed other columns
-        to the trained tables (:func:`~mtl_torchrec.data.spec.build.check_feature_layout`)."""
-        return ([["sparse", s.feature, s.column] for s in self.sparse] + [["dense", d.feature, d.column] for d in self.dense]
-                + [["text", t.feature] for t in self.text])
+        """What the model's inputs are built from, in order: one line per feature from its kind
+        (``["sparse", feature, column]``, ``["dense", feature, column]``, ``["text", feature]``,
+        ``["buckets", feature, column]``). A fitted run saves it (``preprocessing.json``) so that a
+        spec edited afterwards cannot silently feed other columns to the trained tables
+        (:func:`~mtl_torchrec.data.spec.build.check_feature_layout`)."""
+        return [kind.layout(e) for kind, _, e in self.feature_entries()]
 
     def sparse_by_feature(self, name: str) -> SparseColumn:
         """The sparse column whose feature name is ``name``; raises StopIteration when there is none."""
         return next(s for s in self.sparse if s.feature == name)
 
     def raw_columns(self) -> List[str]:
-        """Every file column the spec reads, each once, in a fixed order."""
-        cols: List[str] = [s.column for s in self.sparse] + [d.column for d in self.dense]
+        """Every file column the spec reads, each once, in a fixed order (features, labels, group,
+        split, slices)."""
+        cols: List[str] = [column for _, column, _ in self.feature_columns()]
         for lab in self.labels:
             cols.append(lab.column)
             if lab.mask_column:
@@ -116,8 +121,6 @@ class DataSpec:
             cols.append(self.split.column)
         if self.split and self.split.by:
             cols.append(self.split.by)
-        for t in self.text:
-            cols += ([t.key] if t.key else []) + (t.columns if t.kind == "row" else [])
         for sl in self.slices:
             cols.append(self.raw_column_of(sl.column))
         return list(dict.fromkeys(cols))
@@ -126,8 +129,7 @@ class DataSpec:
         """Each file column the spec reads -> the first dotted key that names it (for messages),
         e.g. ``{"user_id": "sparse[0].column", "clicked": "labels[0].column"}``."""
         keys: Dict[str, str] = {}
-        named = [(f"sparse[{i}].column", s.column) for i, s in enumerate(self.sparse)]
-        named += [(f"dense[{i}].column", d.column) for i, d in enumerate(self.dense)]
+        named = [(key, column) for key, column, _ in self.feature_columns()]
         for i, lab in enumerate(self.labels):
             named.append((f"labels[{i}].column", lab.column))
             if lab.mask_column:
@@ -140,9 +142,6 @@ class DataSpec:
             named.append(("split.column", self.split.column))
         if self.split and self.split.by:
             named.append(("split.by", self.split.by))
-        for i, t in enumerate(self.text):
-            named += [(f"text[{i}].key", t.key)] if t.key else []
-            named += [(f"text[{i}].columns[{j}]", c) for j, c in enumerate(t.columns)] if t.kind == "row" else []
         named += [(f"slices[{i}].column", self.raw_column_of(sl.column)) for i, sl in enumerate(self.slices)]
         for key, column in named:
             keys.setdefault(column, key)
@@ -153,14 +152,16 @@ class DataSpec:
         return path if Path(path).is_absolute() else str(Path(self.base_dir) / path)
 
     def raw_column_of(self, name: str) -> str:
-        """The file column behind feature ``name``; any other name is taken as a file column itself."""
-        for s in self.sparse:
-            if s.feature == name:
-                return s.column
-        for d in self.dense:
-            if d.feature == name:
-                return d.column
+        """The file column behind feature ``name`` (a feature reading one column); any other name is
+        taken as a file column itself."""
+        for _, _, e in self.feature_entries():
+            if e.feature == name and isinstance(getattr(e, "column", None), str):
+                return e.column
         return name
+
+
+# The feature sections that are fields of DataSpec (the others live in DataSpec.sections).
+_FIELDS = ("sparse", "dense", "text")
 
 
 def load_spec(path: Union[str, Path]) -> DataSpec:
@@ -179,9 +180,40 @@ def load_spec(path: Union[str, Path]) -> DataSpec:
     raw = dict(raw)
     raw["base_dir"] = str(p.resolve().parent)
     try:
-        return from_dict(DataSpec, raw)
+        if "sections" in raw:
+            raise ConfigError(f"sections: not a key of a data spec (feature sections: {[k.section for k in kinds()]})")
+        return spec_from_dict(raw)
     except TypeError as e:
         # A missing required key surfaces as a TypeError from the dataclass constructor.
         raise ConfigError(f"{p}: {e}") from None
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+def spec_from_dict(raw: Mapping[str, Any]) -> DataSpec:
+    """A checked :class:`DataSpec` from a mapping: a YAML spec's top level, or the saved form
+    (``dataclasses.asdict``), whose plug-in kinds' entries are under ``sections``. Each plug-in
+    section's entries are type-checked into their kind's dataclass. Raises ConfigError naming the
+    dotted key (TypeError for a missing required key, from the dataclass constructor)."""
+    raw = dict(raw)
+    plugged = dict(raw.pop("sections", None) or {})
+    plugged.update({k.section: raw.pop(k.section) for k in kinds() if k.section not in _FIELDS and k.section in raw})
+    unknown = [name for name in plugged if name not in {k.section for k in kinds()}]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a registered feature kind (feature sections: "
+                          f"{[k.section for k in kinds()]})")
+    sections = {name: _entries(name, value) for name, value in plugged.items()}
+    spec = from_dict(DataSpec, raw)
+    if sections:
+        spec.sections = sections
+        spec.validate()
+    return spec
+
+
+def _entries(section: str, value: Any) -> List[Any]:
+    """The entries of a plug-in kind's section, each type-checked into the kind's dataclass
+    (ConfigError naming ``section[i].key``)."""
+    kind = next(k for k in kinds() if k.section == section)
+    if not isinstance(value, list):
+        raise ConfigError(f"{section}: expected a list of entries, got {type(value).__name__}")
+    return [from_dict(kind.entry, e, prefix=kind.key(i)) for i, e in enumerate(value)]

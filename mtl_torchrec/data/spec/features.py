@@ -32,27 +32,20 @@ import pandas as pd
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.preprocessing import Preprocessing, oov_warnings, skipped_rows_warnings
 from mtl_torchrec.data.schema import ColumnTable, Schema
-from mtl_torchrec.data.spec.build import OovCounts, TextParts, convert_chunk
+from mtl_torchrec.data.spec.build import convert_chunk, reader_states
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.fitting import schema_for
+from mtl_torchrec.data.spec.kinds import TEXT, OovCounts, TextParts
 from mtl_torchrec.data.spec.reading import Chunk, file_format, iter_chunks, read_header, spec_files
 from mtl_torchrec.data.spec.sections import ALL_SPLIT, LabelColumn
 
 
 def feature_columns(spec: DataSpec) -> Dict[str, str]:
-    """Every file column the model's features read -> the spec key that names it (sparse and dense
-    columns, text keys and per-row text columns), in spec order."""
+    """Every file column the model's features read -> the spec key that names it (every feature
+    kind's columns: sparse and dense columns, text keys and per-row text columns, ...), in feature order."""
     named: Dict[str, str] = {}
-    for i, s in enumerate(spec.sparse):
-        named.setdefault(s.column, f"sparse[{i}].column")
-    for i, d in enumerate(spec.dense):
-        named.setdefault(d.column, f"dense[{i}].column")
-    for i, t in enumerate(spec.text):
-        if t.key:
-            named.setdefault(t.key, f"text[{i}].key")
-        if t.kind == "row":
-            for j, c in enumerate(t.columns):
-                named.setdefault(c, f"text[{i}].columns[{j}]")
+    for key, column, _ in spec.feature_columns():
+        named.setdefault(column, key)
     return named
 
 
@@ -142,14 +135,15 @@ class FeatureRows:
         self.spec = spec
         self.pre = pre
         self.schema: Schema = schema_for(spec, pre)
-        self.texts = TextParts(spec, pre, fitted=False)
+        self.states = reader_states(spec, pre, fitting=False)
+        self.texts: TextParts = self.states[TEXT.section]
         self.skipped: Dict[str, int] = {}
         # Unknown ids per feature of every row converted (all in split ALL_SPLIT: no split rule).
         self.oov = OovCounts()
         self._seen = 0
 
     def _convert(self, chunk: Chunk) -> FeatureChunk:
-        converted, _, keep = convert_chunk(self.spec, self.pre, chunk, self.texts, self.skipped, self.oov)
+        converted, _, keep = convert_chunk(self.spec, self.pre, chunk, self.states, self.skipped, self.oov)
         positions = np.arange(self._seen, self._seen + len(chunk.frame))[keep]
         self._seen += len(chunk.frame)
         return FeatureChunk(ColumnTable(converted), positions, chunk.frame[keep])

@@ -6,15 +6,17 @@ from __future__ import annotations
 import glob as globlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
 from mtl_torchrec.core.errors import ConfigError, DataError
-from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.records import RecordIndex, decode_error, read_header
 from mtl_torchrec.data.spec.sections import SPLITS
+
+if TYPE_CHECKING:
+    from mtl_torchrec.data.spec.data_spec import DataSpec
 
 
 @dataclass

@@ -25,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,8 +33,10 @@ import pandas as pd
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.preprocessing import far_above
 from mtl_torchrec.data.schema import Jagged
-from mtl_torchrec.data.spec.data_spec import DataSpec
-from mtl_torchrec.data.spec.sections import SparseColumn
+
+if TYPE_CHECKING:
+    from mtl_torchrec.data.spec.data_spec import DataSpec
+    from mtl_torchrec.data.spec.kinds.ids import SparseColumn
 
 # A history whose training ids are mostly unknown (and far more than the candidate's) is refused.
 HISTORY_UNKNOWN_FLOOR = 0.5

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mtl_torchrec.data.preprocessing import stable_hash, value_tokens
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.data_spec import DataSpec
 from mtl_torchrec.data.spec.reading import Chunk
 from mtl_torchrec.data.spec.sections import ALL_SPLIT
+from mtl_torchrec.data.tokens import stable_hash, value_tokens
 
 
 def assign_splits(spec: DataSpec, chunk: Chunk, bad: BadRows) -> np.ndarray:
