@@ -58,6 +58,9 @@ class DataBundle:
     # Where rows came from, for messages: (split, row indices) -> "<file> line <n>" per row (None
     # where unknown); set by sources that read files (data specs), which may read them again to answer.
     row_origin: Optional[Callable[[str, Sequence[int]], List[Optional[str]]]] = None
+    # The training split streamed from its files (data/spec/train_stream.py: ``data.shuffle_buffer``);
+    # ``splits["train"]`` is then empty. None: the training split is in ``splits``.
+    train_stream: Optional[Any] = None
 
     def without_text(self) -> "DataBundle":
         """The same data without its text features (schema, columns and tables), for models that do

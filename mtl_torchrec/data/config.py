@@ -74,3 +74,17 @@ class DataConfig:
     batch_size: PositiveInt = 1024
     eval_batch_size: PositiveInt = 4096
     num_workers: NonNegativeInt = 0
+    # > 0 (data.source: spec): the training split is read from its files every epoch, each rank its
+    # own share, through shuffle windows of this many rows (data/spec/train_stream.py), never held
+    # in memory; 0: the training split is held in memory.
+    shuffle_buffer: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _stream(self) -> "DataConfig":
+        if self.shuffle_buffer and self.source != "spec":
+            raise problem(f"streams a data spec's training files; data.source is '{self.source}' (set 0, or "
+                          f"data.source: spec)", "shuffle_buffer")
+        if self.shuffle_buffer and self.num_workers:
+            raise problem("streamed training (data.shuffle_buffer > 0) reads in the main process, a background "
+                          "thread reading the next window; set data.num_workers: 0", "num_workers")
+        return self

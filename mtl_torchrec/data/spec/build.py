@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -149,8 +149,13 @@ class SpecReader:
         return stats
 
 
-def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) -> DataBundle:
+def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None,
+                 on_chunk: Optional[Callable[[ConvertedChunk], None]] = None,
+                 drop_splits: Sequence[str] = ()) -> DataBundle:
     """Converts the spec's files to a :class:`~mtl_torchrec.data.bundle.DataBundle`.
+
+    ``on_chunk`` (optional) sees every converted chunk; the rows of ``drop_splits`` are converted
+    and counted but not kept (their tables are empty: a streamed training split).
 
     Fits preprocessing on the training split unless ``preprocessing`` is given (evaluation and
     serving reuse the run's fitted mapping). Bad rows raise or, with ``on_bad_rows: skip``, are
@@ -174,8 +179,12 @@ def build_bundle(spec: DataSpec, preprocessing: Optional[Preprocessing] = None) 
     builders: Dict[str, SplitParts] = {}
     slice_rows: Dict[str, SliceRows] = {}
     for part in reader.chunks():
+        if on_chunk is not None:
+            on_chunk(part)
         tokens = part.slice_tokens(spec)
         for name, rows in part.split_rows.items():
+            if name in drop_splits:
+                continue
             b = builders.setdefault(name, SplitParts())
             columns = take_rows(part.columns, rows)
             for col, v in columns.items():

@@ -102,6 +102,48 @@ def iter_chunks(spec: DataSpec) -> Iterator[Chunk]:
             global_start += len(chunk.frame)
 
 
+def file_chunks(spec: DataSpec, path: str, global_start: int, split: Optional[str]) -> Iterator[Chunk]:
+    """The chunks of one file as :func:`iter_chunks` gives them, its first row at ``global_start``
+    among all rows of all files, ``split`` its per-split file split (for reading one file again)."""
+    columns = spec.raw_columns()
+    chunks = _parquet_chunks(spec, path, columns) if file_format(spec, path) == "parquet" else _csv_chunks(
+        spec, path, columns)
+    for chunk in chunks:
+        chunk.global_start, chunk.file_split = global_start, split
+        yield chunk
+        global_start += len(chunk.frame)
+
+
+def parquet_row_group_chunks(spec: DataSpec, path: str, row_group: int, global_start: int,
+                             split: Optional[str]) -> Iterator[Chunk]:
+    """The chunks (``chunk_rows`` rows at most) of one row group of a Parquet file, positioned by the
+    file's 0-based row, the row group's first row at ``global_start`` among all rows of all files.
+    Raises DataError naming the file for a missing column, a row group the file does not have (it
+    changed), or one that cannot be decoded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = spec.raw_columns()
+    pf = pq.ParquetFile(path)
+    have = list(pf.schema_arrow.names)
+    if any(c not in have for c in columns):
+        raise _missing_columns(spec, path, "its schema", columns, have)
+    meta = pf.metadata
+    if row_group >= meta.num_row_groups:
+        raise DataError(f"{path}: has {meta.num_row_groups} row group(s), the run was fitted on one with row group "
+                        f"{row_group}: the file changed since")
+    first = sum(meta.row_group(i).num_rows for i in range(row_group))
+    try:
+        batches = list(pf.iter_batches(batch_size=spec.chunk_rows, row_groups=[row_group], columns=columns))
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: row group {row_group} cannot be decoded ({type(e).__name__}: {e})") from None
+    row = first
+    for rb in batches:
+        frame = rb.to_pandas()
+        yield Chunk(frame, path, np.arange(row, row + len(frame)), "row", global_start + row - first, split)
+        row += len(frame)
+
+
 def _missing_columns(spec: DataSpec, path: str, where: str, columns: List[str], have: List[str]) -> DataError:
     """The error for spec ``columns`` absent from a file, each named with the spec key that reads it."""
     keys = spec.column_keys()
