@@ -40,9 +40,8 @@ def test_traces_and_scripts():
     with torch.no_grad():
         att.query.normal_()
     x = torch.randn(7, 12)
-    assert torch.allclose(torch.fx.symbolic_trace(att)(x), att(x))
+    # forward in every form: tests/test_module_forms.py; here the method that also returns the weights.
     scripted = torch.jit.script(att)
-    assert torch.allclose(scripted(x), att(x))
     assert torch.allclose(scripted.forward_with_weights(x)[1], att.forward_with_weights(x)[1])
 
 

@@ -177,27 +177,6 @@ def test_options_take_effect():
     assert isinstance(tower.towers["a"].mlp[1], nn.BatchNorm1d)
 
 
-def test_modules_with_options_still_trace_and_script():
-    torch.manual_seed(0)
-    x = torch.randn(5, 10)
-    for module in (
-        MMoE(10, 2, 3, [8, 4], [6], expert_options=FANCY, gate_options=FANCY),
-        PLE(10, 2, 2, 1, 1, [8], MLPOptions(norm="batch")),
-        SeparateBottoms(10, 2, [8], FANCY),
-        SharedBottom(10, 2, [8], FANCY),
-    ):
-        module.eval()
-        traced = torch.fx.symbolic_trace(module)
-        for a, b in zip(traced(x), module(x)):
-            torch.testing.assert_close(a, b)
-    # What TorchScript compiled before still compiles.
-    for module in (TaskTowers(["a", "b"], 10, {"a": [4], "b": []}, FANCY), SharedBottom(10, 2, [8], FANCY)):
-        module.eval()
-        scripted = torch.jit.script(module)
-        torch.testing.assert_close(scripted([x, x])["a"] if isinstance(module, TaskTowers) else scripted(x)[0],
-                                   module([x, x])["a"] if isinstance(module, TaskTowers) else module(x)[0])
-
-
 def test_mlp_options_in_the_config():
     cfg = load_config(None, ["model.tower_mlp.dropout=0.1", "model.mmoe.expert_mlp.norm=layer",
                              "model.mmoe.gate_mlp.activation=silu", "model.ple.expert_mlp.activation=gelu",

@@ -1,5 +1,6 @@
-"""Every module of the model scripts with plain ``torch.jit.script`` and computes what the eager
-module computes (evaluation mode); the scoring form of a whole model scripts too, ESMM included."""
+"""What scripting adds beyond each module's forward (tests/test_module_forms.py has every module
+eager, traced and scripted): the gated backbones' extra methods, unchanged state keys, and the
+scoring form of a whole model, ESMM and AITM included."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.model.multitask import MultiTaskModel
 from mtl_torchrec.model.tasks import TaskSpec, predictions
-from mtl_torchrec.modules import PLE, BatchedExperts, MMoE, SeparateBottoms, SharedBottom, TaskTowers
+from mtl_torchrec.modules import PLE, BatchedExperts, MMoE, TaskTowers
 from mtl_torchrec.modules.aitm import AITMTowers
 from mtl_torchrec.modules.feature_attention import FeatureGroupAttention
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
@@ -41,19 +42,6 @@ def _check(module: nn.Module, *inputs: object, method: str = "forward") -> None:
         assert _same(getattr(module, method)(*inputs), getattr(scripted, method)(*inputs))
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-def test_experts_and_backbones_script(options: object) -> None:
-    torch.manual_seed(0)
-    x = torch.randn(7, 12)
-    _check(BatchedExperts(12, 3, [8, 4, 4], options), x)
-    _check(MMoE(12, 3, 4, [8, 4], [6], expert_options=options, gate_options=options), x)
-    _check(MMoE(12, 3, 4, [8, 4], single_gate=True, expert_options=options), x)
-    _check(PLE(12, 3, 2, 1, 2, [8, 4], options), x)
-    _check(SharedBottom(12, 3, [8, 4], options), x)
-    _check(SeparateBottoms(12, 3, [8, 4], options), x)
-    _check(TaskTowers(["a", "b"], 4, {"a": [3], "b": []}, options), [torch.randn(7, 4), torch.randn(7, 4)])
-
-
 def test_gated_backbones_script_forward_with_gates() -> None:
     torch.manual_seed(0)
     x = torch.randn(5, 12)
@@ -73,15 +61,6 @@ def test_batched_experts_keep_state_keys() -> None:
 def _kjt(keys: List[str], batch: int, high: int) -> KeyedJaggedTensor:
     lengths = torch.randint(1, 3, (len(keys) * batch,), dtype=torch.int32)
     return KeyedJaggedTensor(keys=keys, values=torch.randint(0, high, (int(lengths.sum()),)), lengths=lengths)
-
-
-def test_text_feature_scripts() -> None:
-    """With a plain table (``model.text.trainable_table``; the scoring form swaps a frozen table for
-    a plain one with the same weights, see ``plain_text_tables``)."""
-    torch.manual_seed(0)
-    cfg = EmbeddingBagConfig(name="t_text", embedding_dim=table_width(6), num_embeddings=10, feature_names=["text"])
-    feature = TextFeature(EmbeddingBagCollection([cfg]), text_dim=6, adapter_layers=[5, 3], dropout=0.2)
-    _check(feature, _kjt(["text"], 4, 10))
 
 
 def _model(tasks: List[TaskSpec], variant: str) -> MultiTaskModel:
