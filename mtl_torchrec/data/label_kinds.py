@@ -18,7 +18,7 @@ Built-ins:
 Example::
 
     kind = LABEL_KINDS.get("binary")
-    kind.predict(torch.tensor([0.0]))      # tensor([0.5])
+    kind.predict(torch.tensor([0.0]))      # tensor([0.5])  (a tensor method: no torch import here)
     kind.default_loss                      # 'bce'
     LABEL_KINDS.get("count")               # ConfigError: model.tasks[*].type: 'count' is not one of [...]
 """
@@ -29,7 +29,6 @@ import math
 from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import numpy as np
-import torch
 
 from mtl_torchrec.core.registry import Registry
 
@@ -48,7 +47,7 @@ class LabelKind:
         slice_columns: the per-slice columns of ``report.md``.
         compared_metrics: what ``compare-single-task`` compares per task.
         selection_metrics: the ``train.select_by`` metrics of this kind -> True when higher is better.
-        value_rule: the message for a label value :meth:`valid` refuses.
+        value_rule: the values :meth:`valid` allows, for messages (``binary label must be 0 or 1``).
     """
 
     name: ClassVar[str] = ""
@@ -61,7 +60,7 @@ class LabelKind:
     selection_metrics: ClassVar[Dict[str, bool]] = {}
     value_rule: ClassVar[str] = ""
 
-    def predict(self, logit: torch.Tensor) -> torch.Tensor:
+    def predict(self, logit: Any) -> Any:
         """The prediction ``[B]`` from the tower's output ``[B]``."""
         raise NotImplementedError
 
@@ -109,11 +108,11 @@ class BinaryLabel(LabelKind):
     compared_metrics = ("auc", "gauc", "logloss")
     selection_metrics = {"auc": True, "gauc": True, "gauc_unweighted": True, "logloss": False, "ne": False,
                          "ece": False}
-    value_rule = "binary label must be 0 or 1"
+    value_rule = "0 or 1"
 
-    def predict(self, logit: torch.Tensor) -> torch.Tensor:
+    def predict(self, logit: Any) -> Any:
         """``sigmoid(logit)``: the probability of label 1."""
-        return torch.sigmoid(logit)
+        return logit.sigmoid()
 
     def valid(self, y: Any) -> Any:
         """0 and 1 only."""
@@ -144,9 +143,9 @@ class RegressionLabel(LabelKind):
     slice_columns = ("count", "rmse", "mae", "mean_prediction", "mean_label")
     compared_metrics = ("rmse", "mae")
     selection_metrics = {"rmse": False, "mse": False, "mae": False}
-    value_rule = "a regression label must be a number"
+    value_rule = "a number"
 
-    def predict(self, logit: torch.Tensor) -> torch.Tensor:
+    def predict(self, logit: Any) -> Any:
         """The tower's value as it is."""
         return logit
 

@@ -252,7 +252,7 @@ def check_label_values(
             raise ValueError(f"labels['{t.name}']: a labelled row (mask 1) has a NaN or infinite label")
         kind = LABEL_KINDS.get(t.type)
         if not bool(kind.valid(label[on]).all()):
-            raise ValueError(f"labels['{t.name}']: {kind.value_rule} on labelled rows")
+            raise ValueError(f"labels['{t.name}']: {t.type} labels must be {kind.value_rule} on labelled rows")
         if t.esmm_parent is not None:
             parent = labels[t.esmm_parent].detach().double()
             both = on & ((masks[t.esmm_parent].detach() > 0) if masks is not None else torch.ones_like(on))
