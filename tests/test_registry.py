@@ -19,13 +19,13 @@ from mtl_torchrec.config import Config, ConfigError, ModelConfig, config_class, 
 from mtl_torchrec.core.config import PositiveInt, Widths, config_dataclass
 from mtl_torchrec.core.registry import Registry
 from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.launch.compare_cmd import matched_layers
 from mtl_torchrec.model.backbones import BACKBONES, Backbone
 from mtl_torchrec.model.balancing import BALANCERS, FixedWeights
 from mtl_torchrec.model.builder import build_balancer, build_train_module
 from mtl_torchrec.model.config import model_config_class
-from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.model.losses import LOSSES
 from mtl_torchrec.model.tasks import TaskSpec
 from tests.mtl_helpers import SMALL

@@ -24,6 +24,7 @@ from mtl_torchrec.core.config import (
     one_of,
     problems,
 )
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.model.backbones import (
     BACKBONES,
     MLPConfig,
@@ -33,7 +34,6 @@ from mtl_torchrec.model.backbones import (
     SingleTaskConfig,
     option_sections,
 )
-from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.model.losses import LOSSES
 from mtl_torchrec.model.tasks import task_problems
 from mtl_torchrec.text.config import TextConfig

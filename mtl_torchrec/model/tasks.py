@@ -22,6 +22,7 @@ from torch import nn
 
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.label_kinds import LABEL_KINDS
+
 # aitm_calibrator is re-exported: AITM's calibrator belongs to the task model this module describes.
 from mtl_torchrec.model.losses import aitm_calibrator as aitm_calibrator
 from mtl_torchrec.model.losses import build_loss, loss_problems
