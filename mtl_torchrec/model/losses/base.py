@@ -8,6 +8,7 @@ chooses the default loss, the prediction and every metric; the loss never does.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
@@ -95,9 +96,15 @@ def _option_message(cls: Type[TaskLoss], name: str, err: Mapping[str, Any]) -> s
     return line[len(key) + 2:] if key and line.startswith(f"{key}: ") else line
 
 
+@functools.lru_cache(maxsize=None)
+def _adapter(options_cls: type) -> TypeAdapter:
+    # Built once per options class: the train module builds each task's loss on every step.
+    return TypeAdapter(options_cls)
+
+
 def options_of(cls: Type[TaskLoss], options: Mapping[str, Any]) -> Any:
     """``options`` (a mapping) validated into ``cls.Options``; pydantic's ValidationError otherwise."""
-    return TypeAdapter(cls.Options).validate_python(dict(options))
+    return _adapter(cls.Options).validate_python(dict(options))
 
 
 def build_loss(task: Any) -> TaskLoss:
