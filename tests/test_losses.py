@@ -199,3 +199,12 @@ def test_cli_trains_with_huber_and_focal(tmp_path):
     saved = load_config(run_dir / "config.yaml")
     assert (saved.model.tasks[2].loss, saved.model.tasks[2].loss_options) == ("huber", {"delta": 0.5})
     assert saved.model.tasks[0].loss == "focal"
+
+
+def test_a_data_spec_label_type_must_be_a_label_kind(tmp_path):
+    from mtl_torchrec.data.spec.data_spec import load_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("files: data.csv\nlabels:\n  - {task: rating, column: stars, type: huber}\n")
+    with pytest.raises(ConfigError, match=r"labels\[0\]\.type: 'huber' is not one of \['binary', 'regression'\]"):
+        load_spec(spec)

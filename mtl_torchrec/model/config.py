@@ -139,7 +139,8 @@ def _default_tasks() -> List[TaskConfig]:
 
 
 def _check_tasks(cls: Any, tasks: List[TaskConfig]) -> List[TaskConfig]:
-    """Names non-empty and unique, ESMM and AITM parents other plain binary tasks (as the train module needs)."""
+    """Names non-empty and unique, known label kinds, losses that fit them with valid options, ESMM and
+    AITM parents other plain binary tasks (as the train module needs): :func:`task_problems`."""
     found = task_problems(tasks)
     if found:
         raise problems([((i, key), msg) for i, key, msg in found])
@@ -173,10 +174,11 @@ class ModelConfig:
     _tasks_valid = field_validator("tasks")(classmethod(_check_tasks))
 
 
-# The options sections ModelConfig declares, and the field after which a later backbone's section goes.
+# The options sections ModelConfig declares; a later backbone's section goes after them, before
+# _AFTER_SECTIONS (the key order of saved configs).
 _BUILTIN_SECTIONS = {"mmoe": MMoEConfig, "ple": PLEConfig, "shared_bottom": SharedBottomConfig,
                      "single_task": SingleTaskConfig}
-_LAST_SECTION = "single_task"
+_AFTER_SECTIONS = "tower_layers"
 _CLASSES: Dict[Tuple[Tuple[str, type], ...], type] = {}
 
 
@@ -202,11 +204,11 @@ def model_config_class() -> type:
     for f in dataclasses.fields(ModelConfig):
         if f.name in _BUILTIN_SECTIONS and f.name not in sections:
             continue
+        if f.name == _AFTER_SECTIONS:
+            fields += [(s, o, field(default_factory=o)) for s, o in sections.items() if s not in _BUILTIN_SECTIONS]
         same = field(default=f.default) if f.default_factory is dataclasses.MISSING else \
             field(default_factory=f.default_factory)
         fields.append((f.name, f.type, same))
-        if f.name == _LAST_SECTION:
-            fields += [(s, o, field(default_factory=o)) for s, o in sections.items() if s not in _BUILTIN_SECTIONS]
     namespace = {
         "__module__": __name__,
         "__doc__": (
