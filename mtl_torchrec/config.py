@@ -8,8 +8,9 @@ one line each, naming the dotted key and what is allowed::
     train.loss_balance: 'gradnrm' is not one of ['fixed', 'gradnorm', 'mgda_ub', 'uncertainty']
 
 The allowed names of ``train.sharding``, the optimizers and pipelines are defined here, once;
-``model.backbone``, ``train.loss_balance`` and ``model.tasks[*].type`` are the names of their
-registries (``model/backbones``, ``model/balancing.py``, ``model/tasks.py``).
+``model.backbone``, ``train.loss_balance``, ``model.tasks[*].type`` (the label kind) and
+``model.tasks[*].loss`` are the names of their registries (``model/backbones``,
+``model/balancing.py``, ``data/label_kinds.py``, ``model/losses``).
 
 Example::
 
@@ -39,6 +40,7 @@ from mtl_torchrec.core.config import (
 )
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.config import DataConfig, MovieLensConfig, SyntheticConfig
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.model.balancing import BALANCERS
 from mtl_torchrec.model.config import (
     BalanceConfig,
@@ -50,7 +52,7 @@ from mtl_torchrec.model.config import (
     TaskConfig,
     model_config_class,
 )
-from mtl_torchrec.model.tasks import conditional_name
+from mtl_torchrec.model.tasks import conditional_name, is_probability
 from mtl_torchrec.text.config import TextConfig, TextEncoderConfig
 
 # planner: TorchRec's planner chooses; otherwise one plan for every table (distributed/sharding.py).
@@ -66,17 +68,10 @@ PIPELINES = ("sparse_dist", "base")
 RESUME_MODES = ("auto", "required", "never")
 # Post-hoc calibration of binary tasks, fitted on the validation split after training (eval/calibration.py).
 CALIBRATION_METHODS = ("none", "temperature", "platt", "isotonic")
-# Validation metrics ``train.select_by`` may name: (True when higher is better, the task type they exist for).
+# Validation metrics ``train.select_by`` may name: (True when higher is better, the label kind they
+# exist for), from each label kind's ``selection_metrics`` (data/label_kinds.py).
 SELECTION_METRICS: Dict[str, Tuple[bool, str]] = {
-    "auc": (True, "binary"),
-    "gauc": (True, "binary"),
-    "gauc_unweighted": (True, "binary"),
-    "logloss": (False, "binary"),
-    "ne": (False, "binary"),
-    "ece": (False, "binary"),
-    "rmse": (False, "regression"),
-    "mse": (False, "regression"),
-    "mae": (False, "regression"),
+    metric: (higher, name) for name, kind in LABEL_KINDS.items() for metric, higher in kind.selection_metrics.items()
 }
 
 
@@ -113,7 +108,7 @@ def parse_select_by(text: str, tasks: Sequence[Any]) -> SelectBy:
         raise ValueError(f"metric '{metric}' is not one of {sorted(SELECTION_METRICS)}; {form}")
     higher, kind = SELECTION_METRICS[metric]
     types = {t.name: t.type for t in tasks}
-    types.update({conditional_name(t): "binary" for t in tasks if t.esmm_parent is not None})
+    types.update({conditional_name(t): t.type for t in tasks if t.esmm_parent is not None})
     if not sep:
         chosen = tuple(t.name for t in tasks if t.type == kind)
         if not chosen:
@@ -223,10 +218,24 @@ def _check_run(self: Any) -> Any:
             raise problem(str(e), "train", "select_by") from None
     elif self.train.patience > 0:
         raise problem("needs train.select_by (the validation metric that decides what improves)", "train", "patience")
-    if self.train.calibration != "none" and not any(t.type == "binary" for t in self.model.tasks):
+    if self.train.calibration != "none" and not any(is_probability(t) for t in self.model.tasks):
         raise problem(f"'{self.train.calibration}' calibrates binary tasks and model.tasks has none",
                       "train", "calibration")
     return self
+
+
+@config_dataclass
+class Config:
+    """The run config: ``data``, ``model``, ``train``, and where the run is written."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Where runs are written; each run gets its own sub-directory unless run_dir is given.
+    output_dir: str = "runs"
+    run_dir: Optional[str] = None
+
+    _run_valid = model_validator(mode="after")(_check_run)
 
 
 _CLASSES: Dict[type, type] = {}
@@ -234,28 +243,24 @@ _CLASSES: Dict[type, type] = {}
 
 def config_class() -> type:
     """The run config dataclass whose ``model`` section is :func:`model_config_class` (the
-    registered backbones' sections). The same class while the backbone registry is unchanged:
-    ``Config`` for the built-in backbones."""
+    registered backbones' sections): ``Config`` while they are the built-in ones, else a class with
+    the same fields and checks built once per ``model`` class."""
     model_cls = model_config_class()
+    if model_cls is ModelConfig:
+        return Config
     if model_cls not in _CLASSES:
-        fields = [
-            ("data", DataConfig, field(default_factory=DataConfig)),
-            ("model", model_cls, field(default_factory=model_cls)),
-            ("train", TrainConfig, field(default_factory=TrainConfig)),
-            # Where runs are written; each run gets its own sub-directory unless run_dir is given.
-            ("output_dir", str, field(default="runs")),
-            ("run_dir", Optional[str], field(default=None)),
-        ]
+        fields = [(f.name, model_cls if f.name == "model" else f.type,
+                   field(default_factory=model_cls) if f.name == "model" else
+                   field(default=f.default) if f.default_factory is dataclasses.MISSING else
+                   field(default_factory=f.default_factory))
+                  for f in dataclasses.fields(Config)]
         namespace = {
             "__module__": __name__,
-            "__doc__": "The run config: ``data``, ``model``, ``train``, and where the run is written.",
-            "_check_run": model_validator(mode="after")(_check_run),
+            "__doc__": Config.__doc__,
+            "_run_valid": model_validator(mode="after")(_check_run),
         }
         _CLASSES[model_cls] = config_dataclass(dataclasses.make_dataclass("Config", fields, namespace=namespace))
     return _CLASSES[model_cls]
-
-
-Config = config_class()
 
 
 def load_config(

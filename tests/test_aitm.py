@@ -15,7 +15,8 @@ from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.model.builder import build_model, task_specs
 from mtl_torchrec.model.esmm import check_esmm_labels
-from mtl_torchrec.model.tasks import TASK_LOSSES, TaskSpec, aitm_calibrator, predictions, task_losses
+from mtl_torchrec.model.losses import LOSSES
+from mtl_torchrec.model.tasks import TaskSpec, aitm_calibrator, predictions, task_losses
 from mtl_torchrec.modules.aitm import AITMTowers, AITUnit, chain_order
 from mtl_torchrec.modules.towers import TaskTowers
 from tests.distributed import run_ranks
@@ -82,10 +83,10 @@ def test_calibrator_term_in_the_binary_loss():
     penalty = torch.relu(torch.sigmoid(logits["conversion"]) - torch.sigmoid(logits["click"]))
     assert torch.equal(aitm_calibrator(logits["conversion"], logits["click"]), penalty)
     assert penalty[0] > 0 and penalty[1] == 0 and penalty[2] == 0
-    assert torch.allclose(TASK_LOSSES.get("binary")(logits, label, task), bce + 0.6 * penalty)
+    assert torch.allclose(LOSSES.get("bce")()(logits, label, task), bce + 0.6 * penalty)
     # Weight 0: plain BCE, bitwise; the prediction is the task's own probability.
     task0 = TaskSpec("conversion", "binary", aitm_parent="click", aitm_calibration=0.0)
-    assert torch.equal(TASK_LOSSES.get("binary")(logits, label, task0), bce)
+    assert torch.equal(LOSSES.get("bce")()(logits, label, task0), bce)
     preds = predictions(logits, [TaskSpec("click", "binary"), task])
     assert torch.equal(preds["conversion"], torch.sigmoid(logits["conversion"]))
 

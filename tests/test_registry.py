@@ -19,13 +19,15 @@ from mtl_torchrec.config import Config, ConfigError, ModelConfig, config_class, 
 from mtl_torchrec.core.config import PositiveInt, Widths, config_dataclass
 from mtl_torchrec.core.registry import Registry
 from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.launch.compare_cmd import matched_layers
 from mtl_torchrec.model.backbones import BACKBONES, Backbone
 from mtl_torchrec.model.balancing import BALANCERS, FixedWeights
 from mtl_torchrec.model.builder import build_balancer, build_train_module
 from mtl_torchrec.model.config import model_config_class
-from mtl_torchrec.model.tasks import TASK_LOSSES, TaskSpec
+from mtl_torchrec.model.losses import LOSSES
+from mtl_torchrec.model.tasks import TaskSpec
 from tests.mtl_helpers import SMALL
 
 # ----------------------------------------------------------------------------- one backbone file
@@ -150,7 +152,8 @@ def test_registry_basics():
 def test_builtin_registries():
     assert BACKBONES.names() == ["mmoe", "omoe", "ple", "shared_bottom", "single_task"]
     assert BALANCERS.names() == ["fixed", "gradnorm", "mgda_ub", "uncertainty"]
-    assert TASK_LOSSES.names() == ["binary", "regression"]
+    assert LABEL_KINDS.names() == ["binary", "regression"]
+    assert LOSSES.names() == ["bce", "focal", "huber", "mse"]
     assert BALANCERS.get("fixed") is FixedWeights
     tasks = [TaskSpec("a", "binary"), TaskSpec("b", "regression", weight=0.0)]
     with pytest.raises(ConfigError, match=r"train\.loss_balance: 'uncertainty' needs positive"):

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.data.schema import ColumnTable, Schema
 
 
@@ -196,15 +197,14 @@ def split_rows(n: int, val_fraction: float, test_fraction: float, seed: int) -> 
 
 
 def describe(table: ColumnTable, schema: Schema, name: Optional[str] = None) -> str:
-    """One line per split for the console: row count and each task's label rate or mean/std."""
+    """One line per split for the console: row count and each task's labels as its label kind
+    describes them (rate; mean/std)."""
     parts = [f"{name or 'data'}: {len(table)} rows"]
     for lab in schema.labels:
         y = np.asarray(table[lab.column_name], dtype=np.float64)
         has = ~np.isnan(y)
         if not has.any():
             parts.append(f"{lab.task}: no labels")
-        elif lab.type == "binary":
-            parts.append(f"{lab.task} rate {y[has].mean():.3f} ({has.sum()} labelled)")
         else:
-            parts.append(f"{lab.task} mean {y[has].mean():.2f} std {y[has].std():.2f} ({has.sum()} labelled)")
+            parts.append(f"{lab.task} {LABEL_KINDS.get(lab.type).describe(y[has])} ({has.sum()} labelled)")
     return ", ".join(parts)

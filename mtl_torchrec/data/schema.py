@@ -29,6 +29,7 @@ from typing import Dict, Iterable, List, Literal, Optional, Sequence, Union
 import numpy as np
 
 from mtl_torchrec.core.errors import DataError
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 
 
 @dataclass
@@ -67,7 +68,8 @@ class LabelSpec:
     """
 
     task: str
-    type: Literal["binary", "regression"]
+    # The label kind, a LABEL_KINDS name (data/label_kinds.py): "binary" | "regression".
+    type: str
     column: Optional[str] = None
     # If False, a missing (NaN) label is an error rather than a masked row.
     maskable: bool = False
@@ -286,15 +288,14 @@ class Schema:
                     f"{source}: label column '{lab.column_name}' row {int(np.flatnonzero(nan)[0])} is NaN, "
                     f"but task '{lab.task}' is not maskable ({int(nan.sum())} such rows)"
                 )
-            if lab.type == "binary":
-                present = col[~nan]
-                bad = np.flatnonzero((present != 0) & (present != 1))
-                if len(bad):
-                    row = int(np.flatnonzero(~nan)[bad[0]])
-                    raise DataError(
-                        f"{source}: label column '{lab.column_name}' row {row}: binary label must be 0 or 1, "
-                        f"got {col[row]}"
-                    )
+            kind = LABEL_KINDS.get(lab.type)
+            bad = np.flatnonzero(~kind.valid(col[~nan]))
+            if len(bad):
+                row = int(np.flatnonzero(~nan)[bad[0]])
+                raise DataError(
+                    f"{source}: label column '{lab.column_name}' row {row}: {lab.type} label must be "
+                    f"{kind.value_rule}, got {col[row]}"
+                )
             if lab.weight:
                 self._validate_weights(table, lab, source)
         if self.group:

@@ -46,7 +46,7 @@ import torch
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.eval.metrics import binary_auc, binary_logloss, expected_calibration_error
-from mtl_torchrec.model.tasks import TaskSpec, conditional_name
+from mtl_torchrec.model.tasks import TaskSpec, conditional_name, is_probability
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT = "mtl_torchrec calibration"
@@ -241,7 +241,7 @@ def fit_calibration(
     one class only."""
     fitted: Dict[str, TaskCalibrator] = {}
     for t in tasks:
-        if t.type != "binary":
+        if not is_probability(t):
             continue
         m = np.asarray(masks[t.name], dtype=bool)
         try:
@@ -277,7 +277,7 @@ def before_after(
     entry of ``tasks`` (those evaluation reports, ESMM conditionals included)."""
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for t in tasks:
-        if t.type != "binary":
+        if not is_probability(t):
             continue
         m = np.asarray(masks[t.name], dtype=bool)
         y = labels[t.name][m]

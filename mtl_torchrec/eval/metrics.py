@@ -29,10 +29,11 @@ from torchrec.metrics.mse import MSEMetric
 from torchrec.metrics.ne import NEMetric
 
 from mtl_torchrec.data.batch import Batch
-from mtl_torchrec.model.tasks import TaskSpec
+from mtl_torchrec.model.tasks import TaskSpec, is_probability
 
-_BINARY = {"auc": AUCMetric, "ne": NEMetric, "calibration": CalibrationMetric, "positive_rate": CTRMetric}
-_REGRESSION = {"mse": MSEMetric, "mae": MAEMetric}
+# The torchrec metrics of tasks whose label kind predicts probabilities (binary), and of the others.
+_PROBABILITY = {"auc": AUCMetric, "ne": NEMetric, "calibration": CalibrationMetric, "positive_rate": CTRMetric}
+_VALUE = {"mse": MSEMetric, "mae": MAEMetric}
 
 
 class TaskMetrics:
@@ -68,7 +69,7 @@ class TaskMetrics:
         self._logloss: Dict[str, torch.Tensor] = {}
         for t in tasks:
             info = RecTaskInfo(name=t.name, label_name=t.name, prediction_name=t.name, weight_name=t.name)
-            kinds = _BINARY if t.type == "binary" else _REGRESSION
+            kinds = _PROBABILITY if is_probability(t) else _VALUE
             self._metrics[t.name] = {
                 key: cls(
                     world_size=world_size,
@@ -84,7 +85,7 @@ class TaskMetrics:
                 for key, cls in kinds.items()
                 if include is None or key in include
             }
-            if t.type == "binary":
+            if is_probability(t):
                 self._logloss[t.name] = torch.zeros(2, dtype=torch.float64)
 
     def update(
@@ -116,7 +117,7 @@ class TaskMetrics:
                 w = w * row_weight.float()
             for m in self._metrics[t.name].values():
                 m.update(predictions={t.name: p}, labels={t.name: y}, weights={t.name: w})
-            if t.type == "binary":
+            if t.name in self._logloss:
                 pc = p.clamp(1e-7, 1 - 1e-7)
                 ll = -(y * pc.log() + (1 - y) * (1 - pc).log())
                 self._logloss[t.name] += torch.stack([(ll * w).sum(), w.sum()]).double()
@@ -140,7 +141,7 @@ class TaskMetrics:
                     v for k, v in values.items() if "window" in k
                 ]
                 res[key] = float(chosen[0].reshape(-1)[0]) if chosen else float("nan")
-            if t.type == "binary":
+            if t.name in self._logloss:
                 ll = self._logloss[t.name].clone()
                 if self.reduce and dist.is_initialized() and dist.get_world_size() > 1:
                     dist.all_reduce(ll)

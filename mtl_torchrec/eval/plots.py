@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from mtl_torchrec.core.io import atomic_path
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 
 
 def _pyplot():
@@ -196,17 +197,15 @@ def plot_regression(pred: np.ndarray, label: np.ndarray, task: str, path: Path,
 
 def write_plots(rows, tasks, out_dir: Path, summary: Dict) -> List[Path]:
     """All plots of ``rows`` (a :class:`~mtl_torchrec.eval.evaluate.ScoredRows`): ROC, score
-    histograms and one calibration diagram for the binary tasks, :func:`plot_regression` for the
-    regression tasks (weighted by their sample weights where the task has them, i.e. where
+    histograms and one calibration diagram for the tasks whose label kind predicts probabilities
+    (binary), :func:`plot_regression` for the others (regression) (weighted by their sample weights where the task has them, i.e. where
     ``summary["tasks"][task]`` has ``weight_sum``)."""
     out_dir = Path(out_dir)
     paths: List[Path] = []
     calib: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     for t in tasks:
-        if t.type == "regression":
+        if not LABEL_KINDS.get(t.type).probability:
             paths += _regression_plot(rows, t.name, out_dir, summary)
-            continue
-        if t.type != "binary":
             continue
         m = rows.masks[t.name]
         p, y = rows.predictions[t.name][m].astype(np.float64), rows.labels[t.name][m].astype(np.float64)

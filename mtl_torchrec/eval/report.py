@@ -15,11 +15,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-BINARY_COLUMNS = ("count", "auc", "gauc", "gauc_unweighted", "logloss", "ne", "calibration", "ece", "mean_prediction",
-                  "positive_rate")
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
+
+# The per-task columns of each label kind are its ``report_columns`` (data/label_kinds.py).
 # The before / after columns of a calibrated evaluation.
 CALIBRATION_COLUMNS = ("calibration", "ece", "logloss", "auc")
-REGRESSION_COLUMNS = ("count", "rmse", "mae", "mean_prediction", "mean_label")
 # For --compare: higher is better (+), lower is better (-), calibration is best at 1.
 _DIRECTION = {"auc": 1, "gauc": 1, "gauc_unweighted": 1, "logloss": -1, "ne": -1, "ece": -1, "rmse": -1, "mae": -1,
               "mse": -1}
@@ -53,14 +53,13 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _task_tables(tasks: Dict[str, Dict[str, Any]]) -> List[str]:
+    """One table per label kind present (in registration order), of its ``report_columns``."""
     out = []
-    binary = {k: v for k, v in tasks.items() if v.get("type") == "binary"}
-    regression = {k: v for k, v in tasks.items() if v.get("type") == "regression"}
-    if binary:
-        out.append(md_table(["task", *BINARY_COLUMNS], [[k, *(v.get(c) for c in BINARY_COLUMNS)] for k, v in binary.items()]))
-    if regression:
-        out.append(md_table(["task", *REGRESSION_COLUMNS],
-                            [[k, *(v.get(c) for c in REGRESSION_COLUMNS)] for k, v in regression.items()]))
+    for name, kind in LABEL_KINDS.items():
+        of_kind = {k: v for k, v in tasks.items() if v.get("type") == name}
+        if of_kind:
+            cols = kind.report_columns
+            out.append(md_table(["task", *cols], [[k, *(v.get(c) for c in cols)] for k, v in of_kind.items()]))
     return out
 
 
@@ -149,7 +148,7 @@ def markdown_report(summary: Dict[str, Any], plots: Sequence[Path], rows: Any, t
                   f"Predictions above are calibrated by `{c['method']}`, fitted on split `{c['fitted_on']}` for step "
                   f"{c['checkpoint_step']} (`calibration.json`); the model's own predictions before:", "",
                   calibration_table(c), ""]
-    reg = [t for t in tasks if t.type == "regression"]
+    reg = [t for t in tasks if not LABEL_KINDS.get(t.type).probability]
     if reg and rows is not None:
         parts += ["## Regression by label range", ""]
         for t in reg:
@@ -167,9 +166,7 @@ def markdown_report(summary: Dict[str, Any], plots: Sequence[Path], rows: Any, t
     if s.get("slices"):
         parts += ["## Slices", ""]
         for task in s["tasks"]:
-            kind = s["tasks"][task].get("type")
-            cols = ("count", "auc", "gauc", "logloss", "ne", "calibration", "positive_rate") if kind == "binary" \
-                else ("count", "rmse", "mae", "mean_prediction", "mean_label")
+            cols = LABEL_KINDS.get(s["tasks"][task].get("type")).slice_columns
             body = [[name, sl["rows"], *(sl["tasks"][task].get(c) for c in cols)] for name, sl in s["slices"].items()]
             parts += [f"**{task}**", "", md_table(["slice", "rows", *cols], body), ""]
     if plots:
@@ -194,8 +191,7 @@ def compare_table(a: Dict[str, Any], b: Dict[str, Any], name_a: str = "A", name_
     lines = [f"{'task':<16}{'metric':<18}{name_a[:16]:>16}{name_b[:16]:>16}{'B - A':>12}  better"]
     for task in list(dict.fromkeys([*a["tasks"], *b["tasks"]])):
         ta, tb = a["tasks"].get(task, {}), b["tasks"].get(task, {})
-        kind = ta.get("type") or tb.get("type")
-        cols = BINARY_COLUMNS if kind == "binary" else REGRESSION_COLUMNS
+        cols = LABEL_KINDS.get(ta.get("type") or tb.get("type")).report_columns
         for c in cols:
             va, vb = ta.get(c), tb.get(c)
             diff = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from mtl_torchrec.data.schema import ColumnTable, Schema
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.eval.calibration import Calibration, before_after
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, expected_calibration_error, grouped_auc
-from mtl_torchrec.model.tasks import TaskSpec, conditional_name, metric_tasks, with_conditional_labels
+from mtl_torchrec.model.tasks import TaskSpec, conditional_name, is_probability, metric_tasks, with_conditional_labels
 
 # torchrec metrics kept per slice; AUC is computed exactly on rank 0 instead (ties count half).
 _SUMMED = ("ne", "calibration", "positive_rate", "mse", "mae")
@@ -226,11 +226,126 @@ def _no_trim() -> bool:
     return False
 
 
-def _binary_row_metrics(p: np.ndarray, y: np.ndarray, g: Optional[np.ndarray], w: np.ndarray) -> Dict[str, Any]:
+def _probability_metrics(p: np.ndarray, y: np.ndarray, g: Optional[np.ndarray], w: np.ndarray,
+                         summed: Dict[str, float]) -> Dict[str, Any]:
+    """The metrics of a task whose label kind predicts probabilities (binary), on its selected rows:
+    exact AUC and GAUC (with a group column), logloss/NE/positive rate from the ``summed`` torchrec
+    metrics, calibration, mean prediction and ECE from the rows."""
     out: Dict[str, Any] = {"auc": binary_auc(p, y, w)}
     if g is not None:
         out.update(grouped_auc(p, y, g, w))
+    out["logloss"] = summed["logloss"]
+    # NE divides by the label entropy, which is 0 when only one class is present.
+    out["ne"] = summed["ne"] if 0.0 < summed["positive_rate"] < 1.0 else float("nan")
+    # From the rows, not torchrec's calibration: that reports 0 when there is no positive,
+    # and mean prediction = calibration x positive rate would then be 0 as well.
+    positives = float((w * y).sum(dtype=np.float64))
+    predicted = float((w * p).sum(dtype=np.float64))
+    out["calibration"] = predicted / positives if positives > 0 else float("nan")
+    out["positive_rate"] = summed["positive_rate"]
+    out["mean_prediction"] = predicted / float(w.sum()) if len(p) else float("nan")
+    out["ece"] = expected_calibration_error(p, y, weight=w)
     return out
+
+
+def _value_metrics(p: np.ndarray, y: np.ndarray, w: Optional[np.ndarray], summed: Dict[str, float]) -> Dict[str, Any]:
+    """The metrics of a task whose label kind predicts values (regression): RMSE, MSE and MAE from
+    the ``summed`` torchrec metrics, mean label and mean prediction from the selected rows
+    (weighted by ``w`` when the task has sample weights)."""
+    return {"rmse": summed["mse"] ** 0.5, "mse": summed["mse"], "mae": summed["mae"],
+            "mean_label": _mean(y, w), "mean_prediction": _mean(p, w)}
+
+
+def _space(t: TaskSpec, conditional: Dict[str, TaskSpec]) -> Optional[str]:
+    """Which space an ESMM entry is evaluated in (impression, or the parent's positives); None otherwise."""
+    if t.name in conditional:
+        c = conditional[t.name]
+        return f"{c.esmm_parent} positives only (p({c.name} | {c.esmm_parent}))"
+    if t.esmm_parent:
+        return f"impression (p({t.esmm_parent}) x p({t.name} | {t.esmm_parent}))"
+    return None
+
+
+def _task_entry(rows: ScoredRows, t: TaskSpec, sel: Optional[np.ndarray], summed: Dict[str, float],
+                weighted: bool, space: Optional[str]) -> Dict[str, Any]:
+    """One task's block of ``eval.json`` over the rows ``sel`` (None: all): its label kind, the
+    count of labelled rows of weight > 0, the weight sum of a weighted task, and the metrics of its
+    label kind (nothing more without rows)."""
+    # A row of weight 0 counts as no row (so weight k is k copies for every k, 0 included).
+    m = rows.masks[t.name] & (rows.weights[t.name] > 0)
+    m = m if sel is None else m & sel
+    res: Dict[str, Any] = {"type": t.type, "count": int(m.sum())}
+    if res["count"] == 0:
+        return res
+    # Every row selected (the whole split of a fully labelled task): the columns themselves, the
+    # same values without a copy of each.
+    every = res["count"] == len(m)
+
+    def pick(column: np.ndarray) -> np.ndarray:
+        return column if every else column[m]
+
+    w = pick(rows.weights[t.name])
+    if weighted:
+        res["weight_sum"] = float(w.sum())
+    p, y = pick(rows.predictions[t.name]), pick(rows.labels[t.name])
+    if is_probability(t):
+        res.update(_probability_metrics(p, y, pick(rows.group) if rows.group is not None else None, w, summed))
+        if space is not None:
+            res["space"] = space
+    else:
+        res.update(_value_metrics(p, y, w if weighted else None, summed))
+    return res
+
+
+def _task_block(rows: ScoredRows, tasks: List[TaskSpec], conditional: Dict[str, TaskSpec], weighted: Set[str],
+                sel: Optional[np.ndarray], summed: Dict[str, Dict[str, float]], trim: Any) -> Dict[str, Dict[str, Any]]:
+    """``{task: entry}`` (:func:`_task_entry`) of every evaluated task over the rows ``sel``."""
+    block: Dict[str, Dict[str, Any]] = {}
+    for t in tasks:
+        block[t.name] = _task_entry(rows, t, sel, summed[t.name], t.name in weighted, _space(t, conditional))
+        # Each entry sorts every selected row; its temporaries go back before the next one's.
+        trim()
+    return block
+
+
+def _summed_metrics(ordered: Dict[str, np.ndarray], tasks: List[TaskSpec], slices: Dict[str, np.ndarray],
+                    batch_size: int, trim: Any) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """The summed torchrec metrics (:data:`_SUMMED`) of every task over all rows (``"all"``) and
+    over each slice: ``{slice: {task: {metric: value}}}``.
+
+    Computed here on rank 0, which holds every row in row order: one update per slice and no
+    collective, so any rank count gives the numbers of one rank to the last bit (reducing shares
+    across ranks cost ~90 all-gathers, one per metric state).
+    """
+    names = [t.name for t in tasks]
+    rows_t = {k: torch.from_numpy(v) for k, v in ordered.items() if k[:2] in _METRIC_COLUMNS}
+    preds = {t: rows_t[f"p:{t}"] for t in names}
+    labels = {t: rows_t[f"y:{t}"] for t in names}
+    masks = {t: rows_t[f"m:{t}"] for t in names}
+    weights = {t: rows_t[f"w:{t}"] for t in names if f"w:{t}" in rows_t}
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for name in ["all", *slices]:
+        m = TaskMetrics(tasks, 1, 0, batch_size, include=_SUMMED, reduce=False)
+        row_weight = None if name == "all" else torch.from_numpy(slices[name].astype(np.float32))
+        m.update_rows(preds, labels, masks, weights, row_weight)
+        trim()
+        out[name] = m.compute()
+    return out
+
+
+def _scored_rows(ordered: Dict[str, np.ndarray], names: List[str], n: int, group: Optional[str],
+                 calibrated: bool) -> ScoredRows:
+    """The :class:`ScoredRows` of the rows gathered in order (``ordered``, see :func:`rows_in_order`)."""
+    return ScoredRows(
+        predictions={t: ordered[f"p:{t}"] for t in names},
+        labels={t: ordered[f"y:{t}"] for t in names},
+        masks={t: ordered[f"m:{t}"] > 0 for t in names},
+        group=ordered["group"] if group else None,
+        # An unweighted task's weights: a read-only view of 1.0 repeated (no memory per row).
+        weights={t: ordered[f"w:{t}"].astype(np.float64) if f"w:{t}" in ordered else np.broadcast_to(np.float64(1.0), (n,))
+                 for t in names},
+        raw_predictions={t: ordered[f"r:{t}"] for t in names} if calibrated else None,
+    )
 
 
 def _mean(x: np.ndarray, w: Optional[np.ndarray]) -> float:
@@ -255,9 +370,10 @@ def split_metrics(
 
     ``tasks`` are the train module's tasks, ``slices`` named row masks over the split's rows (every
     rank), ``group`` the schema's group column. Rank 0 gets ``summary`` with ``tasks`` and ``slices``
-    blocks and the scored rows, the other ranks an empty ``tasks`` block. With
-    ``calibration`` (the one the rows were scored with) ``summary["calibration"]`` adds each binary
-    entry's calibration, ECE, logloss and AUC before and after it. ``started`` (a
+    blocks and the scored rows, the other ranks an empty ``tasks`` block. Each task's metrics are
+    those of its label kind (binary: AUC, GAUC, NE, logloss, calibration, ECE; regression: RMSE,
+    MSE, MAE). With ``calibration`` (the one the rows were scored with) ``summary["calibration"]``
+    adds each binary entry's calibration, ECE, logloss and AUC before and after it. ``started`` (a
     ``time.perf_counter()`` value) is when scoring began, for ``summary["timing"]``. Raises
     DataError for a split without rows (there is nothing to measure).
     """
@@ -274,97 +390,20 @@ def split_metrics(
         return EvalResult(summary={"tasks": {}}, tasks=tasks)
 
     assert ordered is not None
-    # The summed torchrec metrics over every row at once, here on rank 0, which holds them all in row
-    # order: one update per slice and no collective, so any rank count gives the numbers of one rank
-    # to the last bit (reducing shares across ranks cost ~90 all-gathers, one per metric state).
     trim = trim_heap if n >= TRIM_ROWS else _no_trim
-    rows_t = {k: torch.from_numpy(v) for k, v in ordered.items() if k[:2] in _METRIC_COLUMNS}
-    preds = {t: rows_t[f"p:{t}"] for t in names}
-    labels = {t: rows_t[f"y:{t}"] for t in names}
-    masks = {t: rows_t[f"m:{t}"] for t in names}
-    weights = {t: rows_t[f"w:{t}"] for t in names if f"w:{t}" in rows_t}
-    metrics = {name: TaskMetrics(tasks, 1, 0, scored.batch_size, include=_SUMMED, reduce=False)
-               for name in ["all", *slices]}
-    for name, m in metrics.items():
-        row_weight = None if name == "all" else torch.from_numpy(slices[name].astype(np.float32))
-        m.update_rows(preds, labels, masks, weights, row_weight)
-        trim()
-    computed = {name: m.compute() for name, m in metrics.items()}
-    del metrics, rows_t, preds, labels, masks, weights
+    computed = _summed_metrics(ordered, tasks, slices, scored.batch_size, trim)
     score_s = time.perf_counter() - t1
-    rows = ScoredRows(
-        predictions={t: ordered[f"p:{t}"] for t in names},
-        labels={t: ordered[f"y:{t}"] for t in names},
-        masks={t: ordered[f"m:{t}"] > 0 for t in names},
-        group=ordered["group"] if group else None,
-        # An unweighted task's weights: a read-only view of 1.0 repeated (no memory per row).
-        weights={t: ordered[f"w:{t}"].astype(np.float64) if f"w:{t}" in ordered else np.broadcast_to(np.float64(1.0), (n,))
-                 for t in names},
-        raw_predictions={t: ordered[f"r:{t}"] for t in names} if calibration is not None else None,
-    )
+    rows = _scored_rows(ordered, names, n, group, calibration is not None)
     weighted = {t for t in names if f"w:{t}" in ordered}
-
-    def task_block(sel: Optional[np.ndarray], summed: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, Any]]:
-        block: Dict[str, Dict[str, Any]] = {}
-        for t in tasks:
-            # A row of weight 0 counts as no row (so weight k is k copies for every k, 0 included).
-            m = rows.masks[t.name] & (rows.weights[t.name] > 0)
-            m = m if sel is None else m & sel
-            res: Dict[str, Any] = {"type": t.type, "count": int(m.sum())}
-            every = res["count"] == len(m)
-
-            def pick(column: np.ndarray, m: np.ndarray = m, every: bool = every) -> np.ndarray:
-                # Every row selected (the whole split of a fully labelled task): the column itself,
-                # the same values without a copy of each.
-                return column if every else column[m]
-
-            w = pick(rows.weights[t.name])
-            if t.name in weighted:
-                res["weight_sum"] = float(w.sum())
-            s = summed[t.name]
-            if t.type == "binary":
-                p, y = pick(rows.predictions[t.name]), pick(rows.labels[t.name])
-                res.update(_binary_row_metrics(p, y, pick(rows.group) if rows.group is not None else None, w))
-                res["logloss"] = s["logloss"]
-                # NE divides by the label entropy, which is 0 when only one class is present.
-                res["ne"] = s["ne"] if 0.0 < s["positive_rate"] < 1.0 else float("nan")
-                # From the rows, not torchrec's calibration: that reports 0 when there is no positive,
-                # and mean prediction = calibration x positive rate would then be 0 as well.
-                positives = float((w * y).sum(dtype=np.float64))
-                predicted = float((w * p).sum(dtype=np.float64))
-                res["calibration"] = predicted / positives if positives > 0 else float("nan")
-                res["positive_rate"] = s["positive_rate"]
-                res["mean_prediction"] = predicted / float(w.sum()) if len(p) else float("nan")
-                res["ece"] = expected_calibration_error(p, y, weight=w)
-                if t.esmm_parent:
-                    res["space"] = f"impression (p({t.esmm_parent}) x p({t.name} | {t.esmm_parent}))"
-                if t.name in conditional:
-                    c = conditional[t.name]
-                    res["space"] = f"{c.esmm_parent} positives only (p({c.name} | {c.esmm_parent}))"
-            else:
-                res["rmse"] = s["mse"] ** 0.5
-                res["mse"] = s["mse"]
-                res["mae"] = s["mae"]
-                wt = w if t.name in weighted else None
-                res["mean_label"] = _mean(pick(rows.labels[t.name]), wt)
-                res["mean_prediction"] = _mean(pick(rows.predictions[t.name]), wt)
-            if res["count"] == 0:
-                res = {"type": t.type, "count": 0}
-            block[t.name] = res
-            # Each entry sorts every selected row; its temporaries go back before the next one's.
-            trim()
-        return block
-
+    blocks = {name: _task_block(rows, tasks, conditional, weighted, None if name == "all" else slices[name],
+                                summed, trim) for name, summed in computed.items()}
     summary: Dict[str, Any] = {
         "split": split,
         "rows": int(n),
         "world_size": ctx.world_size,
         "group": group,
-        "tasks": task_block(None, computed["all"]),
-        "slices": {
-            name: {"rows": int(mask.sum()), "tasks": task_block(mask, computed[name])}
-            for name, mask in slices.items()
-        },
+        "tasks": blocks["all"],
+        "slices": {name: {"rows": int(mask.sum()), "tasks": blocks[name]} for name, mask in slices.items()},
     }
     if calibration is not None and rows.raw_predictions is not None:
         summary["calibration"] = {

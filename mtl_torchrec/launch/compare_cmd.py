@@ -40,10 +40,8 @@ if TYPE_CHECKING:
     from mtl_torchrec.data.schema import Schema
     from mtl_torchrec.distributed.context import DistContext
 
-# Metrics compared, in order, and whether higher is better.
+# Whether higher is better, per compared metric (each label kind lists its own, in order).
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "ne": False, "rmse": False, "mae": False}
-BINARY_METRICS = ("auc", "gauc", "logloss")
-REGRESSION_METRICS = ("rmse", "mae")
 
 
 def add_parser(sub: Any) -> None:
@@ -89,7 +87,8 @@ def single_task_model_config(cfg: ModelConfig, task: TaskConfig, layers: List[in
     out = copy.deepcopy(cfg)
     out.backbone = "single_task"
     out.single_task.layers = list(layers)
-    out.tasks = [TaskConfig(name=task.name, type=task.type, weight=1.0, tower_layers=task.tower_layers)]
+    out.tasks = [TaskConfig(name=task.name, type=task.type, loss=task.loss, loss_options=dict(task.loss_options),
+                            weight=1.0, tower_layers=task.tower_layers)]
     return out
 
 
@@ -119,12 +118,14 @@ def matched_layers(cfg: ModelConfig, task: TaskConfig, schema: Schema, target: i
 
 def compare_rows(multi: Dict[str, Dict[str, float]], singles: Dict[str, Dict[str, Dict[str, float]]],
                  task_types: Dict[str, str]) -> List[Dict[str, Any]]:
-    """One row per task and compared metric (binary: AUC, GAUC, logloss; regression: RMSE, MAE) that
-    both sides report: the two values, ``multi - single`` and which side is better.
+    """One row per task and compared metric (its label kind's ``compared_metrics``; binary: AUC, GAUC,
+    logloss; regression: RMSE, MAE) that both sides report: the two values, ``multi - single`` and which side is better.
     """
+    from mtl_torchrec.data.label_kinds import LABEL_KINDS
+
     rows = []
     for task, single in singles.items():
-        keys = BINARY_METRICS if task_types[task] == "binary" else REGRESSION_METRICS
+        keys = LABEL_KINDS.get(task_types[task]).compared_metrics
         for k in keys:
             if k not in multi.get(task, {}) or k not in single.get(task, {}):
                 continue

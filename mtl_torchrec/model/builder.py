@@ -69,7 +69,7 @@ def task_specs(cfg: ModelConfig, schema: Schema) -> List[TaskSpec]:
                 f"model.tasks[{i}].type: '{t.type}' but the data labels '{t.name}' as '{schema.label(t.name).type}'"
             )
         specs.append(TaskSpec(name=t.name, type=t.type, weight=t.weight, esmm_parent=t.esmm_parent,
-                              aitm_parent=t.aitm_parent,
+                              aitm_parent=t.aitm_parent, loss=t.loss, loss_options=dict(t.loss_options),
                               aitm_calibration=cfg.aitm.calibration_weight if t.aitm_parent else 0.0))
     try:
         check_tasks(specs)

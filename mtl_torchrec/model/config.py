@@ -1,16 +1,17 @@
 """Settings of the multi-task model: tasks, backbones, towers, text features and loss balancing.
 
-``ModelConfig`` has one options section per registered backbone (``model.mmoe``, ``model.ple``,
-...): the sections come from :data:`~mtl_torchrec.model.backbones.BACKBONES`, so a new backbone
-file brings its own section. :func:`model_config_class` rebuilds the class when backbones are
-registered later (e.g. by a plugin or a test); ``ModelConfig`` is the class of the built-in ones.
+``ModelConfig`` has one options section per built-in backbone (``model.mmoe``, ``model.ple``,
+...). A backbone registered later (a plugin, a test) brings its own section:
+:func:`model_config_class` then derives a class with the sections of every registered backbone
+(:data:`~mtl_torchrec.model.backbones.BACKBONES`); while the registry holds the built-in ones it
+is ``ModelConfig`` itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
-from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 from pydantic import Field, field_validator
 
@@ -23,6 +24,7 @@ from mtl_torchrec.core.config import (
     one_of,
     problems,
 )
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.model.backbones import (
     BACKBONES,
     MLPConfig,
@@ -32,7 +34,8 @@ from mtl_torchrec.model.backbones import (
     SingleTaskConfig,
     option_sections,
 )
-from mtl_torchrec.model.tasks import TASK_LOSSES, task_problems
+from mtl_torchrec.model.losses import LOSSES
+from mtl_torchrec.model.tasks import task_problems
 from mtl_torchrec.text.config import TextConfig
 
 
@@ -40,8 +43,13 @@ from mtl_torchrec.text.config import TextConfig
 class TaskConfig:
     """One prediction task.
 
-    ``type`` is a task loss (:data:`~mtl_torchrec.model.tasks.TASK_LOSSES`): ``binary`` (logit,
-    BCE) or ``regression`` (MSE). ``esmm_parent`` makes a binary task ESMM-style: its tower
+    ``type`` is the label kind (:data:`~mtl_torchrec.data.label_kinds.LABEL_KINDS`), as the data
+    labels the task: ``binary`` (a probability; AUC, NE, calibration ...) or ``regression`` (a value;
+    RMSE, MAE). ``loss`` is a registered loss (:data:`~mtl_torchrec.model.losses.LOSSES`) that fits
+    the kind, by default the kind's (``binary``: ``bce``, ``regression``: ``mse``), e.g. ``focal``
+    or ``huber``; ``loss_options`` are its options (``{gamma: 2.0}``), checked by the loss's options
+    dataclass. The loss changes training only: predictions and metrics follow the label kind.
+    ``esmm_parent`` makes a binary task ESMM-style: its tower
     predicts p(task | parent), trained through p(parent) * p(task | parent) over all rows, against
     the label parent AND task. Data whose task label is 1 where the parent's is 0 is refused
     unless ``esmm_derive_and_label`` sets those labels to 0 (see :mod:`mtl_torchrec.model.esmm`).
@@ -53,7 +61,9 @@ class TaskConfig:
     """
 
     name: str = ""
-    type: Annotated[str, one_of(TASK_LOSSES)] = "binary"
+    type: Annotated[str, one_of(LABEL_KINDS)] = "binary"
+    loss: Optional[Annotated[str, one_of(LOSSES)]] = None
+    loss_options: Dict[str, Any] = field(default_factory=dict)
     weight: NonNegativeFloat = 1.0
     tower_layers: Optional[Widths] = None
     esmm_parent: Optional[str] = None
@@ -129,68 +139,88 @@ def _default_tasks() -> List[TaskConfig]:
 
 
 def _check_tasks(cls: Any, tasks: List[TaskConfig]) -> List[TaskConfig]:
-    """Names non-empty and unique, ESMM and AITM parents other plain binary tasks (as the train module needs)."""
+    """Names non-empty and unique, known label kinds, losses that fit them with valid options, ESMM and
+    AITM parents other plain binary tasks (as the train module needs): :func:`task_problems`."""
     found = task_problems(tasks)
     if found:
         raise problems([((i, key), msg) for i, key, msg in found])
     return tasks
 
 
-# Fields before and after the backbone sections, in the order configs are saved.
-# (name, type, default factory); each class gets its own dataclass fields.
-_LEADING: List[Tuple[str, Any, Callable[[], Any]]] = [
-    ("embedding_dim", PositiveInt, lambda: 16),
+@config_dataclass
+class ModelConfig:
+    """``model.*``: features, backbone choice and one options section per built-in backbone (mmoe,
+    ple, shared_bottom, single_task), towers, text features and tasks."""
+
+    embedding_dim: PositiveInt = 16
     # MLP on the dense features; empty: used as they are.
-    ("dense_layers", Widths, lambda: [64, 16]),
-    ("backbone", Annotated[str, one_of(BACKBONES)], lambda: "mmoe"),
-]
-_TRAILING: List[Tuple[str, Any, Callable[[], Any]]] = [
+    dense_layers: Widths = field(default_factory=lambda: [64, 16])
+    backbone: Annotated[str, one_of(BACKBONES)] = "mmoe"
+    # The backbones' options sections (model/backbones/*.py); the field name is the section.
+    mmoe: MMoEConfig = field(default_factory=MMoEConfig)
+    ple: PLEConfig = field(default_factory=PLEConfig)
+    shared_bottom: SharedBottomConfig = field(default_factory=SharedBottomConfig)
+    single_task: SingleTaskConfig = field(default_factory=SingleTaskConfig)
     # Tower MLP of every task without its own ``tower_layers``; empty: the head alone.
-    ("tower_layers", Widths, lambda: [64]),
+    tower_layers: Widths = field(default_factory=lambda: [64])
     # Activation, norm and dropout of every tower MLP layer.
-    ("tower_mlp", MLPConfig, MLPConfig),
-    ("text", TextConfig, TextConfig),
-    ("tasks", Annotated[List[TaskConfig], Field(min_length=1)], _default_tasks),
-    ("aitm", AITMConfig, AITMConfig),
-    ("feature_attention", FeatureAttentionConfig, FeatureAttentionConfig),
-    ("sequence", SequenceConfig, SequenceConfig),
-]
+    tower_mlp: MLPConfig = field(default_factory=MLPConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    tasks: Annotated[List[TaskConfig], Field(min_length=1)] = field(default_factory=_default_tasks)
+    aitm: AITMConfig = field(default_factory=AITMConfig)
+    feature_attention: FeatureAttentionConfig = field(default_factory=FeatureAttentionConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+
+    _tasks_valid = field_validator("tasks")(classmethod(_check_tasks))
+
+
+# The options sections ModelConfig declares; a later backbone's section goes after them, before
+# _AFTER_SECTIONS (the key order of saved configs).
+_BUILTIN_SECTIONS = {"mmoe": MMoEConfig, "ple": PLEConfig, "shared_bottom": SharedBottomConfig,
+                     "single_task": SingleTaskConfig}
+_AFTER_SECTIONS = "tower_layers"
 _CLASSES: Dict[Tuple[Tuple[str, type], ...], type] = {}
 
 
 def model_config_class() -> type:
-    """The ``model`` config dataclass for the backbones registered now: the fixed fields plus one
-    ``<section>: <options class>`` field per backbone options section (built once per set of
-    sections, so it is the same class while the registry is unchanged).
+    """The ``model`` config dataclass for the backbones registered now: ``ModelConfig`` while they
+    are the built-in ones, else a class with its fields plus one ``<section>: <options class>``
+    field per further section, after the built-in sections (built once per set of sections, so it
+    is the same class while the registry is unchanged).
 
-    Raises ValueError when a section's name collides with a fixed field.
+    Raises ValueError when a section's name collides with another ``model.*`` key.
     """
     sections = option_sections()
+    if sections == _BUILTIN_SECTIONS:
+        return ModelConfig
     key = tuple(sections.items())
     if key in _CLASSES:
         return _CLASSES[key]
-    fixed = {name for name, _, _ in _LEADING + _TRAILING}
+    fixed = {f.name for f in dataclasses.fields(ModelConfig)} - set(_BUILTIN_SECTIONS)
     clash = sorted(fixed & set(sections))
     if clash:
         raise ValueError(f"backbone options sections {clash} collide with model.* keys")
-    fields = [
-        (name, tp, field(default_factory=make))
-        for name, tp, make in [*_LEADING, *[(s, o, o) for s, o in sections.items()], *_TRAILING]
-    ]
+    fields: List[Tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in _BUILTIN_SECTIONS and f.name not in sections:
+            continue
+        if f.name == _AFTER_SECTIONS:
+            fields += [(s, o, field(default_factory=o)) for s, o in sections.items() if s not in _BUILTIN_SECTIONS]
+        same = field(default=f.default) if f.default_factory is dataclasses.MISSING else \
+            field(default_factory=f.default_factory)
+        fields.append((f.name, f.type, same))
     namespace = {
         "__module__": __name__,
         "__doc__": (
             "``model.*``: features, backbone choice and one options section per backbone "
             f"({', '.join(sections)}), towers, text features and tasks."
         ),
-        "_check_tasks": field_validator("tasks")(classmethod(_check_tasks)),
+        "_tasks_valid": field_validator("tasks")(classmethod(_check_tasks)),
     }
     cls = config_dataclass(dataclasses.make_dataclass("ModelConfig", fields, namespace=namespace))
     _CLASSES[key] = cls
     return cls
 
-
-ModelConfig = model_config_class()
 
 __all__ = [
     "AITMConfig",

@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -36,14 +35,12 @@ from torch import nn
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.model.backbones import BACKBONES
 from mtl_torchrec.model.balancing import Balancer
 from mtl_torchrec.model.tasks import TaskSpec, check_label_dicts, check_tasks
 from mtl_torchrec.modules.mlp import MLPOptions
 from mtl_torchrec.modules.towers import TaskTowers
-
-# A base rate of exactly 0 or 1 would put a binary bias at -inf / +inf.
-_RATE_FLOOR = 1e-6
 
 
 def make_backbone(name: str, options: Any, in_features: int, num_tasks: int) -> nn.Module:
@@ -199,12 +196,14 @@ def init_towers_from_labels(
     masks: Optional[Dict[str, torch.Tensor]] = None,
     binary: bool = True,
 ) -> Dict[str, float]:
-    """Sets each tower's output bias from the labels (training rows, ``[N]`` per task).
+    """Sets each tower's output bias from the labels (training rows, ``[N]`` per task): the label
+    kind's :meth:`~mtl_torchrec.data.label_kinds.LabelKind.initial_bias`.
 
     * regression: the mean label. Started at 0, a rating's squared error (~mean^2) dwarfs the
       binary losses and its gradient swamps the shared layers (and GradNorm's weights) early on;
-    * binary (when ``binary``): ``logit(base rate)``, so the first losses are the label entropy;
-      for an ESMM task the rate among the rows whose parent label is 1 (its tower predicts pCVR).
+    * binary (probability kinds, when ``binary``): ``logit(base rate)``, so the first losses are the
+      label entropy; for an ESMM task the rate among the rows whose parent label is 1 (its tower
+      predicts pCVR).
 
     Rows with a NaN label or a mask of 0 are ignored; a task without any usable row keeps its
     bias. Returns the bias set per task. Raises ValueError naming a task missing from
@@ -214,24 +213,17 @@ def init_towers_from_labels(
     check_label_dicts(labels, masks, tasks)
     out: Dict[str, float] = {}
     for t in tasks:
-        y = _valid(labels, masks, t.name)
-        if t.type == "binary":
-            if not binary:
-                continue
-            if t.esmm_parent is not None:
-                parent = labels[t.esmm_parent].detach().reshape(-1).double()
-                keep = _valid_mask(labels, masks, t.name) & _valid_mask(labels, masks, t.esmm_parent) & (parent > 0.5)
-                y = labels[t.name].detach().reshape(-1).double()[keep]
-            if y.numel() == 0:
-                continue
-            rate = min(max(float(y.mean()), _RATE_FLOOR), 1.0 - _RATE_FLOOR)
-            value = math.log(rate / (1.0 - rate))
-        elif t.type == "regression":
-            if y.numel() == 0:
-                continue
-            value = float(y.mean())
-        else:
+        kind = LABEL_KINDS.get(t.type)
+        if kind.probability and not binary:
             continue
+        y = _valid(labels, masks, t.name)
+        if t.esmm_parent is not None:
+            parent = labels[t.esmm_parent].detach().reshape(-1).double()
+            keep = _valid_mask(labels, masks, t.name) & _valid_mask(labels, masks, t.esmm_parent) & (parent > 0.5)
+            y = labels[t.name].detach().reshape(-1).double()[keep]
+        if y.numel() == 0:
+            continue
+        value = kind.initial_bias(y)
         towers.towers[t.name].head.bias.fill_(value)
         out[t.name] = value
     return out

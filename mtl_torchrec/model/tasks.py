@@ -14,79 +14,54 @@ above click).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mtl_torchrec.core.registry import Registry
 from mtl_torchrec.data.batch import Batch
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
+
+# aitm_calibrator is re-exported: AITM's calibrator belongs to the task model this module describes.
+from mtl_torchrec.model.losses import aitm_calibrator as aitm_calibrator
+from mtl_torchrec.model.losses import build_loss, loss_problems
 from mtl_torchrec.model.multitask import ModelOutput
 
 
 @dataclass
 class TaskSpec:
-    """One task as the train module sees it; ``type`` names its loss in :data:`TASK_LOSSES`."""
+    """One task as the train module sees it: ``type`` is its label kind
+    (:data:`~mtl_torchrec.data.label_kinds.LABEL_KINDS`), ``loss`` its loss
+    (:data:`~mtl_torchrec.model.losses.LOSSES`; None: the label kind's default) with ``loss_options``."""
 
     name: str
-    type: str  # "binary" | "regression" (a TASK_LOSSES name)
+    type: str  # a LABEL_KINDS name: "binary" | "regression"
     weight: float = 1.0
     esmm_parent: Optional[str] = None
     # AITM parent and calibrator weight (lambda); 0 adds no calibrator term.
     aitm_parent: Optional[str] = None
     aitm_calibration: float = 0.0
+    loss: Optional[str] = None
+    loss_options: Dict[str, Any] = field(default_factory=dict)
 
 
-# A task type's loss: ``(logits of every task, the task's labels [B], the task) -> per-row loss [B]``.
-TaskLoss = Callable[[Dict[str, torch.Tensor], torch.Tensor, TaskSpec], torch.Tensor]
-
-# Per-row losses by task type (``model.tasks[*].type``).
-TASK_LOSSES: Registry[TaskLoss] = Registry("model.tasks[*].type")
-
-
-@TASK_LOSSES.register("binary")
-def binary_loss(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    """Binary cross-entropy on the task's logit; for an ESMM task (``esmm_parent``), on the
-    impression-space product ``pCTR * pCVR``, computed in log space so it stays finite; for an
-    AITM task (``aitm_parent``) plus :func:`aitm_calibrator` weighted by ``aitm_calibration``.
-
-    ``logits`` ``[B]`` per task, ``label`` ``[B]`` in {0, 1}; returns the per-row loss ``[B]``.
-    """
-    logit = logits[task.name]
-    if task.esmm_parent is None:
-        loss = F.binary_cross_entropy_with_logits(logit, label, reduction="none")
-        if task.aitm_parent is not None and task.aitm_calibration > 0:
-            loss = loss + task.aitm_calibration * aitm_calibrator(logit, logits[task.aitm_parent])
-        return loss
-    log_p = F.logsigmoid(logits[task.esmm_parent]) + F.logsigmoid(logit)
-    p = log_p.exp().clamp(max=1.0 - 1e-7)
-    return -(label * log_p + (1.0 - label) * torch.log1p(-p))
-
-
-def aitm_calibrator(logit: torch.Tensor, parent_logit: torch.Tensor) -> torch.Tensor:
-    """AITM's behavioural-expectation calibrator per row (Xi et al., KDD 2021):
-    ``max(sigmoid(logit) - sigmoid(parent_logit), 0)`` (``[B]``), the amount by which the later
-    step (conversion) is predicted above the earlier one (click). Both predictions get its gradient.
-    """
-    return torch.relu(torch.sigmoid(logit) - torch.sigmoid(parent_logit))
-
-
-@TASK_LOSSES.register("regression")
-def squared_error(logits: Dict[str, torch.Tensor], label: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    """Squared error of the tower's value (MSE once averaged): per-row loss ``[B]``."""
-    return (logits[task.name] - label) ** 2
+def is_probability(task: Any) -> bool:
+    """Whether ``task``'s label kind predicts probabilities (``binary``); False for an unknown kind."""
+    return task.type in LABEL_KINDS and LABEL_KINDS.get(task.type).probability
 
 
 def task_problems(tasks: Sequence[Any]) -> List[Tuple[int, str, str]]:
     """What is wrong with a task list, as ``(task index, field, message)``: empty or repeated
-    names, unknown types, ESMM parents that are not another plain binary task,
+    names, unknown label kinds (``type``), losses that are unknown or do not fit the label kind
+    and their options (:func:`~mtl_torchrec.model.losses.loss_problems`), ESMM parents that
+    are not another plain binary task,
     ``esmm_derive_and_label`` on a task without ``esmm_parent``, and the AITM problems of
     :func:`aitm_problems`.
 
     ``tasks`` are TaskSpecs or anything with ``name``, ``type`` and ``esmm_parent`` (the config's
-    TaskConfig), so the config refuses what the train module would.
+    TaskConfig), so the config refuses what the train module would. ``field`` may be dotted
+    (``loss_options.gamma``).
     """
     names = [t.name for t in tasks]
     out: List[Tuple[int, str, str]] = []
@@ -95,8 +70,9 @@ def task_problems(tasks: Sequence[Any]) -> List[Tuple[int, str, str]]:
             out.append((i, "name", "must not be empty"))
         elif names.index(t.name) != i:
             out.append((i, "name", f"'{t.name}' is already the name of tasks[{names.index(t.name)}]"))
-        if t.type not in TASK_LOSSES:
-            out.append((i, "type", TASK_LOSSES.unknown(t.type)))
+        if t.type not in LABEL_KINDS:
+            out.append((i, "type", LABEL_KINDS.unknown(t.type)))
+        out += [(i, key, msg) for key, msg in loss_problems(t)]
         if t.esmm_parent is None:
             if getattr(t, "esmm_derive_and_label", False):
                 out.append((i, "esmm_derive_and_label", "only for an ESMM task (set esmm_parent)"))
@@ -106,7 +82,7 @@ def task_problems(tasks: Sequence[Any]) -> List[Tuple[int, str, str]]:
             out.append((i, "esmm_parent", f"'{t.esmm_parent}' is not another task (tasks: {others})"))
             continue
         parent = tasks[names.index(t.esmm_parent)]
-        if t.type != "binary" or parent.type != "binary" or parent.esmm_parent is not None:
+        if not is_probability(t) or not is_probability(parent) or parent.esmm_parent is not None:
             msg = f"ESMM task '{t.name}' and its parent '{parent.name}' must be plain binary tasks"
             out.append((i, "esmm_parent", msg))
     return out + aitm_problems(tasks)
@@ -132,7 +108,7 @@ def aitm_problems(tasks: Sequence[Any]) -> List[Tuple[int, str, str]]:
             out.append((i, "aitm_parent", f"task '{t.name}' has esmm_parent too: choose ESMM or AITM"))
             continue
         parent = tasks[names.index(parent_name)]
-        if t.type != "binary" or parent.type != "binary" or parent.esmm_parent is not None:
+        if not is_probability(t) or not is_probability(parent) or parent.esmm_parent is not None:
             msg = f"AITM task '{t.name}' and its parent '{parent.name}' must be plain binary tasks"
             out.append((i, "aitm_parent", msg))
             continue
@@ -154,20 +130,20 @@ def check_tasks(tasks: List[TaskSpec]) -> None:
 
 
 def predictions(logits: Dict[str, torch.Tensor], tasks: List[TaskSpec]) -> Dict[str, torch.Tensor]:
-    """Impression-space predictions: probabilities for binary tasks, values for regression.
+    """Impression-space predictions, each task's label kind's
+    (:meth:`~mtl_torchrec.data.label_kinds.LabelKind.predict`): probabilities for binary tasks,
+    values for regression.
 
     For an ESMM task the value is pCTCVR; its conditional pCVR is under ``"<task>_given_<parent>"``.
     ``logits`` and the returned values are ``[B]`` each.
     """
     out: Dict[str, torch.Tensor] = {}
     for t in tasks:
-        if t.type == "regression":
-            out[t.name] = logits[t.name]
-        elif t.esmm_parent is None:
-            out[t.name] = torch.sigmoid(logits[t.name])
+        if t.esmm_parent is None:
+            out[t.name] = LABEL_KINDS.get(t.type).predict(logits[t.name])
     for t in tasks:
         if t.esmm_parent is not None:
-            cond = torch.sigmoid(logits[t.name])
+            cond = LABEL_KINDS.get(t.type).predict(logits[t.name])
             out[conditional_name(t)] = cond
             out[t.name] = out[t.esmm_parent] * cond
     return out
@@ -182,7 +158,7 @@ def metric_tasks(tasks: List[TaskSpec]) -> List[TaskSpec]:
     """The entries evaluation reports: every task in impression space (an ESMM task's value is
     pCTCVR against ``parent AND task``), plus ``<task>_given_<parent>`` for each ESMM task,
     scored on the parent's positive rows only (e.g. CVR over clicks)."""
-    extra = [TaskSpec(name=conditional_name(t), type="binary") for t in tasks if t.esmm_parent is not None]
+    extra = [TaskSpec(name=conditional_name(t), type=t.type) for t in tasks if t.esmm_parent is not None]
     return list(tasks) + extra
 
 
@@ -275,8 +251,9 @@ def check_label_values(
         on = mask > 0
         if not bool(torch.isfinite(label[on]).all()):
             raise ValueError(f"labels['{t.name}']: a labelled row (mask 1) has a NaN or infinite label")
-        if t.type == "binary" and not bool(((label[on] == 0) | (label[on] == 1)).all()):
-            raise ValueError(f"labels['{t.name}']: binary labels must be 0 or 1 on labelled rows")
+        kind = LABEL_KINDS.get(t.type)
+        if not bool(kind.valid(label[on]).all()):
+            raise ValueError(f"labels['{t.name}']: {t.type} labels must be {kind.value_rule} on labelled rows")
         if t.esmm_parent is not None:
             parent = labels[t.esmm_parent].detach().double()
             both = on & ((masks[t.esmm_parent].detach() > 0) if masks is not None else torch.ones_like(on))
@@ -299,9 +276,10 @@ def multitask_loss(
 ) -> Dict[str, torch.Tensor]:
     """Masked, optionally row-weighted mean loss per task over plain tensors (no ``Batch``).
 
-    Each task's per-row loss comes from :data:`TASK_LOSSES` by its type: BCE on the logit for
-    binary tasks, BCE on ``pCTR * pCVR`` against ``parent AND task`` for an ESMM task
-    (``esmm_parent``), squared error for regression. The mean is ``sum(w m l) / sum(w m)``.
+    Each task's per-row loss is its ``loss`` (:func:`~mtl_torchrec.model.losses.build_loss`; by
+    default its label kind's: BCE on the logit for binary tasks, BCE on ``pCTR * pCVR`` against
+    ``parent AND task`` for an ESMM task (``esmm_parent``), squared error for regression).
+    The mean is ``sum(w m l) / sum(w m)``.
 
     Args:
         logits: raw tower outputs ``[B]`` per task (e.g. a :class:`~mtl_torchrec.model.head.MultiTaskHead`'s output).
@@ -339,7 +317,7 @@ def multitask_loss(
         # Unlabelled rows may hold anything (NaN for a missing rating): zeroed before the loss, since
         # NaN * 0 is NaN, and a NaN in where()'s other branch would still reach the gradient.
         label = torch.where(mask > 0, label, torch.zeros_like(label))
-        per_row = TASK_LOSSES.get(t.type)(logits, label, t)
+        per_row = build_loss(t)(logits, label, t)
         # No truth test of weights: TorchRec's pipeline fx-traces this with proxies.
         w = weights.get(t.name) if weights is not None else None
         if w is not None:

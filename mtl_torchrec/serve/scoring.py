@@ -26,7 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.model.multitask import MultiTaskModel
-from mtl_torchrec.model.tasks import TaskSpec, conditional_name
+from mtl_torchrec.model.tasks import TaskSpec, conditional_name, is_probability
 from mtl_torchrec.modules.frozen_ebc import FrozenEmbeddingBagCollection
 
 
@@ -48,8 +48,8 @@ class ScoringModel(nn.Module):
     keys: List[str]
     embedding_names: List[str]
     task_names: List[str]
-    binary: List[str]
-    regression: List[str]
+    probability_tasks: List[str]
+    value_tasks: List[str]
     esmm: List[str]
     esmm_parents: List[str]
     esmm_outputs: List[str]
@@ -67,9 +67,10 @@ class ScoringModel(nn.Module):
         self.feature_attention = model.feature_attention
         self.towers = model.towers
         self.task_names = [t.name for t in tasks]
-        # Plain tasks, then ESMM tasks with their parents (TorchScript needs typed lists, not TaskSpecs).
-        self.binary = [t.name for t in tasks if t.type == "binary" and t.esmm_parent is None]
-        self.regression = [t.name for t in tasks if t.type == "regression"]
+        # Plain tasks by what their label kind predicts (a probability: sigmoid; a value: the tower's
+        # output), then ESMM tasks with their parents (TorchScript needs typed lists, not TaskSpecs).
+        self.probability_tasks = [t.name for t in tasks if is_probability(t) and t.esmm_parent is None]
+        self.value_tasks = [t.name for t in tasks if not is_probability(t)]
         self.esmm = [t.name for t in tasks if t.esmm_parent is not None]
         self.esmm_parents = [str(t.esmm_parent) for t in tasks if t.esmm_parent is not None]
         self.esmm_outputs = [conditional_name(t) for t in tasks if t.esmm_parent is not None]
@@ -115,9 +116,9 @@ class ScoringModel(nn.Module):
             task_inputs = [torch.cat([task_inputs[i], attended[:, i]], dim=1) for i in range(len(task_inputs))]
         logits = self.towers(task_inputs)
         out: Dict[str, torch.Tensor] = {}
-        for name in self.regression:
+        for name in self.value_tasks:
             out[name] = logits[name]
-        for name in self.binary:
+        for name in self.probability_tasks:
             out[name] = torch.sigmoid(logits[name])
         for i, name in enumerate(self.esmm):
             cond = torch.sigmoid(logits[name])

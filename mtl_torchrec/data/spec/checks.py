@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
 
 from mtl_torchrec.core.errors import ConfigError
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.data.spec.sections import SPLITS, CsvOptions, Files, LabelColumn, SliceSpec, SplitRule
 
 if TYPE_CHECKING:
@@ -38,12 +39,14 @@ def check_names_unique(names: Sequence[str]) -> None:
 
 
 def check_label_column(label: LabelColumn, key: str) -> None:
-    """``labels[i]`` (``key``): one binary mapping at most, none for regression, a weight column that
-    is not the label or mask column; raises ConfigError naming the key."""
-    if label.type == "binary" and label.positive is not None and label.threshold is not None:
+    """``labels[i]`` (``key``): one binary mapping at most, none for a label kind without mappings
+    (regression), a weight column that is not the label or mask column; raises ConfigError naming the key."""
+    mapped = LABEL_KINDS.get(label.type).mapped
+    if mapped and label.positive is not None and label.threshold is not None:
         raise ConfigError(f"{key}: give either positive or threshold, not both")
-    if label.type == "regression" and (label.positive or label.negative or label.threshold is not None):
-        raise ConfigError(f"{key}: positive/negative/threshold only apply to binary labels")
+    if not mapped and (label.positive or label.negative or label.threshold is not None):
+        kinds = " / ".join(n for n, k in LABEL_KINDS.items() if k.mapped)
+        raise ConfigError(f"{key}: positive/negative/threshold only apply to {kinds} labels")
     if label.weight_column is not None and label.weight_column in (label.column, label.mask_column):
         raise ConfigError(f"{key}.weight_column: '{label.weight_column}' is the task's label or mask column; "
                           f"name a column of per-row weights")

@@ -8,6 +8,7 @@ from typing import Any, Dict, NamedTuple
 import numpy as np
 import pandas as pd
 
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.cells import is_missing, parse_numbers
 from mtl_torchrec.data.spec.data_spec import DataSpec
@@ -20,16 +21,19 @@ from mtl_torchrec.data.tokens import value_tokens
 def label_values(spec: DataSpec, chunk: Chunk, bad: BadRows) -> Dict[str, np.ndarray]:
     """task -> float32 label per row (NaN = masked: a missing maskable cell or mask column 0).
 
-    Flags on ``bad``: values neither positive nor negative (when both lists are given), labels
-    that are not numbers, binary numbers other than 0/1 (without ``threshold``), missing labels of
-    tasks that are not maskable, and mask cells other than 0/1.
+    Each label is read by its label kind (:data:`~mtl_torchrec.data.label_kinds.LABEL_KINDS`):
+    a binary label from ``positive``/``negative`` values, a ``threshold`` or 0/1 numbers, a
+    regression label as a number. Flags on ``bad``: values neither positive nor negative (when both
+    lists are given), labels that are not numbers, numbers the kind refuses (binary: other than 0/1
+    without ``threshold``), missing labels of tasks that are not maskable, and mask cells other than 0/1.
     """
     out: Dict[str, np.ndarray] = {}
     frame = chunk.frame
     for lab in spec.labels:
         raw = frame[lab.column].to_numpy()
         missing = is_missing(raw)
-        if lab.type == "binary" and lab.positive is not None:
+        kind = LABEL_KINDS.get(lab.type)
+        if kind.mapped and lab.positive is not None:
             # One text form whatever the file format: the cells 1, 1.0 and "1" all match positive: ["1"].
             text = value_tokens(frame[lab.column])
             pos = pd.Series(text).isin(value_tokens(np.array(lab.positive, dtype=object))).to_numpy()
@@ -40,14 +44,9 @@ def label_values(spec: DataSpec, chunk: Chunk, bad: BadRows) -> Dict[str, np.nda
         else:
             num, missing, unparseable = parse_numbers(frame, lab.column)
             bad.flag(unparseable, lab.column, "label is not a number", raw)
-            if lab.type == "binary" and lab.threshold is not None:
-                y = (num >= lab.threshold).astype(np.float32)
-            elif lab.type == "binary":
-                bad.flag(~missing & ~unparseable & (num != 0) & (num != 1), lab.column,
-                         "binary label must be 0 or 1 (or set positive/threshold)", raw)
-                y = num.astype(np.float32)
-            else:
-                y = num.astype(np.float32)
+            y, wrong = kind.from_numbers(num, lab.threshold if kind.mapped else None)
+            hint = " (or set positive/threshold)" if kind.mapped else ""
+            bad.flag(wrong & ~missing & ~unparseable, lab.column, f"{lab.type} label must be {kind.value_rule}{hint}", raw)
         if lab.maskable:
             y = np.where(missing, np.nan, y).astype(np.float32)
         else:

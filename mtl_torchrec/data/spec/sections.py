@@ -10,7 +10,10 @@ an unknown or mistyped key by its dotted path. Checks across fields live in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Union
+from typing import Annotated, Dict, List, Optional, Union
+
+from mtl_torchrec.core.config import one_of
+from mtl_torchrec.data.label_kinds import LABEL_KINDS
 
 # The splits a spec produces, in reading order of per-split files.
 SPLITS = ("train", "val", "test")
@@ -46,7 +49,8 @@ class LabelColumn:
 
     task: str
     column: str
-    type: Literal["binary", "regression"]
+    # The label kind (data/label_kinds.py): binary | regression.
+    type: Annotated[str, one_of(LABEL_KINDS)]
     # Binary mapping from raw values: cells equal to one of ``positive`` are 1; with ``negative``
     # given, only those are 0 and any other value is a bad row, else every other value is 0.
     positive: Optional[List[str]] = None
