@@ -145,8 +145,10 @@ def test_documented_command_works_as_written(words: List[str]) -> None:
         return
     _assert_no_local_path(out)
     gpu = int(_option(words, "--gpu") or 0)
-    cpu, mem = (gpu * DEFAULT_CPU_PER_GPU, 1024 * gpu * (DEFAULT_MEM_GB_PER_GPU + DEFAULT_SHM_GB_PER_GPU)) if gpu \
-        else (2, 8192)
+    knobs = {k: int(_option(words, f"--{k}")) for k in ("cpu", "memMB", "cpu_per_gpu", "mem_gb_per_gpu",
+                                                         "shm_gb_per_gpu") if _option(words, f"--{k}")}
+    expected = role_resource(gpu, **knobs)  # its numbers are checked in test_role_resources_follow_the_gpus
+    cpu, mem = expected.cpu, expected.memMB
     if scheduler == "kubernetes":
         image = _option(words, "--image") or (CUDA_IMAGE if gpu else CPU_IMAGE)
         job = yaml.safe_load(out[out.index("apiVersion:"):])
@@ -220,6 +222,8 @@ def test_job_finds_the_submitting_environments_torchrun(monkeypatch: pytest.Monk
 def test_role_resources_follow_the_gpus() -> None:
     """8 GPUs ask for 6 CPUs and 32 + 2 GB per GPU; each knob overrides; no GPUs keeps 2 CPUs and
     8 GB; a named resource wins; the request reaches the role (and picks the image)."""
+    # The defaults docs/jobs.md ("Resources"), README.md and the components' docstring state.
+    assert (DEFAULT_CPU_PER_GPU, DEFAULT_MEM_GB_PER_GPU, DEFAULT_SHM_GB_PER_GPU) == (6, 32, 2)
     assert role_resource(gpu=8) == specs.Resource(cpu=48, gpu=8, memMB=8 * 34 * 1024)
     assert role_resource(gpu=1) == specs.Resource(cpu=6, gpu=1, memMB=34 * 1024)
     assert role_resource() == specs.Resource(cpu=2, gpu=0, memMB=8192)
