@@ -62,17 +62,22 @@ def _torchrun(launch: Sequence[str], overrides: Sequence[str], log: Path) -> sub
 
 
 def _wait(procs: List[subprocess.Popen], logs: List[Path], timeout: float) -> None:
-    """Waits for every process; past ``timeout`` kills each one's process group (the agent and its
-    workers) and fails. Fails also when any exits non-zero, showing the logs' tails."""
+    """Waits for every process; past ``timeout`` (or on any interruption) kills each live one's
+    process group (the agent and its workers) and fails. Fails also when any exits non-zero,
+    showing the logs' tails."""
     deadline = time.monotonic() + timeout
+    timed_out = False
     try:
         for proc in procs:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
         for proc in procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+                proc.wait()
+    if timed_out:
         pytest.fail(f"torchrun did not finish in {timeout:.0f} s:\n" + _tails(logs))
     codes = [p.returncode for p in procs]
     assert codes == [0] * len(procs), f"exit codes {codes}:\n" + _tails(logs)
@@ -134,3 +139,25 @@ def test_two_node_training_resumes_and_matches_one_node(tmp_path: Path) -> None:
 
     # The same numbers as the uninterrupted run on one node.
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((ref_dir / "metrics.json").read_text())
+
+
+def test_a_job_past_its_time_is_killed_with_its_children(tmp_path: Path) -> None:
+    """The bound the multi-node test relies on: a "job" whose child outlives it is killed, child
+    included, and the test fails instead of waiting."""
+    log, pid_file = tmp_path / "job.log", tmp_path / "child.pid"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["bash", "-c", f"sleep 300 & echo $! > {pid_file}; wait"], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    started = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="did not finish in 1 s"):
+        _wait([proc], [log], timeout=1)
+    assert time.monotonic() - started < 30
+    for _ in range(100):  # the child is gone once its parent (init) reaps it
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"child {child} still running")
