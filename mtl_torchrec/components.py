@@ -7,11 +7,19 @@ gives every job a fixed run directory (``runs/<app id>`` unless ``run_dir=`` is 
 overrides), so a restarted or retried job finds its latest checkpoint there and resumes
 (``train.resume=auto``); on several nodes that directory must be on a shared filesystem.
 
-The job's ``PATH`` starts with the ``bin/`` folder of the environment that runs torchx, so a local
-job finds that environment's ``torchrun`` without activating it; in a container that folder does
-not exist and the image's ``torchrun`` runs. The default image is ``mtl-torchrec:0.1.0-cpu``, or
-``mtl-torchrec:0.1.0-cuda`` when the job asks for GPUs: both are built from ``packaging/Dockerfile``
-(docs/jobs.md, "Images"); push them to your registry and pass ``--image``.
+Resources per node come from the GPU count (:func:`mtl_torchrec.launch.jobs.role_resource`):
+with ``--gpu N``, ``6 N`` CPUs and ``32 N + 2 N`` GB of memory, the second part for shared memory
+(override with ``--cpu_per_gpu``, ``--mem_gb_per_gpu``, ``--shm_gb_per_gpu``, or ``--cpu`` /
+``--memMB`` outright, or a torchx named resource ``-h``); without GPUs 2 CPUs and 8192 MB.
+
+A cluster job's spec names no path of the submitting machine: the job runs ``torchrun`` and
+``python -m mtl_torchrec`` from the image's (or Slurm node's) ``PATH``, in the image's working
+directory (``-cfg job_dir=`` on Slurm). A local job (``local_cwd``) finds the environment that runs
+torchx without activating it, through ``$MTL_TORCHREC_LAUNCHER_BIN``, which the component sets in
+torchx's own environment and local schedulers hand on to the job. The default image is
+``mtl-torchrec:0.1.0-cpu``, or ``mtl-torchrec:0.1.0-cuda`` when the job asks for GPUs: both are
+built from ``packaging/Dockerfile`` (docs/jobs.md, "Images"); push them to your registry and pass
+``--image``.
 
 Examples (from the repository root; every one is run by tests/test_components.py)::
 
@@ -26,9 +34,13 @@ from typing import Dict, List, Optional
 
 import torchx.specs as specs
 
-from mtl_torchrec.launch.jobs import torchrun_job
-
-DEFAULT_MEM_MB = 8192
+from mtl_torchrec.launch.jobs import (
+    DEFAULT_CPU_PER_GPU,
+    DEFAULT_MEM_GB_PER_GPU,
+    DEFAULT_SHM_GB_PER_GPU,
+    role_resource,
+    torchrun_job,
+)
 
 
 def train(
@@ -38,9 +50,12 @@ def train(
     j: str = "1x2",
     image: Optional[str] = None,
     h: Optional[str] = None,
-    cpu: int = 2,
     gpu: int = 0,
-    memMB: int = DEFAULT_MEM_MB,
+    cpu: int = 0,
+    memMB: int = 0,
+    cpu_per_gpu: int = DEFAULT_CPU_PER_GPU,
+    mem_gb_per_gpu: int = DEFAULT_MEM_GB_PER_GPU,
+    shm_gb_per_gpu: int = DEFAULT_SHM_GB_PER_GPU,
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
     max_restarts: int = 0,
@@ -56,10 +71,14 @@ def train(
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
         image: container image (default: mtl-torchrec:0.1.0-cpu, or mtl-torchrec:0.1.0-cuda with gpu > 0);
             local_cwd runs in the current directory instead
-        h: named resource (takes precedence over cpu, gpu, memMB)
-        cpu: cpus per node
+        h: torchx named resource per node (takes precedence over the resource options below)
         gpu: gpus per node
-        memMB: memory per node in MB
+        cpu: cpus per node (0: gpu x cpu_per_gpu, or 2 without GPUs)
+        memMB: memory per node in MB, shared memory included (0: 1024 x gpu x (mem_gb_per_gpu +
+            shm_gb_per_gpu), or 8192 without GPUs)
+        cpu_per_gpu: cpus per GPU when cpu is 0
+        mem_gb_per_gpu: memory per GPU in GB (besides shared memory) when memMB is 0
+        shm_gb_per_gpu: shared memory (/dev/shm) per GPU in GB, part of the memory when memMB is 0
         env: extra environment variables
         max_retries: scheduler-level retries of the whole job
         max_restarts: torchrun restarts of the workers inside the job
@@ -70,8 +89,9 @@ def train(
     if not any(a.split("=", 1)[0].strip() == "run_dir" for a in args):
         # Fixed per job, so torchrun restarts and scheduler retries resume in the same place.
         args.append(f"run_dir=runs/{specs.macros.app_id}")
-    return torchrun_job("train", args, config, name, j, image, h, cpu, gpu, memMB, env, max_retries, max_restarts,
-                rdzv_port, mounts)
+    resource = role_resource(gpu, cpu, memMB, cpu_per_gpu, mem_gb_per_gpu, shm_gb_per_gpu, h)
+    return torchrun_job("train", args, config, name, j, image, resource, env, max_retries, max_restarts, rdzv_port,
+                        mounts)
 
 
 def evaluate(
@@ -81,9 +101,12 @@ def evaluate(
     j: str = "1x1",
     image: Optional[str] = None,
     h: Optional[str] = None,
-    cpu: int = 2,
     gpu: int = 0,
-    memMB: int = DEFAULT_MEM_MB,
+    cpu: int = 0,
+    memMB: int = 0,
+    cpu_per_gpu: int = DEFAULT_CPU_PER_GPU,
+    mem_gb_per_gpu: int = DEFAULT_MEM_GB_PER_GPU,
+    shm_gb_per_gpu: int = DEFAULT_SHM_GB_PER_GPU,
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
     max_restarts: int = 0,
@@ -103,10 +126,14 @@ def evaluate(
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
         image: container image (default: mtl-torchrec:0.1.0-cpu, or mtl-torchrec:0.1.0-cuda with gpu > 0);
             local_cwd runs in the current directory instead
-        h: named resource (takes precedence over cpu, gpu, memMB)
-        cpu: cpus per node
+        h: torchx named resource per node (takes precedence over the resource options below)
         gpu: gpus per node
-        memMB: memory per node in MB
+        cpu: cpus per node (0: gpu x cpu_per_gpu, or 2 without GPUs)
+        memMB: memory per node in MB, shared memory included (0: 1024 x gpu x (mem_gb_per_gpu +
+            shm_gb_per_gpu), or 8192 without GPUs)
+        cpu_per_gpu: cpus per GPU when cpu is 0
+        mem_gb_per_gpu: memory per GPU in GB (besides shared memory) when memMB is 0
+        shm_gb_per_gpu: shared memory (/dev/shm) per GPU in GB, part of the memory when memMB is 0
         env: extra environment variables
         max_retries: scheduler-level retries of the whole job
         max_restarts: torchrun restarts of the workers inside the job
@@ -118,8 +145,9 @@ def evaluate(
         raise ValueError("evaluate: name the run to evaluate with --run_dir RUN_DIR")
     # --run-dir, not --run: under torchrun, torchrun's own parser would take "--run" for its --run-path.
     full = (["--run-dir", run_dir] if run_dir is not None else []) + list(args)
-    return torchrun_job("evaluate", full, None, name, j, image, h, cpu, gpu, memMB, env, max_retries,
-                        max_restarts, rdzv_port, mounts)
+    resource = role_resource(gpu, cpu, memMB, cpu_per_gpu, mem_gb_per_gpu, shm_gb_per_gpu, h)
+    return torchrun_job("evaluate", full, None, name, j, image, resource, env, max_retries, max_restarts, rdzv_port,
+                        mounts)
 
 
 def encode_text(
@@ -129,9 +157,12 @@ def encode_text(
     j: str = "1x1",
     image: Optional[str] = None,
     h: Optional[str] = None,
-    cpu: int = 2,
     gpu: int = 0,
-    memMB: int = DEFAULT_MEM_MB,
+    cpu: int = 0,
+    memMB: int = 0,
+    cpu_per_gpu: int = DEFAULT_CPU_PER_GPU,
+    mem_gb_per_gpu: int = DEFAULT_MEM_GB_PER_GPU,
+    shm_gb_per_gpu: int = DEFAULT_SHM_GB_PER_GPU,
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
     max_restarts: int = 0,
@@ -148,16 +179,21 @@ def encode_text(
         j: ``[{min_nnodes}:]{nnodes}x{nproc_per_node}``
         image: container image (default: mtl-torchrec:0.1.0-cpu, or mtl-torchrec:0.1.0-cuda with gpu > 0);
             local_cwd runs in the current directory instead
-        h: named resource (takes precedence over cpu, gpu, memMB)
-        cpu: cpus per node
+        h: torchx named resource per node (takes precedence over the resource options below)
         gpu: gpus per node
-        memMB: memory per node in MB
+        cpu: cpus per node (0: gpu x cpu_per_gpu, or 2 without GPUs)
+        memMB: memory per node in MB, shared memory included (0: 1024 x gpu x (mem_gb_per_gpu +
+            shm_gb_per_gpu), or 8192 without GPUs)
+        cpu_per_gpu: cpus per GPU when cpu is 0
+        mem_gb_per_gpu: memory per GPU in GB (besides shared memory) when memMB is 0
+        shm_gb_per_gpu: shared memory (/dev/shm) per GPU in GB, part of the memory when memMB is 0
         env: extra environment variables
         max_retries: scheduler-level retries of the whole job
         max_restarts: torchrun restarts of the workers inside the job
         rdzv_port: c10d rendezvous port on node 0 (multi-node)
         mounts: mounts, e.g. ``type=bind,src=/data,dst=/data``
     """
-    return torchrun_job("encode-text", list(args), config, name, j, image, h, cpu, gpu, memMB, env, max_retries,
-                max_restarts, rdzv_port, mounts)
+    resource = role_resource(gpu, cpu, memMB, cpu_per_gpu, mem_gb_per_gpu, shm_gb_per_gpu, h)
+    return torchrun_job("encode-text", list(args), config, name, j, image, resource, env, max_retries, max_restarts,
+                        rdzv_port, mounts)
 

@@ -1,6 +1,7 @@
-"""torchx components: command lines, the entry point group, dry runs against Kubernetes and
-Slurm, every torchx command of README.md, docs/jobs.md and the components' docstring as written,
-and a real 2-process ``local_cwd`` training job followed by an evaluation job.
+"""torchx components: command lines, resource requests, the entry point group, dry runs against
+Kubernetes and Slurm (resources, and no path of this machine in the spec), every torchx command of
+README.md, docs/jobs.md and the components' docstring as written, and a real 2-process
+``local_cwd`` training job followed by an evaluation job.
 
 Every torchx process runs with a ``PATH`` that does not hold the virtual environment (as from a
 fresh clone whose ``.venv`` was never activated): the components must find ``torchrun`` themselves.
@@ -19,11 +20,22 @@ from pathlib import Path
 from typing import List, Sequence
 
 import pytest
+import torchx.specs as specs
 import yaml
 
 from mtl_torchrec import components
 from mtl_torchrec.launch import jobs
-from mtl_torchrec.launch.jobs import CPU_IMAGE, CUDA_IMAGE, command_line, launcher_dir
+from mtl_torchrec.launch.jobs import (
+    CPU_IMAGE,
+    CUDA_IMAGE,
+    DEFAULT_CPU_PER_GPU,
+    DEFAULT_MEM_GB_PER_GPU,
+    DEFAULT_SHM_GB_PER_GPU,
+    LAUNCHER_ENV,
+    command_line,
+    launcher_dir,
+    role_resource,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -52,9 +64,14 @@ BARE_PATH = os.pathsep.join(p for p in ("/usr/local/sbin", "/usr/sbin", "/sbin",
 DOCS = ("README.md", "docs/jobs.md", "mtl_torchrec/components.py")
 
 
+# What every component's command starts with: no path, only the variable a local job inherits.
+PATH_PREFIX = f'PATH="${{{LAUNCHER_ENV}:+${LAUNCHER_ENV}:}}$PATH" '
+
+
 def _env() -> dict:
-    # The package comes from this checkout; the venv is not on PATH and not activated.
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    # The package comes from this checkout; the venv is not on PATH and not activated, and the
+    # launcher variable (set in this process by components built here) is not inherited either.
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", LAUNCHER_ENV)}
     return {**env, "PATH": BARE_PATH, "PYTHONPATH": str(ROOT)}
 
 
@@ -119,28 +136,37 @@ def test_documented_command_works_as_written(words: List[str]) -> None:
     scheduler = _option(words, "-s")
     assert "=== SCHEDULER REQUEST ===" in out
     if scheduler == "local_cwd":
-        # The venv's torchrun, though the venv is not on PATH.
+        # The command names no path; the local job inherits the launcher variable (the slow
+        # local_cwd test below runs it with the venv off PATH).
         request = ast.literal_eval(out.split("=== SCHEDULER REQUEST ===", 1)[1].strip())
         (replica,) = request["role_params"]["mtl_torchrec"]
         assert replica["args"][:2] == ["bash", "-c"]
-        prefix = re.match(r'PATH=(\S+):"\$PATH" torchrun --max_restarts ', replica["args"][2])
-        assert prefix and (Path(prefix.group(1)) / "torchrun").is_file(), replica["args"]
+        assert replica["args"][2].startswith(PATH_PREFIX + "torchrun --max_restarts "), replica["args"]
+        return
+    _assert_no_local_path(out)
+    gpu = int(_option(words, "--gpu") or 0)
+    knobs = {k: int(_option(words, f"--{k}")) for k in ("cpu", "memMB", "cpu_per_gpu", "mem_gb_per_gpu",
+                                                         "shm_gb_per_gpu") if _option(words, f"--{k}")}
+    expected = role_resource(gpu, **knobs)  # its numbers are checked in test_role_resources_follow_the_gpus
+    cpu, mem = expected.cpu, expected.memMB
     if scheduler == "kubernetes":
-        gpu = int(_option(words, "--gpu") or 0)
         image = _option(words, "--image") or (CUDA_IMAGE if gpu else CPU_IMAGE)
         job = yaml.safe_load(out[out.index("apiVersion:"):])
         for task in job["spec"]["tasks"]:
             container = task["template"]["spec"]["containers"][0]
             assert container["image"] == image
             assert "torchrun --max_restarts" in " ".join(container["command"])
+            assert container["resources"]["limits"]["cpu"] == f"{cpu * 1000}m"
+            assert container["resources"]["limits"]["memory"] == f"{mem}M"
     if scheduler == "slurm":
         assert "#SBATCH" in out and "torchrun --max_restarts" in out
+        assert f"--cpus-per-task={cpu} --mem={mem}" in out
 
 
 def test_train_component_command_line() -> None:
     app = components.train("train.epochs=3", config="default", j="2x4", max_restarts=3, gpu=4)
     words = command_line(app)
-    assert words[:4] == ["bash", "-c", f"PATH={launcher_dir()}:$PATH", "torchrun"]
+    assert words[:4] == ["bash", "-c", f"PATH=${{{LAUNCHER_ENV}:+${LAUNCHER_ENV}:}}$PATH", "torchrun"]
     assert words[words.index("--max_restarts") + 1] == "3"
     assert words[words.index("--nnodes") + 1] == "2" and words[words.index("--nproc_per_node") + 1] == "4"
     tail = words[words.index("-m"):]
@@ -169,21 +195,117 @@ def test_evaluate_and_encode_components_pass_arguments_through() -> None:
 
 
 def test_job_finds_the_submitting_environments_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The job's shell resolves ``torchrun`` to this venv's with a PATH that lacks it; where the venv's
-    folder does not exist (a container), the image's PATH is searched; without a torchrun beside the
-    interpreter the command is ddp's own."""
+    """Building a component puts this venv's ``bin/`` into this process's environment (which local
+    schedulers copy into the job), and the job's shell then resolves ``torchrun`` to this venv's with
+    a PATH that lacks it; without the variable (a pod, a fresh container) the image's PATH is searched
+    as it is; without a torchrun beside the interpreter the variable is not set."""
+    monkeypatch.delenv(LAUNCHER_ENV, raising=False)
     assert launcher_dir() == BIN
     cmd = components.train().roles[0].args[1]
+    assert os.environ[LAUNCHER_ENV] == str(BIN)
     prefix = cmd[:cmd.index("torchrun ")]
-    found = subprocess.run(["bash", "-c", prefix + "command -v torchrun"], env={"PATH": BARE_PATH},
+    assert prefix == PATH_PREFIX
+    found = subprocess.run(["bash", "-c", prefix + "command -v torchrun"],
+                           env={"PATH": BARE_PATH, LAUNCHER_ENV: os.environ[LAUNCHER_ENV]},
                            capture_output=True, text=True, timeout=30)
     assert found.stdout.strip() == str(BIN / "torchrun")
-    in_container = subprocess.run(["bash", "-c", prefix.replace(str(BIN), "/nonexistent/bin") + "command -v bash"],
-                                  env={"PATH": BARE_PATH}, capture_output=True, text=True, timeout=30)
-    assert in_container.returncode == 0 and in_container.stdout.strip().endswith("/bash")
+    in_container = subprocess.run(["bash", "-c", prefix + "command -v torchrun; echo $PATH"], env={"PATH": BARE_PATH},
+                                  capture_output=True, text=True, timeout=30)
+    assert in_container.stdout.splitlines() == [BARE_PATH]  # no torchrun off the venv, PATH untouched
+    monkeypatch.delenv(LAUNCHER_ENV)
     monkeypatch.setattr(jobs.sys, "executable", "/nonexistent/bin/python")
     assert launcher_dir() is None
-    assert components.train().roles[0].args[1].startswith("torchrun --max_restarts 0 ")
+    assert components.train().roles[0].args[1].startswith(PATH_PREFIX + "torchrun --max_restarts 0 ")
+    assert LAUNCHER_ENV not in os.environ
+
+
+def test_role_resources_follow_the_gpus() -> None:
+    """8 GPUs ask for 6 CPUs and 32 + 2 GB per GPU; each knob overrides; no GPUs keeps 2 CPUs and
+    8 GB; a named resource wins; the request reaches the role (and picks the image)."""
+    # The defaults docs/jobs.md ("Resources"), README.md and the components' docstring state.
+    assert (DEFAULT_CPU_PER_GPU, DEFAULT_MEM_GB_PER_GPU, DEFAULT_SHM_GB_PER_GPU) == (6, 32, 2)
+    assert role_resource(gpu=8) == specs.Resource(cpu=48, gpu=8, memMB=8 * 34 * 1024)
+    assert role_resource(gpu=1) == specs.Resource(cpu=6, gpu=1, memMB=34 * 1024)
+    assert role_resource() == specs.Resource(cpu=2, gpu=0, memMB=8192)
+    assert role_resource(gpu=8, cpu_per_gpu=12, mem_gb_per_gpu=100, shm_gb_per_gpu=0) == \
+        specs.Resource(cpu=96, gpu=8, memMB=800 * 1024)
+    assert role_resource(gpu=8, cpu=20, memMB=65536) == specs.Resource(cpu=20, gpu=8, memMB=65536)
+    assert role_resource(cpu=16, memMB=32768) == specs.Resource(cpu=16, gpu=0, memMB=32768)
+    named = role_resource(gpu=1, cpu=3, h="aws_p4d.24xlarge")
+    assert named == specs.named_resources["aws_p4d.24xlarge"] and named.gpu == 8
+    for key, kwargs in (("gpu", {"gpu": -1}), ("cpu", {"cpu": -2}), ("memMB", {"memMB": -1}),
+                        ("cpu_per_gpu", {"gpu": 1, "cpu_per_gpu": 0}), ("mem_gb_per_gpu", {"mem_gb_per_gpu": 0}),
+                        ("shm_gb_per_gpu", {"shm_gb_per_gpu": -1})):
+        with pytest.raises(ValueError, match=f"^{key} must be >= "):
+            role_resource(**kwargs)
+    for component in (components.train, components.evaluate, components.encode_text):
+        args = ("--run-dir", "r") if component is components.evaluate else ()
+        assert component(*args, gpu=4, shm_gb_per_gpu=8).roles[0].resource == \
+            specs.Resource(cpu=24, gpu=4, memMB=4 * 40 * 1024)
+        assert component(*args).roles[0].resource == specs.Resource(cpu=2, gpu=0, memMB=8192)
+        role = component(*args, h="aws_p4d.24xlarge").roles[0]
+        assert role.resource.capabilities == specs.named_resources["aws_p4d.24xlarge"].capabilities
+        assert role.image == CUDA_IMAGE
+
+
+def _local_paths() -> List[str]:
+    """Absolute paths of this machine that a cluster job spec must not hold: the working directory
+    and this checkout, the interpreter's prefix and folder, the home directory, and the top folder
+    of each (``/work/``)."""
+    paths = {os.getcwd(), str(ROOT), sys.prefix, sys.exec_prefix, str(BIN), str(Path(sys.executable).resolve().parent),
+             str(Path.home())}
+    tops = {f"/{Path(p).parts[1]}/" for p in paths if len(Path(p).parts) > 2}
+    return sorted(p for p in paths | tops if p not in ("/", "/usr/", "/usr"))
+
+
+def _assert_no_local_path(text: str) -> None:
+    found = [p for p in _local_paths() if p in text]
+    assert not found, f"local paths {found} in the job spec"
+
+
+@pytest.mark.parametrize("scheduler", ["kubernetes", "slurm"])
+def test_cluster_dryrun_asks_for_gpu_resources_and_names_no_local_path(scheduler: str) -> None:
+    """An 8-GPU role's dry run on each cluster scheduler asks for the derived CPUs and memory (and
+    the overrides), names the image and runs the image's ``torchrun``, with no path of this machine
+    anywhere in the printed spec; run from a PATH without the venv and with the venv's torchx."""
+    cfg = ["-cfg", "queue=default"] if scheduler == "kubernetes" else []
+    common = ["run", "--workspace", "", "-s", scheduler, "--dryrun", *cfg, "mtl_torchrec.train", "-j", "2x8"]
+    for extra, cpu, mem in (([], 48, 8 * 34 * 1024),
+                            (["--cpu_per_gpu", "10", "--mem_gb_per_gpu", "64", "--shm_gb_per_gpu", "16"], 80,
+                             8 * 80 * 1024)):
+        proc = _torchx(*common, "--gpu", "8", "--image", "registry.example/mtl:1", *extra, "--config", "default",
+                       "--", "run_dir=/mnt/shared/runs/a")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = proc.stdout
+        _assert_no_local_path(out)
+        if scheduler == "kubernetes":
+            job = yaml.safe_load(out[out.index("apiVersion:"):])
+            for task in job["spec"]["tasks"]:
+                container = task["template"]["spec"]["containers"][0]
+                assert container["image"] == "registry.example/mtl:1"
+                limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+                assert limits == {"cpu": f"{cpu * 1000}m", "memory": f"{mem}M", "nvidia.com/gpu": "8"}
+                # torchx requests slightly less than the limit (the node's reserved share).
+                assert requests["nvidia.com/gpu"] == "8" and int(requests["memory"][:-1]) == mem - 1024
+                assert container["command"][:2] == ["bash", "-c"]
+                assert container["command"][2].startswith(PATH_PREFIX + "torchrun --max_restarts 0 ")
+        else:
+            assert out.count(f"--cpus-per-task={cpu} --mem={mem} --gpus-per-task=8") == 2
+            assert out.count(f"bash -c '{PATH_PREFIX}torchrun --max_restarts 0 ") == 2
+    # A CPU-only role keeps 2 CPUs and 8 GB.
+    proc = _torchx(*common, "--config", "default")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_no_local_path(proc.stdout)
+    assert ("cpu: 2000m" in proc.stdout and "memory: 8192M" in proc.stdout) if scheduler == "kubernetes" \
+        else proc.stdout.count("--cpus-per-task=2 --mem=8192\n") == 2
+
+
+def test_local_path_scan_catches_a_local_path() -> None:
+    """The scan above is not vacuous: the venv path the components once wrote is caught."""
+    with pytest.raises(AssertionError, match="local paths"):
+        _assert_no_local_path(f"bash -c 'PATH={BIN}:\"$PATH\" torchrun ...'")
+    with pytest.raises(AssertionError, match="local paths"):
+        _assert_no_local_path(f"cd {Path.home()}/runs")
 
 
 def test_default_image_is_the_packaged_one() -> None:
