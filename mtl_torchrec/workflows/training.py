@@ -79,8 +79,9 @@ def train(
     what resumed print on rank 0 (stdout; warnings on stderr).
 
     Raises ConfigError (the config, or what the data spec alone refuses, before any data is read
-    or folder made), DataError (the data), CheckpointError (a damaged or incompatible checkpoint)
-    and RunDirError (another training holds the run directory).
+    or folder made), DataError (the data), FileNotFoundError (``train.resume``: ``required`` without
+    a checkpoint, ``never`` with one), CheckpointError (a damaged or incompatible checkpoint) and
+    RunDirError (another training holds the run directory).
     """
     cfg = resolve_config(config, [*overrides, *([f"train.resume={resume}"] if resume is not None else [])])
     check_config(cfg)
