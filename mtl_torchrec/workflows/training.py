@@ -86,7 +86,7 @@ def train(
     cfg = resolve_config(config, [*overrides, *([f"train.resume={resume}"] if resume is not None else [])])
     check_config(cfg)
     with process_group(ctx) as group:
-        use_thread_setting()
+        use_thread_setting()  # also in a group the caller opened
         fresh = not (cfg.run_dir and Path(cfg.run_dir).exists())
         run_dir = resolve_run_dir(cfg, group)
         try:
