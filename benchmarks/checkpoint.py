@@ -18,7 +18,7 @@ from mtl_torchrec.distributed.checkpoint import latest_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
-from mtl_torchrec.launch.train_cmd import make_trainer
+from mtl_torchrec.workflows.training import make_trainer
 
 
 def main() -> None:

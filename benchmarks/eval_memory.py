@@ -80,7 +80,7 @@ def train(folder: Path) -> Path:
     """A tiny run on 100k rows (kept when ``folder`` already has one); returns its directory."""
     from mtl_torchrec.config import load_config
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train as train_run
+    from mtl_torchrec.workflows import train as train_run
 
     run_dir = folder / "run"
     if (run_dir / "checkpoints" / "latest").exists():

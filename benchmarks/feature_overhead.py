@@ -33,8 +33,8 @@ from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.launch.args import config_arg, config_help, doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
-from mtl_torchrec.launch.train_cmd import make_trainer
 from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.workflows.training import make_trainer
 
 # Per feature: the packaged config, the overrides of "without" and "with", and what to print of "with".
 FEATURES: Dict[str, Dict[str, Any]] = {

@@ -71,7 +71,7 @@ from mtl_torchrec.distributed.context import DistContext, close_distributed, ini
 from mtl_torchrec.eval.evaluate import evaluate_split
 from mtl_torchrec.launch.args import config_arg, doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
-from mtl_torchrec.launch.train_cmd import make_trainer
+from mtl_torchrec.workflows.training import make_trainer
 
 REFERENCE = [
     "model.embedding_dim=16",

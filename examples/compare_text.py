@@ -31,7 +31,7 @@ from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
-from mtl_torchrec.launch.train_cmd import train
+from mtl_torchrec.workflows import train
 
 VARIANTS = {"id_only": ["model.text.enabled=false"], "text_id": ["model.text.enabled=true"]}
 
@@ -100,13 +100,13 @@ def main(argv: Any = None, default_config: Optional[str] = None, prog: Optional[
             # and each variant is a run folder that `mtl-torchrec evaluate --run` reads.
             cfg = load_config(args.config, list(args.overrides) + extra + [f"run_dir={out / name}"])
             res = train(cfg, ctx)
-            summary = res["summary"]
+            summary = res.summary
             if ctx.is_main:
-                slices = res["slices"]
+                slices = res.slices
                 cold = args.cold_slice or next((s for s in slices if s == "cold_items" or s.endswith("=cold")), None)
                 if args.cold_slice and cold not in slices:
                     raise SystemExit(f"--cold-slice: {cold!r} is not a slice of the data ({sorted(slices)})")
-                results[name] = {"test": res["metrics"], "summary": summary,
+                results[name] = {"test": res.metrics, "summary": summary,
                                  "slices": {k: {"rows": v["rows"], "tasks": v["tasks"]} for k, v in slices.items()}}
                 if cold is not None:
                     results[name]["test_cold"] = slices[cold]["tasks"]

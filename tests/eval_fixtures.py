@@ -114,7 +114,7 @@ def train_spec_run(spec: Path, run_dir: Path, overrides: Sequence[str] = ()) -> 
     (one process); returns ``run_dir``."""
     from mtl_torchrec.config import load_config
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train
+    from mtl_torchrec.workflows import train
 
     cfg = load_config(None, [*TRAIN_CONFIG, "data.source=spec", f"data.spec={spec}", f"run_dir={run_dir}",
                              *overrides])

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
-from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.train.callbacks import Callback
+from mtl_torchrec.workflows import train
 
 
 class KillDuringSave(Callback):
@@ -38,7 +38,7 @@ def main() -> None:
     finally:
         close_distributed(ctx)
     if ctx.is_main:
-        print(result["run_dir"])
+        print(result.run_dir)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def test_model_builds_with_aitm_and_labels_are_checked():
 
 def _two_rank_worker(rank: int, world_size: int, run_dir: str) -> dict:
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train
+    from mtl_torchrec.workflows import train
 
     ctx = init_distributed("gloo")
     try:
@@ -191,7 +191,7 @@ def _two_rank_worker(rank: int, world_size: int, run_dir: str) -> dict:
         result = train(cfg, ctx)
     finally:
         close_distributed(ctx)
-    return {"metrics": result["metrics"]}
+    return {"metrics": result.metrics}
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ def _worker(rank: int, port: int, out_dir: str, balancers: list) -> None:
     torch.set_num_threads(1)
     from mtl_torchrec.data.sources import load_data
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import make_trainer
+    from mtl_torchrec.workflows.training import make_trainer
 
     ctx = init_distributed("gloo")
     for balancer in balancers:

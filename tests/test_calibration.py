@@ -16,8 +16,8 @@ from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration, fit_calibration, fit_task
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.eval.metrics import binary_auc, binary_logloss, expected_calibration_error
-from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.model.tasks import TaskSpec
+from mtl_torchrec.workflows import train
 from tests.eval_fixtures import TRAIN_CONFIG, make_frame, write_case
 
 
@@ -171,7 +171,7 @@ def test_run_fits_on_val_and_evaluate_applies_it(tmp_path):
         close_distributed(ctx)
     saved = json.loads((run_dir / CALIBRATION_FILE).read_text())
     assert saved["method"] == "isotonic" and saved["checkpoint_step"] == 20 and set(saved["tasks"]) == {"click"}
-    block = result["calibration"]["tasks"]["click"]
+    block = result.test_calibration["tasks"]["click"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["click"]["calibration"] == pytest.approx(block["after"]["calibration"], rel=1e-5)
     assert metrics["click"]["ece"] == pytest.approx(block["after"]["ece"], rel=1e-5)

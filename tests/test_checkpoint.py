@@ -36,8 +36,8 @@ from mtl_torchrec.distributed.checkpoint import (
     write_manifest,
 )
 from mtl_torchrec.distributed.run_lock import LOCK_FILE
-from mtl_torchrec.launch.train_cmd import make_trainer
 from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.workflows.training import make_trainer
 from tests.distributed import run_ranks
 from tests.mtl_helpers import SMALL_SYNTHETIC
 
@@ -80,7 +80,7 @@ def _cfg(run_dir: Path, *extra: str) -> Any:
 
 def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train
+    from mtl_torchrec.workflows import train
 
     root_p = Path(root)
     ctx = init_distributed("gloo")
@@ -133,7 +133,7 @@ def _two_rank_worker(rank: int, world_size: int, root: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train
+    from mtl_torchrec.workflows import train
 
     root = tmp_path_factory.mktemp("ckpt")
     ctx = init_distributed("gloo")

@@ -37,8 +37,8 @@ from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.distributed.run_lock import LOCK_FILE, RunDirLock
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.launch.cli import main as cli_main
-from mtl_torchrec.launch.train_cmd import make_trainer, train
 from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.workflows.training import make_trainer, train
 from tests.eval_fixtures import TRAIN_CONFIG, make_frame, write_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -480,7 +480,7 @@ def test_second_training_on_a_run_dir_is_refused(spec: Path, tmp_path: Path,
     finally:
         close_distributed(ctx)
     assert f"{run_dir}: took over the lock of a training that is no longer running (pid {killed.pid}" in caplog.text
-    assert result["summary"]["steps"] == 8 and not lock.exists()
+    assert result.summary["steps"] == 8 and not lock.exists()
 
 
 def test_lock_is_removed_on_exceptions(spec: Path, tmp_path: Path, ctx: Any) -> None:

@@ -15,7 +15,7 @@ from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import evaluate_run
 from mtl_torchrec.eval.report import load_eval
 from mtl_torchrec.launch.cli import main as cli_main
-from mtl_torchrec.launch.evaluate_cmd import write_outputs
+from mtl_torchrec.workflows.evaluation import write_outputs
 from tests.distributed import run_ranks
 from tests.eval_fixtures import (
     evaluate_1rank,
@@ -171,7 +171,7 @@ def test_no_positives_gives_true_mean_prediction_and_no_calibration(trained_run,
     # eval.json is valid JSON: the undefined calibration is null (a bare NaN is refused here), and the
     # side-by-side comparison of two such files still says n/a.
     from mtl_torchrec.eval.report import compare_table, load_eval
-    from mtl_torchrec.launch.evaluate_cmd import write_outputs
+    from mtl_torchrec.workflows.evaluation import write_outputs
 
     out = write_outputs(result, tmp_path / "out", plots=False)
 

@@ -25,10 +25,11 @@ LAYERS: Dict[str, int] = {
     "train": 7,
     "eval": 7,
     "serve": 8,
-    "launch": 9,
-    "components": 10,
-    "__main__": 10,
-    "__init__": 10,
+    "workflows": 9,
+    "launch": 10,
+    "components": 11,
+    "__main__": 11,
+    "__init__": 11,
 }
 # Only the command line imports inside functions, so that `mtl-torchrec --help` starts without torch.
 LAZY_IMPORTS_ALLOWED = {"launch"}

@@ -10,7 +10,7 @@ import torch
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.distributed.context import init_distributed
-from mtl_torchrec.launch.train_cmd import make_trainer, train
+from mtl_torchrec.workflows.training import make_trainer, train
 from tests.mtl_helpers import esmm_tasks, small_config
 
 # Parameter names of the embedding tables in the train module.
@@ -36,7 +36,7 @@ def test_backbone_trains_through_trainer(backbone, ctx, tmp_path):
     cfg = small_config(str(tmp_path), [f"model.backbone={backbone}", "data.synthetic.num_impressions=10000",
                                        "train.dense_lr=0.01"] + esmm_tasks())
     result = train(cfg, ctx)
-    m = result["metrics"]
+    m = result.metrics
     assert set(m) == {"click", "conversion", "rating", "conversion_given_click"}
     # A constant predictor has AUC 0.5; every backbone reached 0.68 or more (planner and table_wise).
     for key in ("click", "conversion"):

@@ -13,8 +13,8 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from mtl_torchrec.config import ConfigError, LRScheduleConfig, load_config
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
-from mtl_torchrec.launch.train_cmd import make_trainer, train
 from mtl_torchrec.train.schedule import lr_multiplier
+from mtl_torchrec.workflows.training import make_trainer, train
 
 SMALL = [
     "data.synthetic.num_impressions=4000",
@@ -129,7 +129,7 @@ def test_short_run_writes_a_loss_curve(tmp_path: Path) -> None:
         result = train(cfg, ctx)
     finally:
         close_distributed(ctx)
-    steps = result["summary"]["steps"]
+    steps = result.summary["steps"]
     assert steps == 50
     scalars = _scalars(tmp_path / "run")
     # Step 1 and the last step ...

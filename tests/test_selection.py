@@ -22,9 +22,9 @@ from mtl_torchrec.distributed.checkpoint import (
 )
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.eval.evaluate import evaluate_run
-from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.train.selection import ModelSelection
 from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.workflows import Run, train
 from tests.mtl_helpers import SMALL_SYNTHETIC
 
 TINY = [
@@ -191,7 +191,7 @@ REAL = [*TINY, "train.epochs=3", "train.dense_lr=0.01", "train.eval_every=10", "
         "train.patience=2", "train.keep_checkpoints=1", "train.calibration=platt"]
 
 
-def _train(run_dir: Path, *extra: str) -> Dict[str, Any]:
+def _train(run_dir: Path, *extra: str) -> Run:
     ctx = init_distributed()
     try:
         return train(load_config(None, [*REAL, f"run_dir={run_dir}", *extra]), ctx)
@@ -264,7 +264,7 @@ def _two_rank_worker(rank: int, world_size: int, run_dir: str) -> Dict[str, Any]
         result = train(load_config(None, [*REAL, "train.sharding=row_wise", f"run_dir={run_dir}"]), ctx)
     finally:
         close_distributed(ctx)
-    return {"summary": result["summary"], "best": best_checkpoint(run_dir).name}
+    return {"summary": result.summary, "best": best_checkpoint(run_dir).name}
 
 
 @pytest.mark.slow
@@ -285,6 +285,6 @@ def test_two_ranks_take_the_same_decisions(tmp_path):
 def test_max_steps_on_an_epoch_end_still_validates_it(tmp_path):
     """Training cut by train.max_steps exactly at an epoch's last batch has finished that epoch: its
     end-of-epoch validation runs (the final state is a candidate), as in a run with more epochs."""
-    s = _train(tmp_path / "cut", "train.max_steps=62", "train.patience=100", "train.eval_every=25")["summary"]
+    s = _train(tmp_path / "cut", "train.max_steps=62", "train.patience=100", "train.eval_every=25").summary
     steps = [c["step"] for c in s["selection"]["curve"]]
     assert steps == [25, 50, 62], steps

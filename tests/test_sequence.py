@@ -537,7 +537,7 @@ def test_sequence_config_is_checked_against_the_spec_before_reading_rows(tmp_pat
     """train refuses a model.sequence the spec cannot satisfy before it reads a row or makes a folder
     (the data file is gone here: reading it would fail differently)."""
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train
+    from mtl_torchrec.workflows import train
 
     spec = _spec_case(tmp_path, ["i1"] * 6)
     (tmp_path / "data.csv").unlink()

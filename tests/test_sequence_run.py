@@ -20,10 +20,10 @@ from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
-from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.serve import load_run, predict_frame
 from mtl_torchrec.serve.export import export_run, load_artifact
+from mtl_torchrec.workflows import train
 from tests.distributed import run_ranks
 from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, make_frame, spec_dict, train_spec_run
 from tests.mtl_helpers import SMALL_SYNTHETIC
@@ -185,7 +185,7 @@ def _click_auc(tmp: Path, overrides) -> float:
     cfg.run_dir = str(tmp)
     ctx = init_distributed()
     try:
-        return float(train(cfg, ctx)["metrics"]["click"]["auc"])
+        return float(train(cfg, ctx).metrics["click"]["auc"])
     finally:
         close_distributed(ctx)
 
@@ -217,7 +217,7 @@ def _paused_rank(rank: int, world: int, spec: str, run_dir: str, pauses: List[st
                              *SEQUENCE, "train.epochs=4", "train.max_steps=8", "train.progress=false", *pauses])
     ctx = init_distributed(backend="gloo")
     try:
-        return train(cfg, ctx)["metrics"]
+        return train(cfg, ctx).metrics
     finally:
         close_distributed(ctx)
 

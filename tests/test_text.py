@@ -320,7 +320,7 @@ def _train_ranks(rank: int, world: int, model: str, overrides: List[str], run_di
     """Trains a few steps with text on tiny synthetic data; returns this rank's table shards and adapter."""
     from mtl_torchrec.data.sources import load_data
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import make_trainer
+    from mtl_torchrec.workflows.training import make_trainer
 
     cfg = load_config(None, [
         "data.synthetic.num_impressions=6000", "data.synthetic.num_items=300", "data.synthetic.num_users=400",
@@ -519,7 +519,7 @@ def test_unused_text_note_only_for_a_spec_that_declares_text(tmp_path: Path, cap
     and ``model.text.enabled`` is false; never for a built-in source (whose item text always exists) nor
     for a spec without text."""
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train
+    from mtl_torchrec.workflows import train
     from tests.eval_fixtures import spec_dict, train_spec_run, write_case
     from tests.mtl_helpers import SMALL_SYNTHETIC
 

@@ -253,7 +253,7 @@ def test_switching_specs_reencodes_nothing_already_encoded(tmp_path: Path, tiny_
 
 def test_adapter_gets_its_own_learning_rate_and_weight_decay(tmp_path: Path, tiny_model: str) -> None:
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import make_trainer
+    from mtl_torchrec.workflows.training import make_trainer
 
     cfg = model_cfg(tiny_model, tmp_path / "cache", "data.batch_size=64", "train.epochs=1", "train.progress=false",
                     "model.text.adapter_lr=0.0003", "model.text.adapter_weight_decay=0.01", "train.dense_lr=0.002",
@@ -280,7 +280,7 @@ def test_adapter_gets_its_own_learning_rate_and_weight_decay(tmp_path: Path, tin
 def _per_row_ranks(rank: int, world: int, spec: str, model: str, run_dir: str) -> Dict[str, Any]:
     from mtl_torchrec.data.sources import load_data
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import make_trainer
+    from mtl_torchrec.workflows.training import make_trainer
 
     cfg = model_cfg(model, Path(run_dir) / "cache", f"data.spec={spec}", "data.batch_size=64", "train.epochs=2",
                     "train.progress=false", "train.sharding=row_wise", "model.text.dropout=0.0")

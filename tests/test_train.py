@@ -16,7 +16,7 @@ from mtl_torchrec.config import load_config
 from mtl_torchrec.core.packaged import config_path
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
-from mtl_torchrec.launch.train_cmd import make_trainer
+from mtl_torchrec.workflows.training import make_trainer
 
 SMALL = [
     "data.synthetic.num_users=2000",
@@ -165,7 +165,7 @@ def test_check_splits_names_the_sizes_and_notes_empty_evaluation_splits():
 
 @pytest.mark.slow
 def test_empty_test_split_trains_and_skips_test_metrics(tmp_path):
-    from mtl_torchrec.launch.train_cmd import train
+    from mtl_torchrec.workflows import train
 
     cfg = load_config(None, SMALL + ["data.synthetic.num_impressions=5000", "data.synthetic.test_fraction=0.0",
                                      "train.epochs=1", f"run_dir={tmp_path / 'run'}"])
@@ -174,7 +174,7 @@ def test_empty_test_split_trains_and_skips_test_metrics(tmp_path):
         result = train(cfg, ctx)
     finally:
         close_distributed(ctx)
-    assert result["summary"]["steps"] > 0 and result["metrics"] == {}
+    assert result.summary["steps"] > 0 and result.metrics == {}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {}
 
 

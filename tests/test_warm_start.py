@@ -16,8 +16,8 @@ from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.distributed.checkpoint import load_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.distributed.warm_start import plan_warm_start, resolve_init_from
-from mtl_torchrec.launch.train_cmd import make_trainer, train
 from mtl_torchrec.model.builder import build_train_module
+from mtl_torchrec.workflows.training import make_trainer, train
 from tests.distributed import run_ranks
 from tests.eval_fixtures import make_frame, spec_dict, write_case
 
@@ -137,7 +137,7 @@ def test_three_task_run_into_a_four_task_model(base_run: Dict[str, Any]) -> None
     assert report["ignored"] == []
     written = json.loads((base_run["root"] / "four" / "warm_start.json").read_text())
     assert written == report
-    assert result["summary"]["steps"] == 3 and set(result["metrics"]) == {"click", "rating", "pricey", "liked"}
+    assert result.summary["steps"] == 3 and set(result.metrics) == {"click", "rating", "pricey", "liked"}
     assert (base_run["root"] / "four_cli" / "warm_start.json").is_file()
 
 
@@ -171,7 +171,7 @@ def _gathered(t: Any) -> torch.Tensor:
 
 def _two_rank_warm_start(rank: int, world_size: int, overrides: List[str], init_from: str, run_dir: str) -> Dict[str, Any]:
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import make_trainer
+    from mtl_torchrec.workflows.training import make_trainer
 
     cfg = load_config(None, overrides)
     ctx = init_distributed("gloo")
@@ -234,4 +234,4 @@ def test_resume_wins_over_init_from(base_run: Dict[str, Any], capsys: pytest.Cap
         close_distributed(ctx)
     out = capsys.readouterr().out
     assert "resuming from" in out and "train.init_from" in out and "not used" in out
-    assert result["summary"]["steps"] == 4 and not (run_dir / "warm_start.json").exists()
+    assert result.summary["steps"] == 4 and not (run_dir / "warm_start.json").exists()

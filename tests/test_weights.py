@@ -19,9 +19,9 @@ from mtl_torchrec.data.spec import build_bundle, load_spec, weight_column
 from mtl_torchrec.eval import plots
 from mtl_torchrec.eval.metrics import TaskMetrics, binary_auc, grouped_auc
 from mtl_torchrec.eval.plots import residual_bins
-from mtl_torchrec.launch.evaluate_cmd import write_outputs
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec, task_losses
+from mtl_torchrec.workflows.evaluation import write_outputs
 from tests.eval_fixtures import TRAIN_CONFIG, evaluate_1rank, make_frame, spec_dict, train_spec_run, write_case
 from tests.test_metrics import _batch
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
-from mtl_torchrec.launch.train_cmd import train
 from mtl_torchrec.train.callbacks import Callback
+from mtl_torchrec.workflows import train
 
 
 class PauseAtFitStart(Callback):

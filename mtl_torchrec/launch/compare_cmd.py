@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.core.io import atomic_write_text, write_json
 from mtl_torchrec.launch.args import config_arg, config_help
-from mtl_torchrec.launch.train_cmd import resolve_run_dir, train
 
 # torch and the packages that use it are imported inside the functions below, not here: the command
 # line imports this module to build its parser, and `mtl-torchrec --help` must start without torch.
@@ -168,6 +167,8 @@ def markdown_rows(rows: List[Dict[str, Any]]) -> str:
 def compare(cfg: Config, ctx: DistContext, budget: str = "per_model") -> Dict[str, Any]:
     """Trains the multi-task model and the single-task baselines; returns (and on rank 0 writes) the report."""
     from mtl_torchrec.data.sources import load_data
+    from mtl_torchrec.workflows import train
+    from mtl_torchrec.workflows.training import resolve_run_dir
 
     if budget not in ("per_model", "total"):
         raise ConfigError(f"--budget: '{budget}' is not one of ['per_model', 'total']")
@@ -189,11 +190,11 @@ def compare(cfg: Config, ctx: DistContext, budget: str = "per_model") -> Dict[st
         st_cfg.train.loss_balance = "fixed"
         st_cfg.run_dir = str(root / f"single_{task.name}")
         result = train(st_cfg, ctx)
-        singles[task.name] = result["metrics"]
-        single_info[task.name] = {"layers": layers, "dense_params": params, "run_dir": str(result["run_dir"])}
+        singles[task.name] = result.metrics
+        single_info[task.name] = {"layers": layers, "dense_params": params, "run_dir": str(result.run_dir)}
 
     types = {t.name: t.type for t in cfg.model.tasks}
-    rows = compare_rows(multi["metrics"], singles, types)
+    rows = compare_rows(multi.metrics, singles, types)
     spaces = {t.name: f"impression space (label {t.esmm_parent} AND {t.name})" for t in cfg.model.tasks if t.esmm_parent}
     report: Dict[str, Any] = {
         "budget": budget,
@@ -201,14 +202,14 @@ def compare(cfg: Config, ctx: DistContext, budget: str = "per_model") -> Dict[st
             "backbone": cfg.model.backbone,
             "loss_balance": cfg.train.loss_balance,
             "dense_params": multi_params,
-            "run_dir": str(multi["run_dir"]),
-            "metrics": multi["metrics"],
+            "run_dir": str(multi.run_dir),
+            "metrics": multi.metrics,
         },
         "single_task": {t: {**single_info[t], "metrics": singles[t]} for t in singles},
         "rows": rows,
         "spaces": spaces,
     }
-    diag_file = Path(multi["run_dir"]) / "diagnostics.json"
+    diag_file = Path(multi.run_dir) / "diagnostics.json"
     if ctx.is_main and diag_file.is_file():
         final = json.loads(diag_file.read_text(encoding="utf-8"))
         report["multi_task"]["gradient_cosine"] = final["final"]["gradients"]["cosine"]

@@ -15,16 +15,11 @@ by side instead.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
-
-from mtl_torchrec.core.io import atomic_write_text, write_json
+from typing import Any
 
 # torch and the packages that use it are imported inside the functions below, not here: the command
 # line imports this module to build its parser, and `mtl-torchrec --help` must start without torch.
-if TYPE_CHECKING:
-    from mtl_torchrec.eval.evaluate import EvalResult
 
 
 def add_parser(sub: Any) -> None:
@@ -52,25 +47,12 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def write_outputs(result: EvalResult, out_dir: Path, plots: bool = True) -> Path:
-    """eval.json, plots/*.png and report.md (which links the plots) under ``out_dir``."""
-    from mtl_torchrec.eval.plots import write_plots
-    from mtl_torchrec.eval.report import markdown_report
-
-    out_dir = Path(out_dir)
-    paths = write_plots(result.rows, result.tasks, out_dir / "plots", result.summary) if plots else []
-    result.summary["plots"] = [p.relative_to(out_dir).as_posix() for p in paths]
-    write_json(out_dir / "eval.json", result.summary)
-    atomic_write_text(out_dir / "report.md", markdown_report(result.summary, paths, result.rows, result.tasks, out_dir))
-    return out_dir
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluates ``--run`` and writes ``eval.json``, ``report.md`` and plots to ``--out`` (default
     ``RUN/eval/<split>``), or with ``--compare`` prints two evaluations side by side. Returns 0.
 
     Raises FileNotFoundError when neither ``--run`` nor ``--compare`` is given, and what
-    :func:`~mtl_torchrec.eval.evaluate.evaluate_run` raises.
+    :func:`mtl_torchrec.workflows.evaluate` raises.
     """
     if args.compare:
         from mtl_torchrec.eval.report import compare_table, load_eval
@@ -80,25 +62,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.run_dir:
         raise FileNotFoundError("--run: give the run directory to evaluate (or --compare RUN_A RUN_B)")
-    import torch
+    from mtl_torchrec.workflows import evaluate, process_group
+    from mtl_torchrec.workflows.evaluation import eval_dir
 
-    from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.eval.evaluate import evaluate_run
-
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
-    ctx = init_distributed()
-    try:
-        result = evaluate_run(Path(args.run_dir), ctx, data_spec=args.data, split=args.split, batch_size=args.batch_size,
-                              slice_columns=args.slices, slice_top=args.slice_top, progress=not args.no_progress,
-                              checkpoint=args.checkpoint, calibrate=not args.no_calibration)
-        out: Optional[Path] = None
-        if ctx.is_main:
-            out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / result.summary["split"]
-            write_outputs(result, out, plots=not args.no_plots)
-    finally:
-        close_distributed(ctx)
+    with process_group() as ctx:
+        result = evaluate(args.run_dir, args.data, split=args.split, batch_size=args.batch_size, slices=args.slices,
+                          slice_top=args.slice_top, progress=not args.no_progress, checkpoint=args.checkpoint,
+                          calibrate=not args.no_calibration, out=args.out or None, plots=not args.no_plots, ctx=ctx)
     if ctx.is_main:
         from mtl_torchrec.eval.metrics import format_table
 
@@ -107,5 +77,6 @@ def run(args: argparse.Namespace) -> int:
               f"({s['timing']['rows_per_s']:.0f} rows/s), checkpoint {s['checkpoint_name']}"
               + (f", calibrated by {s['calibration']['method']}" if s.get("calibration") else ""))
         print(format_table(s["tasks"]))
+        out = Path(args.out) if args.out else eval_dir(args.run_dir, s["split"])
         print(out / "report.md")
     return 0

@@ -32,15 +32,15 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exports ``--run`` to ``--out``; returns 0. Raises what
-    :func:`~mtl_torchrec.serve.export.export_run` raises."""
+    :func:`mtl_torchrec.workflows.export` raises."""
     from mtl_torchrec.core.errors import ConfigError
 
     # Checked before importing torch (seconds), so a refused combination answers at once.
     if args.int8 and args.fmt == "export":
         raise ConfigError("--int8: INT8 tables are exported as TorchScript only (use --format torchscript)")
-    from mtl_torchrec.serve.export import export_run
+    from mtl_torchrec.workflows import export
 
-    out = export_run(Path(args.run_dir), Path(args.out), int8=args.int8, fmt=args.fmt, checkpoint=args.checkpoint,
-                     calibrate=not args.no_calibration, overwrite=args.overwrite)
+    out = export(args.run_dir, Path(args.out), int8=args.int8, fmt=args.fmt, checkpoint=args.checkpoint,
+                 calibrate=not args.no_calibration, overwrite=args.overwrite)
     print(out)
     return 0

@@ -10,7 +10,6 @@ under ``torchrun`` (each rank scores its share of every chunk, rank 0 writes).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +35,13 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Scores ``--data`` with ``--run`` into ``--out``; returns 0. Raises what
-    :func:`~mtl_torchrec.serve.predict.predict_files` and :func:`~mtl_torchrec.serve.runs.load_run` raise."""
-    import torch
+    :func:`mtl_torchrec.workflows.predict` raises."""
+    from mtl_torchrec.workflows import predict, process_group
 
-    from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.serve.predict import predict_files
-    from mtl_torchrec.serve.runs import load_run
-
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
-    ctx = init_distributed()
-    try:
-        loaded = load_run(Path(args.run_dir), args.checkpoint, calibrate=not args.no_calibration)
-        rows = predict_files(loaded, args.data, Path(args.out), ctx, keep=args.keep, batch_size=args.batch_size)
-    finally:
-        close_distributed(ctx)
+    with process_group() as ctx:
+        written = predict(args.run_dir, args.data, Path(args.out), keep=args.keep, checkpoint=args.checkpoint,
+                          calibrate=not args.no_calibration, batch_size=args.batch_size, ctx=ctx)
     if ctx.is_main:
-        cal = ", calibrated" if loaded.calibration is not None else ""
-        print(f"scored {rows} rows with {loaded.checkpoint.name} on {ctx.world_size} rank(s){cal}: {args.out}")
+        cal = ", calibrated" if written.calibrated else ""
+        print(f"scored {written.rows} rows with {written.checkpoint.name} on {ctx.world_size} rank(s){cal}: {args.out}")
     return 0
