@@ -45,12 +45,12 @@ from mtl_torchrec.data.spec import DataSpec, load_spec, spec_files
 from mtl_torchrec.data.spec.build import check_feature_layout
 from mtl_torchrec.data.spec.features import file_columns, files_spec
 from mtl_torchrec.data.spec.sections import LabelColumn
-from mtl_torchrec.distributed.checkpoint import (
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint
+from mtl_torchrec.distributed.checkpoint.run_dir import (
     BEST,
     LATEST,
     best_checkpoint,
     choose_checkpoint,
-    load_checkpoint,
     resolve_checkpoint,
 )
 from mtl_torchrec.distributed.context import DistContext

@@ -212,7 +212,7 @@ def _train(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequen
 def _select_tested_model(trainer: Trainer, run_dir: Path, ctx: DistContext) -> str:
     """With ``train.select_by``, loads the best checkpoint into the trainer's model (unless the
     final state is the best); returns the name of the checkpoint the model now holds."""
-    from mtl_torchrec.distributed.checkpoint import best_checkpoint, step_name
+    from mtl_torchrec.distributed.checkpoint.run_dir import best_checkpoint, step_name
 
     final = step_name(trainer.state.global_step)
     if trainer.selection is None:

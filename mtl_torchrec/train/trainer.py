@@ -45,18 +45,15 @@ from mtl_torchrec.core.progress import progress_bar
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
-from mtl_torchrec.distributed.checkpoint import (
-    META,
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint, save_checkpoint, save_run_checkpoint
+from mtl_torchrec.distributed.checkpoint.manifest import META
+from mtl_torchrec.distributed.checkpoint.rng import read_rng_state, set_rng_state
+from mtl_torchrec.distributed.checkpoint.run_dir import (
     best_checkpoint,
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
-    read_rng_state,
     resolve_checkpoint,
-    save_checkpoint,
-    save_run_checkpoint,
     set_best_checkpoint,
-    set_rng_state,
     step_name,
 )
 from mtl_torchrec.distributed.context import DistContext
