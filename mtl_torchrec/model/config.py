@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tupl
 
 from pydantic import Field, field_validator
 
-from mtl_torchrec.core.config import (
+from mtl_torchrec.core.config.fields import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,

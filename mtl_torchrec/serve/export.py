@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 import torchrec
 
-from mtl_torchrec.core.config import from_dict
+from mtl_torchrec.core.config.validate import from_dict
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.batch import Batch

@@ -2,7 +2,7 @@
 
 Each raises :class:`ConfigError` whose message starts with the dotted key at fault (``sparse[2].
 hash_buckets: ...``); :func:`~mtl_torchrec.data.spec.data_spec.load_spec` prefixes the spec file.
-Types and unknown keys are checked before these run, by ``core.config.from_dict``.
+Types and unknown keys are checked before these run, by ``core.config.validate.from_dict``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The sections of a YAML data spec (``csv``, ``sparse``, ``dense``, ``labels``, ``split``, ``text``,
 ``slices``) as plain dataclasses, and the split names.
 
-Field names are the YAML keys; ``core.config.from_dict`` type-checks a mapping into them and names
+Field names are the YAML keys; ``core.config.validate.from_dict`` type-checks a mapping into them and names
 an unknown or mistyped key by its dotted path. Checks across fields live in
 :mod:`mtl_torchrec.data.spec.checks`.
 """
