@@ -36,8 +36,7 @@ One module per job (this package file holds only this description; import from t
 * :mod:`.manifest`: the manifest's hashes, written and verified;
 * :mod:`.safe_load`: reading DCP metadata and bookkeeping JSON without running code from them;
 * :mod:`.state_tree`: splitting a state dict into DCP tensors and JSON, and the model description;
-* :mod:`.rng`: the per-rank RNG state files;
-* :mod:`.collective`: the rank / barrier / gather helpers the others share.
+* :mod:`.rng`: the per-rank RNG state files.
 
 Example::
 

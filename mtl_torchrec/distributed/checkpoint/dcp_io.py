@@ -27,7 +27,6 @@ from torch.distributed.checkpoint.metadata import Metadata
 
 from mtl_torchrec.core.errors import CheckpointError
 from mtl_torchrec.core.io import atomic_write_text, write_json
-from mtl_torchrec.distributed.checkpoint.collective import barrier, gather_to_main, rank, world_size
 from mtl_torchrec.distributed.checkpoint.manifest import (
     DCP_METADATA,
     META,
@@ -48,6 +47,7 @@ from mtl_torchrec.distributed.checkpoint.run_dir import (
 )
 from mtl_torchrec.distributed.checkpoint.safe_load import SafeFileSystemReader
 from mtl_torchrec.distributed.checkpoint.state_tree import check_compatible, describe_module, merge_state, split_state
+from mtl_torchrec.distributed.collective import barrier, gather_to_main, rank, world_size
 
 
 def _state(model: nn.Module, optimizer: Optional[Any]) -> Dict[str, Any]:

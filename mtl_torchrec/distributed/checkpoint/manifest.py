@@ -22,8 +22,8 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 
 from mtl_torchrec.core.errors import CheckpointError
 from mtl_torchrec.core.io import write_json
-from mtl_torchrec.distributed.checkpoint.collective import broadcast_from_main, rank
 from mtl_torchrec.distributed.checkpoint.safe_load import read_json_file
+from mtl_torchrec.distributed.collective import broadcast_from_main, rank
 
 META = "meta.json"
 MANIFEST = "manifest.json"

@@ -1,9 +1,16 @@
-"""The few collectives a checkpoint needs, each a no-op without a process group (one process)."""
+"""Small collectives for decisions and bookkeeping, each a no-op without a process group (one process).
+
+Example::
+
+    verdict = broadcast_from_main(check() if rank() == 0 else None)   # rank 0's answer on every rank
+"""
 
 from __future__ import annotations
 
+import resource
 from typing import Any, List, Optional
 
+import torch
 import torch.distributed as dist
 
 
@@ -40,3 +47,11 @@ def broadcast_from_main(obj: Any) -> Any:
         dist.broadcast_object_list(box, src=0)
         return box[0]
     return obj
+
+
+def peak_rss_mb() -> float:
+    """The largest peak resident memory of any rank's process so far, in MiB (Linux reports KiB)."""
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return float(peak)
