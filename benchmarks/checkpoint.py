@@ -14,7 +14,7 @@ import torch
 from mtl_torchrec.config import load_config
 from mtl_torchrec.core.packaged import config_path
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.checkpoint import latest_checkpoint
+from mtl_torchrec.distributed.checkpoint.run_dir import latest_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings

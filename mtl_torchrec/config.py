@@ -27,17 +27,17 @@ from typing import Annotated, Any, Dict, Literal, Optional, Sequence, Tuple, Uni
 
 from pydantic import Field, model_validator
 
-from mtl_torchrec.core import config as _loader
-from mtl_torchrec.core.config import (
+from mtl_torchrec.core.config import load as _loader
+from mtl_torchrec.core.config.fields import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     config_dataclass,
     one_of,
     problem,
-    save_config,
-    to_dict,
 )
+from mtl_torchrec.core.config.validate import to_dict
+from mtl_torchrec.core.config.yaml_files import save_config
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.config import DataConfig, MovieLensConfig, SyntheticConfig
 from mtl_torchrec.data.label_kinds import LABEL_KINDS

@@ -22,19 +22,11 @@ import torch
 from torch import nn
 
 from mtl_torchrec.config import load_config
-from mtl_torchrec.core.errors import RunDirError
+from mtl_torchrec.core.errors import CheckpointError, RunDirError
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.checkpoint import (
-    MANIFEST,
-    CheckpointError,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    read_meta,
-    save_checkpoint,
-    verify_checkpoint,
-    write_manifest,
-)
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint, save_checkpoint
+from mtl_torchrec.distributed.checkpoint.manifest import MANIFEST, verify_checkpoint, write_manifest
+from mtl_torchrec.distributed.checkpoint.run_dir import latest_checkpoint, list_checkpoints, read_meta
 from mtl_torchrec.distributed.run_lock import LOCK_FILE
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.workflows.training import make_trainer

@@ -27,12 +27,9 @@ from torch.distributed.checkpoint.metadata import Metadata
 from mtl_torchrec.config import load_config
 from mtl_torchrec.core.errors import CheckpointError, RunDirError
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.checkpoint import (
-    MANIFEST,
-    latest_checkpoint,
-    load_checkpoint,
-    write_manifest,
-)
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint
+from mtl_torchrec.distributed.checkpoint.manifest import MANIFEST, write_manifest
+from mtl_torchrec.distributed.checkpoint.run_dir import latest_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.distributed.run_lock import LOCK_FILE, RunDirLock
 from mtl_torchrec.eval.evaluate import evaluate_run
@@ -323,9 +320,9 @@ def test_checkpoint_without_manifest_loads_with_a_warning(trained: Path, setup: 
     want = _plain_module(setup)
     load_checkpoint(latest_checkpoint(trained), want)
     got = _plain_module(setup)
-    with caplog.at_level(logging.WARNING, logger="mtl_torchrec.distributed.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mtl_torchrec.distributed.checkpoint.manifest"):
         load_checkpoint(ckpt, got)
-    warned = [r.getMessage() for r in caplog.records if r.name == "mtl_torchrec.distributed.checkpoint"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "mtl_torchrec.distributed.checkpoint.manifest"]
     assert warned == [f"{ckpt}: no {MANIFEST} (written before checkpoints had checksums): its files are not verified"]
     for k, v in want.state_dict().items():
         assert torch.equal(v, got.state_dict()[k]), k
@@ -354,7 +351,7 @@ def test_latest_pointer_naming_a_missing_checkpoint_falls_back(trained: Path, tm
     again) is not garbled: the newest complete checkpoint is used, with a warning."""
     run_dir = _copy_run(trained, tmp_path / "run")
     (run_dir / "checkpoints" / "latest").write_text("step_000999\n")
-    with caplog.at_level(logging.WARNING, logger="mtl_torchrec.distributed.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mtl_torchrec.distributed.checkpoint.run_dir"):
         assert latest_checkpoint(run_dir) == run_dir / "checkpoints" / "step_000006"
     assert "names step_000999, which is not a complete checkpoint" in caplog.text
 

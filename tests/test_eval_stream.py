@@ -309,21 +309,21 @@ def test_label_check_per_piece_words_errors_as_on_the_whole_split(tmp_path):
     assert sum(float(p["conversion"].sum()) for p in parts) == 2.0
 
 
-def test_a_split_the_rule_leaves_empty_is_one_error_before_anything_else(stream_run, tmp_path, capsys):
+def test_a_split_the_rule_leaves_empty_is_one_error_before_anything_else(stream_run, tmp_path, caplog):
     """Streamed evaluation of a split that the split rule leaves without rows: one error naming the
     split and the rows per split read, before any warning (empty slices) or file; never a NaN eval.json."""
     frame = _frame(n=300).assign(split="train")
     spec = write_case(tmp_path, frame, _spec("all_train.csv"), name="all_train.csv", spec_name="all_train.yaml")
-    capsys.readouterr()
+    caplog.clear()
     with pytest.raises(DataError, match=r"^split 'test' has no rows \(of the 300 rows read, per split: "
                                         r"\{'train': 300, 'val': 0, 'test': 0\}\): nothing to evaluate"):
         evaluate_1rank(stream_run, data_spec=str(spec), split="test", progress=True)
-    assert "warning" not in capsys.readouterr().err
+    assert not [m for m in caplog.messages if "warning" in m]
 
 
-def test_rows_skipped_as_bad_are_a_warning_in_evaluate_and_predict(stream_run, tmp_path, capsys):
+def test_rows_skipped_as_bad_are_a_warning_in_evaluate_and_predict(stream_run, tmp_path, caplog):
     """Rows dropped under ``on_bad_rows: skip`` have no metric and no prediction: evaluate lists them in
-    eval.json's warnings (and prints them), predict prints the same line; nothing when none is skipped."""
+    eval.json's warnings (and logs them), predict logs the same line; nothing when none is skipped."""
     from mtl_torchrec.serve.predict import predict_files
     from mtl_torchrec.serve.runs import load_run
 
@@ -337,13 +337,14 @@ def test_rows_skipped_as_bad_are_a_warning_in_evaluate_and_predict(stream_run, t
             "by reason: price: not a finite number: 2")
     got = evaluate_1rank(stream_run, data_spec=str(path), **KW).summary
     assert got["rows"] == 198 and got["warnings"][0] == line
-    assert f"warning: {line}" in capsys.readouterr().err
+    assert f"warning: {line}" in caplog.messages
+    caplog.clear()
     ctx = init_distributed()
     try:
         written = predict_files(load_run(stream_run), str(path), tmp_path / "p.parquet", ctx)
     finally:
         close_distributed(ctx)
-    assert written == 198 and f"warning: {line}" in capsys.readouterr().err
+    assert written == 198 and f"warning: {line}" in caplog.messages
     # Every row bad: one error saying why there is nothing, and no output file (not an empty one).
     frame["price"] = "cheap"
     frame.to_csv(tmp_path / "bad.csv", index=False)

@@ -1,7 +1,10 @@
-"""The package's layering: imports go downward only, no cycles, no private names across packages.
+"""The package's layering: imports go downward only, no cycles, no private names across packages;
+and its rooms: no import cycle between the modules of a package, no module over :data:`MAX_LINES`
+lines, no ``print`` outside the command line.
 
 Read from the source with ``ast`` (every import statement, also inside functions; imports under
-``if TYPE_CHECKING:`` are annotations only and never run).
+``if TYPE_CHECKING:`` are annotations only and never run, so the layering ignores them, while the
+module-cycle check counts them: a circle of annotations is still a circle).
 """
 
 from __future__ import annotations
@@ -157,3 +160,77 @@ def test_no_import_cycle_between_packages() -> None:
 def test_the_checker_sees_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+# ----------------------------------------------------------------------------- modules: cycles, size, print
+
+# A module longer than this is split by job (a package of modules, or sibling modules).
+MAX_LINES = 500
+
+
+def _module_level_imports(tree: ast.Module) -> Iterator[ast.AST]:
+    """Every import that runs when the module is imported, and those under ``if TYPE_CHECKING:``
+    (an annotation-only import of a module that imports this one is a circle all the same)."""
+
+    def walk(node: ast.AST) -> Iterator[ast.AST]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                yield child
+            elif not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                yield from walk(child)
+
+    yield from walk(tree)
+
+
+def _module_graph() -> Dict[str, Set[str]]:
+    """Module -> the modules of the same package it imports at module level (``from pkg import sub``
+    counts as importing ``pkg.sub`` when that is a module)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges: Dict[str, Set[str]] = {}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in _module_level_imports(tree):
+            for target, names in _targets(node, module, path.name == "__init__.py"):
+                found = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
+                for other in found or [target]:
+                    same_package = other.split(".")[:2] == module.split(".")[:2]
+                    if other != module and other in modules and same_package:
+                        edges.setdefault(module, set()).add(other)
+    return edges
+
+
+def test_no_import_cycle_between_modules_of_a_package() -> None:
+    edges = _module_graph()
+    assert find_cycle(edges) == [], " -> ".join(find_cycle(edges))
+
+
+def test_the_module_graph_sees_the_package_own_imports() -> None:
+    edges = _module_graph()
+    assert "mtl_torchrec.train.view" in edges["mtl_torchrec.train.callbacks"]
+    assert "mtl_torchrec.train.callbacks" in edges["mtl_torchrec.train.trainer"]
+    assert "mtl_torchrec.core.config.fields" in edges["mtl_torchrec.core.config.validate"]
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text(encoding="utf-8").splitlines())
+             for p in sorted(PACKAGE.rglob("*.py"))}
+    over = {path: n for path, n in sizes.items() if n > MAX_LINES}
+    assert not over, f"modules over {MAX_LINES} lines (split them by job): {over}"
+
+
+def print_calls(source: str) -> List[int]:
+    """Line numbers of the calls of the builtin ``print`` in ``source``."""
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
+
+
+def test_library_code_logs_instead_of_printing() -> None:
+    """Only the command line (launch/) prints; everything else uses a module logger
+    (``logging.getLogger(__name__)``), which the command line shows on the console."""
+    found = [f"{p.relative_to(PACKAGE.parent)}:{line}" for p in sorted(PACKAGE.rglob("*.py"))
+             if _unit(p) not in LAZY_IMPORTS_ALLOWED for line in print_calls(p.read_text(encoding="utf-8"))]
+    assert not found, "print() in library code (use a module logger): " + ", ".join(found)
+
+
+def test_the_print_checker_sees_calls_only() -> None:
+    assert print_calls("print('x')\nfingerprint(1)\nlogger.info('print(')\nf = print\n") == [1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.checkpoint import load_checkpoint
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint
 from mtl_torchrec.distributed.context import init_distributed
 from mtl_torchrec.workflows.training import make_trainer, train
 from tests.mtl_helpers import esmm_tasks, small_config

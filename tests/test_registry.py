@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mtl_torchrec.config import Config, ConfigError, ModelConfig, config_class, load_config
-from mtl_torchrec.core.config import PositiveInt, Widths, config_dataclass
+from mtl_torchrec.core.config.fields import PositiveInt, Widths, config_dataclass
 from mtl_torchrec.core.registry import Registry
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.label_kinds import LABEL_KINDS

@@ -13,7 +13,7 @@ import pytest
 
 from mtl_torchrec.config import ConfigError, load_config, parse_select_by
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.checkpoint import (
+from mtl_torchrec.distributed.checkpoint.run_dir import (
     best_checkpoint,
     choose_checkpoint,
     latest_checkpoint,

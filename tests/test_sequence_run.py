@@ -18,7 +18,7 @@ import yaml
 from mtl_torchrec.config import load_config
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.checkpoint import load_checkpoint
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.serve import load_run, predict_frame

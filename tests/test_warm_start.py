@@ -13,7 +13,7 @@ import torch
 
 from mtl_torchrec.config import ConfigError, load_config
 from mtl_torchrec.data.sources import load_data
-from mtl_torchrec.distributed.checkpoint import load_checkpoint
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.distributed.warm_start import plan_warm_start, resolve_init_from
 from mtl_torchrec.model.builder import build_train_module

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from mtl_torchrec.core.config import Fraction, NonNegativeInt, PositiveInt, config_dataclass, problem
+from mtl_torchrec.core.config.fields import Fraction, NonNegativeInt, PositiveInt, config_dataclass, problem
 
 
 def _check_split(val_fraction: float, test_fraction: float) -> None:

@@ -34,16 +34,10 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from mtl_torchrec.core.errors import CheckpointError, ConfigError
-from mtl_torchrec.distributed.checkpoint import (
-    CHECKPOINTS,
-    META,
-    SafeFileSystemReader,
-    global_shapes,
-    is_checkpoint,
-    latest_checkpoint,
-    read_json_file,
-    verify_collective,
-)
+from mtl_torchrec.distributed.checkpoint.manifest import META, verify_collective
+from mtl_torchrec.distributed.checkpoint.run_dir import CHECKPOINTS, is_checkpoint, latest_checkpoint
+from mtl_torchrec.distributed.checkpoint.safe_load import SafeFileSystemReader, read_json_file
+from mtl_torchrec.distributed.checkpoint.state_tree import global_shapes
 from mtl_torchrec.distributed.state import copy_leading_rows
 
 KEY = "train.init_from"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import glob
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -45,12 +45,12 @@ from mtl_torchrec.data.spec import DataSpec, load_spec, spec_files
 from mtl_torchrec.data.spec.build import check_feature_layout
 from mtl_torchrec.data.spec.features import file_columns, files_spec
 from mtl_torchrec.data.spec.sections import LabelColumn
-from mtl_torchrec.distributed.checkpoint import (
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint
+from mtl_torchrec.distributed.checkpoint.run_dir import (
     BEST,
     LATEST,
     best_checkpoint,
     choose_checkpoint,
-    load_checkpoint,
     resolve_checkpoint,
 )
 from mtl_torchrec.distributed.context import DistContext
@@ -68,6 +68,8 @@ from mtl_torchrec.eval.sources import (
 from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec
 from mtl_torchrec.model.text import text_cache_root
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "EvalResult",
@@ -335,8 +337,9 @@ def evaluate_run(
     same numbers, for comparisons).
 
     Slices: the data's own (``DataBundle.slices``, the spec's ``slices``) plus the ``slice_top`` most frequent values of
-    each of ``slice_columns``. With ``progress``, rank 0 reports each stage and a scoring bar on
-    stderr. All ranks call it; only rank 0's result has the full summary and the scored rows.
+    each of ``slice_columns``. With ``progress``, rank 0 logs each stage (INFO) and shows a scoring bar
+    on stderr; notes and warnings are logged on rank 0 (INFO ``note: ...``, WARNING ``warning: ...``).
+    All ranks call it; only rank 0's result has the full summary and the scored rows.
 
     ``checkpoint``: ``latest``, ``best`` or ``step_N`` (default :func:`default_checkpoint`: the best
     one of a run trained with ``train.select_by``). With ``calibrate`` the run's ``calibration.json``
@@ -351,12 +354,12 @@ def evaluate_run(
 
     def note(message: str) -> None:
         if progress and ctx.is_main:
-            print(message, file=sys.stderr, flush=True)
+            logger.info(message)
 
     def say(kind: str, messages: Sequence[str]) -> None:
         if ctx.is_main:
             for message in messages:
-                print(f"{kind}: {message}", file=sys.stderr, flush=True)
+                logger.log(logging.WARNING if kind == "warning" else logging.INFO, "%s: %s", kind, message)
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)

@@ -3,7 +3,7 @@
 Example::
 
     text = markdown_report(summary, plot_paths, rows, tasks)        # report.md content
-    print(compare_table(load_eval("runs/a"), load_eval("runs/b")))  # side by side with differences
+    table = compare_table(load_eval("runs/a"), load_eval("runs/b"))  # fixed-width text, side by side
 """
 
 from __future__ import annotations

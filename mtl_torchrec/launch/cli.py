@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from typing import Any, List, Optional, TextIO
@@ -70,6 +71,47 @@ class _DroppingStream:
         return getattr(self._stream, name)
 
 
+# INFO records of these loggers go to stdout, where the train command's report has always had these
+# notes (text features encoded, sequence truncation, model selection); every other record, and every
+# warning, goes to stderr.
+STDOUT_LOGGERS = ("mtl_torchrec.model", "mtl_torchrec.train", "mtl_torchrec.workflows")
+
+
+class ConsoleHandler(logging.Handler):
+    """The command line's one handler, on the ``mtl_torchrec`` logger: each record's message as it
+    is (no level or logger prefix; the messages carry their own ``warning:`` / ``note:``), flushed at
+    once, on stdout for INFO records of :data:`STDOUT_LOGGERS` and on stderr otherwise.
+
+    The stream is looked up for each record, so that a replaced ``sys.stderr`` (the command's
+    dropping stream, pytest's capture) gets the line. The library decides what only rank 0 logs.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Writes the record's line to stdout or stderr."""
+        try:
+            to_stdout = record.levelno < logging.WARNING and any(
+                record.name == name or record.name.startswith(name + ".") for name in STDOUT_LOGGERS
+            )
+            stream = sys.stdout if to_stdout else sys.stderr
+            if stream is None:  # pythonw, or a closed descriptor replaced by None
+                return
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            self.handleError(record)
+
+
+def show_logs_on_console() -> None:
+    """Shows the package's INFO and WARNING records on the console through one
+    :class:`ConsoleHandler` (idempotent; the commands call it in :func:`main`). Records still
+    propagate to the root logger's handlers, if an embedding program has any."""
+    logger = logging.getLogger("mtl_torchrec")
+    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(ConsoleHandler())
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs the command line ``argv`` (default: ``sys.argv[1:]``) and returns the exit status.
 
@@ -82,6 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     silence_known_warnings()
     if sys.stderr is not None and not isinstance(sys.stderr, _DroppingStream):
         sys.stderr = _DroppingStream(sys.stderr)  # type: ignore[assignment]
+    show_logs_on_console()
     try:
         return int(args.run(args) or 0)
     except (ConfigError, DataError, FileNotFoundError, CheckpointError, RunDirError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -26,6 +27,8 @@ from mtl_torchrec.model.text import item_id_dropout, text_feature_modules
 from mtl_torchrec.modules.aitm import AITMTowers
 from mtl_torchrec.modules.feature_attention import FeatureGroupAttention
 from mtl_torchrec.modules.towers import TaskTowers
+
+logger = logging.getLogger(__name__)
 
 
 def embedding_configs(schema: Schema, embedding_dim: int, exclude: Optional[str] = None) -> List[EmbeddingBagConfig]:
@@ -174,7 +177,7 @@ def build_train_module(
     train = data.splits.get("train")
     note = truncation_note(cfg, train) if train is not None else None
     if note and (not dist.is_initialized() or dist.get_rank() == 0):
-        print(note, flush=True)
+        logger.info(note)
     if train is not None:
         labels = {
             t.name: torch.from_numpy(np.asarray(train[data.schema.label(t.name).column_name], dtype=np.float64))

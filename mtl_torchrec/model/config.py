@@ -15,7 +15,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 from pydantic import Field, field_validator
 
-from mtl_torchrec.core.config import (
+from mtl_torchrec.core.config.fields import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,

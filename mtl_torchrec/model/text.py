@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -36,6 +37,8 @@ from mtl_torchrec.modules.id_dropout import IdDropouts, UnseenIdDropout
 from mtl_torchrec.modules.text_feature import TextFeature, table_weights
 from mtl_torchrec.text.config import TextConfig
 from mtl_torchrec.text.store import TextStore, encode_texts, model_dim
+
+logger = logging.getLogger(__name__)
 
 
 def build_text_feature(
@@ -107,8 +110,8 @@ def table_vectors(
     vectors, has_text, stats = encode_texts(table.texts, cache_root, cfg.encoder, progress=progress,
                                             source=f"text feature '{table.feature}' row")
     if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"text feature '{table.feature}': {table.num_rows - 1} rows, {stats.encoded} distinct texts encoded, "
-              f"{stats.reused} from the cache {cache_root}", flush=True)
+        logger.info("text feature '%s': %s rows, %s distinct texts encoded, %s from the cache %s",
+                    table.feature, table.num_rows - 1, stats.encoded, stats.reused, cache_root)
     return vectors, has_text, cfg.encoder.normalize
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import sys
+import logging
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
@@ -43,6 +43,8 @@ from mtl_torchrec.data.spec.features import FeatureChunk, FeatureRows, feature_s
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.model.tasks import predictions
 from mtl_torchrec.serve.runs import LoadedRun, load_run
+
+logger = logging.getLogger(__name__)
 
 RAW_SUFFIX = "_raw"
 
@@ -184,12 +186,12 @@ def predict_files(run: LoadedRun, data: str, out: Path, ctx: DistContext, keep: 
 
 
 def warn_about_rows(rows: FeatureRows) -> None:
-    """Prints ``warning: ...`` on stderr for each of :meth:`FeatureRows.skipped_rows_warnings` (rows
-    dropped under ``on_bad_rows: skip``: they have no prediction) and
-    :meth:`FeatureRows.unknown_id_warnings` (ids mostly unknown to the run, in another form than in
-    training): the lines ``evaluate`` prints."""
+    """Logs ``warning: ...`` (a WARNING of this module's logger; the command line shows it on
+    stderr) for each of :meth:`FeatureRows.skipped_rows_warnings` (rows dropped under
+    ``on_bad_rows: skip``: they have no prediction) and :meth:`FeatureRows.unknown_id_warnings` (ids
+    mostly unknown to the run, in another form than in training): the lines ``evaluate`` logs."""
     for message in rows.skipped_rows_warnings() + rows.unknown_id_warnings():
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        logger.warning("warning: %s", message)
 
 
 def _gather(frame: pd.DataFrame, ctx: DistContext) -> List[pd.DataFrame]:

@@ -1,6 +1,6 @@
 """A trained run loaded for scoring: its config, data spec, fitted preprocessing, calibration and the
 model restored unsharded from a DCP checkpoint (manifest check and restricted loader included,
-the same :func:`~mtl_torchrec.distributed.checkpoint.load_checkpoint` evaluation uses).
+the same :func:`~mtl_torchrec.distributed.checkpoint.dcp_io.load_checkpoint` evaluation uses).
 
 Example::
 
@@ -23,7 +23,7 @@ from mtl_torchrec.data.preprocessing import FILE_NAME, Preprocessing
 from mtl_torchrec.data.spec import DataSpec, load_spec, schema_for
 from mtl_torchrec.data.spec.build import check_feature_layout
 from mtl_torchrec.data.spec.kinds import TextParts
-from mtl_torchrec.distributed.checkpoint import load_checkpoint
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
 from mtl_torchrec.eval.evaluate import load_eval_data, load_run_config, run_checkpoint
 from mtl_torchrec.model.builder import build_train_module

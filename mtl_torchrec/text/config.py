@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import List, Literal, Optional
 
-from mtl_torchrec.core.config import (
+from mtl_torchrec.core.config.fields import (
     Fraction,
     Layers,
     NonNegativeFloat,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -25,6 +25,8 @@ import torch
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.core.progress import progress_bar
 from mtl_torchrec.text.config import TextEncoderConfig
+
+logger = logging.getLogger(__name__)
 
 # Files whose content defines what a local model computes (weights, architecture, tokenizer).
 _MODEL_FILE_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
@@ -159,7 +161,7 @@ class TextEncoder:
         # Without a bar, long encodes still say where they are: tqdm's lines, every LOG_EVERY_S seconds.
         log = not progress and len(texts) >= LOG_MIN_TEXTS
         if log:
-            print(f"{desc}: {len(texts)} texts with {self.path} ...", file=sys.stderr, flush=True)
+            logger.info("%s: %s texts with %s ...", desc, len(texts), self.path)
         bar = progress_bar(total=len(texts), desc=desc, unit="text", enabled=progress, lines=log)
         with torch.inference_mode():
             for start in range(0, len(order), bs):

@@ -1,10 +1,11 @@
 """What the training loop does besides training: logging, validation, checkpoints, diagnostics.
 
 Each is a :class:`Callback` the :class:`~mtl_torchrec.train.trainer.Trainer` calls at fixed points
-of its loop; a callback that needs the model outside a training step (saving, evaluating) wraps
-that work in ``with trainer.paused():``, which detaches TorchRec's pipeline and stops the
-training clock. Callbacks keep the RNG streams as they found them, so a run with any of them
-resumes bitwise.
+of its loop, handing itself over as a :class:`~mtl_torchrec.train.view.TrainerView` (what a
+callback may read and ask for; this module never imports the trainer). A callback that needs the
+model outside a training step (saving, evaluating) wraps that work in ``with trainer.paused():``,
+which detaches TorchRec's pipeline and stops the training clock. Callbacks keep the RNG streams as
+they found them, so a run with any of them resumes bitwise.
 
 Example::
 
@@ -12,17 +13,17 @@ Example::
 
 Write your own by overriding the hooks you need::
 
-    class PrintLoss(Callback):
+    class LogLoss(Callback):
         def on_step_end(self, trainer, out):
             if trainer.state.global_step % 10 == 0:
-                print(trainer.state.global_step, float(out.loss))
+                logging.getLogger("my_run").info("step %d: loss %.4f", trainer.state.global_step, float(out.loss))
 """
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -32,9 +33,7 @@ from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.loader import BatchDataset, make_loader
 from mtl_torchrec.model.diagnostics import diagnose, flatten_scalars, summarize_findings
 from mtl_torchrec.model.tasks import TrainOutput
-
-if TYPE_CHECKING:  # for annotations only: the trainer module imports this one
-    from mtl_torchrec.train.trainer import Trainer
+from mtl_torchrec.train.view import TrainerView
 
 
 class Callback:
@@ -44,19 +43,19 @@ class Callback:
     evaluation) as long as it does so on every rank.
     """
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainerView) -> None:
         """Before the first step of ``fit`` (also after a resume)."""
 
-    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: TrainOutput) -> None:
         """After each optimizer step; ``trainer.state`` already counts the step."""
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         """After an epoch's last batch; ``trainer.state.epoch`` already names the next epoch."""
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         """After the last step, before the final checkpoint."""
 
-    def on_checkpoint_shards_written(self, trainer: Trainer, path: Path) -> None:
+    def on_checkpoint_shards_written(self, trainer: TrainerView, path: Path) -> None:
         """On every rank once its shards of a run checkpoint are on disk, before the checkpoint is
         marked complete."""
 
@@ -86,7 +85,7 @@ class LossLogging(Callback):
         self._sums: Dict[str, torch.Tensor] = {}
         self._steps = 0
 
-    def _log_step(self, trainer: Trainer, out: TrainOutput) -> None:
+    def _log_step(self, trainer: TrainerView, out: TrainOutput) -> None:
         step = trainer.state.global_step
         running = {k: float(v) for k, v in out.task_losses.items()}
         running["total"] = float(out.loss)
@@ -99,11 +98,11 @@ class LossLogging(Callback):
         trainer.history.append({"step": step, **running, "loss_weights": weights, "lr": dict(trainer.last_lr)})
         self._logged_step = step
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainerView) -> None:
         """Starts the epoch sums afresh."""
         self._sums, self._steps, self._last = {}, 0, None
 
-    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: TrainOutput) -> None:
         """Adds the step's losses to the epoch sums; logs them when the step is due (or step 1)."""
         losses = {"total": out.loss, **out.task_losses}
         for k, v in losses.items():
@@ -115,7 +114,7 @@ class LossLogging(Callback):
         if self.every and (step == 1 or due(self.every, step)):
             self._log_step(trainer, out)
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         """Logs the mean loss of the epoch's steps and starts the next epoch's sums."""
         if self._steps:
             means = {k: float(v) / self._steps for k, v in self._sums.items()}
@@ -124,7 +123,7 @@ class LossLogging(Callback):
             trainer.epoch_losses.append({"epoch": trainer.state.epoch, "step": step, "steps": self._steps, **means})
         self._sums, self._steps = {}, 0
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         """Logs the last step unless it was logged already."""
         if self.every and self._last is not None and self._logged_step != trainer.state.global_step:
             self._log_step(trainer, self._last)
@@ -137,7 +136,7 @@ class PeriodicCheckpoint(Callback):
     def __init__(self, every: int) -> None:
         self.every = every
 
-    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: TrainOutput) -> None:
         """Saves a run checkpoint (collective) when the step is due."""
         if due(self.every, trainer.state.global_step) and trainer.saved_step != trainer.state.global_step:
             with trainer.paused():
@@ -151,7 +150,7 @@ class Validation(Callback):
     With ``train.select_by`` (``trainer.selection``) each validation is also a candidate: rank 0
     measures the selection value and every rank gets it; a new best is checkpointed at once and
     ``checkpoints/best`` moved to it; after ``train.patience`` validations without improvement
-    training stops (:meth:`Trainer.request_stop`). TensorBoard: ``val/select_by``.
+    training stops (:meth:`~mtl_torchrec.train.view.TrainerView.request_stop`). TensorBoard: ``val/select_by``.
     """
 
     def __init__(self, every: int, split: str = "val") -> None:
@@ -159,7 +158,7 @@ class Validation(Callback):
         self.split = split
         self._last_step = -1
 
-    def _validate(self, trainer: Trainer) -> None:
+    def _validate(self, trainer: TrainerView) -> None:
         table = trainer.data.splits.get(self.split)
         step = trainer.state.global_step
         if trainer.evaluator is None or table is None or len(table) == 0 or step == self._last_step:
@@ -179,12 +178,12 @@ class Validation(Callback):
             if selection.should_stop:
                 trainer.request_stop()
 
-    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: TrainOutput) -> None:
         """Validates when the step is due."""
         if due(self.every, trainer.state.global_step):
             self._validate(trainer)
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         """Validates after every epoch."""
         self._validate(trainer)
 
@@ -210,7 +209,7 @@ class Diagnostics(Callback):
         self.history: List[Dict[str, Any]] = []
         self._batches: Optional[List[Batch]] = None
 
-    def report(self, trainer: Trainer) -> Dict[str, Any]:
+    def report(self, trainer: TrainerView) -> Dict[str, Any]:
         """One diagnostics report of the current model (all ranks take part); ``{}`` for a model
         without a fusion stage (not a MultiTaskModel)."""
         model = getattr(trainer.dmp.module, "model", None)
@@ -234,7 +233,7 @@ class Diagnostics(Callback):
         report["loss_weights"] = trainer.loss_weights()
         return report
 
-    def _run(self, trainer: Trainer) -> None:
+    def _run(self, trainer: TrainerView) -> None:
         # Leaves the RNG streams as they were, so a run with diagnostics resumes exactly.
         with trainer.paused(), torch.random.fork_rng(devices=[]):
             report = self.report(trainer)
@@ -242,12 +241,12 @@ class Diagnostics(Callback):
             self.history.append(report)
             trainer.log_scalars("diagnostics", flatten_scalars(report), trainer.state.global_step)
 
-    def on_step_end(self, trainer: Trainer, out: TrainOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: TrainOutput) -> None:
         """Records a diagnostics report when the step is due."""
         if due(self.every, trainer.state.global_step):
             self._run(trainer)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         """Records a final report (unless this step has one) and writes ``diagnostics.json`` on rank 0."""
         if not self.history or self.history[-1]["step"] != trainer.state.global_step:
             self._run(trainer)

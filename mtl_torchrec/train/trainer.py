@@ -5,8 +5,11 @@ see :class:`mtl_torchrec.model.tasks.TrainModule`), so any model that
 returns per-task logits in a :class:`~mtl_torchrec.model.multitask.ModelOutput` can be trained.
 
 Everything besides training steps (loss logging, validation, checkpoints, diagnostics) is a
-:class:`~mtl_torchrec.train.callbacks.Callback`; evaluation is injected as an ``evaluator``
-callable, so this package never imports ``eval/`` (``mtl-torchrec train`` wires both).
+:class:`~mtl_torchrec.train.callbacks.Callback`, which sees the trainer as a
+:class:`~mtl_torchrec.train.view.TrainerView`; evaluation is injected as an ``evaluator``
+callable, so this package never imports ``eval/`` (``mtl-torchrec train`` wires both). The
+pipeline is driven by :mod:`~mtl_torchrec.train.pipeline`, the position a checkpoint records is
+read and written by :mod:`~mtl_torchrec.train.resume`.
 
 Example::
 
@@ -21,44 +24,25 @@ from __future__ import annotations
 
 import numbers
 import random
-import resource
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torchrec.distributed.train_pipeline import (
-    TrainPipelineBase,
-    TrainPipelineSparseDist,
-)
 from tqdm import tqdm
 
 from mtl_torchrec.config import Config, parse_select_by, to_dict
-from mtl_torchrec.core.errors import CheckpointError, DataError
+from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.core.progress import progress_bar
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import BatchDataset, make_loader
-from mtl_torchrec.distributed.checkpoint import (
-    META,
-    best_checkpoint,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    read_rng_state,
-    resolve_checkpoint,
-    save_checkpoint,
-    save_run_checkpoint,
-    set_best_checkpoint,
-    set_rng_state,
-    step_name,
-)
+from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint, save_checkpoint, save_run_checkpoint
+from mtl_torchrec.distributed.checkpoint.rng import read_rng_state, set_rng_state
+from mtl_torchrec.distributed.checkpoint.run_dir import latest_checkpoint, list_checkpoints, resolve_checkpoint
+from mtl_torchrec.distributed.collective import broadcast_from_main, peak_rss_mb
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.optim import make_optimizer, sparse_parts
 from mtl_torchrec.distributed.sharding import shard_module
@@ -68,25 +52,15 @@ from mtl_torchrec.model.builder import build_train_module
 from mtl_torchrec.model.tasks import TaskSpec
 from mtl_torchrec.model.text import text_cache_root
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
+from mtl_torchrec.train.pipeline import PipelineDriver
+from mtl_torchrec.train.resume import checkpoint_meta, read_position, restore_selection, scheduler_steps
 from mtl_torchrec.train.schedule import group_rates, make_scheduler
 from mtl_torchrec.train.selection import ModelSelection
+from mtl_torchrec.train.tensorboard import ScalarLog
+from mtl_torchrec.train.view import Evaluator, TrainState
 
 # What a warm start loaded, grew, re-initialised and ignored (Trainer.warm_start).
 WARM_START_REPORT = "warm_start.json"
-
-# ``evaluator(model, tasks, split)`` returns ``{"tasks": {task: metrics}, "slices": {...}}`` (rank 0
-# gets everything; other ranks what they computed), e.g. :class:`mtl_torchrec.eval.evaluate.SplitEvaluator`.
-Evaluator = Callable[[nn.Module, List[TaskSpec], str], Dict[str, Any]]
-
-
-@dataclass
-class TrainState:
-    """Everything about progress that a checkpoint must capture besides module/optimizer state."""
-
-    epoch: int = 0
-    # Batches of ``epoch`` already trained on (the data position to resume from).
-    batch_in_epoch: int = 0
-    global_step: int = 0
 
 
 def check_splits(data: DataBundle, batch_size: int, world_size: int) -> List[str]:
@@ -117,7 +91,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
 
 
 class Trainer:
@@ -215,9 +188,8 @@ class Trainer:
             else None
         )
         self._stop = False
-        # Created on the first scalar, so that building a trainer writes nothing into the run
-        # directory (a start that resume() refuses leaves an existing run untouched).
-        self._writer: Optional[Any] = None
+        # TensorBoard on rank 0, opened on the first scalar (building a trainer writes nothing).
+        self.scalars = ScalarLog(self.run_dir, ctx.is_main)
         self.history: List[Dict[str, Any]] = []
         # Mean training loss of each completed epoch (LossLogging): {"epoch" (1-based), "step", "steps",
         # "total", <task>...}.
@@ -226,13 +198,11 @@ class Trainer:
         # exists, because creating that iterator draws from torch's global generator.
         self._pending_rng: Optional[Dict[str, Any]] = None
         self._saved_step = -1
-        self._pipeline: Optional[Any] = None
+        # TorchRec's train pipeline (one per epoch) and the clock of the training steps.
+        self._pipe = PipelineDriver(self.dmp, self.optimizer, ctx.device, cfg.train.pipeline)
         # The batch iterator of run_steps() (fit keeps its own per epoch).
         self._loose_batches: Optional[Iterator[Batch]] = None
-        self._attached = False
         self._bar: Optional[tqdm] = None
-        self._train_seconds = 0.0
-        self._clock: Optional[float] = None
 
     # ------------------------------------------------------------------ what callbacks use
 
@@ -242,52 +212,14 @@ class Trainer:
             raise RuntimeError("Trainer.evaluate needs an evaluator (Trainer(..., evaluator=SplitEvaluator(...)))")
         return self.evaluator(self.dmp, self.tasks, split)
 
-    @contextmanager
-    def paused(self) -> Iterator[None]:
+    def paused(self) -> ContextManager[None]:
         """Detaches the pipeline and stops the training clock for work outside a training step."""
-        self._stop_clock()
-        detach = self._attached and isinstance(self._pipeline, TrainPipelineSparseDist)
-        if detach:
-            self._pipeline.detach()
-            self._attached = False
-        try:
-            yield
-        finally:
-            if detach:
-                self._pipeline.attach(self.dmp)
-                # attach() restarts the in-flight batch's input dist (its splits all-to-all) but, unlike
-                # the pipeline's own fill, does not run the second part; without it a sharded
-                # EmbeddingCollection (behaviour sequences) on several ranks reads stale lengths and its
-                # all-to-all sizes disagree across ranks (a gloo "in->size == out->size" crash).
-                if self._pipeline.contexts:
-                    self._pipeline.wait_sparse_data_dist(self._pipeline.contexts[0])
-                self._attached = True
-            if self._pipeline is not None:
-                self._start_clock()
-
-    @property
-    def writer(self) -> Optional[Any]:
-        """The TensorBoard ``SummaryWriter`` of ``run_dir/tensorboard`` on rank 0 (None elsewhere),
-        created on first use."""
-        if self._writer is None and self.ctx.is_main:
-            from torch.utils.tensorboard import (
-                SummaryWriter,  # imports tensorboard: only where it writes
-            )
-
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        return self._writer
+        return self._pipe.paused()
 
     def log_scalars(self, prefix: str, values: Dict[str, Any], step: int) -> None:
-        """Numbers (nested one level: ``{task: {metric: x}}``) to TensorBoard on rank 0."""
-        if not self.ctx.is_main:
-            return
-        for task, v in values.items():
-            if isinstance(v, dict):
-                for k, x in v.items():
-                    if isinstance(x, (int, float)):
-                        self.writer.add_scalar(f"{prefix}/{task}/{k}", x, step)
-            elif isinstance(v, (int, float)):
-                self.writer.add_scalar(f"{prefix}/{task}", v, step)
+        """Numbers (nested one level: ``{task: {metric: x}}``) to TensorBoard on rank 0
+        (:meth:`~mtl_torchrec.train.tensorboard.ScalarLog.log`)."""
+        self.scalars.log(prefix, values, step)
 
     def request_stop(self) -> None:
         """Ends :meth:`fit` after the current step (or epoch end), e.g. for early stopping; the
@@ -302,11 +234,7 @@ class Trainer:
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (itself without a process group): for decisions that
         every rank must take alike from what only rank 0 computed (e.g. exact AUC)."""
-        if not dist.is_initialized() or self.ctx.world_size == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return broadcast_from_main(obj)
 
     def set_progress_postfix(self, values: Dict[str, str]) -> None:
         """Shows ``values`` beside the running epoch's progress bar (nothing outside an epoch), from
@@ -337,21 +265,7 @@ class Trainer:
         ``run_dir/checkpoints/step_<global_step>`` (keeping ``train.keep_checkpoints``, and moving
         ``checkpoints/best`` to it when ``best``); with a ``name``, as the plain folder
         ``run_dir/<name>``. Collective: every rank calls it."""
-        meta = {
-            "epoch": self.state.epoch,
-            "batch_in_epoch": self.state.batch_in_epoch,
-            "global_step": self.state.global_step,
-            "batch_size": self.cfg.data.batch_size,
-            "config": to_dict(self.cfg),
-            # The schedule's position (restore() rebuilds it there) and its rates, for reference.
-            "lr_scheduler": {
-                "last_epoch": self.scheduler.last_epoch,
-                "base_lrs": [float(x) for x in self.scheduler.base_lrs],
-                "last_lr": [float(x) for x in self.scheduler.get_last_lr()],
-            },
-        }
-        if self.selection is not None:
-            meta["selection"] = self.selection.state_dict()
+        meta = checkpoint_meta(self.state, self.cfg.data.batch_size, to_dict(self.cfg), self.scheduler, self.selection)
         if name is not None:
             path = self.run_dir / name
             save_checkpoint(path, self.dmp, self.optimizer, meta)
@@ -384,53 +298,17 @@ class Trainer:
         """
         path = resolve_checkpoint(path)
         meta = load_checkpoint(path, self.dmp, self.optimizer)
-
-        def count(key: str, default: Optional[int] = None) -> int:
-            value = meta.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise CheckpointError(f"{Path(path) / META}: '{key}' must be a count, got {value!r}")
-            return value
-
-        epoch, in_epoch = count("epoch"), count("batch_in_epoch")
-        saved_world = count("world_size", self.ctx.world_size)
-        saved_bs = count("batch_size", self.cfg.data.batch_size)
-        if (saved_world, saved_bs) != (self.ctx.world_size, self.cfg.data.batch_size):
-            in_epoch = in_epoch * saved_bs * saved_world // (self.cfg.data.batch_size * self.ctx.world_size)
-        else:
+        self.state, same_layout = read_position(meta, path, self.ctx.world_size, self.cfg.data.batch_size)
+        if same_layout:
             self._pending_rng = read_rng_state(path, self.ctx.rank)
-        self.state = TrainState(epoch=epoch, batch_in_epoch=in_epoch, global_step=count("global_step"))
         self._saved_step = self.state.global_step
-        # The schedule continues where it was (checkpoints from before schedules: at global_step);
-        # its base rates come from this run's config.
-        sched = meta.get("lr_scheduler")
-        steps = sched.get("last_epoch") if isinstance(sched, dict) else self.state.global_step
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise CheckpointError(f"{Path(path) / META}: 'lr_scheduler.last_epoch' must be a count, got {steps!r}")
+        # The schedule continues where it was; its base rates come from this run's config.
+        steps = scheduler_steps(meta, path, self.state.global_step)
         self.scheduler = make_scheduler(
             self.optimizer, self.sparse_optimizers, self.cfg.train.lr_schedule, self.total_steps(), steps
         )
-        self._restore_selection(path, meta)
+        restore_selection(self.selection, meta, path, self.run_dir, self.ctx.is_main)
         return meta
-
-    def _restore_selection(self, path: Path, meta: Dict[str, Any]) -> None:
-        """Takes the selection state of the checkpoint's ``meta.json`` and makes ``checkpoints/best``
-        agree with it (a crash between moving ``latest`` and ``best`` leaves them apart)."""
-        if self.selection is None or "selection" not in meta:
-            return
-        try:
-            same_rule = self.selection.load_state_dict(meta["selection"])
-        except ValueError as e:
-            raise CheckpointError(f"{Path(path) / META}: 'selection': {e}") from None
-        if not same_rule:
-            if self.ctx.is_main:
-                print(f"note: {Path(path) / META} selected by '{meta['selection'].get('select_by')}', this run by "
-                      f"'{self.selection.select_by}': model selection starts afresh")
-            return
-        step = self.selection.best_step
-        if self.ctx.is_main and step is not None and self.run_dir.resolve() == Path(path).resolve().parent.parent:
-            current = best_checkpoint(self.run_dir)
-            if (Path(path).parent / step_name(step)).is_dir() and (current is None or current.name != step_name(step)):
-                set_best_checkpoint(self.run_dir, step)
 
     def load_model(self, path: Path) -> Dict[str, Any]:
         """Loads only the model state of a checkpoint (e.g. the best one, to test it after
@@ -476,11 +354,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _make_pipeline(self) -> Any:
-        if self.cfg.train.pipeline == "sparse_dist":
-            return TrainPipelineSparseDist(self.dmp, self.optimizer, self.ctx.device, execute_all_batches=True)
-        return TrainPipelineBase(self.dmp, self.optimizer, self.ctx.device)
-
     def _batches(self) -> Iterator[Batch]:
         self.train_ds.set_epoch(self.state.epoch, skip_batches=self.state.batch_in_epoch)
         it = iter(make_loader(self.train_ds, num_workers=self.cfg.data.num_workers))
@@ -488,14 +361,6 @@ class Trainer:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
         return it
-
-    def _start_clock(self) -> None:
-        self._clock = time.perf_counter()
-
-    def _stop_clock(self) -> None:
-        if self._clock is not None:
-            self._train_seconds += time.perf_counter() - self._clock
-            self._clock = None
 
     def _finish_step(self, out: Any) -> None:
         """The bookkeeping after each optimizer step, in :meth:`fit` and :meth:`run_steps` alike."""
@@ -532,22 +397,21 @@ class Trainer:
         if steps < 0:
             raise ValueError(f"run_steps: steps must be >= 0, got {steps}")
         steps = int(steps)
-        if self._pipeline is None:
+        if not self._pipe.running:
             self.dmp.train()
-            self._pipeline, self._attached = self._make_pipeline(), True
+            self._pipe.start()
             self._loose_batches = self._batches()
         for _ in range(steps):
             try:
-                out = self._pipeline.progress(self._loose_batches)
+                out = self._pipe.progress(self._loose_batches)
             except StopIteration:
                 # As fit() does at an epoch's end: a fresh pipeline over the next epoch's batches.
-                if isinstance(self._pipeline, TrainPipelineSparseDist):
-                    self._pipeline.detach()
+                self._pipe.end()
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-                self._pipeline = self._make_pipeline()
+                self._pipe.start()
                 self._loose_batches = self._batches()
-                out = self._pipeline.progress(self._loose_batches)
+                out = self._pipe.progress(self._loose_batches)
             self._finish_step(out)
         return steps
 
@@ -564,13 +428,12 @@ class Trainer:
         max_steps = cfg.max_steps or None
         if self._loose_batches is not None:
             # After run_steps(): its pipeline holds batches fetched ahead; fit starts afresh at the position.
-            if self._attached and isinstance(self._pipeline, TrainPipelineSparseDist):
-                self._pipeline.detach()
-            self._pipeline, self._attached, self._loose_batches = None, False, None
+            self._pipe.end()
+            self._loose_batches = None
         self.dmp.train()
         samples = 0
-        self._train_seconds = 0.0
-        self.writer  # noqa: B018 - opens run_dir/tensorboard now that training starts
+        self._pipe.seconds = 0.0
+        self.scalars.writer  # noqa: B018 - opens run_dir/tensorboard now that training starts
         self._stop = False
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -579,18 +442,17 @@ class Trainer:
         # A resumed run may already be at max_steps.
         done = (max_steps is not None and self.state.global_step >= max_steps) or self._stop
         while self.state.epoch < cfg.epochs and not done:
-            self._pipeline = self._make_pipeline()
-            self._attached = True
+            self._pipe.start()
             it = self._batches()
             self._bar = progress_bar(
                 total=len(self.train_ds),
                 desc=f"epoch {self.state.epoch + 1}/{cfg.epochs}",
                 enabled=cfg.progress and self.ctx.is_main,
             )
-            self._start_clock()
+            self._pipe.start_clock()
             while True:
                 try:
-                    out = self._pipeline.progress(it)
+                    out = self._pipe.progress(it)
                 except StopIteration:
                     break
                 self._finish_step(out)
@@ -598,12 +460,10 @@ class Trainer:
                 if self._stop or (max_steps is not None and self.state.global_step >= max_steps):
                     done = True
                     break
-            self._stop_clock()
+            self._pipe.stop_clock()
             self._bar.close()
             self._bar = None
-            if self._attached and isinstance(self._pipeline, TrainPipelineSparseDist):
-                self._pipeline.detach()
-            self._pipeline, self._attached = None, False
+            self._pipe.end()
             # An epoch whose every batch ran has ended, also when max_steps (or a stop) falls on its last
             # batch: its end-of-epoch work (validation, epoch losses) is due as in a longer run.
             if not done or self.state.batch_in_epoch >= self.train_ds.num_batches():
@@ -620,19 +480,11 @@ class Trainer:
         return {
             "steps": self.state.global_step,
             "samples": samples,
-            "train_seconds": self._train_seconds,
-            "samples_per_s": samples / max(self._train_seconds, 1e-9),
-            "peak_rss_mb": self._peak_rss_mb(),
+            "train_seconds": self._pipe.seconds,
+            "samples_per_s": samples / max(self._pipe.seconds, 1e-9),
+            "peak_rss_mb": peak_rss_mb(),
         }
-
-    def _peak_rss_mb(self) -> float:
-        """The largest peak resident memory of any rank's process so far, in MiB (Linux reports KiB)."""
-        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64)
-        if dist.is_initialized() and self.ctx.world_size > 1:
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        return float(peak)
 
     def close(self) -> None:
         """Closes the TensorBoard writer (if one was opened)."""
-        if self._writer is not None:
-            self._writer.close()
+        self.scalars.close()

@@ -18,7 +18,8 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 
 from mtl_torchrec.config import Config, config_class, load_config, to_dict
-from mtl_torchrec.core.config import apply_overrides, from_dict
+from mtl_torchrec.core.config.overrides import apply_overrides
+from mtl_torchrec.core.config.validate import from_dict
 from mtl_torchrec.core.packaged import config_path
 from mtl_torchrec.distributed.context import DistContext, close_distributed, init_distributed
 

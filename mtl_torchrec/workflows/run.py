@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Union
 from mtl_torchrec.config import Config
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.preprocessing import FILE_NAME as PREPROCESSING_FILE
-from mtl_torchrec.distributed.checkpoint import CHECKPOINTS
+from mtl_torchrec.distributed.checkpoint.run_dir import CHECKPOINTS
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE
 from mtl_torchrec.eval.evaluate import load_run_config
 from mtl_torchrec.serve.runs import PREPROCESSING_DIR

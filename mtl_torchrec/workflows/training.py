@@ -26,8 +26,8 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -41,7 +41,7 @@ from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import describe
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import load_spec
-from mtl_torchrec.distributed.checkpoint import best_checkpoint, step_name
+from mtl_torchrec.distributed.checkpoint.run_dir import best_checkpoint, step_name
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.run_lock import hold_run_dir
 from mtl_torchrec.distributed.warm_start import format_report, resolve_init_from
@@ -53,6 +53,8 @@ from mtl_torchrec.train.callbacks import Callback, default_callbacks
 from mtl_torchrec.train.trainer import Trainer, check_splits
 from mtl_torchrec.workflows.common import ConfigLike, process_group, resolve_config, use_thread_setting
 from mtl_torchrec.workflows.run import METRICS_FILE, SLICE_METRICS_FILE, SUMMARY_FILE, Run
+
+logger = logging.getLogger(__name__)
 
 
 def train(
@@ -170,18 +172,18 @@ def load_training_data(cfg: Config, ctx: DistContext) -> DataBundle:
                      f"not used (set model.text.enabled=true to train with them)")
     if ctx.is_main:
         for note in notes:
-            print(f"note: {note}")
+            logger.info(f"note: {note}")
         # What the data spec's checks found on the training split (e.g. a history holding the candidate).
         for message in (data.preprocessing.stats.get("warnings") or []) if data.preprocessing is not None else []:
-            print(f"warning: {message}", file=sys.stderr)
+            logger.warning(f"warning: {message}")
         # train, val, test first (the order the files list them in varies), then any other split.
         order = {"train": 0, "val": 1, "test": 2}
         for split, table in sorted(data.splits.items(), key=lambda kv: order.get(kv[0], 3)):
-            print(describe(table, data.schema, split))
+            logger.info(describe(table, data.schema, split))
         for split, masks in data.slices.items():
             for name, mask in masks.items():
                 if split == "test" and not mask.any():
-                    print(f"warning: slice '{name}' has no rows in split '{split}'", file=sys.stderr)
+                    logger.warning(f"warning: slice '{name}' has no rows in split '{split}'")
     return data
 
 
@@ -209,11 +211,11 @@ def start(trainer: Trainer, cfg: Config, data: DataBundle, ctx: DistContext, run
         if data.preprocessing is not None:
             data.preprocessing.save(run_dir / "preprocessing")
     if resumed is not None and ctx.is_main:
-        print(f"resuming from {resumed} (step {trainer.state.global_step})")
+        logger.info(f"resuming from {resumed} (step {trainer.state.global_step})")
         if cfg.train.init_from is not None:
-            print(f"note: train.init_from={cfg.train.init_from} not used: the run resumes from its own checkpoint")
+            logger.info(f"note: train.init_from={cfg.train.init_from} not used: the run resumes from its own checkpoint")
     if warm is not None and ctx.is_main:
-        print(format_report(warm))
+        logger.info(format_report(warm))
 
 
 def select_tested_model(trainer: Trainer, run_dir: Path, ctx: DistContext) -> str:
@@ -226,7 +228,7 @@ def select_tested_model(trainer: Trainer, run_dir: Path, ctx: DistContext) -> st
     best_name = trainer.broadcast(best.name if best is not None else None)
     if best_name is None:
         if ctx.is_main:
-            print(f"note: train.select_by: no validation gave a value, so the final state ({final}) is tested")
+            logger.info(f"note: train.select_by: no validation gave a value, so the final state ({final}) is tested")
         return final
     if best_name != final:
         trainer.load_model(run_dir / "checkpoints" / best_name)
@@ -240,7 +242,7 @@ def calibrate(trainer: Trainer, cfg: Config, data: DataBundle, ctx: DistContext,
     records about it."""
     if len(data.splits.get("val", ())) == 0:
         if ctx.is_main:
-            print("note: train.calibration: the data has no validation rows, so nothing is calibrated")
+            logger.info("note: train.calibration: the data has no validation rows, so nothing is calibrated")
         return {"method": cfg.train.calibration, "fitted": False}
     step = int(checkpoint.split("_", 1)[1])
     with trainer.paused():

@@ -2,7 +2,7 @@
 
 Each raises :class:`ConfigError` whose message starts with the dotted key at fault (``labels[2].
 weight_column: ...``); :func:`~mtl_torchrec.data.spec.data_spec.load_spec` prefixes the spec file.
-Types and unknown keys are checked before these run, by ``core.config.from_dict``; each feature
+Types and unknown keys are checked before these run, by ``core.config.validate.from_dict``; each feature
 kind checks its own section (:mod:`mtl_torchrec.data.spec.kinds`).
 """
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
-from mtl_torchrec.core.config import from_dict, read_yaml
+from mtl_torchrec.core.config.validate import from_dict
+from mtl_torchrec.core.config.yaml_files import read_yaml
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.spec.checks import (
     check_chunk_rows,

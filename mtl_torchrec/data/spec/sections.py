@@ -2,7 +2,7 @@
 ``slices``) as plain dataclasses, and the split names. Each feature section (``sparse``, ``dense``,
 ``text``, ``buckets``, ...) belongs to its feature kind (:mod:`mtl_torchrec.data.spec.kinds`).
 
-Field names are the YAML keys; ``core.config.from_dict`` type-checks a mapping into them and names
+Field names are the YAML keys; ``core.config.validate.from_dict`` type-checks a mapping into them and names
 an unknown or mistyped key by its dotted path. Checks across fields live in
 :mod:`mtl_torchrec.data.spec.checks`.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Dict, List, Optional, Union
 
-from mtl_torchrec.core.config import one_of
+from mtl_torchrec.core.config.fields import one_of
 from mtl_torchrec.data.label_kinds import LABEL_KINDS
 
 # The splits a spec produces, in reading order of per-split files.

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Dict, List, Literal, Type
 
 from torch import nn
 
-from mtl_torchrec.core.config import Fraction, config_dataclass, one_of
+from mtl_torchrec.core.config.fields import Fraction, config_dataclass, one_of
 from mtl_torchrec.core.registry import Registry
 from mtl_torchrec.modules.mlp import ACTIVATIONS, NORMS, MLPOptions
 
@@ -52,7 +52,7 @@ class Backbone:
     Attributes:
         section: the options section under ``model.`` (e.g. ``mmoe`` for ``model.mmoe.*``).
             Backbones may share one (``omoe`` reads ``model.mmoe``), with the same ``options``.
-        options: the section's config dataclass (:func:`~mtl_torchrec.core.config.config_dataclass`);
+        options: the section's config dataclass (:func:`~mtl_torchrec.core.config.fields.config_dataclass`);
             every field needs a default, so configs of other backbones need not mention it.
 
     Example::

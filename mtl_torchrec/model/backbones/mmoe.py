@@ -8,7 +8,7 @@ from typing import List
 
 from torch import nn
 
-from mtl_torchrec.core.config import Layers, PositiveInt, Widths, config_dataclass
+from mtl_torchrec.core.config.fields import Layers, PositiveInt, Widths, config_dataclass
 from mtl_torchrec.model.backbones.base import BACKBONES, Backbone, MLPConfig
 from mtl_torchrec.modules.mmoe import MMoE
 

@@ -8,7 +8,7 @@ from typing import List
 from pydantic import model_validator
 from torch import nn
 
-from mtl_torchrec.core.config import Layers, NonNegativeInt, PositiveInt, config_dataclass, problem
+from mtl_torchrec.core.config.fields import Layers, NonNegativeInt, PositiveInt, config_dataclass, problem
 from mtl_torchrec.model.backbones.base import BACKBONES, Backbone, MLPConfig
 from mtl_torchrec.modules.ple import PLE
 

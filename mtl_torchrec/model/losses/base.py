@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from mtl_torchrec.core.config import config_dataclass, dotted, format_errors
+from mtl_torchrec.core.config.fields import config_dataclass
+from mtl_torchrec.core.config.messages import dotted, format_errors
 from mtl_torchrec.core.registry import Registry
 from mtl_torchrec.data.label_kinds import LABEL_KINDS
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Dict, Optional
 import torch
 from pydantic import Field
 
-from mtl_torchrec.core.config import NonNegativeFloat, config_dataclass
+from mtl_torchrec.core.config.fields import NonNegativeFloat, config_dataclass
 from mtl_torchrec.model.losses.base import LOSSES, TaskLoss
 from mtl_torchrec.model.losses.bce import impression_bce, with_aitm_calibrator
 

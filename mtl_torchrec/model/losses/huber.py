@@ -16,7 +16,7 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 
-from mtl_torchrec.core.config import PositiveFloat, config_dataclass
+from mtl_torchrec.core.config.fields import PositiveFloat, config_dataclass
 from mtl_torchrec.model.losses.base import LOSSES, TaskLoss
 
 
