@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from torch.utils.data import IterableDataset
 
+from mtl_torchrec.data.loader import BatchDataset
 from mtl_torchrec.data.schema import ColumnTable, Schema, SparseFeature
 
 
@@ -61,6 +63,23 @@ class DataBundle:
     # The training split streamed from its files (data/spec/train_stream.py: ``data.shuffle_buffer``);
     # ``splits["train"]`` is then empty. None: the training split is in ``splits``.
     train_stream: Optional[Any] = None
+
+    @property
+    def train_rows(self) -> int:
+        """Rows of the training split: streamed (:attr:`train_stream`) or in ``splits["train"]`` (0 without one)."""
+        if self.train_stream is not None:
+            return int(self.train_stream.train_rows)
+        train = self.splits.get("train")
+        return len(train) if train is not None else 0
+
+    def train_batches(self, batch_size: int, seed: int, rank: int, world_size: int) -> IterableDataset:
+        """This rank's training batches (epoch 0; ``set_epoch`` selects others): streamed from the
+        files when :attr:`train_stream` is set, else a :class:`~mtl_torchrec.data.loader.BatchDataset`
+        over ``splits["train"]``. Both give every rank the same number of batches per epoch."""
+        if self.train_stream is not None:
+            return self.train_stream.dataset(self.schema, batch_size, seed, rank, world_size)
+        return BatchDataset(self.splits["train"], self.schema, batch_size, shuffle=True, seed=seed, rank=rank,
+                            world_size=world_size)
 
     def without_text(self) -> "DataBundle":
         """The same data without its text features (schema, columns and tables), for models that do

@@ -178,7 +178,14 @@ def build_train_module(
     note = truncation_note(cfg, train) if train is not None else None
     if note and (not dist.is_initialized() or dist.get_rank() == 0):
         logger.info(note)
-    if train is not None:
+    if data.train_stream is not None:
+        # A streamed split is not in memory: one row per task holding its training labels' mean
+        # (NaN without a label), which is all the regression heads' initialisation takes.
+        means = data.train_stream.label_means
+        labels = {t.name: torch.tensor([means.get(data.schema.label(t.name).column_name, float("nan"))],
+                                       dtype=torch.float64) for t in tasks}
+        init_towers_from_labels(model.towers, tasks, labels, binary=False)
+    elif train is not None:
         labels = {
             t.name: torch.from_numpy(np.asarray(train[data.schema.label(t.name).column_name], dtype=np.float64))
             for t in tasks

@@ -38,7 +38,7 @@ from mtl_torchrec.core.io import write_json
 from mtl_torchrec.core.progress import progress_bar
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.bundle import DataBundle
-from mtl_torchrec.data.loader import BatchDataset, make_loader
+from mtl_torchrec.data.loader import make_loader
 from mtl_torchrec.distributed.checkpoint.dcp_io import load_checkpoint, save_checkpoint, save_run_checkpoint
 from mtl_torchrec.distributed.checkpoint.rng import read_rng_state, set_rng_state
 from mtl_torchrec.distributed.checkpoint.run_dir import latest_checkpoint, list_checkpoints, resolve_checkpoint
@@ -70,13 +70,12 @@ def check_splits(data: DataBundle, batch_size: int, world_size: int) -> List[str
     Raises DataError when the train split is missing or has fewer rows than one global batch
     (``data.batch_size`` x ranks): training would run 0 steps and report an untrained model.
     """
-    train = data.splits.get("train")
-    if train is None:
+    if data.splits.get("train") is None:
         raise DataError(f"the data has no 'train' split (splits: {sorted(data.splits)})")
     global_batch = batch_size * world_size
-    if len(train) < global_batch:
+    if data.train_rows < global_batch:
         raise DataError(
-            f"train split has {len(train)} rows, fewer than one global batch of {global_batch} "
+            f"train split has {data.train_rows} rows, fewer than one global batch of {global_batch} "
             f"(data.batch_size={batch_size} x {world_size} rank(s)): no step would train; lower data.batch_size"
         )
     return [
@@ -99,7 +98,7 @@ class Trainer:
     Args:
         cfg: the run config (``model.*`` builds the model unless ``train_module`` is given;
             ``train.*`` sets sharding, optimizers, pipeline and the default callbacks).
-        data: the loaded data; ``data.splits["train"]`` is trained on.
+        data: the loaded data; its training split (``splits["train"]``, or streamed) is trained on.
         ctx: the process group (:func:`mtl_torchrec.distributed.context.init_distributed`).
         run_dir: where checkpoints, TensorBoard logs and diagnostics go.
         feature_modules: extra feature modules for the built model (e.g. text features).
@@ -163,15 +162,7 @@ class Trainer:
         # The optimizers that train the tables (fused, and replicated under data_parallel plans).
         self.sparse_optimizers = sparse_parts(self.dmp, self.optimizer)
         self.state = TrainState()
-        self.train_ds = BatchDataset(
-            data.splits["train"],
-            data.schema,
-            cfg.data.batch_size,
-            shuffle=True,
-            seed=cfg.train.seed,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-        )
+        self.train_ds = data.train_batches(cfg.data.batch_size, cfg.train.seed, ctx.rank, ctx.world_size)
         # train.lr_schedule over every parameter group (fused sparse and dense); stepped after
         # each optimizer step, rebuilt at the checkpoint's position by restore().
         self.scheduler = make_scheduler(

@@ -179,6 +179,10 @@ def load_training_data(cfg: Config, ctx: DistContext) -> DataBundle:
         # train, val, test first (the order the files list them in varies), then any other split.
         order = {"train": 0, "val": 1, "test": 2}
         for split, table in sorted(data.splits.items(), key=lambda kv: order.get(kv[0], 3)):
+            if split == "train" and data.train_stream is not None:
+                logger.info(f"train: {data.train_rows} rows, streamed from {len(data.train_stream.units.units)} "
+                            f"file(s) / row group(s) in windows of {data.train_stream.shuffle_buffer} rows")
+                continue
             logger.info(describe(table, data.schema, split))
         for split, masks in data.slices.items():
             for name, mask in masks.items():
