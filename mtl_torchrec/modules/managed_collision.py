@@ -1,0 +1,203 @@
+"""Id features without a vocabulary: TorchRec's managed-collision EBC as a ``KJT -> [B, d]`` feature module.
+
+The data gives each raw id a stable 63-bit key (``vocab: zch``); inside the model, TorchRec's
+``MCHManagedCollisionModule`` (``torchrec.modules.mc_modules``, one per table) maps keys to table
+rows and ``ManagedCollisionEmbeddingBagCollection`` looks the rows up. Each table of ``size`` rows
+keeps ``size - 1`` keys on rows of their own; the last row is shared by every key not in the table
+(new ids until they are merged in, and ids evicted or never admitted). In training, every
+``eviction_interval`` steps the keys seen since are merged in, evicting the lowest-scored ones of a
+full table by the eviction policy (LFU / LRU / distance-weighted LFU); in evaluation mode the module
+only looks up, so scoring never changes the mapping. The mapping is a set of buffers of the module,
+so it is part of the state dict (and of DCP checkpoints, row-wise sharded with the table by
+TorchRec's MC sharders).
+
+TorchRec's other module, ``HashZchManagedCollisionModule`` (``torchrec.modules.hash_mc_modules``,
+multi-probe ZCH), cannot insert on CPU: fbgemm's CPU kernel of ``zero_collision_hash`` runs only
+read-only (``Expected readonly to be true``), so training would need a GPU; the MCH module is pure
+PyTorch and runs on both.
+
+:class:`ManagedCollisionFeatures` also counts, per table, the lookups of training steps, those
+that read the shared row, and the keys inserted and evicted (:func:`managed_collision_stats`).
+
+Example::
+
+    features = ManagedCollisionFeatures([SparseFeature("user", 1000, managed=ManagedCollision(1000))], 16)
+    features(kjt).shape        # [B, 16]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
+from torchrec.modules.mc_modules import (
+    DistanceLFU_EvictionPolicy,
+    LFU_EvictionPolicy,
+    LRU_EvictionPolicy,
+    ManagedCollisionCollection,
+    MCHEvictionPolicy,
+    MCHManagedCollisionModule,
+)
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from mtl_torchrec.data.schema import EVICTION_POLICIES, SparseFeature
+
+# TorchRec's MCH eviction policy of each ``zch.eviction`` name.
+POLICIES: Dict[str, Callable[[], MCHEvictionPolicy]] = {
+    "lfu": LFU_EvictionPolicy,
+    "lru": LRU_EvictionPolicy,
+    "distance_lfu": DistanceLFU_EvictionPolicy,
+}
+assert tuple(POLICIES) == EVICTION_POLICIES
+
+# The counters of each table (training steps only), summed over ranks by managed_collision_stats.
+COUNTERS = ("lookups", "shared_row_lookups", "inserted", "evicted")
+
+
+def _occupied(module: MCHManagedCollisionModule) -> int:
+    """Keys the module's table holds now (its rows less the shared row, less the open slots)."""
+    return int(module.output_size()) - 1 - int(module.open_slots().item())
+
+
+class ManagedCollisionFeatures(nn.Module):
+    """The ``managed`` (``vocab: zch``) id features: one table per feature, keys remapped to rows by
+    TorchRec's MCH module, pooled by an EBC inside TorchRec's ``ManagedCollisionEmbeddingBagCollection``
+    (sharded row-wise by TorchRec's MC sharders under DistributedModelParallel).
+
+    Args:
+        features: id features with ``managed`` set (each its own table ``t_<table_name>``).
+        embedding_dim: width of every table.
+        device: where the tables and the remapping state live (``meta`` defers them to DMP).
+
+    ``forward(kjt)`` returns ``[B, len(features) * embedding_dim]``: each feature's pooled embedding
+    in ``features`` order (``groups`` names the parts). Raises ValueError for an empty ``features``,
+    a feature without ``managed`` or an unknown eviction policy.
+
+    Example::
+
+        m = ManagedCollisionFeatures([SparseFeature("item", 100, managed=ManagedCollision(100, "lru"))], 8)
+        m(KeyedJaggedTensor(keys=["item"], values=torch.tensor([2**40]), lengths=torch.tensor([1]))).shape  # [1, 8]
+    """
+
+    def __init__(self, features: Sequence[SparseFeature], embedding_dim: int,
+                 device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        if not features:
+            raise ValueError("ManagedCollisionFeatures needs at least one feature")
+        device = device or torch.device("cpu")
+        configs: List[EmbeddingBagConfig] = []
+        remappers: Dict[str, nn.Module] = {}
+        for f in features:
+            if f.managed is None:
+                raise ValueError(f"sparse feature '{f.name}' has no managed-collision settings (vocab: zch)")
+            if f.managed.eviction not in POLICIES:
+                raise ValueError(f"sparse feature '{f.name}': unknown eviction policy '{f.managed.eviction}' "
+                                 f"(known: {list(POLICIES)})")
+            name = f"t_{f.table_name}"
+            configs.append(EmbeddingBagConfig(
+                name=name, embedding_dim=embedding_dim, num_embeddings=f.managed.size, feature_names=[f.name],
+                pooling=PoolingType.MEAN if f.pooling == "mean" else PoolingType.SUM))
+            remappers[name] = MCHManagedCollisionModule(
+                zch_size=f.managed.size, device=device, eviction_policy=POLICIES[f.managed.eviction](),
+                eviction_interval=f.managed.eviction_interval, name=name)
+        self.embedding = ManagedCollisionEmbeddingBagCollection(
+            EmbeddingBagCollection(tables=configs, device=device), ManagedCollisionCollection(remappers, configs))
+        self.names: List[str] = [f.name for f in features]
+        # Rows per table (``t_<table>``).
+        self.rows: Dict[str, int] = {c.name: int(c.num_embeddings) for c in configs}
+        self.out_features = embedding_dim * len(features)
+        # The parts of the output, for the model's feature groups (feature attention, diagnostics).
+        self.groups: List[Tuple[str, int]] = [(n, embedding_dim) for n in self.names]
+        # Training-step counters per table (COUNTERS), of this process; see managed_collision_stats.
+        self.counts: Dict[str, Dict[str, int]] = {c.name: dict.fromkeys(COUNTERS, 0) for c in configs}
+        self._counted: List[nn.Module] = []
+
+    def forward(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """``[B, out_features]``: the pooled embeddings of ``names`` (other keys of ``sparse`` are ignored)."""
+        if self.training and not self._counted:
+            self._count_remappers()
+        # Indexed, not unpacked: TorchRec's pipeline tracer keeps the (sharded) module a leaf (a proxy).
+        out = self.embedding(sparse)
+        pooled = out[0].to_dict()
+        return torch.cat([pooled[n] for n in self.names], dim=1)
+
+    def remappers(self) -> Dict[str, MCHManagedCollisionModule]:
+        """Table name -> the MCH module(s) of this process (under DMP: the rank's shard of the table)."""
+        return {name.split(".")[-1]: m for name, m in self.named_modules() if isinstance(m, MCHManagedCollisionModule)}
+
+    def _count_remappers(self) -> None:
+        """Hooks counting each remapper's training lookups, shared-row reads, insertions and evictions.
+        Registered at the first training step, on the modules that then run (DMP replaces them)."""
+        for table, module in self.remappers().items():
+            counts = self.counts.setdefault(table, dict.fromkeys(COUNTERS, 0))
+            before: List[int] = [0]
+
+            def pre(m: nn.Module, args: Any, before: List[int] = before) -> None:
+                before[0] = _occupied(m) if m.training else 0
+
+            def post(m: nn.Module, args: Any, out: Dict[str, Any], counts: Dict[str, int] = counts,
+                     before: List[int] = before) -> None:
+                if not m.training:
+                    return
+                shared_row = m._output_global_offset + m.output_size() - 1
+                for jt in out.values():
+                    values = jt.values()
+                    counts["lookups"] += int(values.numel())
+                    counts["shared_row_lookups"] += int((values == shared_row).sum())
+                # The slots this step filled or took over (unread until the EBC's evict() call).
+                if m._evicted:
+                    replaced = int(m._evicted_emb_indices.numel())
+                    filled = _occupied(m) - before[0]
+                    counts["inserted"] += replaced
+                    counts["evicted"] += replaced - filled
+
+            module.register_forward_pre_hook(pre)
+            module.register_forward_hook(post)
+            self._counted.append(module)
+
+
+def managed_collision_stats(model: nn.Module) -> Dict[str, Dict[str, Any]]:
+    """Per managed-collision table of ``model`` (the ``t_<table>`` name): ``rows``, ``keys_held``
+    (keys on rows of their own now), and since this process started training: ``lookups``,
+    ``shared_row_lookups`` (keys that read the shared row: new, evicted or never admitted ids, the
+    collisions of a managed table), ``shared_row_share`` (their share of the lookups, None without
+    lookups), ``inserted`` (keys given a row) and ``evicted`` (keys that lost theirs to another).
+    Summed over ranks when a process group is up: a collective, every rank calls it. Empty for a
+    model without such tables.
+
+    Example::
+
+        managed_collision_stats(model)["t_user_id"]["evicted"]
+    """
+    found = [m for m in model.modules() if isinstance(m, ManagedCollisionFeatures)]
+    rows: Dict[str, int] = {}
+    local: Dict[str, List[int]] = {}
+    for features in found:
+        rows.update(features.rows)
+        held = {table: _occupied(m) for table, m in features.remappers().items()}
+        for table, counts in features.counts.items():
+            local[table] = [held.get(table, 0)] + [counts[c] for c in COUNTERS]
+    if not local:
+        return {}
+    tables = sorted(local)
+    totals = torch.tensor([local[t] for t in tables], dtype=torch.int64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(totals)
+    out: Dict[str, Dict[str, Any]] = {}
+    for table, row in zip(tables, totals.tolist()):
+        stats: Dict[str, Any] = {"rows": rows.get(table), "keys_held": row[0]}
+        stats.update(zip(COUNTERS, row[1:]))
+        stats["shared_row_share"] = stats["shared_row_lookups"] / stats["lookups"] if stats["lookups"] else None
+        out[table] = stats
+    return out
+
+
+def has_managed_collisions(model: nn.Module) -> bool:
+    """Whether ``model`` holds a :class:`ManagedCollisionFeatures` (its export is traced first: TorchRec's
+    MCH module scripts only as part of an FX trace)."""
+    return any(isinstance(m, ManagedCollisionFeatures) for m in model.modules())
