@@ -27,7 +27,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -105,8 +106,10 @@ class ManagedCollisionFeatures(nn.Module):
             remappers[name] = MCHManagedCollisionModule(
                 zch_size=f.managed.size, device=device, eviction_policy=POLICIES[f.managed.eviction](),
                 eviction_interval=f.managed.eviction_interval, name=name)
+        # return_remapped_features: the rows each key read, for the shared-row counts of training steps.
         self.embedding = ManagedCollisionEmbeddingBagCollection(
-            EmbeddingBagCollection(tables=configs, device=device), ManagedCollisionCollection(remappers, configs))
+            EmbeddingBagCollection(tables=configs, device=device), ManagedCollisionCollection(remappers, configs),
+            return_remapped_features=True)
         self.names: List[str] = [f.name for f in features]
         # Rows per table (``t_<table>``).
         self.rows: Dict[str, int] = {c.name: int(c.num_embeddings) for c in configs}
@@ -115,50 +118,65 @@ class ManagedCollisionFeatures(nn.Module):
         self.groups: List[Tuple[str, int]] = [(n, embedding_dim) for n in self.names]
         # Training-step counters per table (COUNTERS), of this process; see managed_collision_stats.
         self.counts: Dict[str, Dict[str, int]] = {c.name: dict.fromkeys(COUNTERS, 0) for c in configs}
-        self._counted: List[nn.Module] = []
+        self.table_of: Dict[str, str] = {n: c.name for c in configs for n in c.feature_names}
+        self._found: Optional[Dict[str, MCHManagedCollisionModule]] = None
 
     def forward(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """``[B, out_features]``: the pooled embeddings of ``names`` (other keys of ``sparse`` are ignored)."""
-        if self.training and not self._counted:
-            self._count_remappers()
+        # Not while TorchRec's pipeline traces the model (the counts read concrete tensors).
+        counting = self.training and not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+        remappers = self._remappers() if counting else {}
+        open_before = {t: int(m.open_slots().item()) for t, m in remappers.items()}
         # Indexed, not unpacked: TorchRec's pipeline tracer keeps the (sharded) module a leaf (a proxy).
         out = self.embedding(sparse)
         pooled = out[0].to_dict()
+        if counting:
+            self._count(sparse, out[1], remappers, open_before)
         return torch.cat([pooled[n] for n in self.names], dim=1)
 
     def remappers(self) -> Dict[str, MCHManagedCollisionModule]:
-        """Table name -> the MCH module(s) of this process (under DMP: the rank's shard of the table)."""
+        """Table name -> the MCH module of this process (under DMP: of the rank's shard of the table)."""
         return {name.split(".")[-1]: m for name, m in self.named_modules() if isinstance(m, MCHManagedCollisionModule)}
 
-    def _count_remappers(self) -> None:
-        """Hooks counting each remapper's training lookups, shared-row reads, insertions and evictions.
-        Registered at the first training step, on the modules that then run (DMP replaces them)."""
-        for table, module in self.remappers().items():
-            counts = self.counts.setdefault(table, dict.fromkeys(COUNTERS, 0))
-            before: List[int] = [0]
+    def _remappers(self) -> Dict[str, MCHManagedCollisionModule]:
+        # Found at the first training step, once DMP has put its sharded modules in place.
+        if self._found is None:
+            self._found = self.remappers()
+        return self._found
 
-            def pre(m: nn.Module, args: Any, before: List[int] = before) -> None:
-                before[0] = _occupied(m) if m.training else 0
+    def _count(self, sparse: KeyedJaggedTensor, remapped: Any, remappers: Dict[str, MCHManagedCollisionModule],
+               open_before: Dict[str, int]) -> None:
+        """Adds one training step to :attr:`counts`: the step's lookups of this process's rows and those
+        that read a shared row (from the remapped ids), the keys this process's remappers inserted and
+        evicted (from their state)."""
+        keys = sparse.to_dict()
+        rows = remapped.to_dict()
+        for name in self.names:
+            table = self.table_of[name]
+            m = remappers[table]
+            counts = self.counts[table]
+            ids, raw = rows[name].values(), keys[name].values()
+            counts["lookups"] += int(ids.numel())
+            counts["shared_row_lookups"] += int((ids == _shared_rows(m, raw)).sum())
+        for table, m in remappers.items():
+            # The step merged keys in (every eviction_interval steps): the slots it filled or took over.
+            if m._last_eviction_iter == m._current_iter and m._current_iter >= 0:
+                replaced = int(m._evicted_emb_indices.numel())
+                filled = open_before[table] - int(m.open_slots().item())
+                self.counts[table]["inserted"] += replaced
+                self.counts[table]["evicted"] += replaced - filled
 
-            def post(m: nn.Module, args: Any, out: Dict[str, Any], counts: Dict[str, int] = counts,
-                     before: List[int] = before) -> None:
-                if not m.training:
-                    return
-                shared_row = m._output_global_offset + m.output_size() - 1
-                for jt in out.values():
-                    values = jt.values()
-                    counts["lookups"] += int(values.numel())
-                    counts["shared_row_lookups"] += int((values == shared_row).sum())
-                # The slots this step filled or took over (unread until the EBC's evict() call).
-                if m._evicted:
-                    replaced = int(m._evicted_emb_indices.numel())
-                    filled = _occupied(m) - before[0]
-                    counts["inserted"] += replaced
-                    counts["evicted"] += replaced - filled
 
-            module.register_forward_pre_hook(pre)
-            module.register_forward_hook(post)
-            self._counted.append(module)
+def _shared_rows(m: MCHManagedCollisionModule, keys: torch.Tensor) -> torch.Tensor:
+    """The shared row (as a row of its shard, as TorchRec returns remapped ids) that each key would
+    read: row-wise sharding splits the table into the shards of ``m``'s output segments and routes a
+    key to shard ``key // ceil(input_size / shards)``; each shard's last row is its shared one."""
+    segments = m._output_segments_tensor
+    segments = segments[segments >= 0]
+    sizes = segments[1:] - segments[:-1]
+    block = -(-m.input_size() // len(sizes))
+    shard = torch.clamp(keys // block, max=len(sizes) - 1)
+    return sizes.to(keys.device)[shard] - 1
 
 
 def managed_collision_stats(model: nn.Module) -> Dict[str, Dict[str, Any]]:
@@ -195,6 +213,28 @@ def managed_collision_stats(model: nn.Module) -> Dict[str, Dict[str, Any]]:
         stats["shared_row_share"] = stats["shared_row_lookups"] / stats["lookups"] if stats["lookups"] else None
         out[table] = stats
     return out
+
+
+@contextmanager
+def lookup_only(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model``'s managed-collision remappers only look up (evaluation mode: no key
+    is recorded, inserted or evicted) whatever the model's own mode; their modes are restored after.
+    For forward passes on held-out rows during training (diagnostics).
+
+    Example::
+
+        with torch.no_grad(), lookup_only(model):
+            shared = model.fuse(batch.sparse, batch.dense)
+    """
+    remappers = [m for m in model.modules() if isinstance(m, MCHManagedCollisionModule)]
+    modes = [m.training for m in remappers]
+    for m in remappers:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(remappers, modes):
+            m.train(mode)
 
 
 def has_managed_collisions(model: nn.Module) -> bool:
