@@ -111,8 +111,21 @@ class CpuShardedManagedCollisionEBC(ShardedManagedCollisionEmbeddingBagCollectio
 
 
 class ManagedCollisionSharder(ManagedCollisionEmbeddingBagCollectionSharder):
-    """TorchRec's managed-collision EBC sharder (row-wise only); on CPU it builds
-    :class:`CpuShardedManagedCollisionEBC`."""
+    """TorchRec's managed-collision EBC sharder (row-wise only); on CPU it offers row-wise to the
+    planner too and builds :class:`CpuShardedManagedCollisionEBC`."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        """Row-wise, also on CPU: TorchRec's sharder offers the intersection of its EBC sharder's types
+        and the MC sharder's (row-wise only), and the EBC sharder lists row-wise for GPUs only, which
+        leaves the planner nothing on CPU; the row-wise EBC runs on CPU (the hand plans use it)."""
+        return list(self._mc_sharder.sharding_types(compute_device_type))
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        """TorchRec's MC kernels that its EBC sharder offers on ``compute_device_type`` (the MC sharder
+        lists UVM and key-value kernels whatever the device, which the planner refuses on CPU)."""
+        own = super().compute_kernels(sharding_type, compute_device_type)
+        usable = set(self._e_sharder.compute_kernels(sharding_type, compute_device_type))
+        return [k for k in own if k in usable]
 
     def shard(self, module: ManagedCollisionEmbeddingBagCollection, params: Dict[str, ParameterSharding],
               env: ShardingEnv, device: Optional[torch.device] = None,
