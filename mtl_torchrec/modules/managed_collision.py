@@ -126,12 +126,12 @@ class ManagedCollisionFeatures(nn.Module):
         # Not while TorchRec's pipeline traces the model (the counts read concrete tensors).
         counting = self.training and not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
         remappers = self._remappers() if counting else {}
-        open_before = {t: int(m.open_slots().item()) for t, m in remappers.items()}
+        before = {t: (m._current_iter, int(m.open_slots().item())) for t, m in remappers.items()}
         # Indexed, not unpacked: TorchRec's pipeline tracer keeps the (sharded) module a leaf (a proxy).
         out = self.embedding(sparse)
         pooled = out[0].to_dict()
         if counting:
-            self._count(sparse, out[1], remappers, open_before)
+            self._count(sparse, out[1], remappers, before)
         return torch.cat([pooled[n] for n in self.names], dim=1)
 
     def remappers(self) -> Dict[str, MCHManagedCollisionModule]:
@@ -145,14 +145,18 @@ class ManagedCollisionFeatures(nn.Module):
         return self._found
 
     def _count(self, sparse: KeyedJaggedTensor, remapped: Any, remappers: Dict[str, MCHManagedCollisionModule],
-               open_before: Dict[str, int]) -> None:
+               before: Dict[str, Tuple[int, int]]) -> None:
         """Adds one training step to :attr:`counts`: the step's lookups of this process's rows and those
         that read a shared row (from the remapped ids), the keys this process's remappers inserted and
-        evicted (from their state)."""
+        evicted (from their state). A pass whose remappers did not record it (a lookup-only pass, see
+        :func:`lookup_only`) is not counted."""
+        advanced = {t: m._current_iter != before[t][0] for t, m in remappers.items()}
         keys = sparse.to_dict()
         rows = remapped.to_dict()
         for name in self.names:
             table = self.table_of[name]
+            if not advanced[table]:
+                continue
             m = remappers[table]
             counts = self.counts[table]
             ids, raw = rows[name].values(), keys[name].values()
@@ -160,9 +164,9 @@ class ManagedCollisionFeatures(nn.Module):
             counts["shared_row_lookups"] += int((ids == _shared_rows(m, raw)).sum())
         for table, m in remappers.items():
             # The step merged keys in (every eviction_interval steps): the slots it filled or took over.
-            if m._last_eviction_iter == m._current_iter and m._current_iter >= 0:
+            if advanced[table] and m._last_eviction_iter == m._current_iter:
                 replaced = int(m._evicted_emb_indices.numel())
-                filled = open_before[table] - int(m.open_slots().item())
+                filled = before[table][1] - int(m.open_slots().item())
                 self.counts[table]["inserted"] += replaced
                 self.counts[table]["evicted"] += replaced - filled
 
