@@ -248,6 +248,20 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
     return ShardingPlan(plan=plan)
 
 
+def _plan_managed_row_wise(plan: ShardingPlan, module: nn.Module, ctx: DistContext) -> None:
+    """Puts every managed-collision EBC of ``module`` into ``plan`` row-wise (in place), replacing what
+    the planner planned inside it."""
+    managed = [p for p, (m, _) in _table_modules(module).items() if isinstance(m, ManagedCollisionEmbeddingBagCollection)]
+    if not managed:
+        return
+    rows = hand_plan(module, "row_wise", ctx.world_size, ctx.local_world_size, ctx.device.type).plan
+    for path in list(plan.plan):
+        if any(path == p or path.startswith(f"{p}.") for p in managed):
+            del plan.plan[path]
+    for path in managed:
+        plan.plan[path] = rows[path]
+
+
 def _with_kernel(gen: Any, kernel: str) -> Any:
     """``gen`` with its compute kernel set: TorchRec's ``table_row_wise`` takes none and would
     pick the dense kernel, whose tables the fused sparse optimizer never updates."""
@@ -320,7 +334,11 @@ def shard_module(
         topology = Topology(
             world_size=ctx.world_size, compute_device=ctx.device.type, local_world_size=ctx.local_world_size
         )
-        plan = EmbeddingShardingPlanner(topology=topology).collective_plan(module, sharders, pg)
+        # Managed-collision tables are planned row-wise by hand: TorchRec's planner refuses their MCH
+        # module's one input bucket on several ranks ("uneven buckets per rank").
+        planned = [s for s in sharders if not isinstance(s, ManagedCollisionEmbeddingBagCollectionSharder)]
+        plan = EmbeddingShardingPlanner(topology=topology).collective_plan(module, planned, pg)
+        _plan_managed_row_wise(plan, module, ctx)
     else:
         if strategy in ("column_wise", "table_column_wise"):
             column_split_ok(module, ctx.world_size)

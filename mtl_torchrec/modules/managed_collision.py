@@ -44,7 +44,7 @@ from torchrec.modules.mc_modules import (
     MCHEvictionPolicy,
     MCHManagedCollisionModule,
 )
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from mtl_torchrec.data.schema import EVICTION_POLICIES, SparseFeature
 
@@ -126,6 +126,8 @@ class ManagedCollisionFeatures(nn.Module):
         # Not while TorchRec's pipeline traces the model (the counts read concrete tensors).
         counting = self.training and not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
         remappers = self._remappers() if counting else {}
+        if counting:
+            self._size_history(sparse, remappers)
         before = {t: (m._current_iter, int(m.open_slots().item())) for t, m in remappers.items()}
         # Indexed, not unpacked: TorchRec's pipeline tracer keeps the (sharded) module a leaf (a proxy).
         out = self.embedding(sparse)
@@ -143,6 +145,29 @@ class ManagedCollisionFeatures(nn.Module):
         if self._found is None:
             self._found = self.remappers()
         return self._found
+
+    def _size_history(self, sparse: KeyedJaggedTensor, remappers: Dict[str, MCHManagedCollisionModule]) -> None:
+        """Sizes each remapper's buffer of the keys it records between merges before its first step.
+
+        TorchRec's MCH module sizes it at 1.25 x the keys of its first training step (times the
+        eviction interval) and drops the keys of later steps that do not fit, so a resumed run, whose
+        first step is another, would count other keys than an uninterrupted one; and under row-wise
+        sharding a rank's module receives a varying share of the global batch. Sized here for the
+        whole global batch (rows x ranks x the first batch's keys per row), a single-valued feature
+        never overflows it, whatever step a process starts at.
+        """
+        keys = None
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        for name in self.names:
+            m = remappers[self.table_of[name]]
+            if m._input_history_buffer_size != -1:
+                continue
+            keys = keys if keys is not None else sparse.to_dict()
+            rows = max(1, int(sparse.stride()))
+            per_row = max(1, -(-int(keys[name].values().numel()) // rows))
+            n = rows * world * per_row
+            m._init_history_buffers({name: JaggedTensor(values=torch.zeros(n, dtype=torch.int64),
+                                                        lengths=torch.ones(n, dtype=torch.int32))})
 
     def _count(self, sparse: KeyedJaggedTensor, remapped: Any, remappers: Dict[str, MCHManagedCollisionModule],
                before: Dict[str, Tuple[int, int]]) -> None:
