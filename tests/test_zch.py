@@ -31,7 +31,9 @@ TAGS_ZCH = {"column": "tags", "separator": "|", "vocab": "zch", "zch": {"size": 
 
 
 def _zch_spec() -> Dict[str, Any]:
+    """Every id feature on vocab: zch (the model's plain EBC has no table), tags multi-valued."""
     spec = spec_dict("data.csv", text=[])
+    spec["sparse"][0] = {"column": "user", "vocab": "zch", "zch": {"size": 64, "eviction": "distance_lfu"}}
     spec["sparse"][1] = dict(ITEM_ZCH)
     spec["sparse"][2] = dict(TAGS_ZCH)
     return spec
