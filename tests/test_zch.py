@@ -227,11 +227,16 @@ def test_zch_run_predicts_and_exports_never_seen_ids_without_changing_state(tmp_
     assert not np.allclose(seen_scores["click"], new_scores["click"])
     report = json.loads((run_dir / "diagnostics.json").read_text())["final"]["managed_collisions"]
     assert 0 < report["t_tags"]["shared_row_share"] < 1
+    with pytest.raises(ConfigError, match="--format: 'export' cannot export vocab: zch"):
+        export_run(run_dir, tmp_path / "program", fmt="export", checkpoint="latest")
     artifact = load_artifact(export_run(run_dir, tmp_path / "artifact", checkpoint="latest"))
     for rows, expected in ((test, seen_scores), (unseen, new_scores)):
         got = artifact.predict(rows)
         for task in ("click", "rating"):
             np.testing.assert_allclose(got[task], expected[task], rtol=0, atol=1e-5)
+    # INT8 tables: TorchRec's quantised EBC behind the same managed-collision lookup.
+    int8 = load_artifact(export_run(run_dir, tmp_path / "int8", int8=True, checkpoint="latest")).predict(unseen)
+    np.testing.assert_allclose(int8["click"], new_scores["click"], rtol=0, atol=1e-3)
 
 
 def _two_rank_worker(rank: int, world_size: int, spec: str, root: str) -> None:

@@ -149,6 +149,10 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
         raise ConfigError(f"--out: {out} exists (remove it or pass --overwrite)")
     run = load_run(Path(run_dir), checkpoint, calibrate=calibrate)
     scoring = scoring_module(run, int8)
+    if fmt == "export" and has_managed_collisions(scoring):
+        # torch.export of TorchRec's MCH lookup fails ("Node.meta wrap_with_set_grad_enabled is missing val").
+        raise ConfigError("--format: 'export' cannot export vocab: zch (managed-collision) tables; use --format "
+                          "torchscript")
     schema = model_schema(run)
     keys = schema.sparse
     model: Any = (script_module(scoring, int8) if fmt == "torchscript"
