@@ -31,10 +31,36 @@ import numpy as np
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.label_kinds import LABEL_KINDS
 
+# Eviction policies of TorchRec's MCH managed-collision module (torchrec.modules.mc_modules): LFU
+# keeps the most frequent ids, LRU the most recently seen, distance_lfu weighs counts by recency.
+EVICTION_POLICIES = ("lfu", "lru", "distance_lfu")
+
+
+@dataclass
+class ManagedCollision:
+    """How the model maps an id feature's 63-bit keys to table rows (``vocab: zch``): TorchRec's
+    managed-collision (MCH) module keeps up to ``size - 1`` distinct keys, each on a row of its
+    own; the last row is shared by every key not (yet) in the table. Every ``eviction_interval``
+    training steps the keys seen since are merged in, evicting by ``eviction`` when the table is
+    full (:data:`EVICTION_POLICIES`). Evaluation and scoring look up only (no insertion).
+
+    Example::
+
+        SparseFeature("user_id", 100_000, managed=ManagedCollision(100_000, "lru"))
+    """
+
+    size: int
+    eviction: Literal["lfu", "lru", "distance_lfu"] = "lfu"
+    eviction_interval: int = 1
+
 
 @dataclass
 class SparseFeature:
-    """An id feature looked up in an embedding table of ``num_embeddings`` rows."""
+    """An id feature looked up in an embedding table of ``num_embeddings`` rows.
+
+    With ``managed`` set (``vocab: zch``), the feature's ids are 63-bit keys (any int64 ``>= 0``)
+    that the model remaps to the table's rows itself (:class:`ManagedCollision`).
+    """
 
     name: str
     num_embeddings: int
@@ -45,6 +71,8 @@ class SparseFeature:
     # "text": ids are rows of a frozen text table (data/texts.py), served by a text feature module,
     # not an id embedding.
     kind: Literal["id", "text"] = "id"
+    # Keys remapped to rows inside the model (vocab: zch); None: ids already are rows.
+    managed: Optional[ManagedCollision] = None
 
     @property
     def table_name(self) -> str:
@@ -210,6 +238,9 @@ class Schema:
         for f in self.sparse:
             if f.num_embeddings <= 0:
                 raise DataError(f"schema: sparse feature '{f.name}' needs num_embeddings > 0")
+            if f.managed is not None and f.managed.size != f.num_embeddings:
+                raise DataError(f"schema: sparse feature '{f.name}' has {f.num_embeddings} rows but a managed-collision "
+                                f"table of {f.managed.size}")
             prev = sizes.setdefault(f.table_name, f.num_embeddings)
             if prev != f.num_embeddings:
                 raise DataError(f"schema: features sharing table '{f.table_name}' disagree on its size")
@@ -263,13 +294,15 @@ class Schema:
             values = col.values if isinstance(col, Jagged) else col
             if not np.issubdtype(values.dtype, np.integer):
                 raise DataError(f"{source}: column '{f.name}' must hold integer ids, got dtype {values.dtype}")
-            bad = np.flatnonzero((values < 0) | (values >= f.num_embeddings))
+            # Managed-collision keys are any int64 >= 0: the model maps them to rows.
+            bad = np.flatnonzero((values < 0) | (values >= f.num_embeddings)) if f.managed is None else \
+                np.flatnonzero(values < 0)
             if len(bad):
                 i = int(bad[0])
                 row = int(np.searchsorted(col.offsets, i, side="right") - 1) if isinstance(col, Jagged) else i
+                where = f"outside the table [0, {f.num_embeddings})" if f.managed is None else "a negative key"
                 raise DataError(
-                    f"{source}: column '{f.name}' row {row}: id {int(values[i])} is outside the table "
-                    f"[0, {f.num_embeddings}) ({len(bad)} such values)"
+                    f"{source}: column '{f.name}' row {row}: id {int(values[i])} is {where} ({len(bad)} such values)"
                 )
         for d in self.dense_names:
             col = table[d]

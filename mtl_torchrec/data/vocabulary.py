@@ -4,7 +4,9 @@ nothing is hashed silently):
 * ``build``: tokens seen at least ``min_count`` times in the training split, by descending count;
 * ``file``: tokens listed one per line in a vocabulary file;
 * ``hash``: a stable 64-bit hash of the token, modulo the bucket count;
-* ``identity``: the raw value already is an integer id in ``[0, num_embeddings)``.
+* ``identity``: the raw value already is an integer id in ``[0, num_embeddings)``;
+* ``zch``: a stable 63-bit key of the token (:func:`managed_keys`), which the model maps to one of
+  ``num_embeddings`` rows itself (TorchRec's managed-collision modules, ``vocab: zch``).
 
 Index 0 is reserved in the first three modes for out-of-vocabulary and missing values, so the
 embedding table has ``len(tokens) + 1`` (or ``hash_buckets``) rows. Tokens are in the canonical
@@ -96,12 +98,20 @@ class Vocabulary:
             raise DataError("identity ids need num_embeddings >= 1")
         return Vocabulary("identity", num_embeddings_=num_embeddings)
 
+    @staticmethod
+    def managed(num_embeddings: int) -> "Vocabulary":
+        """A ``zch`` vocabulary: tokens to 63-bit keys (:func:`managed_keys`) that the model maps to
+        ``num_embeddings`` rows; DataError when ``num_embeddings < 2``."""
+        if num_embeddings < 2:
+            raise DataError("zch.size must be at least 2 (the last row is shared by keys not in the table)")
+        return Vocabulary("zch", num_embeddings_=num_embeddings)
+
     @property
     def num_embeddings(self) -> int:
-        """Rows of the embedding table: ``len(tokens) + 1``, ``hash_buckets``, or the identity size."""
+        """Rows of the embedding table: ``len(tokens) + 1``, ``hash_buckets``, or the identity / zch size."""
         if self.mode == "hash":
             return self.hash_buckets
-        if self.mode == "identity":
+        if self.mode in ("identity", "zch"):
             return self.num_embeddings_
         return len(self.tokens) + 1
 
@@ -143,6 +153,8 @@ class Vocabulary:
             ids = (stable_hash(keys) % np.uint64(self.hash_buckets - 1)).astype(np.int64) + 1
             ids[miss] = 0
             return ids
+        if self.mode == "zch":
+            return managed_keys(keys)
         raise DataError(f"unknown vocabulary mode '{self.mode}'")
 
     def to_json(self) -> Dict[str, Any]:
@@ -183,4 +195,27 @@ class Vocabulary:
             return vocab
         if mode == "identity":
             return Vocabulary.identity(int(d["num_embeddings"]))
+        if mode == "zch":
+            return Vocabulary.managed(int(d["num_embeddings"]))
         raise DataError(f"{SAVED_IN}: unknown vocabulary mode '{mode}'")
+
+
+# The largest key: int64's maximum (2**63 - 1) marks an empty slot in TorchRec's MCH module, so keys
+# stay below it.
+MAX_MANAGED_KEY = 2**63 - 2
+
+
+def managed_keys(tokens: np.ndarray) -> np.ndarray:
+    """The ``zch`` key of each canonical token: ``1 + stable_hash(token) % MAX_MANAGED_KEY`` (int64 in
+    ``[1, 2**63 - 2]``, the same in every process), 0 where the token is missing (a key like any
+    other: missing values get a row of their own once frequent enough). Two tokens share a key with
+    probability about ``n**2 / 2**64`` for ``n`` distinct tokens (one in ten thousand for 10**7).
+
+    Example::
+
+        managed_keys(np.array(["a", None], dtype=object))   # [<63-bit key>, 0]
+    """
+    miss = np.asarray(pd.isna(tokens), dtype=bool)
+    keys = (stable_hash(tokens) % np.uint64(MAX_MANAGED_KEY)).astype(np.int64) + 1
+    keys[miss] = 0
+    return keys

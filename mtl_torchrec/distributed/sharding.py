@@ -2,7 +2,9 @@
 
 ``row_wise`` and ``table_row_wise`` are refused by TorchRec's planner on CPU, so every fixed
 strategy is built by hand with ``construct_module_sharding_plan``; ``planner`` asks
-``EmbeddingShardingPlanner`` to choose.
+``EmbeddingShardingPlanner`` to choose. Managed-collision tables (``vocab: zch``, TorchRec's
+``ManagedCollisionEmbeddingBagCollection``) are always sharded row-wise, the one sharding type
+TorchRec's MC sharder has (each rank remaps the keys of its block of the key range to its rows).
 
 Models built elsewhere (their own EBCs, planner and DMP call) that hold a
 :class:`~mtl_torchrec.modules.frozen_ebc.FrozenEmbeddingBagCollection` shard with
@@ -27,6 +29,10 @@ from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.mc_embeddingbag import (
+    ManagedCollisionEmbeddingBagCollectionSharder,
+    ShardedManagedCollisionEmbeddingBagCollection,
+)
 from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.utils import sharder_name
@@ -41,6 +47,7 @@ from torchrec.distributed.sharding_plan import (
 )
 from torchrec.distributed.types import ModuleSharder, ParameterSharding, ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
 
 from mtl_torchrec.config import SHARDING_STRATEGIES, SPARSE_OPTIMIZERS
 from mtl_torchrec.distributed.context import DistContext
@@ -74,8 +81,9 @@ SEQUENCE_ROW_WISE = ("data_parallel", "table_row_wise")
 
 
 def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[ModuleSharder]] = None) -> List[ModuleSharder]:
-    """EBC and EC (sequence table, :mod:`mtl_torchrec.model.sequence`) sharders whose fused kernels
-    apply the sparse optimizer inside the backward pass, and the frozen-table sharder."""
+    """EBC, EC (sequence table, :mod:`mtl_torchrec.model.sequence`) and managed-collision EBC
+    (``vocab: zch``) sharders whose fused kernels apply the sparse optimizer inside the backward
+    pass, and the frozen-table sharder."""
     if sparse_optimizer not in EMB_OPTIM_TYPES:
         raise ValueError(f"train.sparse_optimizer: unknown '{sparse_optimizer}' (known: {list(SPARSE_OPTIMIZERS)})")
     fused: Dict[str, Any] = {
@@ -84,7 +92,56 @@ def make_sharders(sparse_optimizer: str, sparse_lr: float, extra: Optional[List[
         "eps": 1e-8,
     }
     return list(extra or []) + [FrozenEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder(fused_params=fused),
-                                SequenceTableSharder(fused_params=dict(fused))]
+                                SequenceTableSharder(fused_params=dict(fused)), managed_sharder(fused)]
+
+
+class CpuShardedManagedCollisionEBC(ShardedManagedCollisionEmbeddingBagCollection):
+    """TorchRec's sharded managed-collision EBC on CPU, where an evicted key's row passes to the key
+    that takes its slot as it is (weights and optimizer state), as in TorchRec's unsharded
+    ``ManagedCollisionEmbeddingBagCollection`` (whose ``evict`` does nothing).
+
+    The sharded module resets evicted rows with fbgemm's ``reset_weight_momentum``, which has no CPU
+    kernel (``NotImplementedError: Could not run 'fbgemm::reset_weight_momentum' with arguments from
+    the 'CPU' backend``) and is called at the first step that admits a key; on GPU TorchRec's module
+    is used unchanged."""
+
+    def _evict(self, evictions_per_table: Dict[str, Optional[torch.Tensor]]) -> None:
+        """Leaves the rows of evicted keys as they are (see the class docstring)."""
+        return None
+
+
+class ManagedCollisionSharder(ManagedCollisionEmbeddingBagCollectionSharder):
+    """TorchRec's managed-collision EBC sharder (row-wise only); on CPU it offers row-wise to the
+    planner too and builds :class:`CpuShardedManagedCollisionEBC`."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        """Row-wise, also on CPU: TorchRec's sharder offers the intersection of its EBC sharder's types
+        and the MC sharder's (row-wise only), and the EBC sharder lists row-wise for GPUs only, which
+        leaves the planner nothing on CPU; the row-wise EBC runs on CPU (the hand plans use it)."""
+        return list(self._mc_sharder.sharding_types(compute_device_type))
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        """TorchRec's MC kernels that its EBC sharder offers on ``compute_device_type`` (the MC sharder
+        lists UVM and key-value kernels whatever the device, which the planner refuses on CPU)."""
+        own = super().compute_kernels(sharding_type, compute_device_type)
+        usable = set(self._e_sharder.compute_kernels(sharding_type, compute_device_type))
+        return [k for k in own if k in usable]
+
+    def shard(self, module: ManagedCollisionEmbeddingBagCollection, params: Dict[str, ParameterSharding],
+              env: ShardingEnv, device: Optional[torch.device] = None,
+              module_fqn: Optional[str] = None) -> ShardedManagedCollisionEmbeddingBagCollection:
+        """TorchRec's sharded module, or its CPU form on a CPU ``device``."""
+        if device is None or device.type != "cpu":
+            return super().shard(module, params, env, device, module_fqn)
+        return CpuShardedManagedCollisionEBC(module, params, ebc_sharder=self._e_sharder,  # type: ignore[arg-type]
+                                             mc_sharder=self._mc_sharder, env=env, device=device)
+
+
+def managed_sharder(fused_params: Optional[Dict[str, Any]] = None) -> ModuleSharder:
+    """The sharder of ``ManagedCollisionEmbeddingBagCollection`` (``vocab: zch`` tables, row-wise
+    only: :class:`ManagedCollisionSharder`), its EBC sharder with ``fused_params``."""
+    ebc = EmbeddingBagCollectionSharder(fused_params=dict(fused_params)) if fused_params is not None else None
+    return ManagedCollisionSharder(ebc_sharder=ebc)
 
 
 def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[ModuleSharder]:
@@ -113,6 +170,9 @@ def default_sharders(fused_params: Optional[Dict[str, Any]] = None) -> List[Modu
         return SequenceTableSharder(fused_params=dict(own) if own is not None else None)
 
     stock = [sequence(s) if type(s) is EmbeddingCollectionSharder else s for s in stock]
+    # The managed-collision EBC's (vocab: zch), with ``fused_params`` when given.
+    stock = [s for s in stock if not isinstance(s, ManagedCollisionEmbeddingBagCollectionSharder)]
+    stock.append(managed_sharder(fused_params))
     return [FrozenEmbeddingBagCollectionSharder(), *stock]
 
 
@@ -133,10 +193,16 @@ def check_sharders(module: nn.Module, sharders: List[ModuleSharder]) -> None:
 
 
 def _table_modules(module: nn.Module) -> Dict[str, Any]:
-    """Path -> (collection, its table configs) of every EBC and EC (sequence tables) in ``module``."""
+    """Path -> (collection, its table configs) of every EBC, EC (sequence tables) and managed-collision
+    EBC in ``module`` (not the EBC inside the latter: DMP shards the pair as one module)."""
     found: Dict[str, Any] = {}
+    managed = [name for name, m in module.named_modules() if isinstance(m, ManagedCollisionEmbeddingBagCollection)]
     for name, m in module.named_modules():
-        if isinstance(m, EmbeddingBagCollection):
+        if any(name.startswith(f"{p}.") for p in managed):
+            continue
+        if isinstance(m, ManagedCollisionEmbeddingBagCollection):
+            found[name] = (m, m._managed_collision_collection.embedding_configs())
+        elif isinstance(m, EmbeddingBagCollection):
             found[name] = (m, m.embedding_bag_configs())
         elif isinstance(m, EmbeddingCollection):
             found[name] = (m, m.embedding_configs())
@@ -147,15 +213,16 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
     """The same strategy for every table of every EBC and EC in ``module``; tables spread
     round-robin over ranks for table-wise placement (over hosts for ``table_row_wise``). Sequence
     tables (EC) are sharded row-wise under ``data_parallel`` and ``table_row_wise`` (see
-    :class:`SequenceTableSharder`)."""
+    :class:`SequenceTableSharder`), managed-collision tables row-wise under every strategy."""
     kernel = EmbeddingComputeKernel.FUSED.value
     plan: Dict[str, Any] = {}
     counter = 0
     for path, (ebc, configs) in _table_modules(module).items():
         per_table = {}
         sequence = isinstance(ebc, EmbeddingCollection)
+        managed = isinstance(ebc, ManagedCollisionEmbeddingBagCollection)
         for cfg in configs:
-            if sequence and strategy in SEQUENCE_ROW_WISE:
+            if managed or (sequence and strategy in SEQUENCE_ROW_WISE):
                 gen = row_wise(compute_kernel=kernel)
             elif strategy == "table_wise":
                 gen = table_wise(rank=counter % world_size, compute_kernel=kernel)
@@ -173,11 +240,26 @@ def hand_plan(module: nn.Module, strategy: str, world_size: int, local_world_siz
                 raise ValueError(f"train.sharding: unknown strategy '{strategy}' (known: {list(SHARDING_STRATEGIES)})")
             per_table[cfg.name] = gen
             counter += 1
+        sharder = SequenceTableSharder() if sequence else managed_sharder() if managed else _frozen_sharder(ebc)
         plan[path] = construct_module_sharding_plan(
-            ebc, per_table, sharder=SequenceTableSharder() if sequence else _frozen_sharder(ebc),
+            ebc, per_table, sharder=sharder,
             local_size=local_world_size, world_size=world_size, device_type=device_type,
         )
     return ShardingPlan(plan=plan)
+
+
+def _plan_managed_row_wise(plan: ShardingPlan, module: nn.Module, ctx: DistContext) -> None:
+    """Puts every managed-collision EBC of ``module`` into ``plan`` row-wise (in place), replacing what
+    the planner planned inside it."""
+    managed = [p for p, (m, _) in _table_modules(module).items() if isinstance(m, ManagedCollisionEmbeddingBagCollection)]
+    if not managed:
+        return
+    rows = hand_plan(module, "row_wise", ctx.world_size, ctx.local_world_size, ctx.device.type).plan
+    for path in list(plan.plan):
+        if any(path == p or path.startswith(f"{p}.") for p in managed):
+            del plan.plan[path]
+    for path in managed:
+        plan.plan[path] = rows[path]
 
 
 def _with_kernel(gen: Any, kernel: str) -> Any:
@@ -252,7 +334,11 @@ def shard_module(
         topology = Topology(
             world_size=ctx.world_size, compute_device=ctx.device.type, local_world_size=ctx.local_world_size
         )
-        plan = EmbeddingShardingPlanner(topology=topology).collective_plan(module, sharders, pg)
+        # Managed-collision tables are planned row-wise by hand: TorchRec's planner refuses their MCH
+        # module's one input bucket on several ranks ("uneven buckets per rank").
+        planned = [s for s in sharders if not isinstance(s, ManagedCollisionEmbeddingBagCollectionSharder)]
+        plan = EmbeddingShardingPlanner(topology=topology).collective_plan(module, planned, pg)
+        _plan_managed_row_wise(plan, module, ctx)
     else:
         if strategy in ("column_wise", "table_column_wise"):
             column_split_ok(module, ctx.world_size)

@@ -26,6 +26,7 @@ from mtl_torchrec.model.tasks import TaskSpec, TrainModule, check_tasks
 from mtl_torchrec.model.text import item_id_dropout, text_feature_modules
 from mtl_torchrec.modules.aitm import AITMTowers
 from mtl_torchrec.modules.feature_attention import FeatureGroupAttention
+from mtl_torchrec.modules.managed_collision import ManagedCollisionFeatures
 from mtl_torchrec.modules.towers import TaskTowers
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,12 @@ logger = logging.getLogger(__name__)
 
 def embedding_configs(schema: Schema, embedding_dim: int, exclude: Optional[str] = None) -> List[EmbeddingBagConfig]:
     """One table per distinct ``table_name`` of the id features; features naming the same table share
-    it. Text features have their own frozen tables (:mod:`mtl_torchrec.model.text`); the table named
-    ``exclude`` (the sequence feature's, :func:`~mtl_torchrec.model.sequence.sequence_table`) is
-    left out."""
+    it. Text features have their own frozen tables (:mod:`mtl_torchrec.model.text`), managed-collision
+    features (``vocab: zch``) theirs (:func:`managed_features`); the table named ``exclude`` (the
+    sequence feature's, :func:`~mtl_torchrec.model.sequence.sequence_table`) is left out."""
     tables: Dict[str, EmbeddingBagConfig] = {}
     for f in schema.id_features:
-        if exclude is not None and f.table_name == exclude:
+        if f.managed is not None or (exclude is not None and f.table_name == exclude):
             continue
         name = f"t_{f.table_name}"
         if name in tables:
@@ -52,6 +53,24 @@ def embedding_configs(schema: Schema, embedding_dim: int, exclude: Optional[str]
             pooling=PoolingType.MEAN if f.pooling == "mean" else PoolingType.SUM,
         )
     return list(tables.values())
+
+
+MANAGED_FEATURES = "managed_ids"
+
+
+def managed_features(schema: Schema, embedding_dim: int, device: Optional[torch.device] = None,
+                     exclude: Optional[str] = None) -> Optional[ManagedCollisionFeatures]:
+    """The id features with managed collisions (``vocab: zch``) as one feature module (TorchRec's
+    managed-collision EBC, :class:`~mtl_torchrec.modules.managed_collision.ManagedCollisionFeatures`),
+    added to the model's feature modules under ``managed_ids``; None when the schema has none.
+    Raises ConfigError naming ``model.sequence`` when the sequence feature's table (``exclude``) is one."""
+    features = [f for f in schema.id_features if f.managed is not None]
+    if not features:
+        return None
+    if exclude is not None and any(f.table_name == exclude for f in features):
+        raise ConfigError(f"model.sequence: the candidate's table '{exclude}' has vocab: zch; a behaviour sequence "
+                          f"needs a vocabulary its history shares (build, file, hash or identity)")
+    return ManagedCollisionFeatures(features, embedding_dim, device)
 
 
 def task_specs(cfg: ModelConfig, schema: Schema) -> List[TaskSpec]:
@@ -118,7 +137,8 @@ def build_model(
     the ``model.backbone`` sized to the fused width, and one tower per task (with AIT units
     between AITM tasks, ``model.tasks[*].aitm_parent``), plus per-task feature attention when
     ``model.feature_attention.enabled``, and with ``model.sequence.enabled`` the behaviour-sequence
-    feature (:mod:`mtl_torchrec.model.sequence`) as the first feature module, owning the item table.
+    feature (:mod:`mtl_torchrec.model.sequence`) as the first feature module, owning the item table;
+    the ``vocab: zch`` features' tables are the last feature module (:func:`managed_features`).
 
     ``device='meta'`` defers table allocation to DistributedModelParallel. Raises ConfigError
     naming the key (see :func:`task_specs` and :func:`build_backbone`).
@@ -127,6 +147,9 @@ def build_model(
     sequence = build_sequence_feature(cfg, schema, device)
     if sequence is not None:
         feature_modules = {sequence.history: sequence, **(feature_modules or {})}
+    managed = managed_features(schema, cfg.embedding_dim, device, sequence_table(cfg, schema))
+    if managed is not None:
+        feature_modules = {**(feature_modules or {}), MANAGED_FEATURES: managed}
     ebc = EmbeddingBagCollection(
         tables=embedding_configs(schema, cfg.embedding_dim, sequence_table(cfg, schema)), device=device)
     width = MultiTaskModel.fused_width(ebc, len(schema.dense), cfg.dense_layers, feature_modules)

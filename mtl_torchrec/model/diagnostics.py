@@ -15,6 +15,10 @@ the batches given (gates, experts) or on each of them (task gradients):
   weights spread over a sample's histories (largest weight vs uniform, entropy, recency);
 * **AITM** (``model.tasks[*].aitm_parent``): per AITM task, the mean AIT weight of the
   transferred (parent's) and of its own representation;
+* **managed collisions** (``vocab: zch`` features): per table, the keys it holds, and over the
+  training steps so far the lookups, those that read the shared row (the table's collisions), the
+  keys inserted and evicted (:func:`~mtl_torchrec.modules.managed_collision.managed_collision_stats`);
+  the diagnostics' own forward passes only look up (they insert nothing);
 * **task gradients** on the shared representation: norms and pairwise cosines per batch, averaged
   over the batches with a t confidence interval (:func:`~mtl_torchrec.core.stats.mean_interval`).
   A negative cosine means the tasks pull the shared features in opposite directions (negative
@@ -46,6 +50,7 @@ from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.model.multitask import ModelOutput
 from mtl_torchrec.model.tasks import TaskSpec, task_losses
 from mtl_torchrec.modules.experts import ExpertTrace, GateInfo
+from mtl_torchrec.modules.managed_collision import lookup_only, managed_collision_stats
 
 
 def gate_name(info: GateInfo, task_names: Sequence[str], multi_level: bool) -> str:
@@ -269,7 +274,8 @@ def diagnose(
     names = [t.name for t in tasks]
     per_batch: List[Dict[str, Any]] = []
     for i, batch in enumerate(batches):
-        with torch.no_grad():
+        # lookup_only: the held-out batches must not enter a managed-collision table.
+        with torch.no_grad(), lookup_only(model):
             shared = model.fuse(batch.sparse, batch.dense)
         shared = shared.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -298,6 +304,9 @@ def diagnose(
         report["aitm"] = transfer
     if sequences:
         report["sequence_attention"] = sequences
+    managed = managed_collision_stats(model)
+    if managed:
+        report["managed_collisions"] = managed
     return report
 
 
@@ -317,6 +326,10 @@ def flatten_scalars(report: Dict[str, Any]) -> Dict[str, float]:
     for task, shares in report.get("feature_attention", {}).items():
         for group, v in shares.items():
             out[f"feature_attention/{task}/{group}"] = v
+    for table, stats in report.get("managed_collisions", {}).items():
+        for key in ("keys_held", "shared_row_share", "evicted"):
+            if stats.get(key) is not None:
+                out[f"managed_collisions/{table}/{key}"] = stats[key]
     for task, shares in report.get("aitm", {}).items():
         out[f"aitm/{task}/transferred"] = shares["transferred"]
     for feature, stats in report.get("sequence_attention", {}).items():

@@ -133,11 +133,14 @@ class MultiTaskModel(nn.Module):
             torch.Tensor: ``[B, fused_width]``: the pooled embeddings (after ``id_dropout``) in
             ``embedding_names`` order, the dense MLP's output, then each feature module's output.
         """
-        pooled = self.embedding(sparse)
-        if self.id_dropout is not None:
-            pooled = self.id_dropout(pooled, sparse)
-        pooled_dict = pooled.to_dict()
-        parts = [pooled_dict[name] for name in self.embedding_names]
+        parts: List[torch.Tensor] = []
+        # An EBC without tables (every id feature in a feature module, e.g. all vocab: zch) is not run.
+        if self.embedding_names:
+            pooled = self.embedding(sparse)
+            if self.id_dropout is not None:
+                pooled = self.id_dropout(pooled, sparse)
+            pooled_dict = pooled.to_dict()
+            parts = [pooled_dict[name] for name in self.embedding_names]
         if self.num_dense:
             parts.append(self.dense_arch(dense))
         for module in self.feature_modules.values():

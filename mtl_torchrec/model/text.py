@@ -156,5 +156,8 @@ def item_id_dropout(cfg: ModelConfig, schema: Schema) -> nn.Module:
         feature = next((f for f in schema.id_features if f.name == name), None)
         if feature is None or feature.multi_valued:
             raise ConfigError(f"{key}: '{name}' must be a single-valued sparse feature")
+        if feature.managed is not None:
+            raise ConfigError(f"{key}: '{name}' has vocab: zch, whose rows are not fixed ids; id dropout needs another "
+                              f"vocabulary")
         drops.append(UnseenIdDropout(feature.name, feature.num_embeddings, cfg.embedding_dim, cfg.text.id_dropout))
     return drops[0] if len(drops) == 1 else IdDropouts(drops)

@@ -55,6 +55,7 @@ from mtl_torchrec.data.spec import DataSpec, spec_from_dict
 from mtl_torchrec.data.spec.build import check_feature_layout
 from mtl_torchrec.data.spec.features import FeatureRows, feature_spec
 from mtl_torchrec.eval.calibration import CALIBRATION_FILE, Calibration
+from mtl_torchrec.modules.managed_collision import has_managed_collisions
 from mtl_torchrec.serve.predict import output_names, rows_per_step
 from mtl_torchrec.serve.runs import LoadedRun, load_run
 from mtl_torchrec.serve.scoring import ScoringModel, scoring_inputs
@@ -102,11 +103,19 @@ def _spec_columns(spec: DataSpec) -> List[str]:
 
 
 def script_module(scoring: torch.nn.Module, int8: bool) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` of the scoring module; an int8 one is traced with TorchRec's FX tracer
-    first (the quantised EBC scripts only as part of a trace)."""
-    if not int8:
+    """``torch.jit.script`` of the scoring module; an int8 one, or one with managed-collision tables
+    (``vocab: zch``), is traced with TorchRec's FX tracer first (the quantised EBC and TorchRec's MCH
+    module script only as part of a trace)."""
+    managed = has_managed_collisions(scoring)
+    if not int8 and not managed:
         return torch.jit.script(scoring)
     import torchrec.fx
+
+    if managed:
+        # One evaluation-mode call (no remapping state changes) fixes the managed-collision modules'
+        # feature order before the trace records it.
+        k = len(scoring.keys)
+        scoring(torch.zeros(k, dtype=torch.int64), torch.ones(k, dtype=torch.int32), torch.zeros(1, scoring.num_dense))
 
     return torch.jit.script(torchrec.fx.symbolic_trace(scoring))
 
@@ -140,6 +149,10 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, fmt: str = "torchsc
         raise ConfigError(f"--out: {out} exists (remove it or pass --overwrite)")
     run = load_run(Path(run_dir), checkpoint, calibrate=calibrate)
     scoring = scoring_module(run, int8)
+    if fmt == "export" and has_managed_collisions(scoring):
+        # torch.export of TorchRec's MCH lookup fails ("Node.meta wrap_with_set_grad_enabled is missing val").
+        raise ConfigError("--format: 'export' cannot export vocab: zch (managed-collision) tables; use --format "
+                          "torchscript")
     schema = model_schema(run)
     keys = schema.sparse
     model: Any = (script_module(scoring, int8) if fmt == "torchscript"

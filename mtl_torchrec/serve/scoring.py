@@ -101,9 +101,11 @@ class ScoringModel(nn.Module):
             Dict[str, torch.Tensor]: ``[B]`` per task (and per ESMM conditional entry).
         """
         sparse = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)
-        pooled = self.embedding(sparse).to_dict()
         # The same fusion as MultiTaskModel.fuse (the parity tests hold them equal).
-        parts = [pooled[name] for name in self.embedding_names]
+        parts: List[torch.Tensor] = []
+        if len(self.embedding_names) > 0:
+            pooled = self.embedding(sparse).to_dict()
+            parts = [pooled[name] for name in self.embedding_names]
         if self.num_dense > 0:
             parts.append(self.dense_arch(dense))
         for module in self.feature_modules.values():

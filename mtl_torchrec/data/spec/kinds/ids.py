@@ -2,8 +2,8 @@
 embedding table by one explicit vocabulary mode (:mod:`mtl_torchrec.data.vocabulary`), behaviour
 sequences (``vocab: shared`` / ``max_length``) included.
 
-The kind fits ``build`` vocabularies on the training split's token counts (``file``, ``hash`` and
-``identity`` need no pass; ``shared`` takes its owner's), flags bad cells (an identity id out of
+The kind fits ``build`` vocabularies on the training split's token counts (``file``, ``hash``,
+``identity`` and ``zch`` need no pass; ``shared`` takes its owner's), flags bad cells (an identity id out of
 range, a history element that holds no id, a multi-valued column of numbers), converts a chunk to
 int64 ids (a :class:`~mtl_torchrec.data.schema.Jagged` column when multi-valued), counts unknown
 ids per split, and checks the training rows' behaviour sequences
@@ -16,6 +16,12 @@ Example::
       - {column: user_id, vocab: build, min_count: 2}
       - {column: genres, separator: "|", vocab: file, vocab_file: genres.txt}
       - {column: history, separator: "|", vocab: shared, shared_with: item_id, max_length: 50}
+      - {column: item_id, vocab: zch, zch: {size: 100000, eviction: lru}}
+
+``vocab: zch`` has no vocabulary at all: each token becomes a stable 63-bit key
+(:func:`~mtl_torchrec.data.vocabulary.managed_keys`) and the model maps keys to table rows with
+TorchRec's managed-collision modules (the schema's
+:class:`~mtl_torchrec.data.schema.ManagedCollision`, built by :mod:`mtl_torchrec.model.builder`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import pandas as pd
 
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.preprocessing import Preprocessing
-from mtl_torchrec.data.schema import Jagged, SparseFeature
+from mtl_torchrec.data.schema import Jagged, ManagedCollision, SparseFeature
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.kinds.base import ConvertContext, FeatureKind, SchemaFeature, SectionFitter, register_kind
 from mtl_torchrec.data.spec.reading import Chunk
@@ -46,7 +52,9 @@ class SparseColumn:
 
     ``build`` fits tokens seen ``min_count`` times in training, ``file`` reads ``vocab_file``,
     ``hash`` hashes into ``hash_buckets``, ``identity`` takes integer ids in ``[0, num_embeddings)``
-    (see :mod:`mtl_torchrec.data.preprocessing`); ``shared`` uses the vocabulary and the table of the
+    (see :mod:`mtl_torchrec.data.preprocessing`), ``zch`` gives each token a 63-bit key that the
+    model maps to one of ``zch.size`` rows (TorchRec's managed collisions, settings in ``zch``);
+    ``shared`` uses the vocabulary and the table of the
     feature ``shared_with`` (fitted on that feature's tokens only), e.g. a behaviour sequence of the
     candidate item's ids: the same raw key gets the same row in both, an unknown one row 0 in both.
 
@@ -60,7 +68,7 @@ class SparseColumn:
     """
 
     column: str
-    vocab: Literal["build", "file", "hash", "identity", "shared"]
+    vocab: Literal["build", "file", "hash", "identity", "shared", "zch"]
     # Feature name in the model (default: the column name).
     name: Optional[str] = None
     # Multi-valued cell, e.g. "a|b|c" with separator "|".
@@ -80,6 +88,8 @@ class SparseColumn:
     # vocab: shared history: most of its training ids unknown to the shared vocabulary (and far more
     # than the candidate's own) is refused unless set (ids in another form than the candidate's).
     allow_unknown_ids: bool = False
+    # vocab: zch: the table size and eviction policy of the model's managed-collision module.
+    zch: Optional[ManagedCollision] = None
 
     @property
     def feature(self) -> str:
@@ -103,6 +113,10 @@ def check_sparse_column(column: SparseColumn, key: str) -> None:
         raise ConfigError(f"{key}.num_embeddings: required (>= 1) with vocab: identity")
     if column.vocab == "build" and column.min_count < 1:
         raise ConfigError(f"{key}.min_count: must be >= 1")
+    if column.vocab == "zch":
+        check_managed_collision(column.zch, f"{key}.zch")
+    elif column.zch is not None:
+        raise ConfigError(f"{key}.zch: only with vocab: zch")
     if column.vocab == "identity" and column.separator:
         raise ConfigError(f"{key}.separator: multi-valued columns need a vocabulary, not identity")
     if column.vocab == "shared" and not column.shared_with:
@@ -116,6 +130,18 @@ def check_sparse_column(column: SparseColumn, key: str) -> None:
             raise ConfigError(f"{key}.max_length: only for multi-valued columns (give a separator)")
         if column.max_length < 1:
             raise ConfigError(f"{key}.max_length: must be >= 1, got {column.max_length}")
+
+
+def check_managed_collision(zch: Optional[ManagedCollision], key: str) -> None:
+    """``sparse[i].zch`` (``key``) of a ``vocab: zch`` column: present, ``size >= 2`` (one row for keys
+    not in the table, at least one for an id) and ``eviction_interval >= 1``; raises ConfigError
+    naming the field. The eviction policy's name is checked by the spec reader (``from_dict``)."""
+    if zch is None:
+        raise ConfigError(f"{key}: required with vocab: zch, e.g. zch: {{size: 100000, eviction: lfu}}")
+    if zch.size < 2:
+        raise ConfigError(f"{key}.size: must be >= 2 (the last row is shared by ids not in the table), got {zch.size}")
+    if zch.eviction_interval < 1:
+        raise ConfigError(f"{key}.eviction_interval: must be >= 1 (training steps), got {zch.eviction_interval}")
 
 
 def check_shared_vocabularies(sparse: Sequence[SparseColumn]) -> None:
@@ -134,10 +160,29 @@ def check_shared_vocabularies(sparse: Sequence[SparseColumn]) -> None:
         if owner.vocab == "shared":
             raise ConfigError(f"{key}.shared_with: '{owner.feature}' shares a vocabulary itself; name the feature "
                               f"that owns it ('{owner.shared_with}')")
+        if owner.vocab == "zch":
+            raise ConfigError(f"{key}.shared_with: '{owner.feature}' has vocab: zch, whose managed-collision table "
+                              f"is not shared with another feature; give this one its own vocab: zch")
         table = owner.table or owner.feature
         if s.table is not None and s.table != table:
             raise ConfigError(f"{key}.table: '{s.table}', but a shared vocabulary means the table of "
                               f"'{owner.feature}' ('{table}'); leave table out")
+
+
+def check_managed_tables(sparse: Sequence[SparseColumn]) -> None:
+    """A ``vocab: zch`` feature's table holds that feature alone (its managed-collision module maps
+    one feature's keys): ``sparse[i].table`` naming another feature's table, or a table another
+    feature names, raises ConfigError naming the key."""
+    tables: Dict[str, List[int]] = {}
+    for i, s in enumerate(sparse):
+        if s.vocab != "shared":
+            tables.setdefault(s.table or s.feature, []).append(i)
+    for i, s in enumerate(sparse):
+        users = tables.get(s.table or s.feature, [])
+        if s.vocab == "zch" and len(users) > 1:
+            other = sparse[next(j for j in users if j != i)]
+            raise ConfigError(f"sparse[{i}].table: '{s.table or s.feature}' is also the table of '{other.feature}'; a "
+                              f"vocab: zch feature needs a table of its own")
 
 
 def sparse_tokens(column: SparseColumn, frame: pd.DataFrame) -> Tuple[Any, Optional[np.ndarray]]:
@@ -281,6 +326,8 @@ class _VocabularyFitter(SectionFitter):
             return Vocabulary.from_file(self.spec.resolve(str(column.vocab_file)))
         if column.vocab == "hash":
             return Vocabulary.hashed(column.hash_buckets)
+        if column.vocab == "zch":
+            return Vocabulary.managed(column.zch.size if column.zch is not None else 0)
         return Vocabulary.identity(column.num_embeddings)
 
 
@@ -296,6 +343,7 @@ class IdKind(FeatureKind):
         for i, s in enumerate(entries):
             check_sparse_column(s, self.key(i))
         check_shared_vocabularies(entries)
+        check_managed_tables(entries)
 
     def fitter(self, entries: Sequence[SparseColumn], spec: "DataSpec") -> Optional[SectionFitter]:
         """Fits the vocabularies (:class:`_VocabularyFitter`)."""
@@ -381,8 +429,10 @@ def id_features(entries: Sequence[SparseColumn], sizes: Mapping[str, int]) -> Li
         if s.vocab == "shared":
             owner = by_feature[str(s.shared_with)]
             table = owner.table or owner.feature
-        out.append(SparseFeature(s.feature, sizes.get(s.feature, 1), multi_valued=s.separator is not None,
-                                 table=table, pooling=s.pooling))
+        managed = s.zch if s.vocab == "zch" else None
+        size = managed.size if managed is not None else sizes.get(s.feature, 1)
+        out.append(SparseFeature(s.feature, size, multi_valued=s.separator is not None,
+                                 table=table, pooling=s.pooling, managed=managed))
     return out
 
 
