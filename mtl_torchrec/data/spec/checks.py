@@ -8,14 +8,11 @@ kind checks its own section (:mod:`mtl_torchrec.data.spec.kinds`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.data.label_kinds import LABEL_KINDS
 from mtl_torchrec.data.spec.sections import SPLITS, CsvOptions, Files, LabelColumn, SliceSpec, SplitRule
-
-if TYPE_CHECKING:
-    from mtl_torchrec.data.spec.kinds import SparseColumn
 
 
 def check_labels_given(labels: Sequence[LabelColumn]) -> None:
@@ -74,7 +71,7 @@ def check_split_rule(split: SplitRule) -> None:
         raise ConfigError("split: val_fraction + test_fraction must be in [0, 1)")
 
 
-def check_slice(slice_: SliceSpec, key: str, sparse: Sequence[SparseColumn]) -> None:
+def check_slice(slice_: SliceSpec, key: str, sparse: Sequence[Any]) -> None:
     """``slices[i]`` (``key``): a cold/warm slice needs a single-valued sparse feature (cold = its raw
     key never seen in the training split, in every vocabulary mode); raises ConfigError."""
     if not slice_.cold_warm:

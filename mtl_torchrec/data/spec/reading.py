@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob as globlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -14,9 +14,7 @@ import pandas as pd
 from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.spec.records import RecordIndex, decode_error, read_header
 from mtl_torchrec.data.spec.sections import SPLITS
-
-if TYPE_CHECKING:
-    from mtl_torchrec.data.spec.data_spec import DataSpec
+from mtl_torchrec.data.spec.view import SpecView
 
 
 @dataclass
@@ -45,7 +43,7 @@ class Chunk:
         return f"{self.file} {self.line_word} {int(self.positions[i])}"
 
 
-def expand_pattern(spec: DataSpec, pattern: str) -> List[str]:
+def expand_pattern(spec: SpecView, pattern: str) -> List[str]:
     """The sorted files matching ``pattern`` (relative to the spec's folder); raises
     FileNotFoundError naming the pattern when nothing matches."""
     full = pattern if Path(pattern).is_absolute() else str(Path(spec.base_dir) / pattern)
@@ -55,7 +53,7 @@ def expand_pattern(spec: DataSpec, pattern: str) -> List[str]:
     return found
 
 
-def spec_files(spec: DataSpec) -> List[Tuple[str, Optional[str]]]:
+def spec_files(spec: SpecView) -> List[Tuple[str, Optional[str]]]:
     """(path, split or None) for every data file, in reading order (per-split files: train, val, test)."""
     if isinstance(spec.files, dict):
         out = []
@@ -68,7 +66,7 @@ def spec_files(spec: DataSpec) -> List[Tuple[str, Optional[str]]]:
     return [(f, None) for pat in pats for f in expand_pattern(spec, pat)]
 
 
-def file_format(spec: DataSpec, path: str) -> str:
+def file_format(spec: SpecView, path: str) -> str:
     """``csv`` or ``parquet``: the spec's ``format``, else from the file name; raises ConfigError
     when the name does not tell."""
     if spec.format:
@@ -81,7 +79,7 @@ def file_format(spec: DataSpec, path: str) -> str:
     raise ConfigError(f"format: cannot tell the format of '{path}' from its name; set format: csv or parquet")
 
 
-def iter_chunks(spec: DataSpec) -> Iterator[Chunk]:
+def iter_chunks(spec: SpecView) -> Iterator[Chunk]:
     """Chunks of the spec's columns from every file, with positions for error messages.
 
     Raises FileNotFoundError (a pattern matches nothing), ConfigError (unknown format, ``csv.names``
@@ -102,7 +100,7 @@ def iter_chunks(spec: DataSpec) -> Iterator[Chunk]:
             global_start += len(chunk.frame)
 
 
-def file_chunks(spec: DataSpec, path: str, global_start: int, split: Optional[str]) -> Iterator[Chunk]:
+def file_chunks(spec: SpecView, path: str, global_start: int, split: Optional[str]) -> Iterator[Chunk]:
     """The chunks of one file as :func:`iter_chunks` gives them, its first row at ``global_start``
     among all rows of all files, ``split`` its per-split file split (for reading one file again)."""
     columns = spec.raw_columns()
@@ -114,7 +112,7 @@ def file_chunks(spec: DataSpec, path: str, global_start: int, split: Optional[st
         global_start += len(chunk.frame)
 
 
-def parquet_row_group_chunks(spec: DataSpec, path: str, row_group: int, global_start: int,
+def parquet_row_group_chunks(spec: SpecView, path: str, row_group: int, global_start: int,
                              split: Optional[str]) -> Iterator[Chunk]:
     """The chunks (``chunk_rows`` rows at most) of one row group of a Parquet file, positioned by the
     file's 0-based row, the row group's first row at ``global_start`` among all rows of all files.
@@ -144,7 +142,7 @@ def parquet_row_group_chunks(spec: DataSpec, path: str, row_group: int, global_s
         row += len(frame)
 
 
-def _missing_columns(spec: DataSpec, path: str, where: str, columns: List[str], have: List[str]) -> DataError:
+def _missing_columns(spec: SpecView, path: str, where: str, columns: List[str], have: List[str]) -> DataError:
     """The error for spec ``columns`` absent from a file, each named with the spec key that reads it."""
     keys = spec.column_keys()
     missing = [c for c in columns if c not in set(have)]
@@ -152,7 +150,7 @@ def _missing_columns(spec: DataSpec, path: str, where: str, columns: List[str], 
     return DataError(f"{path}: missing column(s) {missing} ({named}); {where} has {have}")
 
 
-def _parquet_chunks(spec: DataSpec, path: str, columns: List[str]) -> Iterator[Chunk]:
+def _parquet_chunks(spec: SpecView, path: str, columns: List[str]) -> Iterator[Chunk]:
     """Chunks of a Parquet file, positioned by 0-based row; DataError for a missing column or no rows."""
     # Imported here so that CSV-only use never pays for loading pyarrow.
     import pyarrow.parquet as pq
@@ -170,7 +168,7 @@ def _parquet_chunks(spec: DataSpec, path: str, columns: List[str]) -> Iterator[C
         row += len(frame)
 
 
-def _csv_chunks(spec: DataSpec, path: str, columns: List[str]) -> Iterator[Chunk]:
+def _csv_chunks(spec: SpecView, path: str, columns: List[str]) -> Iterator[Chunk]:
     """Chunks of a CSV file read by pandas' C parser (cells as strings), each record with its file
     line and field count from a :class:`RecordIndex` walked in step."""
     o = spec.csv

@@ -25,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,10 +33,7 @@ import pandas as pd
 from mtl_torchrec.core.errors import DataError
 from mtl_torchrec.data.preprocessing import far_above
 from mtl_torchrec.data.schema import Jagged
-
-if TYPE_CHECKING:
-    from mtl_torchrec.data.spec.data_spec import DataSpec
-    from mtl_torchrec.data.spec.kinds.ids import SparseColumn
+from mtl_torchrec.data.spec.view import SpecView
 
 # A history whose training ids are mostly unknown (and far more than the candidate's) is refused.
 HISTORY_UNKNOWN_FLOOR = 0.5
@@ -59,7 +56,7 @@ class _Counts:
     """Training-split counts of one behaviour-sequence column ``column`` (``key``: its ``sparse[i]``;
     ``owner``: the ``shared_with`` candidate, None for a column with a vocabulary of its own)."""
 
-    def __init__(self, column: SparseColumn, key: str, owner: Optional[SparseColumn], unknown_ids: bool) -> None:
+    def __init__(self, column: Any, key: str, owner: Optional[Any], unknown_ids: bool) -> None:
         self.column, self.key, self.owner = column, key, owner
         # Whether id 0 is the unknown row (build/file vocabularies): only then unknown ids are counted.
         self.unknown_ids = unknown_ids
@@ -152,7 +149,7 @@ class SequenceCounts:
     docstring); the candidate of a ``vocab: shared`` history is its ``shared_with`` feature (its
     own unknown ids are counted when its vocabulary is ``build`` or ``file``)."""
 
-    def __init__(self, spec: DataSpec) -> None:
+    def __init__(self, spec: SpecView) -> None:
         self.columns: List[_Counts] = []
         for i, s in enumerate(spec.sparse):
             if not s.ordered:

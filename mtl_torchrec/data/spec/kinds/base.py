@@ -26,7 +26,7 @@ Example (a kind in its own module; the whole of what adding one takes besides it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -36,9 +36,7 @@ from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.schema import DenseFeature, SparseFeature
 from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.reading import Chunk
-
-if TYPE_CHECKING:
-    from mtl_torchrec.data.spec.data_spec import DataSpec
+from mtl_torchrec.data.spec.view import SpecView
 
 # A feature's entry in the schema: an id feature (an embedding table) or a dense column.
 SchemaFeature = Union[SparseFeature, DenseFeature]
@@ -82,7 +80,7 @@ class ConvertContext:
     a run's fitted preprocessing (evaluation, scoring).
     """
 
-    spec: "DataSpec"
+    spec: SpecView
     pre: Preprocessing
     chunk: Chunk
     frame: pd.DataFrame
@@ -133,18 +131,18 @@ class FeatureKind:
         return [("column", e.column)]
 
     def layout(self, e: Any) -> List[str]:
-        """Entry ``e``'s line of the feature layout a run saves (:meth:`DataSpec.feature_layout`)."""
+        """Entry ``e``'s line of the feature layout a run saves (:meth:`SpecView.feature_layout`)."""
         return [self.section, e.feature, e.column]
 
-    def validate(self, entries: Sequence[Any], spec: "DataSpec") -> None:
+    def validate(self, entries: Sequence[Any], spec: SpecView) -> None:
         """Checks of the section's entries (and against the rest of ``spec``); raises ConfigError
         naming the dotted key. Types and unknown keys are checked before, by ``from_dict``."""
 
-    def fitter(self, entries: Sequence[Any], spec: "DataSpec") -> Optional[SectionFitter]:
+    def fitter(self, entries: Sequence[Any], spec: SpecView) -> Optional[SectionFitter]:
         """What the first pass fits for this section on the training split; None: nothing."""
         return None
 
-    def check(self, entries: Sequence[Any], chunk: Chunk, bad: BadRows, spec: "DataSpec") -> Dict[str, Any]:
+    def check(self, entries: Sequence[Any], chunk: Chunk, bad: BadRows, spec: SpecView) -> Dict[str, Any]:
         """Row checks that need no fitted state: flags bad rows on ``bad`` (naming file, line and
         column) and returns feature -> values parsed over every row of the chunk (for fitting and
         :meth:`check_fitted`), or nothing."""
@@ -156,7 +154,7 @@ class FeatureKind:
         ``bad`` and returns the values :meth:`convert` takes (default: ``values`` unchanged)."""
         return values
 
-    def reader(self, entries: Sequence[Any], spec: "DataSpec", pre: Preprocessing, fitting: bool) -> Any:
+    def reader(self, entries: Sequence[Any], spec: SpecView, pre: Preprocessing, fitting: bool) -> Any:
         """State kept across the chunks of one read (text rows found so far); None by default.
         Raises what setting it up raises (an unreadable item table), before any row is read."""
         return None
@@ -170,12 +168,12 @@ class FeatureKind:
     def finish_read(self, entries: Sequence[Any], state: Any, pre: Preprocessing) -> None:
         """After a fitting read's last chunk: stores what the read itself fitted (text rows) in ``pre``."""
 
-    def schema(self, entries: Sequence[Any], pre: Preprocessing, spec: "DataSpec") -> List[SchemaFeature]:
+    def schema(self, entries: Sequence[Any], pre: Preprocessing, spec: SpecView) -> List[SchemaFeature]:
         """The features the section adds to the schema, from the fitted ``pre`` (DataError when it
         lacks one)."""
         return []
 
-    def unfitted_schema(self, entries: Sequence[Any], spec: "DataSpec") -> List[SchemaFeature]:
+    def unfitted_schema(self, entries: Sequence[Any], spec: SpecView) -> List[SchemaFeature]:
         """What :meth:`schema` will give as far as the spec alone tells (table sizes 1): for checking
         a model config against the data before any row is read. Default: nothing."""
         return []

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Literal, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,9 +36,7 @@ from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.cells import parse_numbers
 from mtl_torchrec.data.spec.kinds.base import ConvertContext, FeatureKind, SchemaFeature, SectionFitter, register_kind
 from mtl_torchrec.data.spec.reading import Chunk
-
-if TYPE_CHECKING:
-    from mtl_torchrec.data.spec.data_spec import DataSpec
+from mtl_torchrec.data.spec.view import SpecView
 
 
 @dataclass
@@ -145,7 +143,7 @@ class BucketKind(FeatureKind):
     entry = BucketColumn
     position = 40
 
-    def validate(self, entries: Sequence[BucketColumn], spec: "DataSpec") -> None:
+    def validate(self, entries: Sequence[BucketColumn], spec: SpecView) -> None:
         """Exactly one of ``num_buckets`` (>= 2) and ``boundaries`` (strictly ascending, finite, at least
         one), a positive ``sample_rows``, a feature name of letters, digits and ``_``."""
         for i, e in enumerate(entries):
@@ -166,11 +164,11 @@ class BucketKind(FeatureKind):
             if e.sample_rows < 1:
                 raise ConfigError(f"{key}.sample_rows: must be >= 1, got {e.sample_rows}")
 
-    def fitter(self, entries: Sequence[BucketColumn], spec: "DataSpec") -> Optional[SectionFitter]:
+    def fitter(self, entries: Sequence[BucketColumn], spec: SpecView) -> Optional[SectionFitter]:
         """Fits the boundaries (:class:`_BoundaryFitter`)."""
         return _BoundaryFitter(self, entries)
 
-    def check(self, entries: Sequence[BucketColumn], chunk: Chunk, bad: BadRows, spec: "DataSpec") -> Dict[str, Any]:
+    def check(self, entries: Sequence[BucketColumn], chunk: Chunk, bad: BadRows, spec: SpecView) -> Dict[str, Any]:
         """Feature -> float64 value of every row (NaN where missing); flags unparseable or infinite
         numbers, and missing ones under ``fill_missing: error``."""
         out: Dict[str, Any] = {}
@@ -194,12 +192,12 @@ class BucketKind(FeatureKind):
             raise DataError(f"fitted preprocessing has no bucket boundaries for feature '{e.feature}'")
         return [float(b) for b in state["boundaries"]]
 
-    def schema(self, entries: Sequence[BucketColumn], pre: Preprocessing, spec: "DataSpec") -> List[SchemaFeature]:
+    def schema(self, entries: Sequence[BucketColumn], pre: Preprocessing, spec: SpecView) -> List[SchemaFeature]:
         """One id feature per column, of ``len(boundaries) + 2`` rows (the missing-value row and the ranges)."""
         return [SparseFeature(e.feature, len(self.boundaries(pre, e)) + 2, table=e.table, pooling=e.pooling)
                 for e in entries]
 
-    def unfitted_schema(self, entries: Sequence[BucketColumn], spec: "DataSpec") -> List[SchemaFeature]:
+    def unfitted_schema(self, entries: Sequence[BucketColumn], spec: SpecView) -> List[SchemaFeature]:
         """The id features with tables of size 1 (sizes come from fitting)."""
         return [SparseFeature(e.feature, 1, table=e.table, pooling=e.pooling) for e in entries]
 

@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Literal, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,7 @@ from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.cells import parse_numbers
 from mtl_torchrec.data.spec.kinds.base import ConvertContext, FeatureKind, SchemaFeature, SectionFitter, register_kind
 from mtl_torchrec.data.spec.reading import Chunk
-
-if TYPE_CHECKING:
-    from mtl_torchrec.data.spec.data_spec import DataSpec
+from mtl_torchrec.data.spec.view import SpecView
 
 
 @dataclass
@@ -89,11 +87,11 @@ class DenseKind(FeatureKind):
     entry = DenseColumn
     position = 20
 
-    def fitter(self, entries: Sequence[DenseColumn], spec: "DataSpec") -> Optional[SectionFitter]:
+    def fitter(self, entries: Sequence[DenseColumn], spec: SpecView) -> Optional[SectionFitter]:
         """Fits the normalisers (:class:`_NormalizerFitter`)."""
         return _NormalizerFitter(self, entries)
 
-    def check(self, entries: Sequence[DenseColumn], chunk: Chunk, bad: BadRows, spec: "DataSpec") -> Dict[str, Any]:
+    def check(self, entries: Sequence[DenseColumn], chunk: Chunk, bad: BadRows, spec: SpecView) -> Dict[str, Any]:
         """Feature -> float64 value of every row (NaN where missing); flags unparseable or infinite
         numbers, missing ones under ``fill_missing: error``, negative ones under ``log_standard``."""
         out: Dict[str, Any] = {}
@@ -126,14 +124,14 @@ class DenseKind(FeatureKind):
         """The good rows' normalised values."""
         return {d.feature: values[d.feature][ctx.rows] for d in entries}
 
-    def schema(self, entries: Sequence[DenseColumn], pre: Preprocessing, spec: "DataSpec") -> List[SchemaFeature]:
+    def schema(self, entries: Sequence[DenseColumn], pre: Preprocessing, spec: SpecView) -> List[SchemaFeature]:
         """One dense feature per column (DataError when ``pre`` has no normaliser for one)."""
         for d in entries:
             if d.feature not in pre.normalizers:
                 raise DataError(f"fitted preprocessing has no normaliser for dense feature '{d.feature}'")
         return [DenseFeature(d.feature) for d in entries]
 
-    def unfitted_schema(self, entries: Sequence[DenseColumn], spec: "DataSpec") -> List[SchemaFeature]:
+    def unfitted_schema(self, entries: Sequence[DenseColumn], spec: SpecView) -> List[SchemaFeature]:
         """The dense features (nothing about them depends on fitting)."""
         return [DenseFeature(d.feature) for d in entries]
 

@@ -27,7 +27,7 @@ TorchRec's managed-collision modules (the schema's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -39,11 +39,9 @@ from mtl_torchrec.data.spec.bad_rows import BadRows
 from mtl_torchrec.data.spec.kinds.base import ConvertContext, FeatureKind, SchemaFeature, SectionFitter, register_kind
 from mtl_torchrec.data.spec.reading import Chunk
 from mtl_torchrec.data.spec.sequences import SequenceCounts
+from mtl_torchrec.data.spec.view import SpecView
 from mtl_torchrec.data.tokens import canonical_tokens
 from mtl_torchrec.data.vocabulary import Vocabulary
-
-if TYPE_CHECKING:
-    from mtl_torchrec.data.spec.data_spec import DataSpec
 
 
 @dataclass
@@ -232,7 +230,7 @@ def _cell_lists(raw: pd.Series, separator: str) -> pd.Series:
     return raw.reset_index(drop=True).map(split)
 
 
-def identity_size(spec: DataSpec, column: SparseColumn) -> Optional[int]:
+def identity_size(spec: SpecView, column: SparseColumn) -> Optional[int]:
     """The table size of the ``identity`` vocabulary that maps ``column``: its own, or that of its
     ``shared_with`` feature under ``vocab: shared``; None for any other vocabulary."""
     owner = spec.sparse_by_feature(str(column.shared_with)) if column.vocab == "shared" else column
@@ -295,7 +293,7 @@ def sequence_problems(column: SparseColumn, frame: pd.DataFrame) -> Tuple[np.nda
 class _VocabularyFitter(SectionFitter):
     """Token counts of the training rows of every ``vocab: build`` column, then every vocabulary."""
 
-    def __init__(self, entries: Sequence[SparseColumn], spec: "DataSpec") -> None:
+    def __init__(self, entries: Sequence[SparseColumn], spec: SpecView) -> None:
         self.entries = entries
         self.spec = spec
         self.counts: Dict[str, pd.Series] = {s.feature: pd.Series(dtype=np.int64) for s in entries if s.vocab == "build"}
@@ -338,18 +336,18 @@ class IdKind(FeatureKind):
     entry = SparseColumn
     position = 10
 
-    def validate(self, entries: Sequence[SparseColumn], spec: "DataSpec") -> None:
+    def validate(self, entries: Sequence[SparseColumn], spec: SpecView) -> None:
         """The settings of each vocabulary mode, then shared vocabularies across entries."""
         for i, s in enumerate(entries):
             check_sparse_column(s, self.key(i))
         check_shared_vocabularies(entries)
         check_managed_tables(entries)
 
-    def fitter(self, entries: Sequence[SparseColumn], spec: "DataSpec") -> Optional[SectionFitter]:
+    def fitter(self, entries: Sequence[SparseColumn], spec: SpecView) -> Optional[SectionFitter]:
         """Fits the vocabularies (:class:`_VocabularyFitter`)."""
         return _VocabularyFitter(entries, spec)
 
-    def check(self, entries: Sequence[SparseColumn], chunk: Chunk, bad: BadRows, spec: "DataSpec") -> Dict[str, Any]:
+    def check(self, entries: Sequence[SparseColumn], chunk: Chunk, bad: BadRows, spec: SpecView) -> Dict[str, Any]:
         """Multi-valued columns' types, behaviour-sequence elements that hold no id, and identity
         ids (of a column and of a history sharing them) outside ``[0, num_embeddings)``."""
         for i, s in enumerate(entries):
@@ -373,7 +371,7 @@ class IdKind(FeatureKind):
                 bad.flag(rows, s.column, f"an element is not an integer id in [0, {size}){shared}", first)
         return {}
 
-    def reader(self, entries: Sequence[SparseColumn], spec: "DataSpec", pre: Preprocessing,
+    def reader(self, entries: Sequence[SparseColumn], spec: SpecView, pre: Preprocessing,
                fitting: bool) -> Optional[SequenceCounts]:
         """A fitting read counts the training rows' behaviour sequences (checked by :meth:`finish_read`)."""
         return SequenceCounts(spec) if fitting else None
@@ -406,14 +404,14 @@ class IdKind(FeatureKind):
             pre.stats["sequences"] = sequence_stats
             pre.stats["warnings"] = [w for c in sequence_stats.values() for w in c["warnings"]]
 
-    def schema(self, entries: Sequence[SparseColumn], pre: Preprocessing, spec: "DataSpec") -> List[SchemaFeature]:
+    def schema(self, entries: Sequence[SparseColumn], pre: Preprocessing, spec: SpecView) -> List[SchemaFeature]:
         """One id feature per column, table sizes from the fitted vocabularies (DataError when one is missing)."""
         for s in entries:
             if s.feature not in pre.vocabs:
                 raise DataError(f"fitted preprocessing has no vocabulary for sparse feature '{s.feature}'")
         return list(id_features(entries, {f: v.num_embeddings for f, v in pre.vocabs.items()}))
 
-    def unfitted_schema(self, entries: Sequence[SparseColumn], spec: "DataSpec") -> List[SchemaFeature]:
+    def unfitted_schema(self, entries: Sequence[SparseColumn], spec: SpecView) -> List[SchemaFeature]:
         """The id features with tables of size 1 (sizes come from fitting)."""
         return list(id_features(entries, {}))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -31,11 +31,9 @@ from mtl_torchrec.data.schema import SparseFeature
 from mtl_torchrec.data.spec.kinds.base import ConvertContext, FeatureKind, SchemaFeature, register_kind
 from mtl_torchrec.data.spec.reading import Chunk
 from mtl_torchrec.data.spec.sections import LabelColumn
+from mtl_torchrec.data.spec.view import SpecView
 from mtl_torchrec.data.texts import TextRows, text_key
 from mtl_torchrec.data.tokens import value_tokens
-
-if TYPE_CHECKING:
-    from mtl_torchrec.data.spec.data_spec import DataSpec
 
 
 @dataclass
@@ -142,7 +140,7 @@ class TextParts:
     or key; with a run's fitted preprocessing every mapping is frozen (unknown -> row 0, no text).
     """
 
-    def __init__(self, spec: DataSpec, pre: Preprocessing, fitted: bool) -> None:
+    def __init__(self, spec: SpecView, pre: Preprocessing, fitted: bool) -> None:
         self.spec = spec
         self.rows_of: Dict[str, TextRows] = {}
         self.texts_of: Dict[str, Optional[List[Optional[str]]]] = {}
@@ -250,12 +248,12 @@ class TextKind(FeatureKind):
         """``["text", feature]``: what the run's table rows are keyed by is in its text rows."""
         return ["text", e.feature]
 
-    def validate(self, entries: Sequence[TextFeatureSpec], spec: "DataSpec") -> None:
+    def validate(self, entries: Sequence[TextFeatureSpec], spec: SpecView) -> None:
         """Each entry's source, template, name and label columns (:func:`check_text_feature`)."""
         for i, t in enumerate(entries):
             check_text_feature(t, self.key(i), spec.labels)
 
-    def reader(self, entries: Sequence[TextFeatureSpec], spec: "DataSpec", pre: Preprocessing,
+    def reader(self, entries: Sequence[TextFeatureSpec], spec: SpecView, pre: Preprocessing,
                fitting: bool) -> TextParts:
         """The rows of every text feature (:class:`TextParts`; reads the item tables now)."""
         return TextParts(spec, pre, fitting)
@@ -274,7 +272,7 @@ class TextKind(FeatureKind):
         """The rows the training read found, frozen into ``pre.texts``."""
         pre.texts = {t.feature: state.rows_of[t.feature] for t in entries}
 
-    def schema(self, entries: Sequence[TextFeatureSpec], pre: Preprocessing, spec: "DataSpec") -> List[SchemaFeature]:
+    def schema(self, entries: Sequence[TextFeatureSpec], pre: Preprocessing, spec: SpecView) -> List[SchemaFeature]:
         """One ``kind="text"`` table per feature, of the run's text rows (DataError when ``pre`` lacks one)."""
         out: List[SchemaFeature] = []
         for t in entries:
