@@ -27,7 +27,7 @@ from mtl_torchrec.core.io import write_json
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
 from mtl_torchrec.launch.args import doc_summary
 from mtl_torchrec.launch.quiet import silence_known_warnings
-from mtl_torchrec.launch.train_cmd import train
+from mtl_torchrec.workflows import train
 
 # The metrics compared, per task type.
 METRICS = {"binary": ("auc", "ne", "logloss"), "regression": ("rmse",)}

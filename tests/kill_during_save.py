@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mtl_torchrec.config import load_config
 from mtl_torchrec.distributed.context import close_distributed, init_distributed
+from mtl_torchrec.launch.cli import show_logs_on_console
 from mtl_torchrec.train.callbacks import Callback
 from mtl_torchrec.workflows import train
 
@@ -30,6 +31,8 @@ class KillDuringSave(Callback):
 
 
 def main() -> None:
+    # The train command's console (the test reads its 'resuming from' line).
+    show_logs_on_console()
     rank, step, overrides = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
     cfg = load_config(None, overrides)
     ctx = init_distributed()

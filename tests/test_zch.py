@@ -242,7 +242,7 @@ def test_zch_run_predicts_and_exports_never_seen_ids_without_changing_state(tmp_
 def _two_rank_worker(rank: int, world_size: int, spec: str, root: str) -> None:
     from mtl_torchrec.config import load_config
     from mtl_torchrec.distributed.context import close_distributed, init_distributed
-    from mtl_torchrec.launch.train_cmd import train
+    from mtl_torchrec.workflows import train
     from tests.eval_fixtures import TRAIN_CONFIG
 
     ctx = init_distributed("gloo")

@@ -103,11 +103,13 @@ class ConsoleHandler(logging.Handler):
 
 def show_logs_on_console() -> None:
     """Shows the package's INFO and WARNING records on the console through one
-    :class:`ConsoleHandler` (idempotent; the commands call it in :func:`main`). Records still
-    propagate to the root logger's handlers, if an embedding program has any."""
+    :class:`ConsoleHandler` (idempotent; the commands call it in :func:`main`). The command line
+    owns the console, so the records stop there: a root handler that a library set up (torchrun's
+    workers have one) would print each line a second time."""
     logger = logging.getLogger("mtl_torchrec")
     if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
         logger.addHandler(ConsoleHandler())
+    logger.propagate = False
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
 
