@@ -21,7 +21,7 @@ torchx's own environment and local schedulers hand on to the job. The default im
 built from ``packaging/Dockerfile`` (docs/jobs.md, "Images"); push them to your registry and pass
 ``--image``.
 
-Examples (from the repository root; every one is run by tests/test_components.py)::
+Examples (from the repository root; every one is run by tests/launch/test_components.py)::
 
     .venv/bin/torchx run -s local_cwd mtl_torchrec/components.py:train -j 1x2 --config default -- train.epochs=1
     .venv/bin/torchx run -s kubernetes --dryrun -cfg queue=default --workspace "" mtl_torchrec.train -j 2x8 \\

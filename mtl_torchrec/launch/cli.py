@@ -3,7 +3,7 @@
 
 Building the parser imports every sub-command module, so those modules import only the standard
 library and ``mtl_torchrec.core`` at module level and import torch inside the functions that run
-(``tests/test_cli.py`` checks it): ``mtl-torchrec --help`` and argument errors answer in a fraction
+(``tests/launch/test_cli.py`` checks it): ``mtl-torchrec --help`` and argument errors answer in a fraction
 of a second instead of the seconds torch takes to import.
 """
 

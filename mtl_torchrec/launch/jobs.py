@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import torchx.specs as specs
 from torchx.components.dist import ddp
 
-# The package version in the default image tags; tests/test_components.py checks it against pyproject.toml.
+# The package version in the default image tags; tests/launch/test_components.py checks it against pyproject.toml.
 IMAGE_VERSION = "0.1.0"
 # Tags that packaging/Dockerfile builds (docs/jobs.md, "Images"): the CPU stack, and CUDA for jobs with GPUs.
 CPU_IMAGE = f"mtl-torchrec:{IMAGE_VERSION}-cpu"

@@ -8,7 +8,7 @@ category or by logger alone. The commands call :func:`silence_known_warnings` on
 Two kinds: Python ``warnings`` (filtered with :func:`warnings.filterwarnings`) and records of
 ``logging`` loggers that torchrec and torch write to (a :class:`logging.Filter` on that logger, which
 sees only the records that logger itself creates). Checked against torch 2.13 / torchrec 1.8 /
-fbgemm-gpu 1.8 (``tests/test_quiet.py`` re-checks the claims that can be re-checked). Several come
+fbgemm-gpu 1.8 (``tests/launch/test_quiet.py`` re-checks the claims that can be re-checked). Several come
 from tables that the planner places ``data_parallel`` on CPU; they go quiet, that placement does not
 change (it is visible in the plan).
 
@@ -67,7 +67,7 @@ KNOWN_WARNINGS: Tuple[KnownWarning, ...] = (
         UserWarning,
         r"torch\.autograd\.graph",
         "Dense (data_parallel) table lookups on CPU: fbgemm's CPU kernel records its own backward, so the "
-        "gradient is right; tests/test_quiet.py checks it against torch's embedding_bag.",
+        "gradient is right; tests/launch/test_quiet.py checks it against torch's embedding_bag.",
     ),
     KnownWarning(
         "Please use DTensor instead and we are deprecating ShardedTensor",
@@ -96,7 +96,7 @@ KNOWN_LOG_RECORDS: Tuple[KnownLogRecord, ...] = (
         "torchrec.distributed.planner.types",
         "The topology was constructed directly rather than via TopologyFactory.create_topology()",
         "A notice about a future torchrec: a Topology built directly has the same devices, storage and "
-        "bandwidths as TopologyFactory's with the same arguments (tests/test_quiet.py compares them).",
+        "bandwidths as TopologyFactory's with the same arguments (tests/launch/test_quiet.py compares them).",
     ),
     KnownLogRecord(
         "torchrec.distributed.planner.storage_reservations",
