@@ -219,6 +219,7 @@ def test_gradnorm_keeps_the_rating_task_with_the_documented_setup() -> None:
     assert _gradnorm_rating_weight(documented=True) > 0.2
 
 
+@pytest.mark.slow
 def test_the_dlrm_example_trains_on_two_ranks() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(

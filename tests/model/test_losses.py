@@ -183,6 +183,7 @@ def test_the_config_loss_reaches_the_train_module(tmp_path):
     assert torch.allclose(losses["rating"], (per_row * m).sum() / m.sum())
 
 
+@pytest.mark.slow
 def test_cli_trains_with_huber_and_focal(tmp_path):
     """A run whose rating task trains with ``loss: huber`` (and click with focal) through the real CLI:
     it trains, and its metrics are those of the label kinds (RMSE for rating, AUC for click)."""
