@@ -4,10 +4,13 @@ is a bad value whatever a feature's missing-value rule says)."""
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from mtl_torchrec.data.spec.bad_rows import BadRows
 
 
 def is_missing(values: np.ndarray) -> np.ndarray:
@@ -31,3 +34,15 @@ def parse_numbers(frame: pd.DataFrame, column: str) -> Tuple[np.ndarray, np.ndar
     bad = np.isnan(num) & ~missing
     bad |= np.isinf(num)
     return num, missing, bad
+
+
+def checked_numbers(frame: pd.DataFrame, column: str, bad: "BadRows", missing_hint: Optional[str]) -> np.ndarray:
+    """float64 values of a numeric feature's ``column`` (NaN where missing), the one rule of every
+    numeric kind: an unparseable or infinite number is flagged on ``bad``, and so is a missing one
+    when ``missing_hint`` says what to set instead (``"set fill_missing: mean or zero"``)."""
+    num, missing, unparseable = parse_numbers(frame, column)
+    raw = frame[column].to_numpy()
+    bad.flag(unparseable, column, "not a finite number", raw)
+    if missing_hint is not None:
+        bad.flag(missing, column, f"missing value ({missing_hint})", raw)
+    return num

@@ -33,7 +33,7 @@ from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.schema import SparseFeature
 from mtl_torchrec.data.spec.bad_rows import BadRows
-from mtl_torchrec.data.spec.cells import parse_numbers
+from mtl_torchrec.data.spec.cells import checked_numbers
 from mtl_torchrec.data.spec.kinds.base import ConvertContext, FeatureKind, SchemaFeature, SectionFitter, register_kind
 from mtl_torchrec.data.spec.reading import Chunk
 from mtl_torchrec.data.spec.view import SpecView
@@ -173,12 +173,8 @@ class BucketKind(FeatureKind):
         numbers, and missing ones under ``fill_missing: error``."""
         out: Dict[str, Any] = {}
         for e in entries:
-            num, missing, unparseable = parse_numbers(chunk.frame, e.column)
-            raw = chunk.frame[e.column].to_numpy()
-            bad.flag(unparseable, e.column, "not a finite number", raw)
-            if e.fill_missing == "error":
-                bad.flag(missing, e.column, "missing value (set fill_missing: bucket for the missing-value row)", raw)
-            out[e.feature] = num
+            hint = "set fill_missing: bucket for the missing-value row" if e.fill_missing == "error" else None
+            out[e.feature] = checked_numbers(chunk.frame, e.column, bad, hint)
         return out
 
     def convert(self, entries: Sequence[BucketColumn], values: Dict[str, Any], ctx: ConvertContext) -> Dict[str, Any]:

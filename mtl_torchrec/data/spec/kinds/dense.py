@@ -24,7 +24,7 @@ from mtl_torchrec.data.normalizer import Normalizer
 from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.schema import DenseFeature
 from mtl_torchrec.data.spec.bad_rows import BadRows
-from mtl_torchrec.data.spec.cells import parse_numbers
+from mtl_torchrec.data.spec.cells import checked_numbers
 from mtl_torchrec.data.spec.kinds.base import ConvertContext, FeatureKind, SchemaFeature, SectionFitter, register_kind
 from mtl_torchrec.data.spec.reading import Chunk
 from mtl_torchrec.data.spec.view import SpecView
@@ -96,14 +96,11 @@ class DenseKind(FeatureKind):
         numbers, missing ones under ``fill_missing: error``, negative ones under ``log_standard``."""
         out: Dict[str, Any] = {}
         for d in entries:
-            num, missing, unparseable = parse_numbers(chunk.frame, d.column)
-            raw = chunk.frame[d.column].to_numpy()
-            bad.flag(unparseable, d.column, "not a finite number", raw)
-            if d.fill_missing == "error":
-                bad.flag(missing, d.column, "missing value (set fill_missing: mean or zero)", raw)
+            hint = "set fill_missing: mean or zero" if d.fill_missing == "error" else None
+            num = checked_numbers(chunk.frame, d.column, bad, hint)
             if d.normalize == "log_standard" and not d.clip_negative:
                 bad.flag(num < 0, d.column, "negative value under normalize: log_standard (log of a count; set "
-                         "clip_negative: true to map negatives to 0)", raw)
+                         "clip_negative: true to map negatives to 0)", chunk.frame[d.column].to_numpy())
             out[d.feature] = num
         return out
 
