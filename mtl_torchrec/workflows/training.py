@@ -181,7 +181,8 @@ def load_training_data(cfg: Config, ctx: DistContext) -> DataBundle:
         for split, table in sorted(data.splits.items(), key=lambda kv: order.get(kv[0], 3)):
             if split == "train" and data.train_stream is not None:
                 logger.info(f"train: {data.train_rows} rows, streamed from {len(data.train_stream.units.units)} "
-                            f"file(s) / row group(s) in windows of {data.train_stream.shuffle_buffer} rows")
+                            f"file(s) / row group(s) in windows of at least {data.train_stream.shuffle_buffer} rows (whole "
+                            f"files / row groups)")
                 continue
             logger.info(describe(table, data.schema, split))
         for split, masks in data.slices.items():

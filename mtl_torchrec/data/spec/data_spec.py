@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
@@ -197,6 +198,13 @@ def spec_from_dict(raw: Mapping[str, Any]) -> DataSpec:
     section's entries are type-checked into their kind's dataclass. Raises ConfigError naming the
     dotted key (TypeError for a missing required key, from the dataclass constructor)."""
     raw = dict(raw)
+    # The keys a user may write: the fields (less the two the loader sets) and every kind's section.
+    keys = sorted({f.name for f in dataclasses.fields(DataSpec)} - {"sections", "base_dir"}
+                  | {k.section for k in kinds()})
+    unknown_keys = [k for k in raw if k not in keys and k not in ("sections", "base_dir")]
+    if unknown_keys:
+        raise ConfigError(f"{unknown_keys[0]}: not a key of a data spec (its keys: {keys}; a feature kind of your "
+                          f"own is known once its module is imported, docs/data.md)")
     plugged = dict(raw.pop("sections", None) or {})
     plugged.update({k.section: raw.pop(k.section) for k in kinds() if k.section not in _FIELDS and k.section in raw})
     unknown = [name for name in plugged if name not in {k.section for k in kinds()}]

@@ -12,7 +12,8 @@
   fitted quantile boundaries into id features.
 
 Adding a kind is one module that defines its entry dataclass and a :class:`FeatureKind` subclass and
-calls :func:`register_kind`, plus its import line below (docs/data.md, "Adding a feature kind").
+calls :func:`register_kind` (docs/data.md, "Adding a feature kind"): a kind shipped with the package
+is imported below; one of your own is registered when your code imports its module.
 Each kind's ``position`` orders the sections in the schema and the saved feature layout.
 """
 
