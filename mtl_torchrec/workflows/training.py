@@ -39,8 +39,11 @@ from mtl_torchrec.core.errors import ConfigError
 from mtl_torchrec.core.io import write_json
 from mtl_torchrec.data.bundle import DataBundle
 from mtl_torchrec.data.loader import describe
+from mtl_torchrec.data.preprocessing import FILE_NAME as PREPROCESSING_FILE
+from mtl_torchrec.data.preprocessing import Preprocessing
 from mtl_torchrec.data.sources import load_data
 from mtl_torchrec.data.spec import load_spec
+from mtl_torchrec.data.spec.train_stream import check_same_units
 from mtl_torchrec.distributed.checkpoint.run_dir import best_checkpoint, step_name
 from mtl_torchrec.distributed.context import DistContext
 from mtl_torchrec.distributed.run_lock import hold_run_dir
@@ -49,6 +52,7 @@ from mtl_torchrec.eval.calibration import CALIBRATION_FILE
 from mtl_torchrec.eval.evaluate import SplitEvaluator, calibrate_on_split
 from mtl_torchrec.model.esmm import check_esmm_labels
 from mtl_torchrec.model.sequence import check_sequence_spec
+from mtl_torchrec.serve.runs import PREPROCESSING_DIR
 from mtl_torchrec.train.callbacks import Callback, default_callbacks
 from mtl_torchrec.train.trainer import Trainer, check_splits
 from mtl_torchrec.workflows.common import ConfigLike, process_group, resolve_config, use_thread_setting
@@ -144,6 +148,9 @@ def resolve_run_dir(cfg: Config, ctx: DistContext) -> Path:
 def train_in(cfg: Config, ctx: DistContext, run_dir: Path, extra_callbacks: Sequence[Callback] = ()) -> Run:
     """Steps 3 to 7 of :func:`train` in ``run_dir``, whose lock the caller holds."""
     data = load_training_data(cfg, ctx)
+    saved = run_dir / PREPROCESSING_DIR
+    if data.train_stream is not None and (saved / PREPROCESSING_FILE).is_file():
+        check_same_units(Preprocessing.load(saved), data.train_stream.units)
     trainer = make_trainer(cfg, data, ctx, run_dir, callbacks=[*default_callbacks(cfg), *extra_callbacks])
     try:
         start(trainer, cfg, data, ctx, run_dir)

@@ -86,6 +86,16 @@ def test_fitted_buckets_from_spec_to_table(tmp_path: Path) -> None:
     assert part.table.columns["price_bucket"].tolist() == bucket_ids(np.array([0.0, 1e9, 20.0]), expected).tolist()
 
 
+@pytest.mark.parametrize("edited", ["abc", ["x"], 5, None, [float("nan")], [3.0, 1.0], [True]])
+def test_edited_boundaries_in_preprocessing_json_are_refused(tmp_path: Path, edited: Any) -> None:
+    frame = make_frame()
+    spec = load_spec(_spec(tmp_path, frame, buckets=[{"column": "price", "boundaries": [10, 20]}]))
+    pre = build_bundle(spec).preprocessing
+    pre.fitted["price_bucket"]["boundaries"] = edited
+    with pytest.raises(DataError, match=r"preprocessing\.json: fitted\.price_bucket\.boundaries must be strictly"):
+        FeatureRows(feature_spec(spec, list(frame.columns)), pre).convert_frame(frame.iloc[:3])
+
+
 def test_given_boundaries_and_the_missing_value_row(tmp_path: Path) -> None:
     frame = make_frame().astype({"price": object})
     frame.loc[3, "price"] = None
@@ -103,11 +113,15 @@ def test_given_boundaries_and_the_missing_value_row(tmp_path: Path) -> None:
     ({"column": "price", "num_buckets": 1}, r"buckets\[0\]\.num_buckets: must be >= 2, got 1"),
     ({"column": "price", "boundaries": [1, 5, 5]}, r"buckets\[0\]\.boundaries\[2\]: 5.0 is not above 5.0"),
     ({"column": "price", "boundaries": []}, r"buckets\[0\]\.boundaries: at least one finite number"),
-    ({"column": "price", "num_buckets": 4, "sample_rows": 0}, r"buckets\[0\]\.sample_rows: must be >= 1"),
+    ({"column": "price", "num_buckets": 4, "sample_rows": 0}, r"buckets\[0\]\.sample_rows: must be in \[1, 50000000\], got 0"),
     ({"column": "price", "num_buckets": "4"}, r"buckets\[0\]\.num_buckets"),
     ({"column": "price", "num_bucket": 4}, r"buckets\[0\]\.num_bucket"),
     ({"column": "price", "num_buckets": 4, "name": "price"}, r"names used twice: \['price'\]"),
     ({"column": "click", "num_buckets": 4}, r"buckets\[0\]\.column: 'click' is the label column of labels\[0\]"),
+    ({"column": "price", "num_buckets": 10**9}, r"buckets\[0\]\.num_buckets: at most 1000000 .* got 1000000000"),
+    ({"column": "price", "num_buckets": 50, "sample_rows": 20}, r"buckets\[0\]\.num_buckets: at most 20 "),
+    ({"column": "price", "num_buckets": 4, "sample_rows": 10**12}, r"buckets\[0\]\.sample_rows: must be in \[1, "),
+    ({"column": "price", "num_buckets": 4, "name": "a b/c"}, r"buckets\[0\]\.name: 'a b/c' must be letters"),
 ])
 def test_bucket_spec_errors_name_the_key(tmp_path: Path, entry: Dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as e:

@@ -16,7 +16,12 @@ from mtl_torchrec.core.errors import ConfigError, DataError
 from mtl_torchrec.data.batch import Batch
 from mtl_torchrec.data.loader import BatchDataset
 from mtl_torchrec.data.spec import build_bundle, load_spec
-from mtl_torchrec.data.spec.train_stream import StreamingBatchDataset, build_streaming_bundle
+from mtl_torchrec.data.spec.train_stream import (
+    StreamingBatchDataset,
+    TrainUnits,
+    build_streaming_bundle,
+    check_same_units,
+)
 from tests.eval_fixtures import TRAIN_CONFIG, make_frame, spec_dict, train_spec_run, write_case
 from tests.ranks import run_ranks
 
@@ -114,6 +119,18 @@ def test_bad_files_are_one_error_naming_the_file(tmp_path: Path) -> None:
             pass
     with pytest.raises(ConfigError, match=r"12 unit\(s\) with training rows for 16 ranks"):
         _stream(bundle, 16, 50, world=16)
+
+
+def test_a_resumed_run_refuses_training_files_changed_since_fitting(tmp_path: Path) -> None:
+    spec = load_spec(_parquet_case(tmp_path))
+    saved = build_streaming_bundle(spec, shuffle_buffer=50).preprocessing
+    check_same_units(saved, TrainUnits.from_json(saved.stats["train_units"]))  # unchanged: passes
+    part = tmp_path / "part-2.parquet"
+    pd.read_parquet(part).iloc[:150].to_parquet(part, index=False, row_group_size=50)
+    now = build_streaming_bundle(spec, shuffle_buffer=50).train_stream.units
+    with pytest.raises(DataError, match=r"part-2\.parquet: the run was fitted when it held 40 training rows in row "
+                                        r"group 3, it has none now: the training files changed since"):
+        check_same_units(saved, now)
 
 
 def test_a_damaged_row_group_is_one_error_naming_the_file(tmp_path: Path) -> None:

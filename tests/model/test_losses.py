@@ -159,6 +159,11 @@ def test_loss_options_are_checked_naming_the_key():
          r"model\.tasks\[0\]\.loss_options\.gamma: not an option of loss 'bce' \(its options: \[\]\)"),
         (["model.tasks.0.loss=focal", "model.tasks.0.loss_options.alpha=1.5"],
          r"model\.tasks\[0\]\.loss_options\.alpha: must be in \[0, 1\], got 1\.5"),
+        # YAML's true is no number (it was read as gamma 1.0, alpha 0.0: positive rows weighed nothing).
+        (["model.tasks.0.loss=focal", "model.tasks.0.loss_options.alpha=false"],
+         r"model\.tasks\[0\]\.loss_options\.alpha: "),
+        (["model.tasks.2.loss=huber", "model.tasks.2.loss_options.delta=true"],
+         r"model\.tasks\[2\]\.loss_options\.delta: "),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message):

@@ -32,7 +32,8 @@ def check_names_unique(names: Sequence[str]) -> None:
     ConfigError listing the names used twice."""
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise ConfigError(f"sparse/dense/labels: names used twice: {sorted(dup)}")
+        raise ConfigError(f"features/labels: names used twice: {sorted(dup)} (the features of every section and the "
+                          f"label tasks share one namespace)")
 
 
 def check_label_column(label: LabelColumn, key: str) -> None:

@@ -291,6 +291,27 @@ def build_streaming_bundle(spec: DataSpec, shuffle_buffer: int,
     return bundle
 
 
+def check_same_units(saved: Preprocessing, now: TrainUnits) -> None:
+    """Refuses a resumed streamed run whose training files changed since the run was fitted: the
+    units counted now (``now``) must be the ones the run saved (``saved.stats["train_units"]``; a run
+    saved without them passes). Raises DataError naming the first file that differs: the batches of
+    the remaining steps would otherwise come from other rows than the uninterrupted run's."""
+    before = saved.stats.get("train_units")
+    if before is None:
+        return
+    old = TrainUnits.from_json(before).units
+    for a, b in zip(old + [None] * len(now.units), now.units + [None] * len(old)):
+        if a != b:
+            unit = a or b
+            assert unit is not None
+            was = f"{a.train_rows} training rows" if a is not None else "no training rows"
+            has = f"{b.train_rows}" if b is not None else "none"
+            raise DataError(f"{unit.file}: the run was fitted when it held {was}"
+                            f"{'' if unit.part < 0 else f' in row group {unit.part}'}, it has {has} now: the training "
+                            f"files changed since, so a resumed streamed run would not see its batches; restore the "
+                            f"files, or train a new run")
+
+
 class UnitCounter:
     """Counts the good training rows of each unit while a spec's chunks are converted in file order
     (:func:`build_streaming_bundle`): a CSV file is one unit, a Parquet row group another."""

@@ -9,6 +9,7 @@ chooses the default loss, the prediction and every metric; the loss never does.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
@@ -104,8 +105,9 @@ def _adapter(options_cls: type) -> TypeAdapter:
 
 
 def options_of(cls: Type[TaskLoss], options: Mapping[str, Any]) -> Any:
-    """``options`` (a mapping) validated into ``cls.Options``; pydantic's ValidationError otherwise."""
-    return _adapter(cls.Options).validate_python(dict(options))
+    """``options`` (a mapping) validated into ``cls.Options`` as the config's YAML typed them (strict,
+    as every config value: ``true`` is no number); pydantic's ValidationError otherwise."""
+    return _adapter(cls.Options).validate_json(json.dumps(dict(options)), strict=True)
 
 
 def build_loss(task: Any) -> TaskLoss:

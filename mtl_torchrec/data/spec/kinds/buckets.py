@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence
@@ -37,6 +38,11 @@ from mtl_torchrec.data.spec.cells import checked_numbers
 from mtl_torchrec.data.spec.kinds.base import ConvertContext, FeatureKind, SchemaFeature, SectionFitter, register_kind
 from mtl_torchrec.data.spec.reading import Chunk
 from mtl_torchrec.data.spec.view import SpecView
+
+# Bounds that keep a typo from allocating the machine away: sampled values kept to fit quantiles,
+# and fitted buckets (table rows).
+MAX_SAMPLE_ROWS = 50_000_000
+MAX_BUCKETS = 1_000_000
 
 
 @dataclass
@@ -161,8 +167,13 @@ class BucketKind(FeatureKind):
                 if wrong is not None:
                     raise ConfigError(f"{key}.boundaries[{wrong}]: {b[wrong]} is not above {b[wrong - 1]} "
                                       f"(boundaries must be strictly ascending)")
-            if e.sample_rows < 1:
-                raise ConfigError(f"{key}.sample_rows: must be >= 1, got {e.sample_rows}")
+            if not 1 <= e.sample_rows <= MAX_SAMPLE_ROWS:
+                raise ConfigError(f"{key}.sample_rows: must be in [1, {MAX_SAMPLE_ROWS}], got {e.sample_rows}")
+            if e.num_buckets is not None and e.num_buckets > min(e.sample_rows, MAX_BUCKETS):
+                raise ConfigError(f"{key}.num_buckets: at most {min(e.sample_rows, MAX_BUCKETS)} (quantiles of at most "
+                                  f"sample_rows values, and at most {MAX_BUCKETS} table rows), got {e.num_buckets}")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", e.feature):
+                raise ConfigError(f"{key}.name: '{e.feature}' must be letters, digits and '_' (it names a table)")
 
     def fitter(self, entries: Sequence[BucketColumn], spec: SpecView) -> Optional[SectionFitter]:
         """Fits the boundaries (:class:`_BoundaryFitter`)."""
@@ -182,11 +193,17 @@ class BucketKind(FeatureKind):
         return {e.feature: bucket_ids(values[e.feature][ctx.rows], self.boundaries(ctx.pre, e)) for e in entries}
 
     def boundaries(self, pre: Preprocessing, e: BucketColumn) -> List[float]:
-        """The run's boundaries of ``e``; DataError when ``pre`` has none (a run fitted without this feature)."""
+        """The run's boundaries of ``e``; DataError naming ``preprocessing.json`` when ``pre`` has none (a run
+        fitted without this feature) or they are not strictly ascending finite numbers (an edited file)."""
         state = pre.fitted.get(e.feature)
         if not state or state.get("kind") != self.section:
             raise DataError(f"fitted preprocessing has no bucket boundaries for feature '{e.feature}'")
-        return [float(b) for b in state["boundaries"]]
+        b = state.get("boundaries")
+        ok = isinstance(b, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
+        if not ok or not all(math.isfinite(x) for x in b) or any(b[j] <= b[j - 1] for j in range(1, len(b))):
+            raise DataError(f"preprocessing.json: fitted.{e.feature}.boundaries must be strictly ascending finite "
+                            f"numbers, got {b!r} (the file was edited; use the one the run saved)")
+        return [float(x) for x in b]
 
     def schema(self, entries: Sequence[BucketColumn], pre: Preprocessing, spec: SpecView) -> List[SchemaFeature]:
         """One id feature per column, of ``len(boundaries) + 2`` rows (the missing-value row and the ranges)."""
