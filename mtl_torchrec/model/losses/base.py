@@ -118,4 +118,10 @@ def build_loss(task: Any) -> TaskLoss:
         build_loss(TaskSpec("rating", "regression", loss="huber", loss_options={"delta": 0.5}))
     """
     cls = LOSSES.get(loss_name(task))
-    return cls(options_of(cls, getattr(task, "loss_options", None) or {}))
+    return _built(cls, json.dumps(dict(getattr(task, "loss_options", None) or {}), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _built(cls: Type[TaskLoss], options: str) -> TaskLoss:
+    # Built once per loss class and options: multitask_loss asks for each task's loss on every training step.
+    return cls(options_of(cls, json.loads(options)))
